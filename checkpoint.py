@@ -1,0 +1,90 @@
+"""Checkpoint files: what they hold, how they are written, and how runs are found.
+
+A checkpoint is a dict that loads with torch.load(weights_only=True):
+  kind="gpt-checkpoint", version, step, model (state dict, clean keys), model_config,
+  config (TrainConfig as a dict), tokenizer (the data's meta.json), optimizer, scaler,
+  best_val_loss, evals_without_improvement, tokens_seen, elapsed_s, rng.
+Files in a run folder: checkpoint_step_N.pt (every save_interval and at the end) and
+best_model.pt (whenever val loss improves).
+"""
+import glob
+import os
+import re
+
+import torch
+
+from atomic_files import atomic_path
+
+KIND = "gpt-checkpoint"
+VERSION = 1
+_STEP_FILE = re.compile(r"checkpoint_step_(\d+)\.pt$")
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Drop the wrappers' prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            k = k.replace(prefix, "")
+        out[k] = v
+    return out
+
+
+def save_checkpoint(obj: dict, path: str):
+    """Write atomically: a kill mid-save leaves the previous file (or none), never half."""
+    obj = {"kind": KIND, "version": VERSION, **obj}
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load a checkpoint saved on any device onto map_location; refuse anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}; train one with `python train.py "
+                                f"config/shakespeare_cpu.py` or pass --checkpoint=PATH")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, not a torch file at all
+        raise ValueError(f"{path!r} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                         f"pass a checkpoint_step_N.pt or best_model.pt written by train.py") from e
+    if not isinstance(obj, dict) or obj.get("kind") != KIND:
+        raise ValueError(f"{path!r} is not a checkpoint written by train.py "
+                         f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt")
+    return obj
+
+
+def step_checkpoints(run_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the run's step checkpoints, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, "checkpoint_step_*.pt")):
+        m = _STEP_FILE.search(path)
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    ckpts = step_checkpoints(run_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def best_or_latest(run_dir: str) -> str | None:
+    best = os.path.join(run_dir, "best_model.pt")
+    return best if os.path.isfile(best) else latest_checkpoint(run_dir)
+
+
+def newest_run(out_dir: str = "checkpoints") -> str | None:
+    """The run folder under out_dir whose newest checkpoint file is most recent."""
+    runs = []
+    for d in glob.glob(os.path.join(out_dir, "*")):
+        pts = glob.glob(os.path.join(d, "*.pt"))
+        if os.path.isdir(d) and pts:
+            runs.append((max(os.path.getmtime(p) for p in pts), d))
+    return max(runs)[1] if runs else None
+
+
+def prune(run_dir: str, keep_last: int):
+    """Delete all but the newest keep_last step checkpoints (best_model.pt stays)."""
+    if keep_last > 0:
+        for _, path in step_checkpoints(run_dir)[:-keep_last]:
+            os.remove(path)

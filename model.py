@@ -1,0 +1,243 @@
+"""GPT-2 style decoder in one file: config, presets, model, KV cache.
+
+Read top to bottom: GPTConfig and PRESETS, the blocks, then GPT with its
+bookkeeping (parameter counts, optimizer groups, FLOPs per token).
+"""
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # real vocabulary; ids at or above it are padding, never predicted
+    block_size: int = 1024  # context length in tokens
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # residual stream width
+    mlp_hidden: int = 0  # MLP inner width; 0 means 4 * n_embd
+    dropout: float = 0.0  # dropout on attention probs, residual branches and embeddings (training only)
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    pad_vocab_multiple: int = 64  # embedding rows padded up to this multiple for faster matmuls
+    activation_checkpointing: bool = False  # recompute each block in backward to save activation memory
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             f"pick n_head from the divisors of n_embd")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab(self) -> int:
+        m = max(1, self.pad_vocab_multiple)
+        return (self.vocab_size + m - 1) // m * m
+
+
+# Named shapes. vocab_size is set from the data at train time; these are the
+# GPT-2 defaults so `num_params` of a preset is the number in the README table.
+PRESETS = {
+    # CPU work: nanoGPT's CPU recipe shape (4 x 128, context 64).
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+    # A small GPT-2-tokenizer model that trains on 2 CPU cores in minutes.
+    "small-cpu": dict(n_layer=4, n_head=4, n_embd=192, block_size=128),
+    "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    # The documented 300M run: 24 x 1,024, context 2,048, tied. A 4x MLP would make it
+    # 356M; an MLP of 2,944 (2.875x, a multiple of 128) gives a true 299.2M.
+    "300m": dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048, mlp_hidden=2944),
+    # The documented 1.2B run: context 1,024; 22 x 2,048 with 16 heads of 128 is 1.213B.
+    "1.2b": dict(n_layer=22, n_head=16, n_embd=2048, block_size=1024),
+}
+
+
+def preset_config(name: str, **overrides) -> GPTConfig:
+    """GPTConfig for a preset, with fields replaced by the non-None overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    valid = {f.name for f in fields(GPTConfig)}
+    bad = set(overrides) - valid
+    if bad:
+        raise ValueError(f"unknown model fields {sorted(bad)}; valid: {sorted(valid)}")
+    cfg = GPTConfig(**PRESETS[name])
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class KVCache:
+    """Per-layer keys and values for incremental decoding, preallocated to block_size."""
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device, dtype):
+        shape = (batch_size, cfg.n_head, cfg.block_size, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = 0  # tokens already cached
+        self.capacity = cfg.block_size
+
+    def reset(self):
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.pos
+            cache.k[layer][:B, :, start:start + T] = k
+            cache.v[layer][:B, :, start:start + T] = v
+            k = cache.k[layer][:B, :, :start + T]
+            v = cache.v[layer][:B, :, :start + T]
+            if start > 0:
+                # Queries sit at positions start..start+T-1: each sees every key up to its own
+                # position. SDPA's is_causal aligns top-left, which is wrong when T < keys.
+                causal = False
+                if T > 1:
+                    qpos = torch.arange(start, start + T, device=x.device)[:, None]
+                    mask = torch.arange(start + T, device=x.device)[None, :] <= qpos
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_dim, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_dim, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.padded_vocab, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        cfg = self.config
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                # Each block adds two residual branches: scale them so the stream's
+                # variance does not grow with depth (GPT-2 paper, section 2.3).
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+            elif name.startswith("ln") or ".ln_" in name:
+                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, 0.0, 0.02)
+        # The tied head's logits have std = std(wte) * sqrt(n_embd) after the final
+        # LayerNorm. At 0.02 a 1,024-wide model would start at ln(V) + 0.2; capping the
+        # std at 0.3 / sqrt(n_embd) starts every size within 0.05 of uniform, as the
+        # documented run does (10.82 = ln 50,257).
+        nn.init.normal_(self.wte.weight, 0.0, min(0.02, 0.3 / math.sqrt(cfg.n_embd)))
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None):
+        """Logits over the real vocabulary (padding columns dropped) and, with targets,
+        the mean cross-entropy (targets of -1 are ignored)."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context "
+                             f"block_size={self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, block in enumerate(self.h):
+            if self.config.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache, i)
+        if cache is not None:
+            cache.pos += T
+        x = self.ln_f(x)
+        if targets is None:
+            x = x[:, -1:]  # generation needs only the last position
+        logits = F.linear(x, self.wte.weight)[..., :self.config.vocab_size]
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=-1)
+        return logits, loss
+
+    # ---- bookkeeping -------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Trainable parameters, the tied embedding/head matrix counted once and its
+        padding rows (never used) left out. non_embedding drops wte and wpe."""
+        return count_params(self.config, non_embedding)
+
+    def optimizer_groups(self, weight_decay: float):
+        """AdamW groups: decay on matrices (2-D and up), none on biases and norms.
+        named_parameters() yields the tied matrix once."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+
+def count_params(cfg: GPTConfig, non_embedding: bool = False) -> int:
+    """Closed-form parameter count of GPT(cfg), as GPT.num_params reports it."""
+    d, h, b = cfg.n_embd, cfg.mlp_dim, int(cfg.bias)
+    ln = d * (1 + b)
+    attn = 3 * d * d + 3 * d * b + d * d + d * b
+    mlp = d * h + h * b + h * d + d * b
+    blocks = cfg.n_layer * (2 * ln + attn + mlp) + ln
+    if non_embedding:
+        return blocks
+    return blocks + cfg.vocab_size * d + cfg.block_size * d
+
+
+def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> int:
+    """Training FLOPs per token (forward + backward), PaLM appendix B: 6N for the
+    matmul weights (blocks and the tied head; not the position table) plus
+    12 * n_layer * n_embd * seq_len for attention scores and values."""
+    T = seq_len or cfg.block_size
+    n_matmul = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.n_embd
+    return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * T
