@@ -61,10 +61,13 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard scalars to the run folder
     progress_bar: bool = True  # tqdm bar over steps on rank 0
     # ---- actions (usually given on the command line)
-    resume: str = ""  # "latest": newest checkpoint of this run; or a checkpoint path
+    resume: str = ""  # "latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path
     init_from: str = ""  # start a new run from this checkpoint's weights (fine-tuning)
     dry_run: bool = False  # print the plan (memory, FLOPs, time) and exit; builds nothing
     report: str = ""  # write report.md for this run folder from its metrics.jsonl and exit
+    # ---- planning (--dry_run)
+    plan_gpus: int = 0  # GPUs the --dry_run plan is for (0: this launch's world size)
+    plan_mfu: float = 0.4  # model FLOPs utilization the --dry_run wall-time estimate assumes
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return preset_config(
@@ -137,7 +140,7 @@ def parse_value(key: str, raw):
             return raw
     except (TypeError, ValueError):
         pass
-    raise ConfigError(f"{key} expects {'an optional ' if optional else 'a '}{base.__name__}, "
+    raise ConfigError(f"{key} expects {base.__name__}{' or None' if optional else ''}, "
                       f"got {raw!r} (e.g. --{key}={FIELDS[key].default!r})")
 
 

@@ -1,0 +1,286 @@
+"""report.md for a run folder: the step/loss table in the documented run's format.
+
+    | Checkpoint | Step | Loss | Perplexity | Time Elapsed |
+
+rendered from the run's metrics.jsonl (one JSON record per line, written by train.py),
+then the val-loss table, a config summary and throughput. render_report() is pure;
+write_report() reads the folder and writes report.md atomically.
+"""
+import json
+import math
+import os
+import re
+from datetime import datetime, timezone
+
+from atomic_files import write_text
+
+_STEP_CHECKPOINT = re.compile(r"checkpoint_step_\d+\.pt$")
+_MARK = "†"  # flags a row whose loss comes from an earlier logged step
+
+
+# ---- formatting ---------------------------------------------------------------------
+
+def fmt_elapsed(seconds) -> str:
+    """0s, 42s, 3m 05s, 14h 02m: hours alone are too coarse for CPU runs."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def fmt_loss(loss) -> str:
+    return "—" if loss is None else f"{loss:.2f}"
+
+
+def fmt_ppl(loss) -> str:
+    """exp(loss) as the document prints it: 17.29, 172.43, 49,787."""
+    if loss is None:
+        return "—"
+    if math.isnan(loss):
+        return "nan"
+    ppl = math.exp(loss) if loss < 700 else math.inf
+    if math.isinf(ppl):
+        return "inf"
+    return f"{ppl:.2f}" if ppl < 1000 else f"{round(ppl):,}"
+
+
+def fmt_sci(x) -> str:
+    """6e-4 rather than 0.0006 or 6.00e-04, as learning rates are usually written."""
+    if x is None:
+        return "—"
+    mant, exp = f"{x:.2e}".split("e")
+    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+# ---- reading records ------------------------------------------------------------------
+
+def latest_by_step(records: list[dict], kind: str) -> list[dict]:
+    """Records of one kind, the last one per step (a resumed run repeats steps), by step."""
+    out = {}
+    for r in records:
+        if r.get("kind") == kind and isinstance(r.get("step"), int):
+            out[r["step"]] = r
+    return [out[s] for s in sorted(out)]
+
+
+def _train_config(records: list[dict], config: dict | None) -> dict:
+    # config.json may hold the TrainConfig itself or wrap it; else the start record's copy.
+    if config:
+        return config["config"] if isinstance(config.get("config"), dict) else config
+    starts = [r for r in records if r.get("kind") == "start"]
+    return (starts[-1].get("config") or {}) if starts else {}
+
+
+def _at_or_before(train: list[dict], step: int) -> dict | None:
+    best = None
+    for r in train:
+        if r["step"] > step:
+            break
+        best = r
+    return best
+
+
+# ---- the tables ------------------------------------------------------------------------
+
+def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final_step: int,
+                  ended: bool) -> list[dict]:
+    """Rows of the main table: Initial, Warmup End, Checkpoint 1..n, Final. Names that fall
+    on one step share a row; Final (or Initial) wins over the others."""
+    names: dict[int, list[str]] = {0: ["Initial"]}
+    if 0 < warmup <= final_step:
+        names.setdefault(warmup, []).append("Warmup End")
+    step_ckpts = sorted({c["step"] for c in checkpoints
+                         if 0 < c["step"] < final_step and _is_step_checkpoint(c)})
+    for i, step in enumerate(step_ckpts, 1):
+        names.setdefault(step, []).append(f"Checkpoint {i}")
+    names.setdefault(final_step, []).append("Final" if ended else "Latest")
+
+    rows = []
+    for step in sorted(names):
+        labels = names[step]
+        name = next((n for n in ("Final", "Latest", "Initial") if n in labels), " / ".join(labels))
+        rec = _at_or_before(train, step)
+        rows.append({"name": name, "step": step, "record": rec,
+                     "exact": rec is not None and rec["step"] == step})
+    return rows
+
+
+def _is_step_checkpoint(c: dict) -> bool:
+    # best_model.pt saves are not timeline rows; a record without a path trusts "best".
+    path = c.get("path")
+    return bool(_STEP_CHECKPOINT.search(path)) if path else not c.get("best", False)
+
+
+def _timeline_table(rows: list[dict]) -> list[str]:
+    lines = ["| Checkpoint | Step | Loss | Perplexity | Time Elapsed |",
+             "|------------|------|------|------------|--------------|"]
+    notes = []
+    for row in rows:
+        rec = row["record"]
+        if rec is None:
+            lines.append(f"| {row['name']} | {row['step']:,} | — | — | — |")
+            notes.append(f"- {row['name']} (step {row['step']:,}): no train loss logged at or before it.")
+            continue
+        step = f"{rec['step']:,}" + ("" if row["exact"] else _MARK)
+        lines.append(f"| {row['name']} | {step} | {fmt_loss(rec.get('loss'))} | "
+                     f"{fmt_ppl(rec.get('loss'))} | {fmt_elapsed(rec.get('elapsed_s'))} |")
+        if not row["exact"]:
+            notes.append(f"- {_MARK} {row['name']} is step {row['step']:,}; no train loss was logged "
+                         f"there, so the row shows the nearest logged step before it ({rec['step']:,}).")
+    return lines + ([""] + notes if notes else [])
+
+
+def _val_table(evals: list[dict]) -> list[str]:
+    if not evals:
+        return ["No evaluations logged."]
+    finite = [e for e in evals if e.get("val_loss") is not None and math.isfinite(e["val_loss"])]
+    best = min(finite, key=lambda e: e["val_loss"])["step"] if finite else None
+    lines = ["| Step | Val Loss | Val Perplexity |", "|------|----------|----------------|"]
+    for e in evals:
+        loss = e.get("val_loss")
+        mark = " (best)" if e["step"] == best else ""
+        lines.append(f"| {e['step']:,} | {fmt_loss(loss)}{mark} | {fmt_ppl(loss)} |")
+    return lines
+
+
+def _config_lines(cfg: dict, start: dict) -> list[str]:
+    mc = start.get("model_config") or {}
+    get = cfg.get
+    lines = []
+    if mc:
+        mlp = mc.get("mlp_hidden") or 4 * mc.get("n_embd", 0)
+        lines.append(f"- Model: `{get('model', '?')}`, {mc.get('n_layer')} layers x {mc.get('n_embd', 0):,} "
+                     f"wide, {mc.get('n_head')} heads, MLP {mlp:,}, context {mc.get('block_size', 0):,}, "
+                     f"vocab {mc.get('vocab_size', 0):,}")
+    elif get("model"):
+        lines.append(f"- Model: `{get('model')}`")
+    if start.get("params") is not None:
+        lines.append(f"- Parameters: {start['params']:,} (tied head counted once)")
+    if get("global_batch_size") is not None:
+        split = ""
+        if start.get("accumulation") is not None and start.get("world_size") is not None:
+            split = (f" ({get('micro_batch_size')} micro x {start['world_size']} GPUs x "
+                     f"{start['accumulation']} accumulation)")
+        tps = f", {start['tokens_per_step']:,} tokens/step" if start.get("tokens_per_step") else ""
+        lines.append(f"- Batch: {get('global_batch_size'):,} sequences per step{split}{tps}")
+    if get("learning_rate") is not None:
+        lr = get("learning_rate")
+        min_lr = get("min_lr") if get("min_lr") is not None else lr / 10
+        decay = get("lr_decay_steps") or get("max_steps")
+        lines.append(f"- LR schedule: linear warmup to {fmt_sci(lr)} over {get('warmup_steps', 0):,} "
+                     f"steps, cosine decay to {fmt_sci(min_lr)} at step {decay:,} "
+                     f"(max_steps {get('max_steps', 0):,})")
+    if get("weight_decay") is not None:
+        lines.append(f"- Optimizer: AdamW, betas ({get('beta1')}, {get('beta2')}), eps {fmt_sci(get('eps'))}, "
+                     f"weight decay {get('weight_decay')}, grad clip {get('grad_clip')}")
+    lines.append(f"- Dropout: {get('dropout', mc.get('dropout'))}; dtype: {start.get('dtype', get('dtype'))}; "
+                 f"world size: {start.get('world_size', '?')}; device: {start.get('device', get('device'))}")
+    return lines
+
+
+def _throughput_lines(records: list[dict], train: list[dict], end: dict | None) -> list[str]:
+    # The first train record of each launch carries compile and warm-up time: leave it out.
+    firsts, after_start = set(), True
+    for r in records:
+        if r.get("kind") == "start":
+            after_start = True
+        elif r.get("kind") == "train" and after_start:
+            firsts.add(id(r))
+            after_start = False
+    steady = [r for r in train if id(r) not in firsts] or train
+    tps = [r["tokens_per_s"] for r in steady if r.get("tokens_per_s") is not None]
+    mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
+    mem = [r["peak_mem_gib"] for r in train if r.get("peak_mem_gib") is not None]
+    last = train[-1]
+    elapsed = [r["elapsed_s"] for r in records if isinstance(r.get("elapsed_s"), (int, float))]
+    total = end["elapsed_s"] if end and end.get("elapsed_s") is not None else max(elapsed, default=None)
+    lines = [f"- Mean tokens/s: {sum(tps) / len(tps):,.0f}" if tps else "- Mean tokens/s: n/a",
+             f"- Mean MFU: {100 * sum(mfu) / len(mfu):.1f}%" if mfu else "- Mean MFU: n/a (unknown device peak)",
+             f"  (over {len(steady):,} logged steps, the first of each launch left out)"]
+    if mem:
+        lines.append(f"- Peak memory: {max(mem):.2f} GiB")
+    if last.get("skipped_steps"):
+        lines.append(f"- Steps skipped by the fp16 loss scaler: {last['skipped_steps']:,}")
+    if last.get("tokens") is not None:
+        lines.append(f"- Tokens seen: {last['tokens']:,}")
+    lines.append(f"- Total time: {fmt_elapsed(total)}")
+    lines.append(f"- End: {end.get('reason', 'unknown')} at step {end['step']:,}" if end
+                 else "- End: no end record (still running, or stopped without one)")
+    return lines
+
+
+def render_report(records: list[dict], config: dict | None = None, skipped_lines: int = 0) -> str:
+    """Markdown report from metrics records (file order) and the run's TrainConfig dict."""
+    train = latest_by_step(records, "train")
+    if not train:
+        raise ValueError("no train records in metrics.jsonl; the run has not logged a step yet")
+    cfg = _train_config(records, config)
+    starts = [r for r in records if r.get("kind") == "start"]
+    start = starts[-1] if starts else {}
+    ends = [r for r in records if r.get("kind") == "end" and isinstance(r.get("step"), int)]
+    end = ends[-1] if ends else None
+    last_train = train[-1]["step"]
+    ended = end is not None and end["step"] >= last_train
+    final_step = end["step"] if ended else last_train
+
+    # Not latest_by_step: best_model.pt and checkpoint_step_N.pt records share a step.
+    checkpoints = [r for r in records if r.get("kind") == "checkpoint" and isinstance(r.get("step"), int)]
+    rows = timeline_rows(train, checkpoints,
+                         int(cfg.get("warmup_steps") or 0), final_step, ended)
+    title = cfg.get("run_name") or "run"
+    out = [f"# Training report: {title}", ""]
+    if starts and starts[0].get("time"):
+        began = datetime.fromtimestamp(starts[0]["time"], tz=timezone.utc)
+        out += [f"Started {began:%Y-%m-%d %H:%M} UTC; {len(starts)} launch(es).", ""]
+    out += ["## Training Timeline", "", *_timeline_table(rows), "",
+            "Loss is the mean train loss of the step's batch before its update; "
+            "perplexity is exp(loss).", "",
+            "## Validation", "", *_val_table(latest_by_step(records, "eval")), "",
+            "## Configuration", "", *_config_lines(cfg, start), "",
+            "## Throughput", "", *_throughput_lines(records, train, end)]
+    if skipped_lines:
+        out += ["", f"Note: {skipped_lines} unreadable line(s) of metrics.jsonl were skipped "
+                    f"(a run killed mid-write leaves a partial line)."]
+    return "\n".join(out) + "\n"
+
+
+def read_metrics(path: str) -> tuple[list[dict], int]:
+    """Records of a metrics.jsonl and the number of lines that did not parse."""
+    records, bad = [], 0
+    with open(path) as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+            else:
+                bad += 1
+    return records, bad
+
+
+def write_report(run_dir: str) -> str:
+    """Write <run_dir>/report.md from its metrics.jsonl (and config.json); return its path."""
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(metrics):
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir!r}: give a run folder "
+                                f"(out_dir/run_name) that train.py has logged into")
+    records, bad = read_metrics(metrics)
+    if not records:
+        raise ValueError(f"{metrics} has no records: the run has not logged anything yet")
+    config = None
+    config_path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as fh:
+            config = json.load(fh)
+    path = os.path.join(run_dir, "report.md")
+    write_text(path, render_report(records, config, skipped_lines=bad))
+    return path

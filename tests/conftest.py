@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny prepared dataset and a tiny training command line."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+
+
+def write_dataset(folder, train_ids, val_ids, vocab_size, dtype="uint16", meta_extra=None):
+    os.makedirs(folder, exist_ok=True)
+    np.asarray(train_ids, dtype=dtype).tofile(os.path.join(folder, "train.bin"))
+    np.asarray(val_ids, dtype=dtype).tofile(os.path.join(folder, "val.bin"))
+    chars = "".join(sorted(set(TEXT)))
+    meta = {"tokenizer": "char", "chars": chars, "vocab_size": vocab_size, "dtype": dtype,
+            "eot_id": vocab_size - 1, "train_tokens": len(train_ids), "val_tokens": len(val_ids)}
+    meta.update(meta_extra or {})
+    with open(os.path.join(folder, "meta.json"), "w") as fh:
+        json.dump(meta, fh)
+    return folder
+
+
+@pytest.fixture
+def char_data(tmp_path):
+    """A character-level dataset of a few thousand tokens in data/ under tmp_path."""
+    chars = "".join(sorted(set(TEXT)))
+    ids = [chars.index(c) for c in TEXT]
+    cut = int(len(ids) * 0.9)
+    return write_dataset(str(tmp_path / "data" / "tiny_char"), ids[:cut], ids[cut:], len(chars) + 1)
+
+
+@pytest.fixture
+def tiny_args(tmp_path, char_data):
+    """Command-line arguments for a seconds-long training run on char_data."""
+    return [f"--data_dir={char_data}", f"--out_dir={tmp_path / 'checkpoints'}", "--run_name=t",
+            "--model=tiny", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16",
+            "--global_batch_size=4", "--micro_batch_size=2", "--max_steps=6", "--warmup_steps=2",
+            "--learning_rate=3e-3", "--eval_interval=3", "--eval_batches=2", "--log_interval=1",
+            "--save_interval=3", "--device=cpu", "--dtype=float32", "--compile=False",
+            "--tensorboard=False", "--progress_bar=False"]

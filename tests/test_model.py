@@ -1,0 +1,125 @@
+import math
+
+import pytest
+import torch
+
+from model import GPT, PRESETS, GPTConfig, KVCache, count_params, flops_per_token, preset_config
+
+
+def tiny(**kw):
+    base = dict(vocab_size=67, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_counts_match_the_built_model(name):
+    cfg = preset_config(name)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    padding = (cfg.padded_vocab - cfg.vocab_size) * cfg.n_embd
+    assert sum(p.numel() for p in model.parameters()) - padding == count_params(cfg) == model.num_params()
+
+
+def test_known_counts():
+    assert count_params(preset_config("gpt2-124m")) == 124_439_808  # GPT-2 small, as published
+    assert count_params(preset_config("gpt2-350m")) == 354_823_168
+    assert abs(count_params(preset_config("300m")) - 300e6) / 300e6 < 0.01
+    assert abs(count_params(preset_config("1.2b")) - 1.2e9) / 1.2e9 < 0.03
+    assert preset_config("1.2b").head_dim in (64, 128)
+
+
+def test_tied_weights_share_storage_and_are_counted_once():
+    model = GPT(tiny())
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("lm_head" in n for n in names)
+    groups = model.optimizer_groups(0.1)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() < 2 for p in groups[1]["params"])
+    assert groups[1]["weight_decay"] == 0.0
+    x = torch.randint(0, 67, (1, 8))
+    logits, _ = model(x, x)
+    logits.sum().backward()  # the head's gradient lands on the embedding matrix
+    assert model.wte.weight.grad is not None and model.wte.weight.grad.abs().sum() > 0
+
+
+def test_causality():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    x = torch.randint(0, 67, (2, 16))
+    y = x.clone()
+    y[:, 10] = (y[:, 10] + 1) % 67
+    a, _ = model(x, x)
+    b, _ = model(y, y)
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("name,overrides", [("tiny", {}), ("gpt2-124m", {"n_layer": 1}),
+                                            ("300m", {"n_layer": 1, "block_size": 64})])
+def test_init_loss_is_uniform(name, overrides):
+    torch.manual_seed(0)
+    cfg = preset_config(name, **overrides)
+    model = GPT(cfg)
+    x = torch.randint(0, cfg.vocab_size, (4, 32))
+    y = torch.randint(0, cfg.vocab_size, (4, 32))
+    _, loss = model(x, y)
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.1
+
+
+def test_padded_ids_are_never_predicted():
+    cfg = tiny(vocab_size=67)
+    assert cfg.padded_vocab == 128
+    logits, _ = GPT(cfg)(torch.zeros(1, 4, dtype=torch.long))
+    assert logits.shape[-1] == 67
+
+
+def test_init_std_and_zero_biases():
+    model = GPT(tiny(n_layer=8, n_embd=64))
+    assert model.h[0].attn.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.15)
+    assert model.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    assert all(b.abs().sum() == 0 for n, b in model.named_parameters() if n.endswith("bias"))
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = GPT(tiny())
+    b = GPT(tiny(activation_checkpointing=True))
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 67, (2, 16))
+    for m in (a, b):
+        m(x, x)[1].backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = GPT(cfg).eval()
+    x = torch.randint(0, 67, (2, 16))
+    full, _ = model(x, x)
+    cache = KVCache(cfg, 2, "cpu", torch.float32)
+    first, _ = model(x[:, :9], cache=cache)  # prefill
+    assert torch.allclose(first[:, 0], full[:, 8], atol=1e-5)
+    chunk, _ = model(x[:, 9:12], cache=cache)  # several tokens at once after a prefix
+    assert torch.allclose(chunk[:, 0], full[:, 11], atol=1e-5)
+    for t in range(12, 16):
+        step, _ = model(x[:, t:t + 1], cache=cache)
+        assert torch.allclose(step[:, 0], full[:, t], atol=1e-5)
+    with pytest.raises(ValueError, match="block_size"):
+        model(x[:, :1], cache=cache)
+
+
+def test_flops_per_token_formula():
+    cfg = preset_config("gpt2-124m")
+    n = count_params(cfg) - cfg.block_size * cfg.n_embd  # matmul weights: all but positions
+    assert flops_per_token(cfg) == 6 * n + 12 * 12 * 768 * 1024
+
+
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        GPTConfig(n_embd=100, n_head=3)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset_config("gpt5")

@@ -1,0 +1,171 @@
+"""report.md: the documented step/loss table from synthetic metrics records."""
+import json
+import os
+
+import pytest
+
+from report import fmt_elapsed, fmt_ppl, render_report, write_report
+
+CONFIG = dict(run_name="train_300m", model="300m", warmup_steps=2_000, max_steps=100_000,
+              learning_rate=6e-4, min_lr=None, lr_decay_steps=None, weight_decay=0.1,
+              beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, dropout=0.1, dtype="float16",
+              global_batch_size=512, micro_batch_size=32, device="cuda")
+MODEL = dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048, mlp_hidden=2944,
+             vocab_size=50257, dropout=0.1)
+HOUR = 3600.0
+
+
+def start(t=1_700_000_000):
+    return dict(kind="start", step=0, time=t, config=CONFIG, model_config=MODEL,
+                params=299_220_992, world_size=4, device="cuda", dtype="float16",
+                tokens_per_step=1_048_576, accumulation=4)
+
+
+def train(step, loss, hours, tps=49_300.0, mfu=0.4):
+    return dict(kind="train", step=step, loss=loss, lr=6e-4, grad_norm=1.0, tokens_per_s=tps,
+                mfu=mfu, peak_mem_gib=30.5, loss_scale=65536.0, skipped_steps=3,
+                tokens=step * 1_048_576, elapsed_s=hours * HOUR)
+
+
+def ckpt(step, hours, best=False):
+    name = "best_model.pt" if best else f"checkpoint_step_{step}.pt"
+    return dict(kind="checkpoint", step=step, path=f"checkpoints/train_300m/{name}",
+                elapsed_s=hours * HOUR, best=best)
+
+
+def evalr(step, loss, hours):
+    return dict(kind="eval", step=step, val_loss=loss, val_ppl=2.718281828 ** loss,
+                train_loss=None, elapsed_s=hours * HOUR)
+
+
+def documented_run():
+    """The 300M document's timeline; warmup end (2,000) is not logged exactly, and the run
+    is killed after step 30,000 and resumed from the 25,000 checkpoint."""
+    return [
+        start(),
+        train(0, 10.8155, 0.0, tps=1_000.0, mfu=0.01),  # first record of a launch: compile time
+        train(1_900, 5.15, 14.0),
+        train(10_000, 3.88, 18.0), ckpt(10_000, 18.0), ckpt(10_000, 18.0, best=True),
+        evalr(10_000, 3.95, 18.0),
+        train(25_000, 3.23, 32.0), ckpt(25_000, 32.0), evalr(25_000, 3.30, 32.0),
+        train(30_000, 3.60, 35.0), evalr(30_000, 3.40, 35.0),
+        start(),  # resumed from checkpoint_step_25000.pt: steps repeat, time continues
+        train(30_000, 3.10, 36.0, tps=2_000.0, mfu=0.02), evalr(30_000, 3.10, 36.0),
+        train(50_000, 2.99, 50.0), ckpt(50_000, 50.0), evalr(50_000, 2.95, 50.0),
+        train(75_000, 2.87, 68.0), ckpt(75_000, 68.0), evalr(75_000, 2.92, 68.0),
+        ckpt(75_000, 68.0, best=True),
+        train(100_000, 2.85, 72.0 + 14 / 60), ckpt(100_000, 72.2), evalr(100_000, 2.93, 72.2),
+        dict(kind="end", step=100_000, elapsed_s=72.25 * HOUR, reason="max_steps"),
+    ]
+
+
+def table(text, header="| Checkpoint |"):
+    lines = text.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith(header))
+    rows = []
+    for ln in lines[i + 2:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return lines[i], rows
+
+
+def test_timeline_matches_document_format():
+    text = render_report(documented_run(), None)
+    header, rows = table(text)
+    assert header == "| Checkpoint | Step | Loss | Perplexity | Time Elapsed |"
+    assert rows == [
+        ["Initial", "0", "10.82", "49,787", "0s"],
+        ["Warmup End", "1,900†", "5.15", "172.43", "14h 00m"],
+        ["Checkpoint 1", "10,000", "3.88", "48.42", "18h 00m"],
+        ["Checkpoint 2", "25,000", "3.23", "25.28", "32h 00m"],
+        ["Checkpoint 3", "50,000", "2.99", "19.89", "50h 00m"],
+        ["Checkpoint 4", "75,000", "2.87", "17.64", "68h 00m"],
+        ["Final", "100,000", "2.85", "17.29", "72h 14m"],
+    ]
+    assert "Warmup End is step 2,000; no train loss was logged there" in text
+
+
+def test_resumed_duplicates_use_the_last_record():
+    text = render_report(documented_run(), None)
+    _, rows = table(text, "| Step | Val Loss |")
+    by_step = {r[0]: r for r in rows}
+    assert by_step["30,000"][1] == "3.10"  # the resumed run's eval, not the killed one's 3.40
+    assert len(rows) == 6
+    assert by_step["75,000"][1] == "2.92 (best)"
+    assert sum("(best)" in r[1] for r in rows) == 1
+
+
+def test_throughput_and_config_summary():
+    text = render_report(documented_run(), None)
+    # Means leave out the first record of each launch (steps 0 and the resumed 30,000).
+    assert "Mean tokens/s: 49,300" in text
+    assert "Mean MFU: 40.0%" in text
+    assert "Tokens seen: 104,857,600,000" in text
+    assert "Total time: 72h 15m" in text
+    assert "End: max_steps at step 100,000" in text
+    assert "24 layers x 1,024 wide, 16 heads, MLP 2,944, context 2,048" in text
+    assert "Parameters: 299,220,992" in text
+    assert "512 sequences per step (32 micro x 4 GPUs x 4 accumulation), 1,048,576 tokens/step" in text
+    assert "linear warmup to 6e-4 over 2,000 steps, cosine decay to 6e-5 at step 100,000" in text
+    assert "betas (0.9, 0.95)" in text and "world size: 4" in text
+
+
+def test_coinciding_rows_merge():
+    recs = [start(), train(0, 4.0, 0), train(50, 3.0, 0.01), ckpt(50, 0.01),
+            train(100, 2.0, 0.02), ckpt(100, 0.02), dict(kind="end", step=100, elapsed_s=80,
+                                                         reason="max_steps")]
+    cfg = dict(CONFIG, warmup_steps=50)
+    _, rows = table(render_report(recs, cfg))
+    assert [r[0] for r in rows] == ["Initial", "Warmup End / Checkpoint 1", "Final"]
+    # Warmup that ends at (or past) the last step and a final checkpoint fold into Final.
+    _, rows = table(render_report(recs, dict(CONFIG, warmup_steps=100)))
+    assert [r[0] for r in rows] == ["Initial", "Checkpoint 1", "Final"]
+    _, rows = table(render_report(recs, dict(CONFIG, warmup_steps=500)))
+    assert [r[0] for r in rows] == ["Initial", "Checkpoint 1", "Final"]
+
+
+def test_unfinished_run_says_latest():
+    recs = [start(), train(0, 4.0, 0), train(10, 3.5, 0.001)]
+    text = render_report(recs, dict(CONFIG, warmup_steps=0))
+    _, rows = table(text)
+    assert [r[0] for r in rows] == ["Initial", "Latest"]
+    assert "no end record" in text
+
+
+def test_formatting_helpers():
+    assert [fmt_elapsed(s) for s in (0, 42, 185, 14 * HOUR + 2 * 60)] == ["0s", "42s", "3m 05s", "14h 02m"]
+    assert fmt_ppl(10.8155) == "49,787" and fmt_ppl(5.15) == "172.43" and fmt_ppl(2.85) == "17.29"
+    assert fmt_ppl(float("nan")) == "nan" and fmt_ppl(1e4) == "inf"
+
+
+def write_lines(path, records, tail=""):
+    with open(path, "w") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records) + tail)
+
+
+def test_write_report_is_atomic(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_lines(run / "metrics.jsonl", documented_run(), tail='{"kind": "train", "st')
+    (run / "config.json").write_text(json.dumps(CONFIG))
+    path = write_report(str(run))
+    assert path == os.path.join(str(run), "report.md")
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "report.md"]
+    text = open(path).read()
+    assert text.startswith("# Training report: train_300m")
+    assert "1 unreadable line(s)" in text  # the partial line a kill mid-write leaves
+    # A failed render leaves the previous report whole and no temp file behind.
+    write_lines(run / "metrics.jsonl", [start()])
+    with pytest.raises(ValueError, match="no train records"):
+        write_report(str(run))
+    assert open(path).read() == text
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "report.md"]
+
+
+def test_missing_or_empty_metrics_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl in"):
+        write_report(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match="has no records"):
+        write_report(str(tmp_path))

@@ -1,0 +1,84 @@
+import glob
+import os
+
+import pytest
+
+from train_config import ConfigError, TrainConfig, help_text, load_config, parse_value
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_overrides_are_parsed_to_the_field_type():
+    cfg = load_config(["--max_steps=5_000", "--learning_rate=3e-4", "--compile=False",
+                       "--min_lr=None", "--n_layer=6", "--run_name=abc", "--dry_run"])
+    assert cfg.max_steps == 5000 and cfg.learning_rate == 3e-4 and cfg.compile is False
+    assert cfg.min_lr is None and cfg.n_layer == 6 and cfg.run_name == "abc" and cfg.dry_run is True
+    assert load_config(["--max_steps=1e4"]).max_steps == 10_000
+    assert load_config(["--resume"]).resume == "latest"
+
+
+def test_file_then_overrides(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("max_steps = 590_625\nlearning_rate = 3e-4\nwarmup_steps = int(0.02 * max_steps)\n")
+    cfg = load_config([str(f), "--learning_rate=1e-3"])
+    assert cfg.max_steps == 590_625 and cfg.warmup_steps == 11_812 and cfg.learning_rate == 1e-3
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--lerning_rate=1"], "did you mean 'learning_rate'"),
+    (["--max_steps=abc"], "max_steps expects int"),
+    (["--max_steps=1.5"], "max_steps expects int"),
+    (["--compile=maybe"], "compile expects bool"),
+    (["--learning_rate"], "needs a value"),
+    (["--dtype=fp8"], "dtype must be"),
+    (["--model=gpt5"], "unknown model preset"),
+    (["--global_batch_size=0"], "must be positive"),
+    (["config/nope.py"], "not found"),
+    (["stray"], "unexpected argument"),
+])
+def test_bad_values_are_clear_errors(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(argv)
+
+
+def test_unknown_key_in_a_file(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("max_step = 10\n")
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        load_config([str(f)])
+
+
+def test_every_shipped_config_loads():
+    files = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
+    assert len(files) >= 4
+    for f in files:
+        assert isinstance(load_config([f]), TrainConfig)
+
+
+def test_documented_runs_value_for_value():
+    p = load_config([os.path.join(ROOT, "config", "production_8gpu.py")])
+    assert (p.max_steps, p.save_interval, p.log_interval, p.micro_batch_size, p.learning_rate,
+            p.warmup_steps, p.global_batch_size) == (590_625, 20_000, 3_000, 8, 3e-4, 11_812, 256)
+    assert p.global_batch_size // (p.micro_batch_size * 8) == 4  # gradient_accumulation_steps
+    assert p.model_config(50257).block_size == 1024
+    r = load_config([os.path.join(ROOT, "config", "train_300m.py")])
+    mc = r.model_config(50257)
+    assert (mc.n_layer, mc.n_embd, mc.block_size, r.dropout) == (24, 1024, 2048, 0.1)
+    assert (r.global_batch_size, r.learning_rate, r.min_lr, r.weight_decay, r.warmup_steps, r.max_steps,
+            r.grad_clip, r.beta1, r.beta2, r.eps, r.dtype, r.save_interval, r.eval_interval,
+            r.log_interval) == (512, 6e-4, 6e-5, 0.1, 2000, 100_000, 1.0, 0.9, 0.95, 1e-8, "float16",
+                                10_000, 1_000, 100)
+
+
+def test_help_lists_every_key_with_its_doc():
+    text = help_text()
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name}=" in text
+    assert "peak learning rate" in text
+
+
+def test_parse_value_types():
+    assert parse_value("compile", "None") is None
+    assert parse_value("bias", "true") is True
+    with pytest.raises(ConfigError):
+        parse_value("max_steps", True)
