@@ -1,0 +1,292 @@
+"""Sample text from a trained checkpoint.
+
+    python sample.py                                  # best checkpoint of the newest run
+    python sample.py --checkpoint=checkpoints/shakespeare --prompt="ROMEO:"
+    python sample.py --prompt=FILE:prompt.txt --temperature=0 --max_new_tokens=500
+
+Generation is importable: `generate(model, idx, max_new_tokens, ...)` decodes a batch
+with a KV cache (prefill the prompt once, then one token per step) or without one
+(re-run the model on the whole window every step); greedy output is the same both ways.
+"""
+import argparse
+import contextlib
+import json
+import os
+import sys
+
+import torch
+
+from checkpoint import best_or_latest, clean_state_dict, load_checkpoint, newest_run
+from model import GPT, GPTConfig, KVCache
+from tokenizer import load_tokenizer
+
+# ---- sampling -------------------------------------------------------------------------
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Next token ids (B, 1) from last-position logits (B, V).
+    temperature 0 is greedy; top_k keeps the k most likely ids; top_p keeps the smallest
+    set of most likely ids whose probability sums to at least top_p (never empty)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature  # softmax in fp32 even under autocast
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the ones ranked above it already reach top_p; the most
+        # likely token has nothing above it, so it always survives.
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def _cache_dtype(model, device):
+    # Under autocast the keys and values come out of the Linear layers in the autocast
+    # dtype; a cache in that dtype avoids a cast per layer per step.
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
+@torch.inference_mode()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+             use_cache=True, generator=None, eot_id=None, on_token=None):
+    """Append up to max_new_tokens sampled ids to each row of idx (B, T) and return
+    (B, T + n_new). The model conditions on at most block_size tokens: longer prompts are
+    cropped to their last block_size tokens (the returned tensor keeps the whole prompt).
+
+    eot_id: a row that produces it is finished; its later positions are filled with
+    eot_id and generation stops early once every row is finished.
+    on_token(tokens): called after each step with the new ids, shape (B,).
+
+    Within the context both paths see exactly the same tokens at the same positions,
+    so their logits agree (up to float rounding) and greedy outputs are identical.
+    Past the context they differ by design: positions are learned embeddings, so cached
+    keys cannot slide along. The uncached path re-runs a sliding window of the last
+    block_size tokens each step; the cached path, when its cache is full, re-encodes the
+    last block_size // 2 tokens and carries on, so it conditions on a window of between
+    block_size // 2 and block_size tokens. Halving keeps the costly re-encode to once per
+    block_size // 2 new tokens instead of once per token.
+    """
+    model.eval()
+    block = model.config.block_size
+    keep = max(1, block // 2)
+    B = idx.size(0)
+    out = idx
+    cache = None
+    if use_cache:
+        cache = KVCache(model.config, B, idx.device, _cache_dtype(model, idx.device))
+    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    logits = None
+    for _ in range(max_new_tokens):
+        if cache is None:
+            logits, _ = model(out[:, -block:])
+        elif logits is None:  # prefill the prompt once
+            logits, _ = model(out[:, -block:], cache=cache)
+        elif cache.pos < cache.capacity:  # only the newest token is new to the cache
+            logits, _ = model(out[:, -1:], cache=cache)
+        else:  # cache full: re-encode the tail at positions 0..keep-1
+            cache.reset()
+            logits, _ = model(out[:, -keep:], cache=cache)
+        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+        if eot_id is not None:
+            nxt = nxt.masked_fill(done[:, None], eot_id)
+            done |= nxt[:, 0] == eot_id
+        out = torch.cat([out, nxt], dim=1)
+        if on_token is not None:
+            on_token(nxt[:, 0])
+        if eot_id is not None and bool(done.all()):
+            break
+    return out
+
+
+class IncrementalDecoder:
+    """Turns a stream of ids into a stream of text. Decoding ids one by one would break
+    characters that span tokens (a BPE byte piece of a multi-byte character), so decode
+    the whole sequence each time and hand out only the new, settled suffix."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids = []
+        self.shown = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # probably half a character: wait for the rest
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        return self._advance(self.tokenizer.decode(self.ids))
+
+    def _advance(self, text: str) -> str:
+        new = text[len(self.shown):] if text.startswith(self.shown) else text
+        self.shown = text
+        return new
+
+
+# ---- loading --------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
+    """A checkpoint file from a file, a run folder, or (None) the newest run in out_dir."""
+    if path is None:
+        run = newest_run(out_dir)
+        if run is None:
+            raise FileNotFoundError(f"no run with checkpoints under {out_dir!r}; train one with "
+                                    f"`python train.py config/shakespeare_cpu.py` or pass --checkpoint")
+        path = run
+    if os.path.isdir(path):
+        found = best_or_latest(path)
+        if found is None:
+            raise FileNotFoundError(f"run folder {path!r} has no best_model.pt or "
+                                    f"checkpoint_step_N.pt")
+        return found
+    return path  # load_checkpoint says clearly if it is missing or not a checkpoint
+
+
+def tokenizer_meta(ckpt: dict) -> dict:
+    """The data's meta.json: stored in the checkpoint, else read from its data_dir."""
+    if ckpt.get("tokenizer"):
+        return ckpt["tokenizer"]
+    data_dir = (ckpt.get("config") or {}).get("data_dir")
+    meta_path = os.path.join(data_dir, "meta.json") if data_dir else None
+    if meta_path and os.path.isfile(meta_path):
+        with open(meta_path) as fh:
+            return json.load(fh)
+    raise ValueError(f"the checkpoint stores no tokenizer and its data_dir has no meta.json "
+                     f"(looked for {meta_path!r}); prepare the data again with prepare_data.py")
+
+
+def load_model(ckpt: dict, device) -> GPT:
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    return model.to(device).eval()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, dtype: str):
+    """Autocast to bf16/fp16 for the forward passes; float32 runs without autocast."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            dtype = "float32"
+        else:
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+# ---- command line ---------------------------------------------------------------------
+
+
+def _top_k(value: str):
+    return None if value.lower() == "none" else int(value)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint.")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint file or run folder (default: best of the newest run in checkpoints/)")
+    p.add_argument("--prompt", default=None,
+                   help="start text, or FILE:path to read it from a file (default: end-of-text token)")
+    p.add_argument("--num_samples", type=int, default=3)
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--top_k", type=_top_k, default=200, help="keep the k most likely ids (none: all)")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--stop_at_eot", action="store_true", help="end a sample at the end-of-text token")
+    p.add_argument("--no_cache", action="store_true", help="disable the KV cache (slower)")
+    p.add_argument("--out_dir", default="checkpoints", help="where to look for runs without --checkpoint")
+    args = p.parse_args(argv)
+    # Fail before the (slow) checkpoint load, with the fix in the message.
+    if args.temperature < 0:
+        p.error(f"--temperature must be >= 0 (0 is greedy), got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        p.error(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 1:
+        p.error(f"--top_k must be >= 1 (or none), got {args.top_k}")
+    if args.num_samples < 1:
+        p.error(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.max_new_tokens < 0:
+        p.error(f"--max_new_tokens must be >= 0, got {args.max_new_tokens}")
+    if args.prompt is not None and args.prompt.startswith("FILE:"):
+        path = args.prompt[len("FILE:"):]
+        if not os.path.isfile(path):
+            p.error(f"prompt file {path!r} does not exist")
+        with open(path, encoding="utf-8") as fh:
+            args.prompt = fh.read()
+    return args
+
+
+def main(argv=None):
+    """Print num_samples samples; return their texts (prompt + continuation)."""
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    path = resolve_checkpoint(args.checkpoint, args.out_dir)
+    ckpt = load_checkpoint(path, map_location=device)
+    tok = load_tokenizer(tokenizer_meta(ckpt))
+    model = load_model(ckpt, device)
+    step = ckpt.get("step")
+    if model.config.vocab_size > tok.n_vocab:
+        raise ValueError(f"the model predicts {model.config.vocab_size} ids but the {tok.name} "
+                         f"tokenizer has only {tok.n_vocab}; the checkpoint's tokenizer entry "
+                         f"does not belong to this model")
+    del ckpt  # the optimizer state can be as large as the model again
+    print(f"sampling from {path} (step {step}), {model.num_params() / 1e6:.2f}M params, "
+          f"{tok.name} tokenizer, {device}", file=sys.stderr)
+
+    if args.prompt is None:
+        prompt_ids = [tok.eot_id]  # unconditional: start as a new document would
+    else:
+        prompt_ids = tok.encode(args.prompt)
+        if not prompt_ids:
+            raise ValueError("the prompt encodes to no tokens; leave --prompt out to sample "
+                             "unconditionally")
+    if len(prompt_ids) > model.config.block_size:
+        print(f"prompt is {len(prompt_ids)} tokens; the model sees its last "
+              f"{model.config.block_size}", file=sys.stderr)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    ctx = autocast_context(device, args.dtype)
+
+    texts = []
+    for i in range(args.num_samples):
+        if i:
+            print("\n" + "-" * 40, flush=True)
+        head = args.prompt or ""
+        print(head, end="", flush=True)
+        dec = IncrementalDecoder(tok)
+        eot = tok.eot_id if args.stop_at_eot else None
+
+        def show(t, dec=dec, eot=eot):
+            if int(t[0]) != eot:  # the stopping token itself is not part of the text
+                print(dec.push(int(t[0])), end="", flush=True)
+
+        with ctx:
+            generate(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                     use_cache=not args.no_cache, generator=generator, eot_id=eot, on_token=show)
+        print(dec.flush(), flush=True)
+        texts.append(head + dec.shown)
+    return texts
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
