@@ -93,8 +93,9 @@ def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final
     names: dict[int, list[str]] = {0: ["Initial"]}
     if 0 < warmup <= final_step:
         names.setdefault(warmup, []).append("Warmup End")
+    # A checkpoint saved at the warmup's end is that row, as in the documented table.
     step_ckpts = sorted({c["step"] for c in checkpoints
-                         if 0 < c["step"] < final_step and _is_step_checkpoint(c)})
+                         if 0 < c["step"] < final_step and c["step"] != warmup and _is_step_checkpoint(c)})
     for i, step in enumerate(step_ckpts, 1):
         names.setdefault(step, []).append(f"Checkpoint {i}")
     names.setdefault(final_step, []).append("Final" if ended else "Latest")

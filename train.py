@@ -268,7 +268,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
                 state["skipped_steps"] += 1  # inf/NaN gradients: GradScaler skipped this update
             optimizer.zero_grad(set_to_none=True)
         tokens_since += tokens_per_step
-        if last or step % cfg.log_interval == 0 or step == cfg.warmup_steps or step % cfg.save_interval == 0:
+        if (last or step % cfg.log_interval == 0 or step == cfg.warmup_steps or step % cfg.save_interval == 0
+                or step in cfg.save_steps):  # the report's rows need the loss at these steps
             if world > 1:
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             now = time.time()
@@ -299,7 +300,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             if run_eval():
                 end_reason = "early_stopping"
-        if step % cfg.save_interval == 0 or step == cfg.max_steps or end_reason == "early_stopping":
+        if (step % cfg.save_interval == 0 or step in cfg.save_steps or step == cfg.max_steps
+                or end_reason == "early_stopping"):
             save(f"checkpoint_step_{step}.pt")
     bar.close()
     if master:

@@ -56,6 +56,7 @@ class TrainConfig:
     eval_batches: int = 20  # fixed val batches (of micro_batch_size, per rank) averaged per evaluation
     log_interval: int = 100  # steps between train-loss log lines
     save_interval: int = 10_000  # steps between checkpoint_step_N.pt saves (and at the end)
+    save_steps: tuple = ()  # extra steps to save at, e.g. --save_steps=20,100,250 (fractions of a run)
     keep_last: int = 0  # keep only the newest N step checkpoints (0 keeps all)
     early_stopping_patience: int = 0  # stop after N evaluations without a val improvement (0: never)
     tensorboard: bool = True  # write TensorBoard scalars to the run folder
@@ -112,6 +113,9 @@ def parse_value(key: str, raw):
             return None
         raise ConfigError(f"{key} cannot be None; give a {base.__name__}")
     try:
+        if base is tuple:  # of ints: "20,100" on the command line, a list or tuple in a file
+            items = raw.replace(" ", "").split(",") if isinstance(raw, str) else list(raw)
+            return tuple(parse_value("max_steps", x) for x in items if x != "")
         if base is bool:
             if isinstance(raw, bool):
                 return raw

@@ -117,7 +117,8 @@ def test_coinciding_rows_merge():
                                                          reason="max_steps")]
     cfg = dict(CONFIG, warmup_steps=50)
     _, rows = table(render_report(recs, cfg))
-    assert [r[0] for r in rows] == ["Initial", "Warmup End / Checkpoint 1", "Final"]
+    # a checkpoint at the warmup's end is the Warmup End row; numbering starts after it
+    assert [r[0] for r in rows] == ["Initial", "Warmup End", "Final"]
     # Warmup that ends at (or past) the last step and a final checkpoint fold into Final.
     _, rows = table(render_report(recs, dict(CONFIG, warmup_steps=100)))
     assert [r[0] for r in rows] == ["Initial", "Checkpoint 1", "Final"]
