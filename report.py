@@ -87,7 +87,7 @@ def _at_or_before(train: list[dict], step: int) -> dict | None:
 # ---- the tables ------------------------------------------------------------------------
 
 def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final_step: int,
-                  ended: bool) -> list[dict]:
+                  ended: bool, evals: list[dict] | None = None) -> list[dict]:
     """Rows of the main table: Initial, Warmup End, Checkpoint 1..n, Final. Names that fall
     on one step share a row; Final (or Initial) wins over the others."""
     names: dict[int, list[str]] = {0: ["Initial"]}
@@ -105,6 +105,12 @@ def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final
         labels = names[step]
         name = next((n for n in ("Final", "Latest", "Initial") if n in labels), " / ".join(labels))
         rec = _at_or_before(train, step)
+        # One batch's loss is noisy; an evaluation at this step measured the train loss
+        # over a fixed set of batches, so prefer it.
+        ev = next((e for e in evals or [] if e["step"] == step and e.get("train_loss") is not None), None)
+        if ev is not None:
+            rec = dict(rec or {}, step=step, loss=ev["train_loss"],
+                       elapsed_s=(rec or ev).get("elapsed_s", ev.get("elapsed_s")))
         rows.append({"name": name, "step": step, "record": rec,
                      "exact": rec is not None and rec["step"] == step})
     return rows
@@ -230,17 +236,19 @@ def render_report(records: list[dict], config: dict | None = None, skipped_lines
 
     # Not latest_by_step: best_model.pt and checkpoint_step_N.pt records share a step.
     checkpoints = [r for r in records if r.get("kind") == "checkpoint" and isinstance(r.get("step"), int)]
+    evals = latest_by_step(records, "eval")
     rows = timeline_rows(train, checkpoints,
-                         int(cfg.get("warmup_steps") or 0), final_step, ended)
+                         int(cfg.get("warmup_steps") or 0), final_step, ended, evals)
     title = cfg.get("run_name") or "run"
     out = [f"# Training report: {title}", ""]
     if starts and starts[0].get("time"):
         began = datetime.fromtimestamp(starts[0]["time"], tz=timezone.utc)
         out += [f"Started {began:%Y-%m-%d %H:%M} UTC; {len(starts)} launch(es).", ""]
     out += ["## Training Timeline", "", *_timeline_table(rows), "",
-            "Loss is the mean train loss of the step's batch before its update; "
-            "perplexity is exp(loss).", "",
-            "## Validation", "", *_val_table(latest_by_step(records, "eval")), "",
+            "Loss is the train loss at that step: the mean over the evaluation's fixed train "
+            "batches where an evaluation ran there, else the loss of the step's batch before "
+            "its update; perplexity is exp(loss).", "",
+            "## Validation", "", *_val_table(evals), "",
             "## Configuration", "", *_config_lines(cfg, start), "",
             "## Throughput", "", *_throughput_lines(records, train, end)]
     if skipped_lines:

