@@ -3,7 +3,9 @@
 A checkpoint is a dict that loads with torch.load(weights_only=True):
   kind="gpt-checkpoint", version, step, model (state dict, clean keys), model_config,
   config (TrainConfig as a dict), tokenizer (the data's meta.json), optimizer, scaler,
-  best_val_loss, evals_without_improvement, tokens_seen, elapsed_s, rng.
+  best_val_loss, evals_without_improvement, elapsed_s, skipped_steps.
+No RNG state is saved: batches and dropout masks are drawn from seeds of (seed, step, ...),
+so a resumed run needs none.
 Files in a run folder: checkpoint_step_N.pt (every save_interval and at the end) and
 best_model.pt (whenever val loss improves).
 """
@@ -24,8 +26,8 @@ def clean_state_dict(state: dict) -> dict:
     """Drop the wrappers' prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
     out = {}
     for k, v in state.items():
-        for prefix in ("_orig_mod.", "module."):
-            k = k.replace(prefix, "")
+        while k.startswith(("_orig_mod.", "module.")):
+            k = k.removeprefix("_orig_mod.").removeprefix("module.")
         out[k] = v
     return out
 
@@ -81,6 +83,12 @@ def newest_run(out_dir: str = "checkpoints") -> str | None:
         if os.path.isdir(d) and pts:
             runs.append((max(os.path.getmtime(p) for p in pts), d))
     return max(runs)[1] if runs else None
+
+
+def remove_stale_temp_files(run_dir: str):
+    """A kill mid-save leaves a hidden temp file as large as a checkpoint: drop them."""
+    for path in glob.glob(os.path.join(run_dir, ".*.pt.tmp.*")):
+        os.remove(path)
 
 
 def prune(run_dir: str, keep_last: int):

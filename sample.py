@@ -9,7 +9,6 @@ with a KV cache (prefill the prompt once, then one token per step) or without on
 (re-run the model on the whole window every step); greedy output is the same both ways.
 """
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import sys
 import torch
 
 from checkpoint import best_or_latest, clean_state_dict, load_checkpoint, newest_run
+from devices import autocast, pick_device, pick_dtype
 from model import GPT, GPTConfig, KVCache
 from tokenizer import load_tokenizer
 
@@ -170,24 +170,6 @@ def load_model(ckpt: dict, device) -> GPT:
     return model.to(device).eval()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, dtype: str):
-    """Autocast to bf16/fp16 for the forward passes; float32 runs without autocast."""
-    if dtype == "auto":
-        if device.type != "cuda":
-            dtype = "float32"
-        else:
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
-
-
 # ---- command line ---------------------------------------------------------------------
 
 
@@ -238,7 +220,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_checkpoint(path, map_location=device)
+    # to CPU first: the optimizer state it also holds (2x the model) never touches the GPU
+    ckpt = load_checkpoint(path, map_location="cpu")
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = load_model(ckpt, device)
     step = ckpt.get("step")
@@ -262,7 +245,7 @@ def main(argv=None):
               f"{model.config.block_size}", file=sys.stderr)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    ctx = autocast_context(device, args.dtype)
+    ctx = autocast(device, pick_dtype(args.dtype, device))
 
     texts = []
     for i in range(args.num_samples):

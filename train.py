@@ -27,7 +27,8 @@ from atomic_files import write_json
 from loader import TokenWindows, check_vocab, read_meta
 from metrics import RunLog
 from model import GPT, count_params, flops_per_token
-from plan import format_plan, make_plan, peak_flops
+from devices import autocast, pick_device, pick_dtype
+from plan import batch_split, format_plan, make_plan, peak_flops
 from report import write_report
 from schedule import lr_at
 from train_config import ConfigError, TrainConfig, help_text, load_config
@@ -36,31 +37,23 @@ SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_
 
 
 def setup_distributed(cfg: TrainConfig):
-    """(rank, local_rank, world_size, device) from torchrun's environment, or a single process."""
+    """(rank, world_size, device) from torchrun's environment, or a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"--device={cfg.device} but CUDA is not available; use --device=cpu")
-    if not use_cuda:
-        device = torch.device("cpu")
-    elif world > 1:  # under torchrun each process owns the GPU of its local rank
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cuda" if cfg.device == "auto" else cfg.device)
-    if use_cuda:
+    device = pick_device(cfg.device, local_rank if world > 1 else None)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
-    return rank, local_rank, world, device
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
 
-def resolve_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
-    if cfg.dtype != "auto":
-        return getattr(torch, cfg.dtype)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+def all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
+    # SUM then divide: gloo lacks ReduceOp.AVG in the older torch releases we support
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= world
+    return t
 
 
 def check_output_dir(run_dir: str):
@@ -91,20 +84,19 @@ def dry_run(cfg: TrainConfig, world: int):
 
 
 @torch.no_grad()
-def evaluate(model, windows: TokenWindows, cfg: TrainConfig, rank: int, world: int, device, autocast):
-    """Mean loss over a fixed set of eval_batches batches (the same every evaluation)."""
+def evaluate(model, windows: TokenWindows, cfg: TrainConfig, rank: int, world: int, device, autocast_ctx):
+    """Mean loss over eval_batches fixed batches of micro_batch_size sequences, the same
+    set whatever the world size: rank r evaluates batches r, r + world, ..."""
     model.eval()
-    losses = torch.zeros(cfg.eval_batches, device=device)
-    for k in range(cfg.eval_batches):
-        x, y = windows.batch(k, cfg.micro_batch_size * world, rank * cfg.micro_batch_size,
-                             cfg.micro_batch_size, device, stream=1)
-        with autocast:
-            losses[k] = model(x, y)[1]
+    total = torch.zeros((), device=device)
+    for k in range(rank, cfg.eval_batches, world):
+        x, y = windows.batch(k, cfg.micro_batch_size, 0, cfg.micro_batch_size, device, stream=1)
+        with autocast_ctx:
+            total += model(x, y)[1].float()
     model.train()
-    loss = losses.mean()
     if world > 1:
-        dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-    return loss.item()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.item() / cfg.eval_batches
 
 
 def main(argv=None):
@@ -119,7 +111,7 @@ def main(argv=None):
     if cfg.dry_run:
         dry_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         return
-    rank, local_rank, world, device = setup_distributed(cfg)
+    rank, world, device = setup_distributed(cfg)
     try:
         train(cfg, rank, world, device)
     finally:
@@ -135,12 +127,11 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
     check_vocab(meta, model_cfg.vocab_size, cfg.data_dir)
     train_data = TokenWindows(cfg.data_dir, "train", model_cfg.block_size, meta, cfg.seed)
     val_data = TokenWindows(cfg.data_dir, "val", model_cfg.block_size, meta, cfg.seed)
-    per_step = cfg.micro_batch_size * world
-    if cfg.global_batch_size % per_step:
-        raise ConfigError(f"global_batch_size={cfg.global_batch_size} is not divisible by micro_batch_size "
-                          f"x world size = {cfg.micro_batch_size} x {world}; change one of them")
-    accum = cfg.global_batch_size // per_step
-    dtype = resolve_dtype(cfg, device)
+    try:
+        accum = batch_split(cfg.global_batch_size, cfg.micro_batch_size, world)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    dtype = pick_dtype(cfg.dtype, device)
     if dtype == torch.float16 and device.type == "cpu":
         print("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
@@ -151,6 +142,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         if resume_path is None and cfg.resume == "latest":
             raise ConfigError(f"--resume: no checkpoint_step_N.pt in {run_dir}; drop --resume to start fresh")
     check_output_dir(run_dir)  # on every rank, so a bad path stops them all, not only rank 0
+    if master:
+        ckpt.remove_stale_temp_files(run_dir)
     if not resume_path and ckpt.step_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds checkpoints; add --resume to continue it "
                           f"or pick a new --run_name")
@@ -168,7 +161,10 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         model.load_state_dict(ckpt.clean_state_dict(saved["model"]))
         if resume_path:
             optimizer.load_state_dict(saved["optimizer"])
-            scaler.load_state_dict(saved["scaler"])
+            if saved["scaler"] and scaler.is_enabled():
+                scaler.load_state_dict(saved["scaler"])
+            elif scaler.is_enabled():
+                print("note: the checkpoint was not trained in float16; the loss scale starts afresh")
             state = {k: saved[k] for k in state}
         del saved
     raw_model = model
@@ -176,7 +172,7 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         model = torch.compile(model)
     if world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    autocast_ctx = autocast(device, dtype)
 
     tokens_per_step = cfg.global_batch_size * model_cfg.block_size
     step_flops = flops_per_token(model_cfg) * tokens_per_step
@@ -217,8 +213,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
 
     def run_eval():
         """Evaluate, save best_model.pt on improvement; True when early stopping should stop the run."""
-        val = evaluate(model, val_data, cfg, rank, world, device, autocast)
-        train_est = evaluate(model, train_data, cfg, rank, world, device, autocast)
+        val = evaluate(model, val_data, cfg, rank, world, device, autocast_ctx)
+        train_est = evaluate(model, train_data, cfg, rank, world, device, autocast_ctx)
         improved = val < state["best_val_loss"]
         if step > 0:  # the untrained model is a baseline, not a best model
             state["evals_without_improvement"] = 0 if improved else state["evals_without_improvement"] + 1
@@ -239,8 +235,6 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         run_eval()
     t_last, tokens_since, t_start = time.time(), 0, time.time() - state["elapsed_s"]
     while True:
-        # Dropout masks are a pure function of (seed, rank, step) too: resume needs no RNG state.
-        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, step]).generate_state(1)[0]))
         lr = lr_at(step, cfg.learning_rate, min_lr, cfg.warmup_steps, decay_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -248,30 +242,34 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         loss_sum = torch.zeros((), device=device)
         with torch.set_grad_enabled(not last):  # the final batch is only measured, not trained on
             for micro in range(accum):
-                x, y = train_data.batch(step, cfg.global_batch_size, (micro * world + rank) * cfg.micro_batch_size,
+                index = micro * world + rank  # this micro-batch's place in the global batch
+                x, y = train_data.batch(step, cfg.global_batch_size, index * cfg.micro_batch_size,
                                         cfg.micro_batch_size, device)
+                # Dropout masks are a pure function of (seed, step, index) like the batches:
+                # resume needs no RNG state, and 1 GPU x 8 accumulation equals 8 GPUs.
+                torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, index]).generate_state(1)[0]))
                 sync = world == 1 or micro == accum - 1 or last
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast_ctx:
                     loss = model(x, y)[1]
                 loss_sum += loss.detach()
                 if not last:
                     scaler.scale(loss / accum).backward()
-        grad_norm = math.nan
+        grad_norm = torch.tensor(math.nan)
         if not last:
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(  # a tensor: .item() only when logged
+                raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             scale_before = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
             if scaler.is_enabled() and scaler.get_scale() < scale_before:
                 state["skipped_steps"] += 1  # inf/NaN gradients: GradScaler skipped this update
             optimizer.zero_grad(set_to_none=True)
-        tokens_since += tokens_per_step
+        tokens_since += tokens_per_step if not last else 0
         if (last or step % cfg.log_interval == 0 or step == cfg.warmup_steps or step % cfg.save_interval == 0
                 or step in cfg.save_steps):  # the report's rows need the loss at these steps
-            if world > 1:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            all_reduce_mean(loss_sum, world)
+            grad_norm = grad_norm.item()
             now = time.time()
             state["elapsed_s"] = now - t_start
             tok_s = tokens_since / max(now - t_last, 1e-9)
@@ -297,12 +295,14 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         bar.update(1)
         state["step"] = step
         state["elapsed_s"] = time.time() - t_start
+        t_pause = time.time()
         if step % cfg.eval_interval == 0 or step in cfg.save_steps or step == cfg.max_steps:
             if run_eval():
                 end_reason = "early_stopping"
         if (step % cfg.save_interval == 0 or step in cfg.save_steps or step == cfg.max_steps
                 or end_reason == "early_stopping"):
             save(f"checkpoint_step_{step}.pt")
+        t_last += time.time() - t_pause  # tokens/s measures training, not evals and saves
     bar.close()
     if master:
         log.log(dict(kind="end", step=step, elapsed_s=state["elapsed_s"], reason=end_reason))

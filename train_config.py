@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import runpy
 import sys
 import typing
@@ -183,6 +184,8 @@ def load_config(argv: list[str]) -> TrainConfig:
     cfg = TrainConfig(**values)
     if cfg.model not in PRESETS:
         raise ConfigError(f"unknown model preset {cfg.model!r}; choose one of {sorted(PRESETS)}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
     for k in ("global_batch_size", "micro_batch_size", "max_steps", "eval_interval", "log_interval",

@@ -133,6 +133,8 @@ def test_rerun_without_resume_refuses_to_overwrite(tiny_args):
     (["--data_dir=/nonexistent"], FileNotFoundError, "prepare_data.py"),
     (["--resume"], ConfigError, "no checkpoint"),
     (["--out_dir=/proc/forbidden"], ConfigError, "cannot write"),
+    (["--device=mps"], ConfigError, "device must be"),
+    (["--device=cuda"] if not torch.cuda.is_available() else ["--device=cuda:99"], ValueError, "cuda"),
 ])
 def test_bad_input_errors(tiny_args, extra, error, match):
     with pytest.raises(error, match=match):
@@ -163,20 +165,57 @@ def test_dry_run_for_every_config(config, capsys):
 
 
 def test_ddp_matches_single_process_with_twice_the_accumulation(tiny_args):
-    """torchrun with 2 gloo ranks x accumulation 1 equals 1 process x accumulation 2."""
-    single = tiny_args + ["--run_name=single", "--max_steps=4"]
+    """torchrun with 2 gloo ranks x accumulation 2 equals 1 process x accumulation 4, loss by
+    loss, eval by eval, with dropout on: batches and masks depend on the global index only."""
+    common = tiny_args + ["--max_steps=4", "--global_batch_size=8", "--micro_batch_size=2", "--dropout=0.1"]
+    single = common + ["--run_name=single"]
     train.main(single)
-    ddp = tiny_args + ["--run_name=ddp", "--max_steps=4"]
+    ddp = common + ["--run_name=ddp"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "train.py")] + ddp
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    la = [r["loss"] for r in records(run_dir_of(single), "train")]
-    lb = [r["loss"] for r in records(run_dir_of(ddp), "train")]
-    assert len(la) == len(lb) == 5 and la == pytest.approx(lb, abs=1e-5)
+    for kind, key in (("train", "loss"), ("eval", "val_loss"), ("eval", "train_loss")):
+        la = [r[key] for r in records(run_dir_of(single), kind)]
+        lb = [r[key] for r in records(run_dir_of(ddp), kind)]
+        assert len(la) == len(lb) > 1 and la == pytest.approx(lb, abs=1e-5), (kind, key)
+    start = records(run_dir_of(ddp), "start")[0]
+    assert start["world_size"] == 2 and start["accumulation"] == 2
     wa, wb = final_weights(run_dir_of(single)), final_weights(run_dir_of(ddp))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_keep_last_prunes_old_step_checkpoints(tiny_args):
+    args = tiny_args + ["--save_interval=1", "--keep_last=2"]
+    train.main(args)
+    assert [s for s, _ in ckpt.step_checkpoints(run_dir_of(args))] == [5, 6]
+    assert os.path.exists(os.path.join(run_dir_of(args), "best_model.pt"))
+
+
+def test_resume_auto_starts_fresh_then_continues(tiny_args):
+    args = tiny_args + ["--resume=auto", "--max_steps=3"]
+    train.main(args)  # nothing to resume: a fresh run
+    train.main(tiny_args + ["--resume=auto"])  # continues from step 3 to 6
+    steps = [r["step"] for r in records(run_dir_of(args), "start")]
+    assert steps == [0, 3]
+    assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
+
+
+def test_resume_in_another_precision(tiny_args):
+    part = tiny_args + ["--max_steps=3"]
+    train.main(part)
+    train.main(tiny_args + ["--resume", "--dtype=float16", "--n_embd=32"])  # fp32 -> fp16: fresh scale
+    assert records(run_dir_of(part), "end")[-1]["step"] == 6
+
+
+def test_stale_temp_files_are_removed(tiny_args):
+    run = run_dir_of(tiny_args)
+    os.makedirs(run)
+    stale = os.path.join(run, ".checkpoint_step_3.pt.tmp.12345")
+    open(stale, "w").close()
+    train.main(tiny_args)
+    assert not os.path.exists(stale)
 
 
 def test_a_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):

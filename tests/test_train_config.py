@@ -70,6 +70,16 @@ def test_documented_runs_value_for_value():
                                 10_000, 1_000, 100)
 
 
+def test_shipped_documented_configs_plan_as_documented():
+    from plan import make_plan
+    p = load_config([os.path.join(ROOT, "config", "production_8gpu.py")])
+    plan = make_plan(p, p.plan_gpus, 50257, None)
+    assert (plan["accumulation"], plan["tokens_per_step"], plan["total_tokens"]) == (4, 262_144, 154_828_800_000)
+    r = load_config([os.path.join(ROOT, "config", "train_300m.py")])
+    plan = make_plan(r, r.plan_gpus, 50257, 12_800_000_000)
+    assert (plan["accumulation"], plan["tokens_per_step"], plan["total_tokens"]) == (16, 1_048_576, 104_857_600_000)
+
+
 def test_help_lists_every_key_with_its_doc():
     text = help_text()
     for name in TrainConfig.__dataclass_fields__:
