@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 SPLITS = {"train": 0, "val": 1}
+INCOMPLETE_MARKER = ".incomplete"  # prepare_data.py holds it while it writes a dataset
 
 
 def read_meta(data_dir: str) -> dict:
@@ -18,6 +19,9 @@ def read_meta(data_dir: str) -> dict:
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data folder {data_dir!r} not found; prepare it with "
                                 f"`python prepare_data.py` (see --help) or set --data_dir")
+    if os.path.exists(os.path.join(data_dir, INCOMPLETE_MARKER)):
+        raise FileNotFoundError(f"{data_dir} was left half-written by an interrupted prepare_data.py; "
+                                f"run it again for this dataset")
     for split in SPLITS:
         path = os.path.join(data_dir, f"{split}.bin")
         if not os.path.isfile(path) or os.path.getsize(path) == 0:

