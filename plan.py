@@ -85,7 +85,7 @@ def block_activation_bytes(mc, batch: int, seq: int, act_bytes: int) -> int:
     - the MLP terms scale with mlp_dim, not a fixed 4h;
     - the two residual dropout masks (1 B bool each) exist only when dropout > 0.
     """
-    s, b, h, f = seq, batch, mc.n_embd, mc.mlp_dim
+    s, b, f = seq, batch, mc.mlp_dim
     sb, sbh = s * b, s * b * mc.n_embd
     resid = 4  # fp32 residual stream (autocast leaves it fp32; fp32 runs are fp32 anyway)
     total = 2 * resid * sbh + 2 * 2 * 4 * sb  # ln_1, ln_2 inputs + their fp32 mean/rstd

@@ -12,7 +12,7 @@ import re
 import runpy
 import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from model import PRESETS, GPTConfig, preset_config
 
