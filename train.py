@@ -269,12 +269,12 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         if (last or step % cfg.log_interval == 0 or step == cfg.warmup_steps or step % cfg.save_interval == 0
                 or step in cfg.save_steps):  # the report's rows need the loss at these steps
             all_reduce_mean(loss_sum, world)
-            grad_norm = grad_norm.item()
+            grad_norm = None if last else grad_norm.item()  # the final batch trains nothing
             now = time.time()
             state["elapsed_s"] = now - t_start
-            tok_s = tokens_since / max(now - t_last, 1e-9)
+            tok_s = None if last else tokens_since / max(now - t_last, 1e-9)  # the final batch is only measured
             t_last, tokens_since = now, 0
-            mfu = flops_per_token(model_cfg) * tok_s / (peak * world) if peak else None
+            mfu = flops_per_token(model_cfg) * tok_s / (peak * world) if peak and tok_s else None
             mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
             if master:
@@ -284,11 +284,14 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
                            skipped_steps=state["skipped_steps"], tokens=step * tokens_per_step,
                            elapsed_s=state["elapsed_s"])
                 log.log(rec)
-                bar.write(f"step {step:,}/{cfg.max_steps:,} | loss {rec['loss']:.4f} | lr {lr:.2e} | "
-                          f"grad {grad_norm:.3f} | {tok_s:,.0f} tok/s | mfu "
-                          + (f"{mfu:.1%}" if mfu is not None else "n/a") + f" | mem {mem:.2f} GiB"
-                          + (f" | scale {rec['loss_scale']:.0f}, skipped {state['skipped_steps']}"
-                             if scaler.is_enabled() else ""))
+                parts = [f"step {step:,}/{cfg.max_steps:,}", f"loss {rec['loss']:.4f}", f"lr {lr:.2e}"]
+                if not last:
+                    parts += [f"grad {grad_norm:.3f}", f"{tok_s:,.0f} tok/s",
+                              f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a"]
+                parts.append(f"mem {mem:.2f} GiB")
+                if scaler.is_enabled():
+                    parts.append(f"scale {rec['loss_scale']:.0f}, skipped {state['skipped_steps']}")
+                bar.write(" | ".join(parts))
         if last:
             break
         step += 1

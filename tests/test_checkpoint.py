@@ -1,0 +1,72 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint as ckpt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_clean_state_dict_strips_only_leading_wrapper_prefixes():
+    state = {"module._orig_mod.h.0.attn.c_attn.weight": 1, "_orig_mod.wte.weight": 2,
+             "h.0.submodule.w": 3}
+    assert ckpt.clean_state_dict(state) == {"h.0.attn.c_attn.weight": 1, "wte.weight": 2, "h.0.submodule.w": 3}
+
+
+def test_save_and_load_round_trip_with_weights_only(tmp_path):
+    path = str(tmp_path / "checkpoint_step_5.pt")
+    ckpt.save_checkpoint({"step": 5, "model": {"w": torch.arange(3.0)}, "config": {"a": None}}, path)
+    obj = torch.load(path, weights_only=True)
+    assert obj["kind"] == ckpt.KIND and obj["step"] == 5 and torch.equal(obj["model"]["w"], torch.arange(3.0))
+    assert os.listdir(tmp_path) == ["checkpoint_step_5.pt"]  # no temp file left
+
+
+def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(1000))
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        ckpt.load_checkpoint(str(junk))
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(1)}, plain)
+    with pytest.raises(ValueError, match="not a checkpoint written by train.py"):
+        ckpt.load_checkpoint(str(plain))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ckpt.load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_finding_runs_and_checkpoints(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run, steps in ((old, (10,)), (new, (2, 10, 100))):
+        run.mkdir()
+        for s in steps:
+            ckpt.save_checkpoint({"step": s}, str(run / f"checkpoint_step_{s}.pt"))
+            time.sleep(0.01)
+    assert ckpt.newest_run(str(tmp_path)) == str(new)
+    assert ckpt.latest_checkpoint(str(new)).endswith("checkpoint_step_100.pt")  # by step, not name
+    assert ckpt.best_or_latest(str(new)).endswith("checkpoint_step_100.pt")
+    ckpt.save_checkpoint({"step": 10}, str(new / "best_model.pt"))
+    assert ckpt.best_or_latest(str(new)).endswith("best_model.pt")
+    ckpt.prune(str(new), keep_last=1)
+    assert [s for s, _ in ckpt.step_checkpoints(str(new))] == [100]
+    assert ckpt.newest_run(str(tmp_path / "none")) is None
+
+
+def test_a_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
+    path = str(tmp_path / "checkpoint_step_1.pt")
+    ckpt.save_checkpoint({"step": 1, "model": {"w": torch.ones(3)}}, path)
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch, checkpoint as c\n"
+            f"big = {{'step': 2, 'model': {{'w': torch.randn(64, 1024, 1024)}}}}\n"
+            f"print('saving', flush=True)\n"
+            f"while True: c.save_checkpoint(big, {path!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saving"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = ckpt.load_checkpoint(path)  # whatever instant the kill hit, the file is whole
+    assert saved["step"] in (1, 2)

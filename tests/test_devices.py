@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from devices import autocast, pick_device, pick_dtype
+
+
+def test_cpu_defaults():
+    cpu = pick_device("cpu")
+    assert cpu == torch.device("cpu")
+    assert pick_dtype("auto", cpu) == torch.float32
+    assert pick_dtype("bfloat16", cpu) == torch.bfloat16
+    with autocast(cpu, torch.bfloat16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(cpu, torch.float32):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="not supported"):
+        pick_device("mps")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        pick_dtype("fp8", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_devices_get_an_index():
+    assert pick_device("cuda").index == 0
+    assert pick_device("auto", local_rank=0) == torch.device("cuda", 0)
+    major = torch.cuda.get_device_capability(0)[0]
+    assert pick_dtype("auto", pick_device("cuda")) == (torch.bfloat16 if major >= 8 else torch.float16)
