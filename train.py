@@ -229,7 +229,8 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         return cfg.early_stopping_patience > 0 and state["evals_without_improvement"] >= cfg.early_stopping_patience
 
     step = state["step"]
-    bar = _progress(master and cfg.progress_bar, step, cfg.max_steps)
+    # a bar only on a terminal: in a log file its redraws bury the log lines
+    bar = _progress(master and cfg.progress_bar and sys.stderr.isatty(), step, cfg.max_steps)
     end_reason = "max_steps"
     if step == 0:
         run_eval()

@@ -61,7 +61,7 @@ class TrainConfig:
     keep_last: int = 0  # keep only the newest N step checkpoints (0 keeps all)
     early_stopping_patience: int = 0  # stop after N evaluations without a val improvement (0: never)
     tensorboard: bool = True  # write TensorBoard scalars to the run folder
-    progress_bar: bool = True  # tqdm bar over steps on rank 0
+    progress_bar: bool = True  # tqdm bar over steps with ETA on rank 0, when stderr is a terminal
     # ---- actions (usually given on the command line)
     resume: str = ""  # "latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path
     init_from: str = ""  # start a new run from this checkpoint's weights (fine-tuning)
