@@ -174,13 +174,14 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, 0.02)
         # The tied head's logits have std = std(wte) * sqrt(n_embd) after the final
         # LayerNorm. At 0.02 a 1,024-wide model would start at ln(V) + 0.2; capping the
-        # std at 0.3 / sqrt(n_embd) starts every size within 0.05 of uniform, as the
+        # std at 0.3 / sqrt(n_embd) starts every preset within 0.06 of uniform, as the
         # documented run does (10.82 = ln 50,257).
         nn.init.normal_(self.wte.weight, 0.0, min(0.02, 0.3 / math.sqrt(cfg.n_embd)))
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
         """Logits over the real vocabulary (padding columns dropped) and, with targets,
-        the mean cross-entropy (targets of -1 are ignored)."""
+        the mean cross-entropy (targets of -1 are ignored). Without targets only the last
+        position's logits are computed, (B, 1, vocab): all that generation needs."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:

@@ -213,8 +213,9 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
 
     def run_eval():
         """Evaluate, save best_model.pt on improvement; True when early stopping should stop the run."""
-        val = evaluate(model, val_data, cfg, rank, world, device, autocast_ctx)
-        train_est = evaluate(model, train_data, cfg, rank, world, device, autocast_ctx)
+        inner = model.module if world > 1 else model  # no DDP hooks: evaluation has no backward
+        val = evaluate(inner, val_data, cfg, rank, world, device, autocast_ctx)
+        train_est = evaluate(inner, train_data, cfg, rank, world, device, autocast_ctx)
         improved = val < state["best_val_loss"]
         if step > 0:  # the untrained model is a baseline, not a best model
             state["evals_without_improvement"] = 0 if improved else state["evals_without_improvement"] + 1
