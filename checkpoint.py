@@ -12,6 +12,7 @@ best_model.pt (whenever val loss improves).
 import glob
 import os
 import re
+import zipfile
 
 import torch
 
@@ -42,13 +43,17 @@ def save_checkpoint(obj: dict, path: str):
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """Load a checkpoint saved on any device onto map_location; refuse anything else."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}; train one with `python train.py "
-                                f"config/shakespeare_cpu.py` or pass --checkpoint=PATH")
+        raise FileNotFoundError(f"no checkpoint at {path!r}; give the path of a checkpoint_step_N.pt "
+                                f"or best_model.pt (train one with `python train.py CONFIG`)")
+    if not zipfile.is_zipfile(path):  # every torch.save file since torch 1.6 is a zip archive
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint file; pass a checkpoint_step_N.pt "
+                         f"or best_model.pt written by train.py")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors, truncated zip, not a torch file at all
-        raise ValueError(f"{path!r} is not a readable checkpoint ({type(e).__name__}: {e}); "
-                         f"pass a checkpoint_step_N.pt or best_model.pt written by train.py") from e
+    except Exception as e:  # truncated archive, or objects a weights-only load refuses
+        first_line = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise ValueError(f"{path!r} is not a readable checkpoint ({type(e).__name__}: {first_line}); "
+                         f"pass a checkpoint_step_N.pt or best_model.pt written by train.py") from None
     if not isinstance(obj, dict) or obj.get("kind") != KIND:
         raise ValueError(f"{path!r} is not a checkpoint written by train.py "
                          f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt")

@@ -11,8 +11,11 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     takes the GPU of its local rank. A bare "cuda" gets an explicit index."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type not in ("cpu", "cuda"):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cpu":
         return device

@@ -18,19 +18,32 @@ def read_meta(data_dir: str) -> dict:
     """The dataset's meta.json. nanoGPT-prepared data without one is taken as GPT-2/uint16."""
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data folder {data_dir!r} not found; prepare it with "
-                                f"`python prepare_data.py` (see --help) or set --data_dir")
+                                f"`{_prepare_hint(data_dir)}` or set --data_dir")
     if os.path.exists(os.path.join(data_dir, INCOMPLETE_MARKER)):
         raise FileNotFoundError(f"{data_dir} was left half-written by an interrupted prepare_data.py; "
                                 f"run it again for this dataset")
     for split in SPLITS:
         path = os.path.join(data_dir, f"{split}.bin")
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            raise FileNotFoundError(f"{path} is missing or empty; rerun prepare_data.py for this dataset")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing; rerun `{_prepare_hint(data_dir)}`")
+        if os.path.getsize(path) == 0:
+            raise FileNotFoundError(f"{path} is empty: the corpus had too few documents for a {split} "
+                                    f"split (documents are split whole); add input or split the text "
+                                    f"into more documents")
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(path):
         return {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "eot_id": 50256}
     with open(path) as fh:
         return json.load(fh)
+
+
+def _prepare_hint(data_dir: str) -> str:
+    name = os.path.basename(os.path.normpath(data_dir))
+    if name == "shakespeare":
+        return "python prepare_data.py"
+    if name.startswith("shakespeare_"):  # the default corpus with another tokenizer
+        return f"python prepare_data.py --tokenizer={name.split('_', 1)[1]} --name={name}"
+    return f"python prepare_data.py --input=YOUR_FILES --name={name}"
 
 
 class TokenWindows:

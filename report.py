@@ -198,7 +198,7 @@ def _throughput_lines(records: list[dict], train: list[dict], end: dict | None) 
         elif r.get("kind") == "train" and after_start:
             firsts.add(id(r))
             after_start = False
-    steady = [r for r in train if id(r) not in firsts] or train
+    steady = [r for r in train if id(r) not in firsts and r.get("tokens_per_s") is not None] or train
     tps = [r["tokens_per_s"] for r in steady if r.get("tokens_per_s") is not None]
     mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
     mem = [r["peak_mem_gib"] for r in train if r.get("peak_mem_gib") is not None]

@@ -1,7 +1,7 @@
 """Sample text from a trained checkpoint.
 
     python sample.py                                  # best checkpoint of the newest run
-    python sample.py --checkpoint=checkpoints/shakespeare --prompt="ROMEO:"
+    python sample.py --checkpoint=checkpoints/shakespeare_cpu --prompt="ROMEO:"
     python sample.py --prompt=FILE:prompt.txt --temperature=0 --max_new_tokens=500
 
 Generation is importable: `generate(model, idx, max_new_tokens, ...)` decodes a batch
@@ -174,11 +174,17 @@ def load_model(ckpt: dict, device) -> GPT:
 
 
 def _top_k(value: str):
-    return None if value.lower() == "none" else int(value)
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or none, got {value!r}") from None
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint.")
+    p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint file or run folder (default: best of the newest run in checkpoints/)")
     p.add_argument("--prompt", default=None,

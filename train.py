@@ -101,8 +101,8 @@ def evaluate(model, windows: TokenWindows, cfg: TrainConfig, rank: int, world: i
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(help_text())
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(help_text())  # no arguments: the defaults alone would start a 124M run
         return
     cfg = load_config(argv)
     if cfg.report:
@@ -184,6 +184,12 @@ def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
         write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
         log = RunLog(run_dir, cfg.tensorboard)
         epochs = tokens_per_step * cfg.max_steps / train_data.n_tokens
+        if epochs > 20:
+            print(f"warning: {epochs:,.0f} epochs over train.bin: the model will memorize it; "
+                  f"lower max_steps or prepare more data")
+        if cfg.warmup_steps >= decay_steps:
+            print(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {decay_steps}: "
+                  f"the learning rate never leaves warmup; lower --warmup_steps")
         print(f"world size {world} | device {device} | dtype {str(dtype).replace('torch.', '')} | "
               f"compile {use_compile}\nmicro-batch {cfg.micro_batch_size} x accumulation {accum} x "
               f"{world} ranks = {cfg.global_batch_size} sequences = {tokens_per_step:,} tokens per step\n"

@@ -54,10 +54,10 @@ class TrainConfig:
     compile: typing.Optional[bool] = None  # torch.compile the model (None: on for CUDA, off on CPU)
     # ---- evaluation, logging, checkpoints
     eval_interval: int = 1_000  # steps between val-loss evaluations (and at the end)
-    eval_batches: int = 20  # fixed val batches (of micro_batch_size, per rank) averaged per evaluation
+    eval_batches: int = 20  # fixed batches of micro_batch_size averaged per evaluation (in total, split over ranks)
     log_interval: int = 100  # steps between train-loss log lines
     save_interval: int = 10_000  # steps between checkpoint_step_N.pt saves (and at the end)
-    save_steps: tuple = ()  # extra steps to save at, e.g. --save_steps=20,100,250 (fractions of a run)
+    save_steps: tuple = ()  # extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200
     keep_last: int = 0  # keep only the newest N step checkpoints (0 keeps all)
     early_stopping_patience: int = 0  # stop after N evaluations without a val improvement (0: never)
     tensorboard: bool = True  # write TensorBoard scalars to the run folder
@@ -154,7 +154,11 @@ def read_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found; pick one from config/ "
                           f"(e.g. config/shakespeare_cpu.py)")
-    values = runpy.run_path(path)
+    try:
+        values = runpy.run_path(path)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: {e.msg}; a config file is plain Python assignments "
+                          f"like `max_steps = 5_000`") from None
     return {k: v for k, v in values.items()
             if not k.startswith("_") and not callable(v) and not isinstance(v, type(typing))}
 

@@ -20,6 +20,9 @@ import train  # noqa: E402
 
 
 def main(argv):
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
     opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     steps = int(opts.pop("steps", 300))
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@
 # python train.py config/repro_300m_cpu.py
 run_name = "repro_300m_cpu"
 data_dir = "data/shakespeare"
-model = "small-cpu"
+model = "small-cpu"  # narrowed to 128 below
 n_layer = 4
 n_head = 4
 n_embd = 128
@@ -16,7 +16,7 @@ dropout = 0.1
 max_steps = 800
 global_batch_size = 8  # 1,024 tokens per step: what 2 CPU cores train in ~15 minutes
 micro_batch_size = 8
-learning_rate = 2e-3  # a 1.3M-parameter (non-embedding) model takes a larger step than 300M
+learning_rate = 2e-3  # a model with 0.8M non-embedding parameters takes larger steps than 300M
 min_lr = 2e-4
 warmup_steps = 16  # 2% of max_steps, as 2,000 of 100,000
 weight_decay = 0.1

@@ -29,8 +29,13 @@ def test_save_and_load_round_trip_with_weights_only(tmp_path):
 def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(1000))
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint file"):
         ckpt.load_checkpoint(str(junk))
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"w": torch.ones(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-200])
+    with pytest.raises(ValueError, match="checkpoint"):
+        ckpt.load_checkpoint(str(truncated))
     plain = tmp_path / "plain.pt"
     torch.save({"w": torch.ones(1)}, plain)
     with pytest.raises(ValueError, match="not a checkpoint written by train.py"):

@@ -58,7 +58,7 @@ def test_errors(tmp_path, counting_data):
     with pytest.raises(FileNotFoundError, match="prepare_data.py"):
         read_meta(str(tmp_path / "nope"))
     empty = write_dataset(str(tmp_path / "e"), [], [1, 2], 10)
-    with pytest.raises(FileNotFoundError, match="missing or empty"):
+    with pytest.raises(FileNotFoundError, match="too few documents"):
         read_meta(empty)
     open(os.path.join(counting_data, ".incomplete"), "w").close()
     with pytest.raises(FileNotFoundError, match="interrupted prepare_data.py"):

@@ -274,7 +274,7 @@ def test_tokenizer_falls_back_to_data_dir_meta(tmp_path, capsys):
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(256))
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint file"):
         main(["--checkpoint", str(junk), "--device", "cpu"])
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(2)}, plain)

@@ -119,6 +119,11 @@ def test_early_stopping(tiny_args, monkeypatch):
     assert os.path.exists(os.path.join(run, "checkpoint_step_3.pt"))
 
 
+def test_no_arguments_prints_usage_instead_of_training(capsys):
+    train.main([])
+    assert "usage: python train.py" in capsys.readouterr().out
+
+
 def test_rerun_without_resume_refuses_to_overwrite(tiny_args):
     train.main(tiny_args)
     with pytest.raises(ConfigError, match="--resume"):

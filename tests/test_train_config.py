@@ -41,6 +41,13 @@ def test_bad_values_are_clear_errors(argv, match):
         load_config(argv)
 
 
+def test_syntax_error_in_a_file_names_file_and_line(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("max_steps = 10\nlearning_rate = = 3\n")
+    with pytest.raises(ConfigError, match=r"c\.py:2: "):
+        load_config([str(f)])
+
+
 def test_unknown_key_in_a_file(tmp_path):
     f = tmp_path / "c.py"
     f.write_text("max_step = 10\n")
