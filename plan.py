@@ -249,6 +249,9 @@ def format_plan(plan: dict) -> str:
     ]
     for name, w in plan["wall_time"].items():
         label = f"{gpus} x {name} ({w['peak'] / 1e12:.0f} TFLOP/s)"
-        lines.append(f"  {label + ':':34}{w['seconds'] / 3600:,.1f} h = {w['seconds'] / 86400:,.2f} days, "
+        sec = w["seconds"]
+        span = (f"{sec / 3600:,.1f} h = {sec / 86400:,.2f} days" if sec >= 3600
+                else f"{sec / 60:.1f} min" if sec >= 60 else f"{sec:.1f} s")
+        lines.append(f"  {label + ':':34}{span}, "
                      f"{w['steps_per_s']:.3g} steps/s, {w['tokens_per_s']:,.0f} tokens/s")
     return "\n".join(lines)
