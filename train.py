@@ -24,10 +24,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt
 from atomic_files import write_json
+from devices import autocast, pick_device, pick_dtype
 from loader import TokenWindows, check_vocab, read_meta
 from metrics import RunLog
 from model import GPT, count_params, flops_per_token
-from devices import autocast, pick_device, pick_dtype
 from plan import batch_split, format_plan, make_plan, peak_flops
 from report import write_report
 from schedule import lr_at
