@@ -1,40 +1,173 @@
-"""Batches of random token windows from a prepared dataset (data/<name>/{train,val}.bin).
+"""A prepared dataset (data/<name>/{train,val}.bin + meta.json): its checked meta, and
+batches of random token windows.
 
 Which windows a step sees is a pure function of (seed, split, step, index of the
 sequence in the global batch). So one process with 8x accumulation sees exactly the
 windows 8 ranks see, and a resumed run draws the same batches as an uninterrupted one.
+
+read_meta is the one reader of meta.json. Data that does not match it is refused before
+training (a meta that does not parse or lacks a key, a dtype other than uint16/uint32, a
+.bin that is not whole tokens, ids that do not fit the model), and an id that slips
+through is caught per batch, so it never reaches the embedding as an IndexError (a
+device-side assert on a GPU). nanoGPT's folders work too: its char-level meta.pkl is
+read, and a folder with no meta at all holds GPT-2 ids.
 """
 import json
 import os
+import pickle
+import sys
 
 import numpy as np
 import torch
 
+from tokenizer import GPT2_EOT_ID
+
 SPLITS = {"train": 0, "val": 1}
 INCOMPLETE_MARKER = ".incomplete"  # prepare_data.py holds it while it writes a dataset
+DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}  # little-endian, as nanoGPT writes
+REQUIRED = {"tokenizer": str, "vocab_size": int, "dtype": str, "eot_id": int}  # + "chars" for char
+GPT2_META = {"tokenizer": "gpt2", "vocab_size": GPT2_EOT_ID + 1, "dtype": "uint16", "eot_id": GPT2_EOT_ID}
+# Without a recorded max_token_id, check_vocab reads data up to this size whole (about a
+# second from disk) and, above it, SCAN_BLOCKS evenly spaced blocks; the per-batch check
+# covers the rest, so 51B tokens are not read at every start.
+FULL_SCAN_BYTES = 1 << 30
+SCAN_BLOCKS, SCAN_BLOCK_TOKENS = 64, 1 << 18
 
+
+# ---------------------------------------------------------------- meta
 
 def read_meta(data_dir: str) -> dict:
-    """The dataset's meta.json. nanoGPT-prepared data without one is taken as GPT-2/uint16."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data folder {data_dir!r} not found; prepare it with "
-                                f"`{_prepare_hint(data_dir)}` or set --data_dir")
-    if os.path.exists(os.path.join(data_dir, INCOMPLETE_MARKER)):
-        raise FileNotFoundError(f"{data_dir} was left half-written by an interrupted prepare_data.py; "
-                                f"run it again for this dataset")
-    for split in SPLITS:
-        path = os.path.join(data_dir, f"{split}.bin")
+    """The dataset's meta, checked against its train.bin and val.bin (see load_meta)."""
+    _check_folder(data_dir)
+    paths = {split: os.path.join(data_dir, f"{split}.bin") for split in SPLITS}
+    for split, path in paths.items():
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing; rerun `{_prepare_hint(data_dir)}`")
         if os.path.getsize(path) == 0:
             raise FileNotFoundError(f"{path} is empty: the corpus had too few documents for a {split} "
                                     f"split (documents are split whole); add input or split the text "
                                     f"into more documents")
+    meta = _read_meta_files(data_dir)
+    itemsize = DTYPES[meta["dtype"]].itemsize
+    for split, path in paths.items():
+        size = os.path.getsize(path)
+        if size % itemsize:
+            raise ValueError(f"{path} is {size:,} bytes, not a whole number of {meta['dtype']} tokens "
+                             f"({itemsize} bytes each) as {_meta_source(data_dir)} says: it is truncated "
+                             f"or has another dtype; rerun `{_prepare_hint(data_dir)}`")
+        recorded = meta.get(f"{split}_tokens")
+        if recorded is not None and recorded != size // itemsize:
+            raise ValueError(f"{path} holds {size // itemsize:,} tokens but {_meta_source(data_dir)} says "
+                             f"{split}_tokens {recorded:,}: they are from different runs of "
+                             f"prepare_data.py; rerun `{_prepare_hint(data_dir)}`")
+    return meta
+
+
+def load_meta(data_dir: str) -> dict:
+    """The dataset's meta without looking at its .bin files (for sampling): meta.json,
+    checked; else nanoGPT's char-level meta.pkl as our char meta; else GPT-2's."""
+    _check_folder(data_dir)
+    return _read_meta_files(data_dir)
+
+
+def _check_folder(data_dir: str):
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data folder {data_dir!r} not found; prepare it with "
+                                f"`{_prepare_hint(data_dir)}` or set --data_dir")
+    if os.path.exists(os.path.join(data_dir, INCOMPLETE_MARKER)):
+        raise FileNotFoundError(f"{data_dir} was left half-written by an interrupted prepare_data.py; "
+                                f"run it again for this dataset")
+
+
+def _read_meta_files(data_dir: str) -> dict:
     path = os.path.join(data_dir, "meta.json")
-    if not os.path.isfile(path):
-        return {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "eot_id": 50256}
-    with open(path) as fh:
-        return json.load(fh)
+    if os.path.isfile(path):
+        return _read_meta_json(path, data_dir)
+    if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
+        return _read_meta_pkl(os.path.join(data_dir, "meta.pkl"), data_dir)
+    print(f"note: {data_dir} has no meta.json or meta.pkl; assuming GPT-2 token ids (vocab "
+          f"{GPT2_META['vocab_size']}, uint16), as nanoGPT's GPT-2 data has them", file=sys.stderr)
+    return dict(GPT2_META)
+
+
+def _read_meta_json(path: str, data_dir: str) -> dict:
+    fix = f"rerun `{_prepare_hint(data_dir)}` to rewrite it"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not an object; {fix}")
+    required = {**REQUIRED, "chars": str} if meta.get("tokenizer") == "char" else REQUIRED
+    for key, kind in required.items():
+        if key not in meta:
+            raise ValueError(f"{path} lacks the key {key!r}; {fix}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            want = "a string" if kind is str else "a whole number"
+            raise ValueError(f"{path}: {key} is {meta[key]!r}, not {want}; {fix}")
+    if meta["dtype"] not in DTYPES:
+        raise ValueError(f"{path}: dtype {meta['dtype']!r} is not uint16 or uint32, the token "
+                         f"formats this loader reads; {fix}")
+    capacity = np.iinfo(DTYPES[meta["dtype"]]).max + 1
+    if not 0 < meta["vocab_size"] <= capacity:
+        raise ValueError(f"{path}: vocab_size {meta['vocab_size']:,} does not fit {meta['dtype']} "
+                         f"(1 to {capacity:,}); {fix}")
+    if not 0 <= meta["eot_id"] < meta["vocab_size"]:
+        raise ValueError(f"{path}: eot_id {meta['eot_id']:,} is outside the vocab "
+                         f"[0, {meta['vocab_size']:,}); {fix}")
+    for key in ("max_token_id", "train_tokens", "val_tokens"):  # optional, but numbers if there
+        if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
+            raise ValueError(f"{path}: {key} is {meta[key]!r}, not a whole number >= 0; {fix}")
+    return meta
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain builtin values only: a class named in an untrusted pickle can run
+    any code, and nanoGPT's meta.pkl (dicts of ints and strs) needs none."""
+    ALLOWED = {"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "bytes"}
+
+    def find_class(self, module, name):
+        if module == "builtins" and name in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a plain meta.pkl never does")
+
+
+def _read_meta_pkl(path: str, data_dir: str) -> dict:
+    """nanoGPT's char-level meta.pkl ({vocab_size, itos, stoi}, sorted alphabet, no
+    end-of-text id) as our char meta. The ids stay the same: our char tokenizer also
+    numbers the sorted alphabet from 0, and adds eot as the next id, one id the data
+    never holds (so vocab_size is nanoGPT's + 1)."""
+    fix = f"write a meta.json by preparing the text with `{_prepare_hint(data_dir)}`"
+    try:
+        with open(path, "rb") as fh:
+            raw = _PlainUnpickler(fh).load()
+    except Exception as e:  # untrusted bytes: any failure to parse means "not a meta.pkl"
+        raise ValueError(f"{path} cannot be read as nanoGPT's meta.pkl ({type(e).__name__}: {e}); "
+                         f"{fix}") from None
+    itos = raw.get("itos") if isinstance(raw, dict) else None
+    if not isinstance(itos, dict):
+        raise ValueError(f"{path} has no 'itos' dict: only nanoGPT's character-level meta.pkl is "
+                         f"understood; {fix}")
+    n = len(itos)
+    values = [itos.get(i) for i in range(n)]
+    if n == 0 or not all(isinstance(c, str) and len(c) == 1 for c in values) \
+            or sorted(set(values)) != values:
+        raise ValueError(f"{path}: 'itos' is not the ids 0..{n - 1} of a sorted alphabet of single "
+                         f"characters, as nanoGPT's prepare.py writes it; {fix}")
+    chars = "".join(values)
+    stoi = {c: i for i, c in enumerate(chars)}
+    if raw.get("vocab_size", n) != n or raw.get("stoi", stoi) != stoi:
+        raise ValueError(f"{path}: 'vocab_size' or 'stoi' disagrees with 'itos' ({n} characters); {fix}")
+    return {"tokenizer": "char", "vocab_size": n + 1, "dtype": "uint16", "eot_id": n, "chars": chars}
+
+
+def _meta_source(data_dir: str) -> str:
+    """What the meta came from, for error messages."""
+    for name in ("meta.json", "meta.pkl"):
+        if os.path.isfile(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    return f"the GPT-2 default ({data_dir} has no meta.json)"
 
 
 def _prepare_hint(data_dir: str) -> str:
@@ -46,16 +179,72 @@ def _prepare_hint(data_dir: str) -> str:
     return f"python prepare_data.py --input=YOUR_FILES --name={name}"
 
 
-class TokenWindows:
-    """Reads (x, y) batches of block_size tokens from one split's .bin memmap."""
+# ---------------------------------------------------------------- ids against the model
 
-    def __init__(self, data_dir: str, split: str, block_size: int, meta: dict, seed: int):
+def check_vocab(meta: dict, model_vocab: int, data_dir: str):
+    """Refuse data whose vocab or largest id does not fit a model of model_vocab ids."""
+    source = _meta_source(data_dir)
+    if meta["vocab_size"] > model_vocab:
+        raise ValueError(f"{source} says vocab_size {meta['vocab_size']:,} but the model's vocab is "
+                         f"{model_vocab:,}; the model must be built with the data's vocab")
+    if "max_token_id" in meta:
+        if meta["max_token_id"] >= model_vocab:
+            raise ValueError(f"{source} records max_token_id {meta['max_token_id']:,}, at or above the "
+                             f"model's vocab {model_vocab:,}: the data does not match its meta; "
+                             f"rerun `{_prepare_hint(data_dir)}`")
+        return
+    dtype = DTYPES[meta["dtype"]]
+    if np.iinfo(dtype).max < model_vocab:
+        return  # every id this dtype can hold fits
+    paths = [os.path.join(data_dir, f"{split}.bin") for split in SPLITS]
+    whole = sum(os.path.getsize(p) for p in paths) <= FULL_SCAN_BYTES
+    for path in paths:
+        top = _largest_id(path, dtype, whole)
+        if top >= model_vocab:
+            raise ValueError(f"{path} holds token id {top:,}, at or above the model's vocab "
+                             f"{model_vocab:,} ({source}): the data does not match its meta; "
+                             f"rerun `{_prepare_hint(data_dir)}`")
+    if not whole:
+        print(f"note: {source} records no max_token_id (prepared before it was recorded); checked "
+              f"{SCAN_BLOCKS} blocks of each .bin, and every batch is checked as it is read",
+              file=sys.stderr)
+
+
+def _largest_id(path: str, dtype: np.dtype, whole: bool) -> int:
+    """The largest id in the file, or in SCAN_BLOCKS evenly spaced blocks of it."""
+    n = os.path.getsize(path) // dtype.itemsize
+    if whole:
+        starts, count = range(0, n, 1 << 24), 1 << 24
+    else:
+        count = min(SCAN_BLOCK_TOKENS, n)
+        starts = np.linspace(0, n - count, SCAN_BLOCKS).astype(np.int64).tolist()
+    top = -1
+    with open(path, "rb") as fh:  # plain reads: no mapping outlives the scan
+        for start in starts:
+            fh.seek(start * dtype.itemsize)
+            block = np.fromfile(fh, dtype=dtype, count=min(count, n - start))
+            if block.size:
+                top = max(top, int(block.max()))
+    return top
+
+
+# ---------------------------------------------------------------- batches
+
+class TokenWindows:
+    """Reads (x, y) batches of block_size tokens from one split's .bin memmap. Every
+    batch is checked against vocab_limit (default: the meta's vocab_size), the model's
+    vocab, so an id it cannot embed is a clear error naming the file."""
+
+    def __init__(self, data_dir: str, split: str, block_size: int, meta: dict, seed: int,
+                 vocab_limit: int | None = None):
         self.path = os.path.join(data_dir, f"{split}.bin")
-        self.dtype = np.dtype(meta.get("dtype", "uint16"))
+        self.dtype = DTYPES[meta["dtype"]]
         self.n_tokens = os.path.getsize(self.path) // self.dtype.itemsize
         self.block_size = block_size
         self.split_id = SPLITS[split]
         self.seed = seed
+        self.vocab_limit = meta["vocab_size"] if vocab_limit is None else vocab_limit
+        self.fix = f"the data does not match {_meta_source(data_dir)}; rerun `{_prepare_hint(data_dir)}`"
         if self.n_tokens < block_size + 1:
             raise ValueError(f"{self.path} holds {self.n_tokens:,} tokens, fewer than block_size + 1 = "
                              f"{block_size + 1:,}; lower --block_size or prepare more data")
@@ -74,15 +263,14 @@ class TokenWindows:
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
         windows = np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
         del data
+        if windows.max() >= self.vocab_limit:  # one pass over a few thousand ids per batch
+            row, col = np.unravel_index(windows.argmax(), windows.shape)
+            raise ValueError(f"{self.path} holds token id {windows[row, col]:,} at token "
+                             f"{starts[row] + col:,}, at or above the model's vocab "
+                             f"{self.vocab_limit:,}; {self.fix}")
         xy = torch.from_numpy(windows)
         x, y = xy[:, :-1], xy[:, 1:]
         if torch.device(device).type == "cuda":
             return (x.pin_memory().to(device, non_blocking=True),
                     y.pin_memory().to(device, non_blocking=True))
         return x.contiguous(), y.contiguous()
-
-
-def check_vocab(meta: dict, model_vocab: int, data_dir: str):
-    if meta["vocab_size"] > model_vocab:
-        raise ValueError(f"data in {data_dir} has vocab {meta['vocab_size']:,} but the model's is "
-                         f"{model_vocab:,}; the model must be built with the data's vocab")

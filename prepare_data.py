@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from atomic_files import atomic_path, write_json
-from loader import INCOMPLETE_MARKER
+from loader import DTYPES, INCOMPLETE_MARKER
 from corpus import (JSONL_EXTS, TEXT_EXTS, ReadStats, check_jsonl_head, fetch_shakespeare,
                     iter_documents, resolve_inputs)
 from tokenizer import get_tokenizer, load_tokenizer
@@ -72,15 +72,15 @@ def forced_assignments(n_docs: int, train_docs: int, val_docs: int, plan: SplitP
 
 def token_dtype(n_vocab: int) -> np.dtype:
     """Little-endian uint16 when every id fits (nanoGPT's format), else uint32."""
-    if n_vocab <= 1 << 16:
-        return np.dtype("<u2")
-    if n_vocab <= 1 << 32:
-        return np.dtype("<u4")
+    for dtype in DTYPES.values():  # the formats the loader reads, smallest first
+        if n_vocab <= np.iinfo(dtype).max + 1:
+            return dtype
     raise ValueError(f"vocabulary of {n_vocab} ids does not fit in uint32; use a smaller tokenizer")
 
 
 class ChunkEncoder:
-    """Tokenizes a chunk (first doc index, texts, progress) into train and val bytes."""
+    """Tokenizes a chunk (first doc index, texts, progress) into train and val bytes,
+    with the chunk's largest id (meta.json's max_token_id, which the loader checks)."""
 
     def __init__(self, tok_meta: dict, dtype: str, plan: SplitPlan):
         self.tok = load_tokenizer(tok_meta)
@@ -98,8 +98,9 @@ class ChunkEncoder:
                 ids[split].append(self.tok.eot_id)
                 docs[split] += 1
                 index += 1
-        return (np.array(ids[False], self.dtype).tobytes(), np.array(ids[True], self.dtype).tobytes(),
-                docs[False], docs[True], progress)
+        train, val = np.array(ids[False], self.dtype), np.array(ids[True], self.dtype)
+        top = max((int(a.max()) for a in (train, val) if a.size), default=-1)
+        return train.tobytes(), val.tobytes(), docs[False], docs[True], top, progress
 
 
 _worker_encoder = None  # one per worker process, set by the Pool initializer
@@ -148,21 +149,23 @@ def _encode_chunks(chunks, encoder_args: tuple, num_proc: int):
 
 def _write_split(files, text_field, encoder_args, num_proc, train_path, val_path, total_bytes,
                  progress) -> tuple:
-    """One streaming pass: write train/val token files, return (counts, ReadStats)."""
+    """One streaming pass: write train/val token files, return (counts, ReadStats);
+    counts holds the token and document counts and the largest id."""
     stats = ReadStats()
     chunks = _chunks(iter_documents(files, text_field, stats), stats, CHUNK_CHARS)
-    counts = dict(train_tokens=0, val_tokens=0, train_docs=0, val_docs=0)
+    counts = dict(train_tokens=0, val_tokens=0, train_docs=0, val_docs=0, max_token_id=-1)
     itemsize = np.dtype(encoder_args[1]).itemsize
     t0 = time.time()
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
     with bar, open(train_path, "wb") as ftrain, open(val_path, "wb") as fval:
-        for train, val, train_docs, val_docs, done in _encode_chunks(chunks, encoder_args, num_proc):
+        for train, val, train_docs, val_docs, top, done in _encode_chunks(chunks, encoder_args, num_proc):
             ftrain.write(train)
             fval.write(val)
             counts["train_tokens"] += len(train) // itemsize
             counts["val_tokens"] += len(val) // itemsize
             counts["train_docs"] += train_docs
             counts["val_docs"] += val_docs
+            counts["max_token_id"] = max(counts["max_token_id"], top)
             bar.update(done - bar.n)
             tokens = counts["train_tokens"] + counts["val_tokens"]
             bar.set_postfix_str(f"{tokens / max(time.time() - t0, 1e-9) / 1e6:.2f}M tok/s", refresh=False)

@@ -1,11 +1,16 @@
+import json
 import os
+import pickle
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import write_dataset
-from loader import TokenWindows, check_vocab, read_meta
+import loader
+from conftest import TEXT, write_dataset
+from loader import TokenWindows, check_vocab, load_meta, read_meta
+from tokenizer import load_tokenizer
 
 
 @pytest.fixture
@@ -47,11 +52,16 @@ def test_uint32_data(tmp_path):
     assert x.min() >= 70_000
 
 
-def test_nanogpt_data_without_meta_is_gpt2(tmp_path):
+def test_nanogpt_data_without_meta_is_gpt2(tmp_path, capsys):
     folder = write_dataset(str(tmp_path / "n"), np.arange(100), np.arange(100), 50257)
     os.remove(os.path.join(folder, "meta.json"))
     meta = read_meta(folder)
-    assert meta["vocab_size"] == 50257 and meta["dtype"] == "uint16"
+    assert meta["vocab_size"] == 50257 and meta["dtype"] == "uint16" and meta["eot_id"] == 50256
+    assert "assuming GPT-2 token ids" in capsys.readouterr().err
+    check_vocab(meta, 50257, folder)
+    np.array([5, 60000, 7], dtype=np.uint16).tofile(os.path.join(folder, "val.bin"))
+    with pytest.raises(ValueError, match=re.escape(os.path.join(folder, "val.bin")) + " holds token id 60,000"):
+        check_vocab(read_meta(folder), 50257, folder)
 
 
 def test_errors(tmp_path, counting_data):
@@ -67,7 +77,8 @@ def test_errors(tmp_path, counting_data):
     meta = read_meta(counting_data)
     with pytest.raises(ValueError, match="lower --block_size"):
         TokenWindows(counting_data, "val", 1000, meta, seed=0)
-    with pytest.raises(ValueError, match="vocab"):
+    with pytest.raises(ValueError, match=re.escape(os.path.join(counting_data, "meta.json")) +
+                       " says vocab_size 60,001 but the model's vocab is 50,257"):
         check_vocab(meta, 50257, counting_data)
 
 
@@ -80,3 +91,186 @@ def test_no_mapping_is_held_between_batches(counting_data):
         w.batch(step, 4, 0, 4)
     with open("/proc/self/maps") as fh:
         assert w.path not in fh.read()
+
+
+# ---------------------------------------------------------------- data that does not match its meta
+
+def names(path):
+    """pytest.raises match: the message names the file and how to fix it."""
+    return re.escape(path) + ".*prepare_data.py"
+
+
+def rewrite_meta(folder, **changes):
+    path = os.path.join(folder, "meta.json")
+    with open(path) as fh:
+        meta = json.load(fh)
+    meta.update(changes)
+    for key in [k for k, v in changes.items() if v is None]:
+        del meta[key]
+    with open(path, "w") as fh:
+        json.dump(meta, fh)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(eot_id=None), "lacks the key 'eot_id'"),
+    (dict(dtype=None), "lacks the key 'dtype'"),
+    (dict(chars=None), "lacks the key 'chars'"),  # a char tokenizer cannot decode without it
+    (dict(vocab_size="60001"), "vocab_size is '60001', not a whole number"),
+    (dict(dtype="int32"), "dtype 'int32' is not uint16 or uint32"),
+    (dict(dtype="uint8"), "dtype 'uint8' is not uint16 or uint32"),
+    (dict(vocab_size=70_000, eot_id=0), "vocab_size 70,000 does not fit uint16"),
+    (dict(eot_id=60001), "eot_id 60,001 is outside the vocab"),
+    (dict(max_token_id=-1), "max_token_id is -1, not a whole number"),
+])
+def test_a_bad_meta_json_is_one_line_naming_it(counting_data, changes, message):
+    path = rewrite_meta(counting_data, **changes)
+    with pytest.raises(ValueError, match=re.escape(path) + ".*" + re.escape(message) + ".*prepare_data.py") as e:
+        read_meta(counting_data)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [("{\"dtype\": ", "is not valid JSON"), ("[1, 2]", "holds a JSON list"),
+                                           (b"\xff\xfe{}", "is not valid JSON")])
+def test_a_meta_json_that_does_not_parse(counting_data, text, message):
+    path = os.path.join(counting_data, "meta.json")
+    with open(path, "wb") as fh:
+        fh.write(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=names(path)) as e:
+        read_meta(counting_data)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("dtype, extra", [("uint16", 1), ("uint32", 2)])
+def test_a_bin_that_is_not_whole_tokens(tmp_path, dtype, extra):
+    folder = write_dataset(str(tmp_path / "d"), np.arange(300), np.arange(300), 1000, dtype=dtype)
+    path = os.path.join(folder, "val.bin")
+    with open(path, "ab") as fh:
+        fh.write(b"\0" * extra)
+    with pytest.raises(ValueError, match=names(path)) as e:
+        read_meta(folder)
+    assert f"not a whole number of {dtype} tokens" in str(e.value)
+
+
+def test_a_bin_from_another_run_than_its_meta(counting_data):
+    rewrite_meta(counting_data, train_tokens=4000)
+    with pytest.raises(ValueError, match=names(os.path.join(counting_data, "train.bin"))) as e:
+        read_meta(counting_data)
+    assert "holds 5,000 tokens but" in str(e.value) and "train_tokens 4,000" in str(e.value)
+
+
+def test_recorded_max_token_id_must_fit_the_model(counting_data):
+    path = rewrite_meta(counting_data, max_token_id=4999)
+    check_vocab(read_meta(counting_data), 60001, counting_data)
+    rewrite_meta(counting_data, vocab_size=5000, eot_id=4999)
+    check_vocab(read_meta(counting_data), 5000, counting_data)  # largest id 4999 fits 5000 ids
+    rewrite_meta(counting_data, max_token_id=5000)
+    with pytest.raises(ValueError, match=names(path)) as e:
+        check_vocab(read_meta(counting_data), 5000, counting_data)
+    assert "max_token_id 5,000, at or above the model's vocab 5,000" in str(e.value)
+
+
+def test_old_meta_without_max_token_id_is_scanned(counting_data):
+    rewrite_meta(counting_data, vocab_size=4000, eot_id=3999)  # but train.bin holds 0..4999
+    with pytest.raises(ValueError, match=names(os.path.join(counting_data, "train.bin"))) as e:
+        check_vocab(read_meta(counting_data), 4000, counting_data)
+    assert "holds token id 4,999, at or above the model's vocab 4,000" in str(e.value)
+
+
+def test_large_old_data_is_sampled_and_the_batch_check_catches_the_rest(tmp_path, monkeypatch, capsys):
+    """Above FULL_SCAN_BYTES only blocks are read; an id between them is caught by the
+    batch that reads it, with the file named, instead of an IndexError in the model."""
+    ids = np.arange(400) % 50
+    ids[200] = 99
+    folder = write_dataset(str(tmp_path / "d"), ids, ids, 50)
+    monkeypatch.setattr(loader, "FULL_SCAN_BYTES", 0)
+    monkeypatch.setattr(loader, "SCAN_BLOCKS", 2)
+    monkeypatch.setattr(loader, "SCAN_BLOCK_TOKENS", 10)  # reads tokens 0..9 and 390..399
+    meta = read_meta(folder)
+    check_vocab(meta, 50, folder)
+    assert "records no max_token_id" in capsys.readouterr().err
+    w = TokenWindows(folder, "train", 300, meta, seed=0)  # every window covers token 200
+    with pytest.raises(ValueError, match=names(w.path)) as e:
+        w.batch(0, 2, 0, 2)
+    assert "token id 99 at token 200, at or above the model's vocab 50" in str(e.value)
+    monkeypatch.setattr(loader, "SCAN_BLOCK_TOKENS", 400)  # a block that covers it is refused up front
+    with pytest.raises(ValueError, match="holds token id 99"):
+        check_vocab(meta, 50, folder)
+
+
+def test_batches_are_checked_against_the_models_vocab(counting_data):
+    meta = read_meta(counting_data)
+    TokenWindows(counting_data, "val", 32, meta, seed=0, vocab_limit=600).batch(0, 4, 0, 4)  # val is 0..599
+    w = TokenWindows(counting_data, "train", 4000, meta, seed=0, vocab_limit=4000)
+    with pytest.raises(ValueError, match=names(w.path)) as e:
+        w.batch(0, 2, 0, 2)
+    assert "at or above the model's vocab 4,000" in str(e.value)
+
+
+def nanogpt_char_folder(folder, text=TEXT, protocol=pickle.DEFAULT_PROTOCOL):
+    """What nanoGPT's data/shakespeare_char/prepare.py writes."""
+    os.makedirs(folder)
+    chars = sorted(list(set(text)))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    itos = {i: ch for i, ch in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    ids[:len(ids) // 2].tofile(os.path.join(folder, "train.bin"))
+    ids[len(ids) // 2:].tofile(os.path.join(folder, "val.bin"))
+    with open(os.path.join(folder, "meta.pkl"), "wb") as fh:
+        pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, fh, protocol=protocol)
+    return str(folder), ids
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_nanogpt_char_meta_pkl_keeps_its_ids(tmp_path, protocol):
+    folder, ids = nanogpt_char_folder(tmp_path / "shakespeare_char", protocol=protocol)
+    meta = read_meta(folder)
+    n = len(set(TEXT))
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"]) == ("char", n + 1, n, "uint16")
+    tok = load_tokenizer(meta)
+    assert tok.encode(TEXT) == ids.tolist() and tok.decode(ids) == TEXT
+    check_vocab(meta, meta["vocab_size"], folder)
+    x, y = TokenWindows(folder, "train", 16, meta, seed=0).batch(0, 2, 0, 2)
+    assert x.max() < n
+    with open(os.path.join(folder, "meta.json"), "w") as fh:  # meta.json, when there, wins
+        json.dump({**meta, "chars": meta["chars"][::-1]}, fh)
+    assert read_meta(folder)["chars"] == meta["chars"][::-1]
+
+
+class RunsCode:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return os.mkdir, (self.target,)
+
+
+@pytest.mark.parametrize("content, message", [
+    (lambda tmp: RunsCode(str(tmp / "pwned")), "which a plain meta.pkl never does"),
+    (lambda tmp: {"vocab_size": 3}, "has no 'itos' dict"),
+    (lambda tmp: {"itos": {0: "b", 1: "a"}}, "sorted alphabet"),
+    (lambda tmp: {"itos": {0: "a", 2: "b"}}, "sorted alphabet"),
+    (lambda tmp: {"itos": {0: "a", 1: "b"}, "vocab_size": 3}, "disagrees with 'itos'"),
+    (lambda tmp: b"not a pickle", None),
+])
+def test_a_bad_meta_pkl_is_refused_without_running_it(tmp_path, content, message):
+    folder, _ = nanogpt_char_folder(tmp_path / "d", text="ab")
+    path = os.path.join(folder, "meta.pkl")
+    value = content(tmp_path)
+    with open(path, "wb") as fh:
+        fh.write(value if isinstance(value, bytes) else pickle.dumps(value))
+    with pytest.raises(ValueError, match=names(path)) as e:
+        load_meta(folder)
+    assert message is None or message in str(e.value)
+    assert not os.path.exists(tmp_path / "pwned")
+
+
+def test_load_meta_needs_no_bins_but_refuses_a_half_written_folder(tmp_path):
+    folder = write_dataset(str(tmp_path / "d"), [1, 2], [1, 2], 10)
+    os.remove(os.path.join(folder, "train.bin"))
+    assert load_meta(folder)["vocab_size"] == 10
+    with pytest.raises(FileNotFoundError, match="train.bin is missing"):
+        read_meta(folder)
+    open(os.path.join(folder, ".incomplete"), "w").close()
+    with pytest.raises(FileNotFoundError, match="interrupted prepare_data.py"):
+        load_meta(folder)

@@ -12,6 +12,7 @@ import tiktoken
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corpus as C  # noqa: E402
+import loader  # noqa: E402
 import prepare_data as P  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
@@ -37,15 +38,18 @@ def read_dataset(folder):
     """(meta, train docs, val docs), checking the files against meta on the way."""
     meta = json.loads((folder / "meta.json").read_text())
     tok = load_tokenizer(meta)
-    splits = []
+    splits, top = [], -1
     for split in ("train", "val"):
         raw = (folder / f"{split}.bin").read_bytes()
         ids = np.frombuffer(raw, dtype=np.dtype(meta["dtype"]).newbyteorder("<"))
+        if len(ids):
+            top = max(top, int(ids.max()))
         assert len(ids) == meta[f"{split}_tokens"]
         assert len(ids) == 0 or ids[-1] == meta["eot_id"]
         ends = np.flatnonzero(ids == meta["eot_id"])
         assert len(ends) == meta[f"{split}_docs"]
         splits.append([tok.decode(piece[:-1]) for piece in np.split(ids, ends + 1)[:-1]])
+    assert meta["max_token_id"] == top  # what the loader checks against the model's vocab
     return meta, splits[0], splits[1]
 
 
@@ -60,7 +64,8 @@ def test_every_document_comes_back(tmp_path, tokenizer):
     src = write_txt(tmp_path / "src", DOCS + [""])  # the empty file is no document
     meta = run([src], tmp_path / "out", tokenizer=tokenizer)
     meta2, train, val = read_dataset(tmp_path / "out" / "ds")
-    assert meta == meta2
+    assert meta == meta2 == loader.read_meta(str(tmp_path / "out" / "ds"))
+    loader.check_vocab(meta, meta["vocab_size"], str(tmp_path / "out" / "ds"))
     assert collections.Counter(train + val) == collections.Counter(DOCS)
     assert train and val
     assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
