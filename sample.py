@@ -17,6 +17,7 @@ import torch
 
 from checkpoint import best_or_latest, clean_state_dict, load_checkpoint, newest_run
 from devices import autocast, pick_device, pick_dtype
+from interop import is_hf_folder, load_external
 from model import GPT, GPTConfig, KVCache
 from tokenizer import load_tokenizer
 
@@ -135,18 +136,22 @@ class IncrementalDecoder:
 
 
 def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
-    """A checkpoint file from a file, a run folder, or (None) the newest run in out_dir."""
+    """A checkpoint file from a file, a run folder, or (None) the newest run in out_dir.
+    A Hugging Face GPT-2 folder is returned as it is; a nanoGPT out_dir gives its ckpt.pt."""
     if path is None:
         run = newest_run(out_dir)
         if run is None:
             raise FileNotFoundError(f"no run with checkpoints under {out_dir!r}; train one with "
                                     f"`python train.py config/shakespeare_cpu.py` or pass --checkpoint")
         path = run
+    if is_hf_folder(path):
+        return path
     if os.path.isdir(path):
-        found = best_or_latest(path)
+        nanogpt = os.path.join(path, "ckpt.pt")
+        found = best_or_latest(path) or (nanogpt if os.path.isfile(nanogpt) else None)
         if found is None:
-            raise FileNotFoundError(f"run folder {path!r} has no best_model.pt or "
-                                    f"checkpoint_step_N.pt")
+            raise FileNotFoundError(f"folder {path!r} has no best_model.pt or checkpoint_step_N.pt "
+                                    f"(nor config.json of a Hugging Face model, nor nanoGPT's ckpt.pt)")
         return found
     return path  # load_checkpoint says clearly if it is missing or not a checkpoint
 
@@ -186,7 +191,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file or run folder (default: best of the newest run in checkpoints/)")
+                   help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT "
+                        "ckpt.pt (default: best of the newest run in checkpoints/)")
     p.add_argument("--prompt", default=None,
                    help="start text, or FILE:path to read it from a file (default: end-of-text token)")
     p.add_argument("--num_samples", type=int, default=3)
@@ -227,7 +233,7 @@ def main(argv=None):
     device = pick_device(args.device)
     path = resolve_checkpoint(args.checkpoint, args.out_dir)
     # to CPU first: the optimizer state it also holds (2x the model) never touches the GPU
-    ckpt = load_checkpoint(path, map_location="cpu")
+    ckpt = load_external(path) or load_checkpoint(path, map_location="cpu")
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = load_model(ckpt, device)
     step = ckpt.get("step")

@@ -1,0 +1,374 @@
+"""Weights from elsewhere, in our checkpoint format; and our parameter names in Hugging Face's.
+
+load_external(path) reads a Hugging Face GPT-2 folder (config.json plus model.safetensors
+or pytorch_model.bin) or a nanoGPT ckpt.pt into the dict checkpoint.load_checkpoint returns
+(step 0, no optimizer), so train.py --init_from and sample.py --checkpoint take either.
+export.py writes the other direction with to_hf_state_dict: the name mapping lives here only.
+
+All three are the same network under the same module names. What differs is bookkeeping:
+  Hugging Face  nests the blocks under "transformer.", stores the four projection weights
+                transposed (its Conv1D computes x @ W with W of shape (in, out)), always has
+                biases, and has an unpadded vocabulary.
+  nanoGPT       nests under "transformer.", keeps nn.Linear's layout, saves the tied head
+                twice (lm_head.weight is wte), pads GPT-2's vocab to 50,304 rows, and uses
+                the exact (erf) GELU where GPT-2 uses the tanh form.
+  ours          pads the embedding to GPTConfig.padded_vocab rows (padding rows are zero
+                after an import) and picks the GELU form with GPTConfig.gelu_approximate.
+Imports keep the source's GELU (nanoGPT: "none"), so logits agree to float rounding.
+"""
+import json
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import asdict, replace
+
+import torch
+
+from checkpoint import KIND, VERSION, clean_state_dict
+from model import GPT, GPTConfig
+from tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
+
+HF_PREFIX = "transformer."
+# nn.Linear weights (out, in) that Hugging Face's Conv1D stores as (in, out).
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# Hugging Face activation_function -> GPTConfig.gelu_approximate, and back for export.
+HF_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh",
+           "gelu_python_tanh": "tanh", "gelu": "none", "gelu_python": "none"}
+GELU_TO_HF = {"tanh": "gelu_new", "none": "gelu"}
+# Our tokenizer meta (what load_tokenizer reads), written into every export folder.
+TOKENIZER_META = "tokenizer_meta.json"
+GPT2_VOCAB = GPT2_EOT_ID + 1
+LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which model.py's LayerNorms use
+NANOGPT_GPT2_VOCAB = 50304  # nanoGPT pads GPT-2's vocab to a multiple of 64 itself
+# Causal-mask buffers some GPT-2 implementations save; they hold no weights.
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+def model_shapes(cfg: GPTConfig) -> dict:
+    """{name: shape} of GPT(cfg)'s state dict, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
+
+
+def make_config(**fields) -> GPTConfig:
+    # gelu_approximate is passed only when it is not the default tanh, so GPT-2-shaped
+    # imports also work on a model.py that predates the field.
+    if fields.get("gelu_approximate", "tanh") == "tanh":
+        fields.pop("gelu_approximate", None)
+    return GPTConfig(**fields)
+
+
+# ---- ours -> Hugging Face (export.py) ---------------------------------------------------
+
+
+def to_hf_state_dict(state: dict, cfg: GPTConfig, dtype=torch.float32) -> dict:
+    """Our state dict as GPT2LMHeadModel's: prefixed, Conv1D weights transposed, padding
+    rows dropped, zero biases where cfg.bias is False, the tied head stored once (as wte)."""
+    state = clean_state_dict(state)
+    full = model_shapes(replace(cfg, bias=True))
+    extra = sorted(set(state) - set(full))
+    if extra:
+        raise ValueError(f"the checkpoint has weights GPT-2's format cannot hold: {extra[:5]}; "
+                         f"export.py only knows model.py's GPT layout")
+    out = {}
+    for name, shape in full.items():
+        t = state.get(name)
+        if t is None:
+            if cfg.bias or not name.endswith(".bias"):
+                raise ValueError(f"the checkpoint lacks {name}; it is incomplete, export another one")
+            t = torch.zeros(shape)  # GPT-2 always has biases; zeros compute what bias=False does
+        if name == "wte.weight":
+            t = t[:cfg.vocab_size]
+        if name.endswith(CONV1D_WEIGHTS):
+            t = t.t()
+        out[HF_PREFIX + name] = t.detach().to("cpu", dtype).contiguous().clone()
+    return out
+
+
+# ---- any source -> ours -----------------------------------------------------------------
+
+
+def _strip_names(state: dict, source: str) -> dict:
+    """Keys without wrapper prefixes or "transformer.", without mask buffers, and with a
+    tied lm_head.weight checked against wte and dropped: our head is wte itself."""
+    out = {}
+    for k, v in clean_state_dict(state).items():
+        k = k.removeprefix(HF_PREFIX)
+        if not _MASK_BUFFER.fullmatch(k):
+            out[k] = v
+    head = out.pop("lm_head.weight", None)
+    if head is not None and "wte.weight" in out and not torch.equal(head, out["wte.weight"]):
+        raise ValueError(f"{source} has an output head (lm_head.weight) different from its token "
+                         f"embedding; this model ties them, so it cannot load an untied head")
+    return out
+
+
+def to_our_state_dict(src: dict, cfg: GPTConfig, transposed: bool, source: str,
+                      src_vocab: int | None = None) -> dict:
+    """Our float32 state dict from names already stripped by _strip_names. transposed: the
+    projection weights are Conv1D's (Hugging Face); src_vocab: the source's embedding rows
+    (default cfg.vocab_size), of which the first vocab_size are kept. Every shape is checked."""
+    want = model_shapes(cfg)
+    want_src = dict(want, **{"wte.weight": (src_vocab or cfg.vocab_size, cfg.n_embd)})
+    missing = [k for k in want if k not in src]
+    extra = [k for k in src if k not in want]
+    if missing or extra:
+        raise ValueError(f"{source} does not hold a GPT-2 model of the shape its config says: "
+                         f"missing {missing[:4]}, unexpected {extra[:4]}")
+    out = {}
+    for name, shape in want.items():
+        t = src[name].to(torch.float32, copy=True)  # never a view of a memory-mapped file
+        if transposed and name.endswith(CONV1D_WEIGHTS):
+            t = t.t()
+        if tuple(t.shape) != want_src[name]:
+            raise ValueError(f"{source}: {name} has shape {tuple(t.shape)} but its config needs "
+                             f"{want_src[name]}; the config and the weights disagree")
+        if name == "wte.weight":  # our padding rows are zero; the source's own padding goes
+            t = torch.cat([t[:cfg.vocab_size], t.new_zeros(shape[0] - cfg.vocab_size, shape[1])])
+        out[name] = t.contiguous()
+    return out
+
+
+def _checkpoint(state, cfg, tokenizer_meta, source, map_location) -> dict:
+    return {"kind": KIND, "version": VERSION, "step": 0,
+            "model": {k: v.to(map_location) for k, v in state.items()},
+            "model_config": asdict(cfg), "tokenizer": tokenizer_meta, "source": source}
+
+
+# ---- Hugging Face GPT-2 folders ---------------------------------------------------------
+
+
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def is_hf_folder(path: str) -> bool:
+    """A folder with a Hugging Face config.json: one that names a model_type, or sits beside
+    weights. (Our run folders hold a config.json too: the TrainConfig, with neither.)"""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    if any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHTS):
+        return True
+    try:
+        with open(config) as fh:
+            return "model_type" in json.load(fh)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _hf_config(hf: dict, where: str) -> GPTConfig:
+    """Our GPTConfig for a Hugging Face GPT-2 config.json, or a ValueError naming the field
+    that this model cannot compute the same way."""
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"{where} is model_type={hf.get('model_type')!r}; only gpt2 folders "
+                         f"can be imported (GPT-2's architecture is the one this model has)")
+    act = hf.get("activation_function", "gelu_new")
+    must = {"activation_function": act in HF_GELU,
+            "layer_norm_epsilon": hf.get("layer_norm_epsilon", LAYER_NORM_EPS) == LAYER_NORM_EPS,
+            "scale_attn_weights": hf.get("scale_attn_weights", True) is True,
+            "scale_attn_by_inverse_layer_idx": not hf.get("scale_attn_by_inverse_layer_idx", False),
+            "add_cross_attention": not hf.get("add_cross_attention", False),
+            "tie_word_embeddings": hf.get("tie_word_embeddings", True) is True}
+    bad = [k for k, ok in must.items() if not ok]
+    if bad:
+        raise ValueError(f"{where}: {bad[0]}={hf.get(bad[0])!r} is not supported (this model "
+                         f"needs a GELU activation ({', '.join(HF_GELU)}), layer_norm_epsilon 1e-5, "
+                         f"scaled attention, no cross-attention, tied embeddings)")
+    n_embd = hf.get("n_embd", 768)
+    n_inner = hf.get("n_inner")
+    if n_inner is not None and (not isinstance(n_inner, int) or n_inner <= 0):
+        raise ValueError(f"{where}: n_inner={n_inner!r} must be a positive whole number or null "
+                         f"(null means 4 x n_embd)")
+    return make_config(vocab_size=hf.get("vocab_size", GPT2_VOCAB),
+                       block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+                       n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
+                       mlp_hidden=0 if n_inner in (None, 4 * n_embd) else n_inner, bias=True,
+                       gelu_approximate=HF_GELU[act])
+
+
+def _hf_weights(folder: str) -> dict:
+    """The folder's tensors: model.safetensors (or its shards) or pytorch_model.bin."""
+    single, index, binary = (os.path.join(folder, name) for name in HF_WEIGHTS)
+    if os.path.isfile(single) or os.path.isfile(index):
+        load_file = safetensors_torch().load_file
+        if os.path.isfile(single):
+            return load_file(single)
+        with open(index) as fh:
+            shards = sorted(set(json.load(fh)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(os.path.join(folder, shard)))
+        return state
+    if os.path.isfile(binary):
+        try:
+            return torch.load(binary, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{binary} is not a plain state dict ({type(e).__name__}); convert it "
+                             f"to model.safetensors with transformers' save_pretrained") from None
+    raise ValueError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; "
+                     f"copy the weights file into it")
+
+
+def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
+    """Our tokenizer for the folder: the one an export recorded, else GPT-2's, whose
+    vocabulary must then be the folder's (vocab.json or tokenizer.json, when present)."""
+    ours = os.path.join(folder, TOKENIZER_META)
+    if os.path.isfile(ours):
+        with open(ours) as fh:
+            tok = load_tokenizer(json.load(fh))
+    elif vocab_size == GPT2_VOCAB:
+        tok = get_tokenizer("gpt2")
+        with open(gpt2_files()[1]) as fh:
+            gpt2_vocab = json.load(fh)
+        for name, get in (("vocab.json", lambda d: d), ("tokenizer.json", lambda d: d["model"]["vocab"])):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as fh:
+                    if get(json.load(fh)) != gpt2_vocab:
+                        raise ValueError(f"{path} is not GPT-2's vocabulary; only models with "
+                                         f"GPT-2's tokenizer (or exported by export.py) can be imported")
+                break
+    else:
+        raise ValueError(f"{folder} has vocab_size={vocab_size}, not GPT-2's {GPT2_VOCAB}, and no "
+                         f"{TOKENIZER_META}; only GPT-2-tokenized models (or export.py's) can be imported")
+    if tok.n_vocab < vocab_size:
+        raise ValueError(f"{folder}: the model predicts {vocab_size} ids but its {tok.name} "
+                         f"tokenizer has {tok.n_vocab}; fix vocab_size in config.json")
+    return tok.meta()
+
+
+def load_hf_folder(folder: str, map_location="cpu") -> dict:
+    where = os.path.join(folder, "config.json")
+    try:
+        with open(where) as fh:
+            hf = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where} is not readable JSON ({e}); restore the folder's config.json") from None
+    cfg = _hf_config(hf, where)
+    tok_meta = _hf_tokenizer_meta(folder, cfg.vocab_size)
+    src = _strip_names(_hf_weights(folder), folder)
+    state = to_our_state_dict(src, cfg, transposed=True, source=folder)
+    source = {"format": "huggingface-gpt2", "path": os.path.abspath(folder),
+              "activation_function": hf.get("activation_function", "gelu_new")}
+    return _checkpoint(state, cfg, tok_meta, source, map_location)
+
+
+# ---- nanoGPT ckpt.pt --------------------------------------------------------------------
+
+
+def _load_torch_file(path: str):
+    """The object in a torch.save file, loaded weights-only and memory-mapped, so peeking
+    at one of our multi-GB checkpoints reads almost nothing. None if it is not one."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        if _pickle_mentions(path, b"model_args"):
+            raise ValueError(f"{path!r} looks like a nanoGPT checkpoint but holds objects a safe "
+                             f"(weights-only) load refuses ({type(e).__name__}); in nanoGPT, re-save "
+                             f"it as {{'model': ..., 'model_args': ...}} with plain values") from None
+        return None  # load_checkpoint gives the error for files that are not ours either
+
+
+def _pickle_mentions(path: str, word: bytes) -> bool:
+    with zipfile.ZipFile(path) as z:
+        pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        return bool(pkl) and word in z.read(pkl[0])
+
+
+def is_nanogpt(obj) -> bool:
+    return (isinstance(obj, dict) and obj.get("kind") != KIND
+            and isinstance(obj.get("model"), dict) and isinstance(obj.get("model_args"), dict))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """meta.pkl holds dicts of ints and strings; refuse anything that would import code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def _nanogpt_chars(meta_path: str, vocab: int) -> str:
+    try:
+        with open(meta_path, "rb") as fh:
+            itos = _PlainUnpickler(fh).load()["itos"]
+        chars = "".join(itos[i] for i in range(len(itos)))
+    except Exception as e:
+        raise ValueError(f"{meta_path} is not a nanoGPT character vocabulary ({type(e).__name__}); "
+                         f"remove it to read the model as GPT-2-tokenized") from None
+    if len(chars) != vocab or chars != "".join(sorted(set(chars))):
+        raise ValueError(f"{meta_path} has {len(chars)} characters in an order other than sorted "
+                         f"for a model of vocab {vocab}; pass the meta.pkl of the model's own dataset")
+    return chars
+
+
+def _nanogpt_tokenizer(path: str, obj: dict, vocab: int) -> tuple:
+    """(our tokenizer meta, real vocab size). nanoGPT's sample.py reads a char vocabulary
+    from data/<dataset>/meta.pkl and otherwise assumes GPT-2: look beside the checkpoint,
+    then in nanoGPT's layout (the out_dir sits beside data/)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    dataset = (obj.get("config") or {}).get("dataset")
+    candidates = [os.path.join(folder, "meta.pkl")]
+    if isinstance(dataset, str):
+        candidates.append(os.path.join(os.path.dirname(folder), "data", dataset, "meta.pkl"))
+    meta_path = next((p for p in candidates if os.path.isfile(p)), None)
+    if meta_path:
+        # nanoGPT's char ids are the sorted alphabet, as ours; our end-of-text id comes
+        # after it, an id this model never predicts.
+        return get_tokenizer("char", _nanogpt_chars(meta_path, vocab)).meta(), vocab
+    if vocab in (GPT2_VOCAB, NANOGPT_GPT2_VOCAB):
+        return get_tokenizer("gpt2").meta(), GPT2_VOCAB
+    raise ValueError(f"{path!r} has vocab_size={vocab}, not GPT-2's, and no meta.pkl was found at "
+                     f"{candidates[-1]}; copy nanoGPT's data/<dataset>/meta.pkl next to the checkpoint")
+
+
+def load_nanogpt(path: str, obj: dict, map_location="cpu") -> dict:
+    args = obj["model_args"]
+    try:
+        n_layer, n_head, n_embd = int(args["n_layer"]), int(args["n_head"]), int(args["n_embd"])
+        block_size, vocab = int(args["block_size"]), int(args["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path!r}: model_args lacks a usable {e}; it needs n_layer, n_head, "
+                         f"n_embd, block_size, vocab_size (as nanoGPT's train.py saves)") from None
+    tok_meta, vocab_size = _nanogpt_tokenizer(path, obj, vocab)
+    src = _strip_names(obj["model"], path)
+    fc = src.get("h.0.mlp.c_fc.weight")
+    mlp = fc.shape[0] if fc is not None else 4 * n_embd  # nanoGPT's is 4x; forks may differ
+    cfg = make_config(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+                      n_embd=n_embd, mlp_hidden=0 if mlp == 4 * n_embd else mlp,
+                      bias=bool(args.get("bias", True)), gelu_approximate="none")
+    state = to_our_state_dict(src, cfg, transposed=False, source=path, src_vocab=vocab)
+    best, dataset = obj.get("best_val_loss"), (obj.get("config") or {}).get("dataset")
+    source = {"format": "nanogpt", "path": os.path.abspath(path), "iter_num": int(obj.get("iter_num") or 0),
+              "best_val_loss": float(best) if best is not None else None,
+              "dataset": dataset if isinstance(dataset, str) else None}
+    return _checkpoint(state, cfg, tok_meta, source, map_location)
+
+
+# ---- the one entry point ----------------------------------------------------------------
+
+
+def load_external(path: str, map_location="cpu") -> dict | None:
+    """A Hugging Face GPT-2 folder or a nanoGPT checkpoint as one of our checkpoints (step 0,
+    weights only); None for anything else, our own checkpoints included."""
+    if os.path.basename(path) in HF_WEIGHTS and is_hf_folder(os.path.dirname(path) or "."):
+        path = os.path.dirname(path) or "."  # the weights file of a folder: read the folder
+    if is_hf_folder(path):
+        return load_hf_folder(path, map_location)
+    if not os.path.isfile(path):
+        return None
+    obj = _load_torch_file(path)
+    if is_nanogpt(obj):
+        return load_nanogpt(path, obj, map_location)
+    return None
+
+
+def safetensors_torch():
+    try:
+        import safetensors.torch
+    except ImportError as e:
+        raise RuntimeError("reading and writing model.safetensors needs the safetensors package; "
+                           "run `pip install safetensors`") from e
+    return safetensors.torch
