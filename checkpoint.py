@@ -7,11 +7,12 @@ A checkpoint is a dict that loads with torch.load(weights_only=True):
 No RNG state is saved: batches and dropout masks are drawn from seeds of (seed, step, ...),
 so a resumed run needs none.
 Files in a run folder: checkpoint_step_N.pt (every save_interval and at the end) and
-best_model.pt (whenever val loss improves).
+best_model.pt (whenever val loss improves); the names are written here only.
 """
 import glob
 import os
 import re
+import shutil
 import zipfile
 
 import torch
@@ -20,7 +21,20 @@ from atomic_files import atomic_path
 
 KIND = "gpt-checkpoint"
 VERSION = 1
+BEST_FILE = "best_model.pt"
 _STEP_FILE = re.compile(r"checkpoint_step_(\d+)\.pt$")
+
+
+def step_file(step: int) -> str:
+    return f"checkpoint_step_{step}.pt"
+
+
+def is_step_file(path: str) -> bool:
+    return bool(_STEP_FILE.search(path))
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message says why and what is still safe."""
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -34,10 +48,48 @@ def clean_state_dict(state: dict) -> dict:
 
 
 def save_checkpoint(obj: dict, path: str):
-    """Write atomically: a kill mid-save leaves the previous file (or none), never half."""
+    """Write atomically: a kill mid-save leaves the previous file (or none), never half.
+    A failed write (a full disk, a quota) raises CheckpointWriteError, which names the
+    file, the space it needs and the checkpoint that is still intact."""
     obj = {"kind": KIND, "version": VERSION, **obj}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        raise CheckpointWriteError(_write_failure(path, obj, e)) from e
+
+
+def _write_failure(path: str, obj: dict, error: Exception) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    need = tensor_bytes(obj) / 1e9
+    free = shutil.disk_usage(folder).free / 1e9
+    reason = (error.strerror if isinstance(error, OSError) and error.strerror
+              else str(error).strip().splitlines()[-1][:160])
+    full = free < need * 1.05
+    previous = (os.path.join(folder, BEST_FILE) if os.path.basename(path) == BEST_FILE
+                else latest_checkpoint(folder))
+    safe = (f"the previous checkpoint {previous} is intact" if previous and os.path.isfile(previous)
+            else "no earlier checkpoint was touched")
+    return (f"could not write {path} ({'the disk is full: ' if full else ''}{reason}); it needs about "
+            f"{need:.2f} GB and {free:.2f} GB is free there. {safe}: free some space (or set --keep_last) "
+            f"and continue with --resume")
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of all tensors in a nested dict/list: about the size of the saved file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def nonfinite_weights(state: dict) -> list[str]:
+    """Names of floating-point tensors in a state dict that hold NaN or inf."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -76,7 +128,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 
 def best_or_latest(run_dir: str) -> str | None:
-    best = os.path.join(run_dir, "best_model.pt")
+    best = os.path.join(run_dir, BEST_FILE)
     return best if os.path.isfile(best) else latest_checkpoint(run_dir)
 
 

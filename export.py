@@ -29,12 +29,10 @@ import sys
 import torch
 
 from atomic_files import atomic_path
-from checkpoint import load_checkpoint
-from interop import (GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, load_external, safetensors_torch,
-                     to_hf_state_dict)
+from interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
 from model import GPTConfig
-from sample import resolve_checkpoint, tokenizer_meta
 from tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
+from weights import load_weights, resolve_checkpoint, tokenizer_meta
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GPTConfig fields and what GPT-2's format does with them; any other field is an error,
@@ -153,7 +151,7 @@ def write_folder(out: str, files: dict, tensors: dict):
 
 
 def export(ckpt: dict, out: str, dtype: str = "float32") -> list[str]:
-    """Write ckpt (one of our checkpoints, or load_external's) to the folder `out`;
+    """Write ckpt (one of ours, or a converted one: weights.load_weights) to the folder `out`;
     return lines describing what was written."""
     cfg = model_config(ckpt["model_config"])
     tok = load_tokenizer(tokenizer_meta(ckpt))
@@ -196,7 +194,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_out(args.out)  # before the (slow) load
     path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_external(path) or load_checkpoint(path, map_location="cpu")
+    ckpt = load_weights(path)
     print(f"exporting {path} (step {ckpt.get('step')})", file=sys.stderr)
     for line in export(ckpt, args.out, args.dtype):
         print(line)

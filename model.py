@@ -22,6 +22,7 @@ class GPTConfig:
     mlp_hidden: int = 0  # MLP inner width; 0 means 4 * n_embd
     dropout: float = 0.0  # dropout on attention probs, residual branches and embeddings (training only)
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    gelu_approximate: str = "tanh"  # MLP GELU: "tanh" (GPT-2's form) or "none" (exact erf, as nanoGPT)
     pad_vocab_multiple: int = 64  # embedding rows padded up to this multiple for faster matmuls
     activation_checkpointing: bool = False  # recompute each block in backward to save activation memory
 
@@ -29,6 +30,9 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                              f"pick n_head from the divisors of n_embd")
+        if self.gelu_approximate not in ("tanh", "none"):
+            raise ValueError(f"gelu_approximate must be 'tanh' (GPT-2) or 'none' (exact GELU), "
+                             f"got {self.gelu_approximate!r}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -64,16 +68,29 @@ PRESETS = {
 }
 
 
-def preset_config(name: str, **overrides) -> GPTConfig:
-    """GPTConfig for a preset, with fields replaced by the non-None overrides."""
+def check_preset(name: str):
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+
+
+def preset_config(name: str, **overrides) -> GPTConfig:
+    """GPTConfig for a preset, with fields replaced by the non-None overrides."""
+    check_preset(name)
     valid = {f.name for f in fields(GPTConfig)}
     bad = set(overrides) - valid
     if bad:
         raise ValueError(f"unknown model fields {sorted(bad)}; valid: {sorted(valid)}")
     cfg = GPTConfig(**PRESETS[name])
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# What makes two configs' weights interchangeable: equal values of these.
+SHAPE_FIELDS = ("vocab_size", "padded_vocab", "block_size", "n_layer", "n_head", "n_embd", "mlp_dim", "bias")
+
+
+def shape_differences(a: GPTConfig, b: GPTConfig) -> dict:
+    """{field: (a's value, b's value)} for the SHAPE_FIELDS where a and b differ."""
+    return {k: (getattr(a, k), getattr(b, k)) for k in SHAPE_FIELDS if getattr(a, k) != getattr(b, k)}
 
 
 class KVCache:
@@ -130,9 +147,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_dim, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.mlp_dim, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.gelu_approximate = cfg.gelu_approximate
 
     def forward(self, x):
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu_approximate)))
 
 
 class Block(nn.Module):

@@ -7,69 +7,14 @@ assumed MFU on A100 and H100.
 """
 import torch
 
+from devices import PEAK_FLOPS
 from model import GPT, count_params, flops_per_token
 from train_config import TrainConfig
 
 GiB = 1024 ** 3
 
-# Dense (no sparsity) bf16/fp16 tensor-core peak, FLOP/s, from NVIDIA datasheets.
-# Lookup is by substring, longest key first, so "H100 PCIe" beats "H100" and "L40S" beats "L4".
-PEAK_FLOPS = {
-    "A100": 312e12,
-    "H100 SXM": 989e12,
-    "H100 HBM3": 989e12,  # torch names the SXM part "NVIDIA H100 80GB HBM3"
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "H200": 989e12,  # same Hopper die as the H100 SXM, more memory
-    "L40S": 362e12,
-    "L40": 181e12,
-    "L4": 121e12,
-    "A10G": 125e12,  # the A10 datasheet figure; AWS's variant runs slightly lower clocks
-    "V100": 125e12,  # fp16 only: no bf16 on Volta
-    "RTX 4090": 165e12,  # fp32 accumulate, as PyTorch matmuls use (330 with fp16 accumulate)
-    "RTX 3090": 71e12,  # fp32 accumulate
-}
-
 # Cards the memory total is compared against.
 MEMORY_LIMITS = [(40, "A100-40GB"), (80, "A100/H100-80GB")]
-
-
-def peak_flops(device_name: str) -> float | None:
-    """Peak dense bf16/fp16 FLOP/s of a device named like torch.cuda.get_device_name(),
-    or None when unknown (a CPU, or a GPU not in PEAK_FLOPS)."""
-    name = device_name.lower()
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if key.lower() in name:
-            return PEAK_FLOPS[key]
-    return None
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def batch_split(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """Gradient-accumulation steps; raises when the global batch does not split evenly."""
-    per_step = micro_batch * world_size
-    if global_batch % per_step == 0:
-        return global_batch // per_step
-    msg = (f"global_batch_size={global_batch} is not divisible by micro_batch_size={micro_batch} "
-           f"x world_size={world_size} = {per_step}.")
-    if global_batch % world_size == 0:
-        msg += f" With {world_size} GPUs, micro_batch_size can be one of {_divisors(global_batch // world_size)}."
-    if global_batch % micro_batch == 0:
-        msg += (f" With micro_batch_size={micro_batch}, the number of GPUs can be one of "
-                f"{_divisors(global_batch // micro_batch)}.")
-    else:
-        msg += f" Or change global_batch_size to a multiple of {per_step}."
-    raise ValueError(msg)
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    # The plan is for GPUs; "auto" picks bf16 there, as train.py does on Ampere and later.
-    if dtype != "auto":
-        return dtype
-    return "float32" if device == "cpu" else "bfloat16"
 
 
 def block_activation_bytes(mc, batch: int, seq: int, act_bytes: int) -> int:
@@ -154,12 +99,12 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
     if n_stored - (mc.padded_vocab - mc.vocab_size) * mc.n_embd != n_params:
         raise RuntimeError(f"model has {n_stored:,} parameters but count_params says {n_params:,}")
 
-    accumulation = batch_split(cfg.global_batch_size, cfg.micro_batch_size, world_size)
+    accumulation = cfg.accumulation(world_size)
     tokens_per_step = cfg.global_batch_size * mc.block_size
     total_tokens = tokens_per_step * cfg.max_steps
     fpt = flops_per_token(mc)
     total_flops = fpt * total_tokens
-    dtype = resolve_dtype(cfg.dtype, cfg.device)
+    dtype = cfg.resolved("cpu" if cfg.device == "cpu" else "cuda").dtype  # a plan is for GPUs
 
     memory = {}
     for ckpt in (True, False):

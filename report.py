@@ -9,13 +9,13 @@ write_report() reads the folder and writes report.md atomically.
 import json
 import math
 import os
-import re
 from datetime import datetime, timezone
 
 from atomic_files import write_text
+from checkpoint import is_step_file
 
-_STEP_CHECKPOINT = re.compile(r"checkpoint_step_\d+\.pt$")
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
+_UNFINISHED = ("preempted", "nonfinite")  # end reasons after which the run can go on
 
 
 # ---- formatting ---------------------------------------------------------------------
@@ -68,11 +68,21 @@ def latest_by_step(records: list[dict], kind: str) -> list[dict]:
 
 
 def _train_config(records: list[dict], config: dict | None) -> dict:
-    # config.json may hold the TrainConfig itself or wrap it; else the start record's copy.
+    # config.json holds the resolved TrainConfig under "config" (older runs: itself); else
+    # the start record's copy.
     if config:
         return config["config"] if isinstance(config.get("config"), dict) else config
     starts = [r for r in records if r.get("kind") == "start"]
     return (starts[-1].get("config") or {}) if starts else {}
+
+
+def _derived(records: list[dict], config: dict | None) -> dict:
+    """What the run derived at start-up (world size, accumulation, device, ...): config.json's
+    "derived", else the last start record, which carries the same keys."""
+    if config and isinstance(config.get("derived"), dict):
+        return config["derived"]
+    starts = [r for r in records if r.get("kind") == "start"]
+    return starts[-1] if starts else {}
 
 
 def _at_or_before(train: list[dict], step: int) -> dict | None:
@@ -110,7 +120,7 @@ def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final
         ev = next((e for e in evals or [] if e["step"] == step and e.get("train_loss") is not None), None)
         if ev is not None:
             rec = dict(rec or {}, step=step, loss=ev["train_loss"],
-                       elapsed_s=(rec or ev).get("elapsed_s", ev.get("elapsed_s")))
+                       elapsed_s=ev.get("elapsed_s", (rec or {}).get("elapsed_s")))
         rows.append({"name": name, "step": step, "record": rec,
                      "exact": rec is not None and rec["step"] == step})
     return rows
@@ -119,7 +129,7 @@ def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final
 def _is_step_checkpoint(c: dict) -> bool:
     # best_model.pt saves are not timeline rows; a record without a path trusts "best".
     path = c.get("path")
-    return bool(_STEP_CHECKPOINT.search(path)) if path else not c.get("best", False)
+    return is_step_file(path) if path else not c.get("best", False)
 
 
 def _timeline_table(rows: list[dict]) -> list[str]:
@@ -154,9 +164,10 @@ def _val_table(evals: list[dict]) -> list[str]:
     return lines
 
 
-def _config_lines(cfg: dict, start: dict) -> list[str]:
-    mc = start.get("model_config") or {}
+def _config_lines(cfg: dict, derived: dict) -> list[str]:
+    mc = derived.get("model_config") or {}
     get = cfg.get
+    ranks = "processes" if str(derived.get("device", get("device", ""))).startswith("cpu") else "GPUs"
     lines = []
     if mc:
         mlp = mc.get("mlp_hidden") or 4 * mc.get("n_embd", 0)
@@ -165,31 +176,29 @@ def _config_lines(cfg: dict, start: dict) -> list[str]:
                      f"vocab {mc.get('vocab_size', 0):,}")
     elif get("model"):
         lines.append(f"- Model: `{get('model')}`")
-    if start.get("params") is not None:
-        lines.append(f"- Parameters: {start['params']:,} (tied head counted once)")
+    if derived.get("params") is not None:
+        lines.append(f"- Parameters: {derived['params']:,} (tied head counted once)")
     if get("global_batch_size") is not None:
         split = ""
-        if start.get("accumulation") is not None and start.get("world_size") is not None:
-            split = (f" ({get('micro_batch_size')} micro x {start['world_size']} GPUs x "
-                     f"{start['accumulation']} accumulation)")
-        tps = f", {start['tokens_per_step']:,} tokens/step" if start.get("tokens_per_step") else ""
+        if derived.get("accumulation") is not None and derived.get("world_size") is not None:
+            split = (f" ({get('micro_batch_size')} micro x {derived['world_size']} {ranks} x "
+                     f"{derived['accumulation']} accumulation)")
+        tps = f", {derived['tokens_per_step']:,} tokens/step" if derived.get("tokens_per_step") else ""
         lines.append(f"- Batch: {get('global_batch_size'):,} sequences per step{split}{tps}")
-    if get("learning_rate") is not None:
-        lr = get("learning_rate")
-        min_lr = get("min_lr") if get("min_lr") is not None else lr / 10
-        decay = get("lr_decay_steps") or get("max_steps")
-        lines.append(f"- LR schedule: linear warmup to {fmt_sci(lr)} over {get('warmup_steps', 0):,} "
-                     f"steps, cosine decay to {fmt_sci(min_lr)} at step {decay:,} "
-                     f"(max_steps {get('max_steps', 0):,})")
+    if get("learning_rate") is not None:  # min_lr and lr_decay_steps as the run resolved them
+        decay = f"{get('lr_decay_steps'):,}" if get("lr_decay_steps") else "max_steps"
+        lines.append(f"- LR schedule: linear warmup to {fmt_sci(get('learning_rate'))} over "
+                     f"{get('warmup_steps', 0):,} steps, cosine decay to {fmt_sci(get('min_lr'))} at step "
+                     f"{decay} (max_steps {get('max_steps', 0):,})")
     if get("weight_decay") is not None:
         lines.append(f"- Optimizer: AdamW, betas ({get('beta1')}, {get('beta2')}), eps {fmt_sci(get('eps'))}, "
                      f"weight decay {get('weight_decay')}, grad clip {get('grad_clip')}")
-    lines.append(f"- Dropout: {get('dropout', mc.get('dropout'))}; dtype: {start.get('dtype', get('dtype'))}; "
-                 f"world size: {start.get('world_size', '?')}; device: {start.get('device', get('device'))}")
+    lines.append(f"- Dropout: {get('dropout', mc.get('dropout'))}; dtype: {derived.get('dtype', get('dtype'))}; "
+                 f"world size: {derived.get('world_size', '?')}; device: {derived.get('device', get('device'))}")
     return lines
 
 
-def _throughput_lines(records: list[dict], train: list[dict], end: dict | None) -> list[str]:
+def _throughput_lines(records: list[dict], train: list[dict]) -> list[str]:
     # The first train record of each launch carries compile and warm-up time: leave it out.
     firsts, after_start = set(), True
     for r in records:
@@ -203,42 +212,75 @@ def _throughput_lines(records: list[dict], train: list[dict], end: dict | None) 
     mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
     mem = [r["peak_mem_gib"] for r in train if r.get("peak_mem_gib") is not None]
     last = train[-1]
-    elapsed = [r["elapsed_s"] for r in records if isinstance(r.get("elapsed_s"), (int, float))]
-    total = end["elapsed_s"] if end and end.get("elapsed_s") is not None else max(elapsed, default=None)
     lines = [f"- Mean tokens/s: {sum(tps) / len(tps):,.0f}" if tps else "- Mean tokens/s: n/a",
              f"- Mean MFU: {100 * sum(mfu) / len(mfu):.1f}%" if mfu else "- Mean MFU: n/a (unknown device peak)",
              f"  (over {len(steady):,} logged steps, the first of each launch left out)"]
     if mem:
         lines.append(f"- Peak memory: {max(mem):.2f} GiB")
-    if last.get("skipped_steps"):
-        lines.append(f"- Steps skipped by the fp16 loss scaler: {last['skipped_steps']:,}")
     if last.get("tokens") is not None:
         lines.append(f"- Tokens seen: {last['tokens']:,}")
-    lines.append(f"- Total time: {fmt_elapsed(total)}")
+    return lines
+
+
+def _time_lines(records: list[dict], end: dict | None) -> list[str]:
+    """Training time (the run's own clock, carried in checkpoints) and the wall time its
+    launches ran, whose difference is start-ups and the steps redone after each restart."""
+    elapsed = [r["elapsed_s"] for r in records if isinstance(r.get("elapsed_s"), (int, float))]
+    training = end["elapsed_s"] if end and end.get("elapsed_s") is not None else max(elapsed, default=None)
+    lines = [f"- Training time: {fmt_elapsed(training)}"]
+    spans, begin, last = [], None, None
+    for r in records:
+        t = r.get("time")
+        if not isinstance(t, (int, float)):
+            continue
+        if r.get("kind") == "start":
+            if begin is not None:
+                spans.append(last - begin)
+            begin = t
+        last = t
+    if begin is not None and training is not None and last > begin:
+        spans.append(last - begin)
+        wall = sum(spans)
+        lines.append(f"- Wall time of its {len(spans)} launch(es): {fmt_elapsed(wall)}, of which "
+                     f"{fmt_elapsed(max(0.0, wall - training))} was not training (start-ups, evaluations "
+                     f"before the first step, and steps redone after restarts)")
     lines.append(f"- End: {end.get('reason', 'unknown')} at step {end['step']:,}" if end
                  else "- End: no end record (still running, or stopped without one)")
     return lines
 
 
+def _event_lines(records: list[dict], last_train: dict) -> list[str]:
+    """Steps whose update was not applied, and loss spikes, with their steps: a user can
+    find the batch (a pure function of seed and step) and look at it."""
+    skipped = last_train.get("skipped_steps") or 0
+    lines = [f"- Updates not applied (non-finite loss or gradients, or an fp16 overflow): {skipped:,}"]
+    for kind, label in (("nonfinite", "Non-finite steps"), ("spike", "Loss spikes")):
+        events = latest_by_step(records, kind)
+        if events:
+            shown = ", ".join(f"{e['step']:,}" for e in events[:20])
+            lines.append(f"- {label} ({len(events):,}): step{'s' if len(events) > 1 else ''} {shown}"
+                         + (", ..." if len(events) > 20 else "") + " (metrics.jsonl has each one)")
+    return lines
+
+
 def render_report(records: list[dict], config: dict | None = None, skipped_lines: int = 0) -> str:
-    """Markdown report from metrics records (file order) and the run's TrainConfig dict."""
+    """Markdown report from metrics records (file order) and the run's config.json."""
     train = latest_by_step(records, "train")
     if not train:
         raise ValueError("no train records in metrics.jsonl; the run has not logged a step yet")
     cfg = _train_config(records, config)
     starts = [r for r in records if r.get("kind") == "start"]
-    start = starts[-1] if starts else {}
     ends = [r for r in records if r.get("kind") == "end" and isinstance(r.get("step"), int)]
     end = ends[-1] if ends else None
     last_train = train[-1]["step"]
-    ended = end is not None and end["step"] >= last_train
-    final_step = end["step"] if ended else last_train
+    final_step = end["step"] if end is not None and end["step"] >= last_train else last_train
+    finished = end is not None and end["step"] == final_step and end.get("reason") not in _UNFINISHED
 
     # Not latest_by_step: best_model.pt and checkpoint_step_N.pt records share a step.
     checkpoints = [r for r in records if r.get("kind") == "checkpoint" and isinstance(r.get("step"), int)]
     evals = latest_by_step(records, "eval")
     rows = timeline_rows(train, checkpoints,
-                         int(cfg.get("warmup_steps") or 0), final_step, ended, evals)
+                         int(cfg.get("warmup_steps") or 0), final_step, finished, evals)
     title = cfg.get("run_name") or "run"
     out = [f"# Training report: {title}", ""]
     if starts and starts[0].get("time"):
@@ -249,8 +291,10 @@ def render_report(records: list[dict], config: dict | None = None, skipped_lines
             "batches where an evaluation ran there, else the loss of the step's batch before "
             "its update; perplexity is exp(loss).", "",
             "## Validation", "", *_val_table(evals), "",
-            "## Configuration", "", *_config_lines(cfg, start), "",
-            "## Throughput", "", *_throughput_lines(records, train, end)]
+            "## Configuration", "", *_config_lines(cfg, _derived(records, config)), "",
+            "## Throughput", "", *_throughput_lines(records, train), "",
+            "## Time", "", *_time_lines(records, end), "",
+            "## Steps that went wrong", "", *_event_lines(records, train[-1])]
     if skipped_lines:
         out += ["", f"Note: {skipped_lines} unreadable line(s) of metrics.jsonl were skipped "
                     f"(a run killed mid-write leaves a partial line)."]

@@ -9,17 +9,15 @@ with a KV cache (prefill the prompt once, then one token per step) or without on
 (re-run the model on the whole window every step); greedy output is the same both ways.
 """
 import argparse
-import json
 import os
 import sys
 
 import torch
 
-from checkpoint import best_or_latest, clean_state_dict, load_checkpoint, newest_run
-from devices import autocast, pick_device, pick_dtype
-from interop import is_hf_folder, load_external
-from model import GPT, GPTConfig, KVCache
+from devices import DTYPES, autocast, pick_device, pick_dtype
+from model import KVCache
 from tokenizer import load_tokenizer
+from weights import build_model, load_weights, resolve_checkpoint, tokenizer_meta
 
 # ---- sampling -------------------------------------------------------------------------
 
@@ -132,49 +130,6 @@ class IncrementalDecoder:
         return new
 
 
-# ---- loading --------------------------------------------------------------------------
-
-
-def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
-    """A checkpoint file from a file, a run folder, or (None) the newest run in out_dir.
-    A Hugging Face GPT-2 folder is returned as it is; a nanoGPT out_dir gives its ckpt.pt."""
-    if path is None:
-        run = newest_run(out_dir)
-        if run is None:
-            raise FileNotFoundError(f"no run with checkpoints under {out_dir!r}; train one with "
-                                    f"`python train.py config/shakespeare_cpu.py` or pass --checkpoint")
-        path = run
-    if is_hf_folder(path):
-        return path
-    if os.path.isdir(path):
-        nanogpt = os.path.join(path, "ckpt.pt")
-        found = best_or_latest(path) or (nanogpt if os.path.isfile(nanogpt) else None)
-        if found is None:
-            raise FileNotFoundError(f"folder {path!r} has no best_model.pt or checkpoint_step_N.pt "
-                                    f"(nor config.json of a Hugging Face model, nor nanoGPT's ckpt.pt)")
-        return found
-    return path  # load_checkpoint says clearly if it is missing or not a checkpoint
-
-
-def tokenizer_meta(ckpt: dict) -> dict:
-    """The data's meta.json: stored in the checkpoint, else read from its data_dir."""
-    if ckpt.get("tokenizer"):
-        return ckpt["tokenizer"]
-    data_dir = (ckpt.get("config") or {}).get("data_dir")
-    meta_path = os.path.join(data_dir, "meta.json") if data_dir else None
-    if meta_path and os.path.isfile(meta_path):
-        with open(meta_path) as fh:
-            return json.load(fh)
-    raise ValueError(f"the checkpoint stores no tokenizer and its data_dir has no meta.json "
-                     f"(looked for {meta_path!r}); prepare the data again with prepare_data.py")
-
-
-def load_model(ckpt: dict, device) -> GPT:
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
-    return model.to(device).eval()
-
-
 # ---- command line ---------------------------------------------------------------------
 
 
@@ -202,7 +157,7 @@ def parse_args(argv=None):
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--stop_at_eot", action="store_true", help="end a sample at the end-of-text token")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache (slower)")
     p.add_argument("--out_dir", default="checkpoints", help="where to look for runs without --checkpoint")
@@ -232,15 +187,14 @@ def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    # to CPU first: the optimizer state it also holds (2x the model) never touches the GPU
-    ckpt = load_external(path) or load_checkpoint(path, map_location="cpu")
+    ckpt = load_weights(path)
     tok = load_tokenizer(tokenizer_meta(ckpt))
-    model = load_model(ckpt, device)
+    model = build_model(ckpt, device)
     step = ckpt.get("step")
-    if model.config.vocab_size > tok.n_vocab:
-        raise ValueError(f"the model predicts {model.config.vocab_size} ids but the {tok.name} "
-                         f"tokenizer has only {tok.n_vocab}; the checkpoint's tokenizer entry "
-                         f"does not belong to this model")
+    if not model.config.vocab_size <= tok.n_vocab <= model.config.padded_vocab:
+        raise ValueError(f"the model has {model.config.vocab_size} ids but the {tok.name} tokenizer has "
+                         f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "
+                         f"checkpoint's data_dir its own meta.json (prepare_data.py writes it)")
     del ckpt  # the optimizer state can be as large as the model again
     print(f"sampling from {path} (step {step}), {model.num_params() / 1e6:.2f}M params, "
           f"{tok.name} tokenizer, {device}", file=sys.stderr)

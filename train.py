@@ -9,8 +9,12 @@ One step = one optimizer update over global_batch_size sequences, split into
 micro-batches across ranks and accumulation steps. Step s trains on batch s, which
 loader.TokenWindows draws as a pure function of (seed, s): a run resumed at step k
 continues exactly as if it had never stopped.
+
+Read it in this order: train() is the loop; train_step() is one update; prepare() does
+every check and builds what the loop needs; the rest are the loop's small helpers.
 """
 import contextlib
+import dataclasses
 import math
 import os
 import resource
@@ -19,41 +23,335 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint as ckpt
+import distributed
 from atomic_files import write_json
-from devices import autocast, pick_device, pick_dtype
-from loader import TokenWindows, check_vocab, read_meta
+from devices import autocast, dtype_name, peak_flops, pick_dtype
+from loader import GPT2_META, TokenWindows, check_vocab, load_meta, read_meta
 from metrics import RunLog
-from model import GPT, count_params, flops_per_token
-from plan import batch_split, format_plan, make_plan, peak_flops
+from model import GPT, GPTConfig, count_params, flops_per_token, shape_differences
+from preemption import EXIT_PREEMPTED, PreemptionSignal
 from report import write_report
 from schedule import lr_at
+from step_stats import HostCopies, StepWatch, Throughput, describe_event
 from train_config import ConfigError, TrainConfig, help_text, load_config
+from train_state import TrainState
+from weights import load_weights
 
-SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden", "bias")
-
-
-def setup_distributed(cfg: TrainConfig):
-    """(rank, world_size, device) from torchrun's environment, or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(cfg.device, local_rank if world > 1 else None)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+# Why a run stopped -> the process's exit status. A preempted run exits with a status that
+# asks to be requeued; the others save their last checkpoint, except "nonfinite", which
+# leaves the last good one as it was.
+EXIT_CODES = {"max_steps": 0, "early_stopping": 0, "preempted": EXIT_PREEMPTED, "nonfinite": 1}
 
 
-def all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
-    # SUM then divide: gloo lacks ReduceOp.AVG in the older torch releases we support
-    if world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= world
-    return t
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(help_text())  # no arguments: the defaults alone would start a 124M run
+        return 0
+    cfg = load_config(argv)
+    if cfg.report:
+        print(f"wrote {write_report(cfg.report)}")
+        return 0
+    if cfg.dry_run:
+        from plan import format_plan, make_plan  # the planner is needed only here
+        meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
+        print(format_plan(make_plan(cfg, cfg.plan_gpus or distributed.world_size_from_env(),
+                                    meta["vocab_size"], meta.get("train_tokens"))))
+        return 0
+    env = distributed.setup(cfg.device, cfg.collective_timeout_s)
+    clean = False
+    try:
+        with PreemptionSignal() as preempt:
+            reason = train(cfg, env, preempt)
+        clean = True
+    except RuntimeError as e:
+        if distributed.is_collective_failure(e, env):  # timed out, or lost a peer
+            raise distributed.CollectiveFailure(distributed.explain_failure(env, e)) from e
+        raise
+    finally:
+        distributed.teardown(env, clean)
+    return EXIT_CODES[reason]
+
+
+def train(cfg: TrainConfig, env: distributed.Dist, preempt: PreemptionSignal) -> str:
+    """Train until max_steps, early stopping, a preemption signal or too many non-finite
+    steps in a row; return which of those ended it (a key of EXIT_CODES)."""
+    run = prepare(cfg, env)
+    cfg, state = run.cfg, run.state
+    if state.step >= cfg.max_steps:
+        return finish(run, "max_steps", f"nothing to train: the checkpoint is already at step "
+                                        f"{state.step:,} = max_steps; raise --max_steps to go on")
+    copies, meter = HostCopies(env.device), Throughput()
+    watch = StepWatch(cfg.max_nonfinite_steps, cfg.loss_spike_factor, run.scaler.is_enabled())
+    if state.step == 0:
+        with meter.excluding():
+            evaluate_and_track(run)  # the untrained baseline: the report's Initial row
+    clock_zero = time.time() - state.elapsed_s
+    stop = None
+    while stop is None:
+        step = state.step
+        lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.lr_decay_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        values = train_step(run.model, run.optimizer, run.scaler, micro_batches(run, step),
+                            cfg.grad_clip, run.autocast, env)
+        copies.push(step, lr, values)
+        meter.add(run.tokens_per_step)
+        state.step = step + 1
+        distributed.heartbeat(env, state.step)
+        state.elapsed_s = time.time() - clock_zero
+        for result in copies.pop(wait_for_all=cfg.should_log(step)):
+            record_step(run, result, watch.check(result), meter)
+        stop = ("nonfinite" if watch.should_stop
+                else "preempted" if distributed.any_rank(env, preempt.received is not None)
+                else "max_steps" if state.step >= cfg.max_steps else None)
+        with meter.excluding():
+            if stop in (None, "max_steps") and cfg.should_evaluate(state.step):
+                if evaluate_and_track(run) and stop is None:
+                    stop = "early_stopping"
+            if stop in ("max_steps", "early_stopping", "preempted") or (stop is None and cfg.should_save(state.step)):
+                save(run, ckpt.step_file(state.step))
+        run.bar.update(1)
+    for result in copies.pop(wait_for_all=True):  # the last step's numbers
+        record_step(run, result, watch.check(result), meter)
+    return finish(run, stop, _stop_message(stop, run, watch))
+
+
+def train_step(model, optimizer, scaler, batches: list, grad_clip: float, autocast_ctx,
+               env: distributed.Dist) -> torch.Tensor:
+    """One optimizer update over the micro-batches (x, y, dropout seed) of a step.
+
+    Gradients are synchronized across ranks on the last micro-batch only. The update is
+    applied only when the loss and the gradient norm are finite, decided on the device:
+    the fused AdamW skips its update when given GradScaler's `found_inf` tensor, so no step
+    waits for the GPU. Returns [loss (global mean), grad norm (before clipping), applied]
+    as one tensor on the device.
+    """
+    loss_sum = torch.zeros((), device=env.device)
+    for i, (x, y, seed) in enumerate(batches):
+        torch.manual_seed(seed)  # dropout masks: a pure function of (seed, step, index)
+        no_sync = isinstance(model, DDP) and i < len(batches) - 1
+        with (model.no_sync() if no_sync else contextlib.nullcontext()), autocast_ctx:
+            loss = model(x, y)[1]
+        loss_sum += loss.detach()
+        scaler.scale(loss / len(batches)).backward()
+    loss = distributed.all_reduce_mean(loss_sum / len(batches), env)
+    scaler.unscale_(optimizer)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    applied = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    if scaler.is_enabled():  # fp16: the scaler skips inf/NaN gradients itself, and adapts its scale
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.found_inf, optimizer.grad_scale = (~applied).float(), None
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf, optimizer.grad_scale
+    optimizer.zero_grad(set_to_none=True)
+    return torch.stack([loss, grad_norm.float(), applied.float()])
+
+
+def micro_batches(run, step: int) -> list:
+    """This rank's micro-batches of step's global batch, each with its dropout seed."""
+    cfg, env, out = run.cfg, run.env, []
+    for micro in range(run.accumulation):
+        index = micro * env.world + env.rank  # this micro-batch's place in the global batch
+        x, y = run.train_data.batch(step, cfg.global_batch_size, index * cfg.micro_batch_size,
+                                    cfg.micro_batch_size, env.device)
+        out.append((x, y, dropout_seed(cfg.seed, step, index)))
+    return out
+
+
+def dropout_seed(seed: int, step: int, index: int) -> int:
+    # Like the batches: resume needs no RNG state, and 1 GPU x 8 accumulation equals 8 GPUs.
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+
+
+# ---- what the loop does besides training -------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, windows: TokenWindows, cfg: TrainConfig, env: distributed.Dist, autocast_ctx) -> float:
+    """Mean loss over eval_batches fixed batches of micro_batch_size sequences, the same
+    set whatever the world size: rank r evaluates batches r, r + world, ..."""
+    model.eval()
+    total = torch.zeros((), device=env.device)
+    for k in range(env.rank, cfg.eval_batches, env.world):
+        x, y = windows.batch(k, cfg.micro_batch_size, 0, cfg.micro_batch_size, env.device, stream=1)
+        with autocast_ctx:
+            total += model(x, y)[1].float()
+    model.train()
+    return distributed.all_reduce_sum(total, env).item() / cfg.eval_batches
+
+
+def evaluate_and_track(run) -> bool:
+    """Evaluate val and train loss, save best_model.pt on improvement, log; True when
+    early stopping says the run should end."""
+    cfg, state = run.cfg, run.state
+    inner = run.model.module if isinstance(run.model, DDP) else run.model  # no backward: no DDP hooks
+    val = evaluate(inner, run.val_data, cfg, run.env, run.autocast)
+    train_est = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
+    improved = state.record_eval(val)
+    if improved:
+        save(run, ckpt.BEST_FILE)
+    if run.log:
+        run.log.log(dict(kind="eval", step=state.step, val_loss=val, val_ppl=math.exp(min(val, 50)),
+                         train_loss=train_est, elapsed_s=state.elapsed_s))
+        run.bar.write(f"step {state.step:,}: val loss {val:.4f} (ppl {math.exp(min(val, 50)):.2f}) | "
+                      f"train loss {train_est:.4f}" + (" | best" if improved else ""))
+    return 0 < cfg.early_stopping_patience <= state.evals_without_improvement
+
+
+def save(run, name: str):
+    """Write a checkpoint (rank 0), prune old step checkpoints, then let every rank go on."""
+    if run.env.master:
+        path = os.path.join(run.cfg.run_dir, name)
+        ckpt.save_checkpoint(dict(
+            model=run.raw_model.state_dict(), optimizer=run.optimizer.state_dict(),
+            scaler=run.scaler.state_dict(), model_config=dataclasses.asdict(run.model_cfg),
+            config=run.cfg.to_dict(), tokenizer=run.meta, **run.state.state_dict()), path)
+        if ckpt.is_step_file(name):
+            ckpt.prune(run.cfg.run_dir, run.cfg.keep_last)
+        run.log.log(dict(kind="checkpoint", step=run.state.step, path=path, best=name == ckpt.BEST_FILE,
+                         elapsed_s=run.state.elapsed_s))
+    distributed.barrier(run.env)
+
+
+def record_step(run, r, events: list, meter: Throughput):
+    """Count a step's result, and log it (rank 0) when it is a log step or worth noting."""
+    state = run.state
+    state.skipped_steps += not r.applied
+    if not run.log:
+        return
+    for event in events:
+        run.log.log(event)
+        run.bar.write(describe_event(event))
+    if not run.cfg.should_log(r.step):
+        return
+    tok_s = meter.rate()
+    mfu = run.flops_per_token * tok_s / (run.peak * run.env.world) if run.peak and tok_s else None
+    mem = (torch.cuda.max_memory_allocated(run.env.device) if run.env.device.type == "cuda"
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    scale = run.scaler.get_scale() if run.scaler.is_enabled() else None
+    run.log.log(dict(kind="train", step=r.step, loss=r.loss, lr=r.lr, grad_norm=r.grad_norm,
+                     applied=r.applied, tokens_per_s=tok_s, mfu=mfu, peak_mem_gib=mem, loss_scale=scale,
+                     skipped_steps=state.skipped_steps, tokens=r.step * run.tokens_per_step,
+                     elapsed_s=state.elapsed_s))
+    run.bar.write(" | ".join(
+        [f"step {r.step:,}/{run.cfg.max_steps:,}", f"loss {r.loss:.4f}", f"lr {r.lr:.2e}", f"grad {r.grad_norm:.3f}",
+         f"{tok_s:,.0f} tok/s" if tok_s else "- tok/s", f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a",
+         f"mem {mem:.2f} GiB"] + ([f"scale {scale:.0f}, skipped {state.skipped_steps}"] if scale else [])))
+
+
+def finish(run, reason: str, message: str) -> str:
+    run.bar.close()
+    if run.log:
+        run.log.log(dict(kind="end", step=run.state.step, elapsed_s=run.state.elapsed_s, reason=reason))
+        run.log.close()
+        print(f"{message}\nreport: {write_report(run.cfg.run_dir)}", flush=True)
+    return reason
+
+
+def _stop_message(stop: str, run, watch: StepWatch) -> str:
+    state, last = run.state, ckpt.latest_checkpoint(run.cfg.run_dir)
+    if stop == "nonfinite":
+        steps = watch.nonfinite_streak
+        return (f"stopped: {len(steps)} steps in a row (steps {steps[0]:,} to {steps[-1]:,}) had a non-finite "
+                f"loss or gradient norm; none of them was applied. The last checkpoint, {last or 'none'}, "
+                f"is intact. Lower --learning_rate (or raise --warmup_steps), then --resume")
+    if stop == "preempted":
+        return (f"preempted: saved {last} at step {state.step:,}; continue with --resume "
+                f"(exit status {EXIT_PREEMPTED} asks a scheduler to requeue)")
+    best = f"{state.best_val_loss:.4f}" if math.isfinite(state.best_val_loss) else "none"
+    return f"done: {stop} at step {state.step:,}; best val loss {best}"
+
+
+# ---- before the loop: every check first, then the model --------------------------------
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop reads, built once by prepare()."""
+    cfg: TrainConfig  # resolved: no "auto" or None defaults left
+    env: distributed.Dist
+    meta: dict
+    model_cfg: GPTConfig
+    train_data: TokenWindows
+    val_data: TokenWindows
+    accumulation: int
+    raw_model: GPT
+    model: torch.nn.Module  # raw_model, compiled and/or wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: object
+    state: TrainState
+    log: RunLog | None  # rank 0 only
+    bar: object
+    tokens_per_step: int
+    flops_per_token: int
+    peak: float | None
+
+
+def prepare(cfg: TrainConfig, env: distributed.Dist) -> Run:
+    """Every check that can fail runs before any long work; then data, model, optimizer
+    and state (restored from a checkpoint when resuming)."""
+    dtype = pick_dtype(cfg.dtype, env.device)
+    cfg = cfg.resolved(env.device.type, dtype_name(dtype))
+    meta = read_meta(cfg.data_dir)
+    accumulation = cfg.accumulation(env.world)
+    resume_path = find_resume(cfg)
+    check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
+    source = load_weights(resume_path or cfg.init_from) if resume_path or cfg.init_from else None
+    model_cfg = model_config_for(cfg, meta, source, resume_path)
+    check_vocab(meta, model_cfg.vocab_size, cfg.data_dir)
+    train_data, val_data = (TokenWindows(cfg.data_dir, split, model_cfg.block_size, meta, cfg.seed,
+                                         vocab_limit=model_cfg.vocab_size) for split in ("train", "val"))
+    state = TrainState.from_checkpoint(source) if resume_path else TrainState()
+    if state.step > cfg.max_steps:
+        raise ConfigError(f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
+                          f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)")
+    if dtype == torch.float16 and env.device.type == "cpu":
+        print("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
+
+    torch.manual_seed(cfg.seed)
+    raw_model = GPT(model_cfg).to(env.device)
+    optimizer = torch.optim.AdamW(raw_model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+    if source:
+        restore(source, raw_model, optimizer, scaler, resumed=bool(resume_path))
+        del source
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    if env.world > 1:
+        model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    run = Run(cfg, env, meta, model_cfg, train_data, val_data, accumulation, raw_model, model, optimizer,
+              scaler, autocast(env.device, dtype), state, None, None,
+              tokens_per_step=cfg.global_batch_size * model_cfg.block_size,
+              flops_per_token=flops_per_token(model_cfg),
+              peak=peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None)
+    if env.master:
+        ckpt.remove_stale_temp_files(cfg.run_dir)
+        run.log = RunLog(cfg.run_dir, cfg.tensorboard, purge_step=state.step + 1 if resume_path else None)
+        announce(run, resume_path or cfg.init_from, bool(resume_path))
+    # a bar only on a terminal: in a log file its redraws bury the log lines
+    run.bar = _progress(env.master and cfg.progress_bar and sys.stderr.isatty(), state.step, cfg.max_steps)
+    return run
+
+
+def find_resume(cfg: TrainConfig) -> str | None:
+    """The checkpoint to resume from (None: a fresh run), checking the folder either way."""
+    path = None
+    if cfg.resume:
+        path = ckpt.latest_checkpoint(cfg.run_dir) if cfg.resume in ("latest", "auto") else cfg.resume
+        if path is None and cfg.resume == "latest":
+            raise ConfigError(f"--resume: no checkpoint_step_N.pt in {cfg.run_dir}; drop --resume to start fresh")
+    elif ckpt.step_checkpoints(cfg.run_dir):
+        raise ConfigError(f"{cfg.run_dir} already holds checkpoints; add --resume to continue it "
+                          f"or pick a new --run_name")
+    return path
 
 
 def check_output_dir(run_dir: str):
@@ -66,260 +364,71 @@ def check_output_dir(run_dir: str):
         raise ConfigError(f"cannot write to {run_dir!r} ({e.strerror}); pick another --out_dir") from e
 
 
-def check_same_shape(saved: dict, model_cfg, source: str):
-    diff = {k: (saved[k], getattr(model_cfg, k)) for k in SHAPE_FIELDS if saved.get(k) != getattr(model_cfg, k)}
+def model_config_for(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: str | None) -> GPTConfig:
+    """The model's config: from the config file for a fresh run. With a checkpoint to
+    resume or start from, the checkpoint's architecture with this config's dropout and
+    activation checkpointing; resuming, the config's shape must be the checkpoint's, and
+    with --init_from the config's explicit model fields may not change it."""
+    if source is None:
+        return cfg.model_config(meta["vocab_size"])
+    saved = GPTConfig(**source["model_config"])
+    if resume_path:
+        _refuse_shape_change(saved, cfg.model_config(meta["vocab_size"]), f"{resume_path} holds a model of a "
+                             f"different shape", "use the config it was trained with, or a new --run_name")
+    else:
+        _refuse_shape_change(saved, dataclasses.replace(saved, **cfg.model_overrides()),
+                             f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
+                             "drop those settings")
+        tok = source.get("tokenizer") or {}
+        if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != \
+                (meta.get("tokenizer"), meta.get("vocab_size"), meta.get("chars")):
+            raise ConfigError(f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
+                              f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
+                              f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
+                              f"data with the checkpoint's tokenizer")
+    return dataclasses.replace(saved, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing)
+
+
+def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: str):
+    diff = shape_differences(saved, wanted)
     if diff:
-        raise ConfigError(f"{source} holds a model of a different shape: "
-                          + ", ".join(f"{k} {a} there vs {b} here" for k, (a, b) in diff.items())
-                          + "; use the config it was trained with, or a new --run_name")
+        raise ConfigError(f"{what}: " + ", ".join(f"{k} {a} there vs {b} here" for k, (a, b) in diff.items())
+                          + f"; {fix}")
 
 
-def dry_run(cfg: TrainConfig, world: int):
-    meta, train_tokens = None, None
-    if os.path.isfile(os.path.join(cfg.data_dir, "meta.json")):
-        meta = read_meta(cfg.data_dir)
-        train_tokens = meta.get("train_tokens")
-    vocab = meta["vocab_size"] if meta else 50257
-    print(format_plan(make_plan(cfg, cfg.plan_gpus or world, vocab, train_tokens)))
-
-
-@torch.no_grad()
-def evaluate(model, windows: TokenWindows, cfg: TrainConfig, rank: int, world: int, device, autocast_ctx):
-    """Mean loss over eval_batches fixed batches of micro_batch_size sequences, the same
-    set whatever the world size: rank r evaluates batches r, r + world, ..."""
-    model.eval()
-    total = torch.zeros((), device=device)
-    for k in range(rank, cfg.eval_batches, world):
-        x, y = windows.batch(k, cfg.micro_batch_size, 0, cfg.micro_batch_size, device, stream=1)
-        with autocast_ctx:
-            total += model(x, y)[1].float()
-    model.train()
-    if world > 1:
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.item() / cfg.eval_batches
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or any(a in ("-h", "--help") for a in argv):
-        print(help_text())  # no arguments: the defaults alone would start a 124M run
+def restore(source: dict, model: GPT, optimizer, scaler, resumed: bool):
+    model.load_state_dict(ckpt.clean_state_dict(source["model"]))
+    if not resumed:
         return
-    cfg = load_config(argv)
-    if cfg.report:
-        print(f"wrote {write_report(cfg.report)}")
-        return
-    if cfg.dry_run:
-        dry_run(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-        return
-    rank, world, device = setup_distributed(cfg)
-    try:
-        train(cfg, rank, world, device)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    optimizer.load_state_dict(source["optimizer"])
+    if source.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(source["scaler"])
+    elif scaler.is_enabled():
+        print("note: the checkpoint was not trained in float16; the loss scale starts afresh")
 
 
-def train(cfg: TrainConfig, rank: int, world: int, device: torch.device):
-    master = rank == 0
-    # ---- every check that can fail runs before any long work
-    meta = read_meta(cfg.data_dir)
-    model_cfg = cfg.model_config(meta["vocab_size"])
-    check_vocab(meta, model_cfg.vocab_size, cfg.data_dir)
-    train_data = TokenWindows(cfg.data_dir, "train", model_cfg.block_size, meta, cfg.seed)
-    val_data = TokenWindows(cfg.data_dir, "val", model_cfg.block_size, meta, cfg.seed)
-    try:
-        accum = batch_split(cfg.global_batch_size, cfg.micro_batch_size, world)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    dtype = pick_dtype(cfg.dtype, device)
-    if dtype == torch.float16 and device.type == "cpu":
-        print("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
-    use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    run_dir = cfg.run_dir
-    resume_path = None
-    if cfg.resume:
-        resume_path = ckpt.latest_checkpoint(run_dir) if cfg.resume in ("latest", "auto") else cfg.resume
-        if resume_path is None and cfg.resume == "latest":
-            raise ConfigError(f"--resume: no checkpoint_step_N.pt in {run_dir}; drop --resume to start fresh")
-    check_output_dir(run_dir)  # on every rank, so a bad path stops them all, not only rank 0
-    if master:
-        ckpt.remove_stale_temp_files(run_dir)
-    if not resume_path and ckpt.step_checkpoints(run_dir):
-        raise ConfigError(f"{run_dir} already holds checkpoints; add --resume to continue it "
-                          f"or pick a new --run_name")
-
-    # ---- model, optimizer, state
-    torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    state = dict(step=0, best_val_loss=math.inf, evals_without_improvement=0, elapsed_s=0.0, skipped_steps=0)
-    if resume_path or cfg.init_from:
-        saved = ckpt.load_checkpoint(resume_path or cfg.init_from, map_location=device)
-        check_same_shape(saved["model_config"], model_cfg, resume_path or cfg.init_from)
-        model.load_state_dict(ckpt.clean_state_dict(saved["model"]))
-        if resume_path:
-            optimizer.load_state_dict(saved["optimizer"])
-            if saved["scaler"] and scaler.is_enabled():
-                scaler.load_state_dict(saved["scaler"])
-            elif scaler.is_enabled():
-                print("note: the checkpoint was not trained in float16; the loss scale starts afresh")
-            state = {k: saved[k] for k in state}
-        del saved
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
-    if world > 1:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast_ctx = autocast(device, dtype)
-
-    tokens_per_step = cfg.global_batch_size * model_cfg.block_size
-    step_flops = flops_per_token(model_cfg) * tokens_per_step
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    decay_steps = cfg.lr_decay_steps or cfg.max_steps
-    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
-    log = None
-    if master:
-        write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
-        log = RunLog(run_dir, cfg.tensorboard)
-        epochs = tokens_per_step * cfg.max_steps / train_data.n_tokens
-        if epochs > 20:
-            print(f"warning: {epochs:,.0f} epochs over train.bin: the model will memorize it; "
-                  f"lower max_steps or prepare more data")
-        if cfg.warmup_steps >= decay_steps:
-            print(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {decay_steps}: "
-                  f"the learning rate never leaves warmup; lower --warmup_steps")
-        print(f"world size {world} | device {device} | dtype {str(dtype).replace('torch.', '')} | "
-              f"compile {use_compile}\nmicro-batch {cfg.micro_batch_size} x accumulation {accum} x "
-              f"{world} ranks = {cfg.global_batch_size} sequences = {tokens_per_step:,} tokens per step\n"
-              f"{cfg.max_steps:,} steps = {tokens_per_step * cfg.max_steps:,} tokens = {epochs:.2f} epochs "
-              f"of train.bin ({train_data.n_tokens:,} tokens)\nparameters {count_params(model_cfg):,} | "
-              f"{step_flops:.3e} FLOPs per step"
-              + (f" | resuming from {resume_path} at step {state['step']:,}" if resume_path else ""))
-        log.log(dict(kind="start", step=state["step"], time=time.time(), config=cfg.to_dict(),
-                     model_config=vars(model_cfg), params=count_params(model_cfg), world_size=world,
-                     device=str(device), dtype=str(dtype).replace("torch.", ""),
-                     tokens_per_step=tokens_per_step, accumulation=accum))
-
-    def save(path_name: str, best: bool = False):
-        if world > 1:
-            dist.barrier()
-        if master:
-            path = os.path.join(run_dir, path_name)
-            ckpt.save_checkpoint(dict(
-                step=step, model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict(), model_config=vars(model_cfg), config=cfg.to_dict(),
-                tokenizer=meta, **{k: v for k, v in state.items() if k != "step"}), path)
-            if not best:
-                ckpt.prune(run_dir, cfg.keep_last)
-            log.log(dict(kind="checkpoint", step=step, path=path, best=best, elapsed_s=state["elapsed_s"]))
-        if world > 1:
-            dist.barrier()
-
-    def run_eval():
-        """Evaluate, save best_model.pt on improvement; True when early stopping should stop the run."""
-        inner = model.module if world > 1 else model  # no DDP hooks: evaluation has no backward
-        val = evaluate(inner, val_data, cfg, rank, world, device, autocast_ctx)
-        train_est = evaluate(inner, train_data, cfg, rank, world, device, autocast_ctx)
-        improved = val < state["best_val_loss"]
-        if step > 0:  # the untrained model is a baseline, not a best model
-            state["evals_without_improvement"] = 0 if improved else state["evals_without_improvement"] + 1
-            if improved:
-                state["best_val_loss"] = val
-                save("best_model.pt", best=True)
-        if master:
-            log.log(dict(kind="eval", step=step, val_loss=val, val_ppl=math.exp(min(val, 50)),
-                         train_loss=train_est, elapsed_s=state["elapsed_s"]))
-            bar.write(f"step {step:,}: val loss {val:.4f} (ppl {math.exp(min(val, 50)):.2f}) | "
-                      f"train loss {train_est:.4f}" + (" | best" if improved and step > 0 else ""))
-        return cfg.early_stopping_patience > 0 and state["evals_without_improvement"] >= cfg.early_stopping_patience
-
-    step = state["step"]
-    # a bar only on a terminal: in a log file its redraws bury the log lines
-    bar = _progress(master and cfg.progress_bar and sys.stderr.isatty(), step, cfg.max_steps)
-    end_reason = "max_steps"
-    if step == 0:
-        run_eval()
-    t_last, tokens_since, t_start = time.time(), 0, time.time() - state["elapsed_s"]
-    while True:
-        lr = lr_at(step, cfg.learning_rate, min_lr, cfg.warmup_steps, decay_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        last = step >= cfg.max_steps or end_reason == "early_stopping"
-        loss_sum = torch.zeros((), device=device)
-        with torch.set_grad_enabled(not last):  # the final batch is only measured, not trained on
-            for micro in range(accum):
-                index = micro * world + rank  # this micro-batch's place in the global batch
-                x, y = train_data.batch(step, cfg.global_batch_size, index * cfg.micro_batch_size,
-                                        cfg.micro_batch_size, device)
-                # Dropout masks are a pure function of (seed, step, index) like the batches:
-                # resume needs no RNG state, and 1 GPU x 8 accumulation equals 8 GPUs.
-                torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, index]).generate_state(1)[0]))
-                sync = world == 1 or micro == accum - 1 or last
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast_ctx:
-                    loss = model(x, y)[1]
-                loss_sum += loss.detach()
-                if not last:
-                    scaler.scale(loss / accum).backward()
-        grad_norm = torch.tensor(math.nan)
-        if not last:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(  # a tensor: .item() only when logged
-                raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            scale_before = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            if scaler.is_enabled() and scaler.get_scale() < scale_before:
-                state["skipped_steps"] += 1  # inf/NaN gradients: GradScaler skipped this update
-            optimizer.zero_grad(set_to_none=True)
-        tokens_since += tokens_per_step if not last else 0
-        if (last or step % cfg.log_interval == 0 or step == cfg.warmup_steps or step % cfg.save_interval == 0
-                or step in cfg.save_steps):  # the report's rows need the loss at these steps
-            all_reduce_mean(loss_sum, world)
-            grad_norm = None if last else grad_norm.item()  # the final batch trains nothing
-            now = time.time()
-            state["elapsed_s"] = now - t_start
-            tok_s = None if last else tokens_since / max(now - t_last, 1e-9)  # the final batch is only measured
-            t_last, tokens_since = now, 0
-            mfu = flops_per_token(model_cfg) * tok_s / (peak * world) if peak and tok_s else None
-            mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
-            if master:
-                rec = dict(kind="train", step=step, loss=loss_sum.item() / accum, lr=lr,
-                           grad_norm=grad_norm, tokens_per_s=tok_s, mfu=mfu, peak_mem_gib=mem,
-                           loss_scale=scaler.get_scale() if scaler.is_enabled() else None,
-                           skipped_steps=state["skipped_steps"], tokens=step * tokens_per_step,
-                           elapsed_s=state["elapsed_s"])
-                log.log(rec)
-                parts = [f"step {step:,}/{cfg.max_steps:,}", f"loss {rec['loss']:.4f}", f"lr {lr:.2e}"]
-                if not last:
-                    parts += [f"grad {grad_norm:.3f}", f"{tok_s:,.0f} tok/s",
-                              f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a"]
-                parts.append(f"mem {mem:.2f} GiB")
-                if scaler.is_enabled():
-                    parts.append(f"scale {rec['loss_scale']:.0f}, skipped {state['skipped_steps']}")
-                bar.write(" | ".join(parts))
-        if last:
-            break
-        step += 1
-        bar.update(1)
-        state["step"] = step
-        state["elapsed_s"] = time.time() - t_start
-        t_pause = time.time()
-        if step % cfg.eval_interval == 0 or step in cfg.save_steps or step == cfg.max_steps:
-            if run_eval():
-                end_reason = "early_stopping"
-        if (step % cfg.save_interval == 0 or step in cfg.save_steps or step == cfg.max_steps
-                or end_reason == "early_stopping"):
-            save(f"checkpoint_step_{step}.pt")
-        t_last += time.time() - t_pause  # tokens/s measures training, not evals and saves
-    bar.close()
-    if master:
-        log.log(dict(kind="end", step=step, elapsed_s=state["elapsed_s"], reason=end_reason))
-        log.close()
-        print(f"done: {end_reason} at step {step:,}; best val loss {state['best_val_loss']:.4f}; "
-              f"report: {write_report(run_dir)}")
+def announce(run: Run, source: str, resumed: bool):
+    """Rank 0: config.json, warnings, the start lines and the start record."""
+    cfg, env, mc, state = run.cfg, run.env, run.model_cfg, run.state
+    derived = dict(world_size=env.world, accumulation=run.accumulation, device=str(env.device),
+                   tokens_per_step=run.tokens_per_step, params=count_params(mc), model_config=dataclasses.asdict(mc))
+    write_json(os.path.join(cfg.run_dir, "config.json"), dict(config=cfg.to_dict(), derived=derived))
+    epochs = run.tokens_per_step * cfg.max_steps / run.train_data.n_tokens
+    if epochs > 20:
+        print(f"warning: {epochs:,.0f} epochs over train.bin: the model will memorize it; "
+              f"lower max_steps or prepare more data")
+    if cfg.warmup_steps >= cfg.lr_decay_steps:
+        print(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {cfg.lr_decay_steps}: "
+              f"the learning rate never leaves warmup; lower --warmup_steps")
+    print(f"world size {env.world} | device {env.device} | dtype {cfg.dtype} | compile {cfg.compile}\n"
+          f"micro-batch {cfg.micro_batch_size} x accumulation {run.accumulation} x {env.world} "
+          f"{env.device_kind} = {cfg.global_batch_size} sequences = {run.tokens_per_step:,} tokens per step\n"
+          f"{cfg.max_steps:,} steps = {run.tokens_per_step * cfg.max_steps:,} tokens = {epochs:.2f} epochs "
+          f"of train.bin ({run.train_data.n_tokens:,} tokens)\nparameters {count_params(mc):,} | "
+          f"{run.flops_per_token * run.tokens_per_step:.3e} FLOPs per step"
+          + (f" | resuming from {source} at step {state.step:,}" if resumed
+             else f" | weights and shape from {source}" if source else ""), flush=True)
+    run.log.log(dict(kind="start", step=state.step, config=cfg.to_dict(), dtype=cfg.dtype, **derived))
 
 
 def _progress(enabled: bool, start: int, total: int):
@@ -341,6 +450,7 @@ def _progress(enabled: bool, start: int, total: int):
 
 if __name__ == "__main__":
     try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:  # user errors: no traceback needed
+        sys.exit(main())
+    except (ConfigError, FileNotFoundError, ValueError, ckpt.CheckpointWriteError,
+            distributed.CollectiveFailure) as e:  # user errors and named faults: no traceback needed
         sys.exit(f"error: {e}")

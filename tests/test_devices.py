@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from devices import autocast, pick_device, pick_dtype
+from devices import PEAK_FLOPS, autocast, peak_flops, pick_device, pick_dtype
 
 
 def test_cpu_defaults():
@@ -18,6 +18,8 @@ def test_cpu_defaults():
 def test_bad_names():
     with pytest.raises(ValueError, match="not supported"):
         pick_device("mps")
+    with pytest.raises(ValueError, match="not supported"):
+        pick_device("cuda:x")
     with pytest.raises(ValueError, match="dtype must be one of"):
         pick_dtype("fp8", torch.device("cpu"))
 
@@ -34,3 +36,16 @@ def test_cuda_devices_get_an_index():
     assert pick_device("auto", local_rank=0) == torch.device("cuda", 0)
     major = torch.cuda.get_device_capability(0)[0]
     assert pick_dtype("auto", pick_device("cuda")) == (torch.bfloat16 if major >= 8 else torch.float16)
+
+
+def test_peak_flops_lookup():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA A100-SXM4-40GB") == 312e12
+    assert peak_flops("NVIDIA A100 80GB PCIe") == 312e12
+    assert peak_flops("NVIDIA L40S") == PEAK_FLOPS["L40S"]
+    assert peak_flops("NVIDIA L4") == 121e12
+    assert peak_flops("NVIDIA A10G") == 125e12
+    assert peak_flops("Tesla V100-SXM2-16GB") == 125e12
+    assert peak_flops("NVIDIA GeForce RTX 4090") == PEAK_FLOPS["RTX 4090"]
+    assert peak_flops("cpu") is None

@@ -16,6 +16,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import export  # noqa: E402
 import sample  # noqa: E402
+import weights  # noqa: E402
 from checkpoint import KIND, load_checkpoint, save_checkpoint  # noqa: E402
 from interop import load_external  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -380,4 +381,4 @@ def test_load_external_is_none_for_everything_else(tmp_path):
     for path in (ours, str(tmp_path / "run"), str(tmp_path / "notes.txt"), str(tmp_path / "other.pt"),
                  str(tmp_path / "missing.pt")):
         assert load_external(path) is None, path
-    assert sample.resolve_checkpoint(str(tmp_path / "run")) == ours  # a run folder, not an HF one
+    assert weights.resolve_checkpoint(str(tmp_path / "run")) == ours  # a run folder, not an HF one

@@ -7,7 +7,7 @@ import pytest
 from report import fmt_elapsed, fmt_ppl, render_report, write_report
 
 CONFIG = dict(run_name="train_300m", model="300m", warmup_steps=2_000, max_steps=100_000,
-              learning_rate=6e-4, min_lr=None, lr_decay_steps=None, weight_decay=0.1,
+              learning_rate=6e-4, min_lr=6e-5, lr_decay_steps=100_000, weight_decay=0.1,
               beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, dropout=0.1, dtype="float16",
               global_batch_size=512, micro_batch_size=32, device="cuda")
 MODEL = dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048, mlp_hidden=2944,
@@ -102,7 +102,7 @@ def test_throughput_and_config_summary():
     assert "Mean tokens/s: 49,300" in text
     assert "Mean MFU: 40.0%" in text
     assert "Tokens seen: 104,857,600,000" in text
-    assert "Total time: 72h 15m" in text
+    assert "Training time: 72h 15m" in text
     assert "End: max_steps at step 100,000" in text
     assert "24 layers x 1,024 wide, 16 heads, MLP 2,944, context 2,048" in text
     assert "Parameters: 299,220,992" in text
@@ -180,3 +180,42 @@ def test_an_evaluation_train_loss_is_preferred_to_one_batch():
     final = next(r for r in rows if r[0] == "Final")
     assert final[2] == "2.50"  # the evaluation's estimate, not the batch's 3.00
     assert next(r for r in rows if r[0] == "Initial")[2] == "4.00"  # no train_loss there: the batch
+
+
+def test_min_lr_and_decay_are_read_as_the_run_resolved_them():
+    text = render_report(documented_run(), dict(config=dict(CONFIG, min_lr=1e-5, lr_decay_steps=80_000),
+                                                derived=dict(world_size=4, accumulation=4, device="cuda:0")))
+    assert "cosine decay to 1e-5 at step 80,000" in text  # not re-derived as lr / 10 at max_steps
+
+
+def test_cpu_runs_count_processes_not_gpus():
+    config = dict(config=dict(CONFIG, device="auto"),
+                  derived=dict(world_size=2, accumulation=8, device="cpu", tokens_per_step=1_048_576))
+    text = render_report(documented_run(), config)
+    assert "(32 micro x 2 processes x 8 accumulation)" in text and "GPUs" not in text
+
+
+def test_time_lost_to_restarts():
+    t0 = 1_700_000_000
+    recs = [dict(start(t0), time=t0), dict(train(0, 4.0, 0), time=t0 + 60),
+            dict(train(100, 3.0, 1.0), time=t0 + 60 + HOUR),  # killed an hour after step 100
+            dict(train(150, 2.9, 1.5), time=t0 + 60 + 1.5 * HOUR),
+            dict(start(t0 + 2 * HOUR), step=100, time=t0 + 2 * HOUR),  # resumed from step 100
+            dict(train(150, 2.9, 1.5), time=t0 + 2.6 * HOUR),
+            dict(kind="end", step=200, elapsed_s=2.0 * HOUR, reason="max_steps", time=t0 + 3.1 * HOUR)]
+    text = render_report(recs, CONFIG)
+    # launches ran 1h 31m and 1h 06m; the run's clock says 2h of training
+    assert "Training time: 2h 00m" in text
+    assert "Wall time of its 2 launch(es): 2h 37m, of which 37m 00s was not training" in text
+
+
+def test_a_preempted_or_stopped_run_is_latest_not_final_and_lists_bad_steps():
+    recs = [start(), train(0, 4.0, 0), train(50, 3.0, 0.01),
+            dict(kind="nonfinite", step=51, loss="nan", grad_norm="nan", in_a_row=1),
+            dict(kind="spike", step=60, loss=5.0, recent_mean=3.0, ratio=1.67),
+            dict(kind="end", step=61, elapsed_s=40, reason="preempted")]
+    text = render_report(recs, dict(CONFIG, warmup_steps=0))
+    _, rows = table(text)
+    assert [r[0] for r in rows] == ["Initial", "Latest"] and rows[-1][1] == "50†"
+    assert "Non-finite steps (1): step 51" in text and "Loss spikes (1): step 60" in text
+    assert "End: preempted at step 61" in text

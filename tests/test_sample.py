@@ -10,9 +10,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from checkpoint import save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig, KVCache  # noqa: E402
-from sample import (IncrementalDecoder, generate, main, resolve_checkpoint,  # noqa: E402
-                    sample_next)
+from sample import IncrementalDecoder, generate, main, sample_next  # noqa: E402
 from tokenizer import EOT_TEXT, load_tokenizer  # noqa: E402
+from weights import resolve_checkpoint  # noqa: E402
 
 CHARS = "".join(sorted("\n !',.:;?abcdefghijklmnopqrstuvwxyzAB"))  # 37; eot is id 37
 VOCAB = len(CHARS) + 1  # not a multiple of 64, so the embedding has padding rows
@@ -265,10 +265,21 @@ def test_tokenizer_falls_back_to_data_dir_meta(tmp_path, capsys):
     save_run(run, tokenizer=False, data_dir=data)
     args = ["--checkpoint", str(run), "--num_samples", "1", "--max_new_tokens", "5",
             "--device", "cpu"]
-    with pytest.raises(ValueError, match="no tokenizer"):
-        main(args)
+    with pytest.raises(ValueError, match="gpt2 tokenizer has 50257: the tokenizer does not belong"):
+        main(args)  # without meta.json the folder is taken as GPT-2 ids, which this model cannot embed
+    assert "assuming GPT-2 token ids" in capsys.readouterr().err
     (data / "meta.json").write_text(json.dumps(char_meta()))
     assert len(main(args)) == 1
+    assert "char tokenizer" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_with_a_sentence(tmp_path):
+    path = save_run(tmp_path / "run")
+    saved = torch.load(path, weights_only=True)
+    saved["model"]["h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=r"NaN or inf weights \(h\.0\.mlp\.c_fc\.weight\).*earlier checkpoint"):
+        main(["--checkpoint", path, "--device", "cpu", "--num_samples", "1"])
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
@@ -319,5 +330,5 @@ def test_tokenizer_smaller_than_model_is_an_error(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     ckpt["tokenizer"] = {"tokenizer": "char", "chars": "abc"}  # 4 ids for a 38-id model
     torch.save(ckpt, path)
-    with pytest.raises(ValueError, match="tokenizer has only 4"):
+    with pytest.raises(ValueError, match="the model has 38 ids but the char tokenizer has 4"):
         main(["--checkpoint", str(run), "--device", "cpu"])

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from train_config import ConfigError, TrainConfig, help_text, load_config, parse_value
+import model
+from train_config import MODEL_FIELDS, ConfigError, TrainConfig, help_text, load_config, parse_value
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +34,13 @@ def test_file_then_overrides(tmp_path):
     (["--dtype=fp8"], "dtype must be"),
     (["--model=gpt5"], "unknown model preset"),
     (["--global_batch_size=0"], "must be positive"),
+    (["--max_steps=inf"], "max_steps expects int"),
+    (["--learning_rate=nan"], "learning_rate expects float"),
+    (["--learning_rate=1e-3", "--min_lr=2e-3"], "min_lr=0.002 must be between 0 and learning_rate"),
+    (["--resume", "--init_from=x.pt"], "cannot be used together"),
+    (["--device=mps"], "not supported"),
+    (["--loss_spike_factor=0.5"], "loss_spike_factor must be > 1"),
+    (["--save_steps=0,10"], "save_steps must be positive"),
     (["config/nope.py"], "not found"),
     (["stray"], "unexpected argument"),
 ])
@@ -99,3 +107,49 @@ def test_parse_value_types():
     assert parse_value("bias", "true") is True
     with pytest.raises(ConfigError):
         parse_value("max_steps", True)
+
+
+def test_a_file_that_raises_names_file_line_and_error(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("max_steps = 10\nwarmup_steps = max_step // 50\n")
+    with pytest.raises(ConfigError, match=r"c\.py:2: NameError: name 'max_step' is not defined"):
+        load_config([str(f)])
+
+
+def test_batch_split_is_exact_or_a_helpful_error():
+    cfg = TrainConfig(global_batch_size=256, micro_batch_size=8)
+    assert cfg.accumulation(8) == 4 and cfg.accumulation(1) == 32
+    with pytest.raises(ConfigError, match=r"number of processes can be one of \[1, 2, 4, 8, 16, 32\]"):
+        cfg.accumulation(3)
+    with pytest.raises(ConfigError, match=r"micro_batch_size can be one of"):
+        TrainConfig(global_batch_size=256, micro_batch_size=12).accumulation(8)
+
+
+def test_cadences_each_written_once():
+    cfg = TrainConfig(max_steps=100, eval_interval=30, save_interval=40, log_interval=25,
+                      warmup_steps=7, save_steps=(10,))
+    assert [s for s in range(101) if cfg.should_evaluate(s)] == [0, 10, 30, 60, 90, 100]
+    assert [s for s in range(101) if cfg.should_save(s)] == [0, 10, 40, 80, 100]
+    # every log_interval, the end of warmup, and wherever a checkpoint is saved (the report's rows)
+    assert [s for s in range(101) if cfg.should_log(s)] == [0, 7, 10, 25, 40, 50, 75, 80, 100]
+
+
+def test_derived_settings_resolve_once():
+    cfg = TrainConfig(learning_rate=3e-4, max_steps=500)
+    r = cfg.resolved("cuda")
+    assert r.min_lr == pytest.approx(3e-5) and (r.lr_decay_steps, r.dtype, r.compile) == (500, "bfloat16", True)
+    r = cfg.resolved("cpu")
+    assert (r.dtype, r.compile) == ("float32", False)
+    assert cfg.resolved("cuda", "float16").dtype == "float16"  # what auto became on a pre-Ampere GPU
+    kept = TrainConfig(min_lr=0.0, lr_decay_steps=300, dtype="bfloat16", compile=False).resolved("cuda")
+    assert (kept.min_lr, kept.lr_decay_steps, kept.dtype, kept.compile) == (0.0, 300, "bfloat16", False)
+
+
+def test_model_fields_come_from_the_model_config():
+    shared = {f.name for f in model.fields(model.GPTConfig)} & set(TrainConfig.__dataclass_fields__)
+    assert set(MODEL_FIELDS) == shared and {"n_layer", "n_embd", "bias", "dropout"} <= shared
+    cfg = load_config(["--model=tiny", "--n_embd=64", "--bias=False"])
+    mc = cfg.model_config(100)
+    assert (mc.n_layer, mc.n_embd, mc.bias, mc.vocab_size) == (4, 64, False, 100)
+    assert cfg.model_overrides() == {"n_embd": 64, "bias": False, "dropout": 0.0,
+                                     "activation_checkpointing": False}

@@ -1,0 +1,163 @@
+"""Processes that train together under torchrun: start-up, agreement, faults, teardown.
+
+- setup() joins the process group (NCCL on GPUs, gloo on CPUs) with a collective timeout,
+  and a gloo group for the small CPU-side agreements each step makes.
+- Every step each rank writes its step count to torchrun's key-value store (a heartbeat).
+  When a collective times out, the ranks still alive read those counts and name the rank
+  that stopped answering, instead of hanging or printing only a timeout.
+- any_rank() tells every rank whether any rank asked to stop (a preemption signal).
+- teardown() leaves no communication thread running into interpreter shutdown.
+"""
+import dataclasses
+import datetime
+import importlib
+import os
+
+import torch
+import torch.distributed as dist
+
+from devices import pick_device
+
+# These torch modules bind `group.WORLD` as a default argument when first imported. Imported
+# after init_process_group they keep the process group, and with it gloo's worker threads,
+# alive past destroy_process_group into interpreter shutdown, where a worker that frees a
+# finished all-reduce's tensors needs the GIL of a finalizing interpreter: the process aborts
+# with "terminate called without an active exception". DDP's constructor imports them.
+_BIND_WORLD_AT_IMPORT = ("torch.distributed.nn", "torch.distributed.fsdp.sharded_grad_scaler")
+NCCL_EXTRA_TIMEOUT_S = 60  # NCCL's watchdog waits longer, so the message naming the rank comes first
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    control: object = None  # the gloo group for CPU-side agreement (None: one process)
+    heartbeats: object = None  # a store client for the per-step heartbeat (None: one process)
+    timeout_s: int = 0
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device_kind(self) -> str:
+        """What a rank is, for messages: processes on CPUs, GPUs on GPUs."""
+        return "GPUs" if self.device.type == "cuda" else "processes"
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def setup(device_name: str, timeout_s: int) -> Dist:
+    """The process group of a torchrun launch, or a single process."""
+    world = world_size_from_env()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank if world > 1 else None)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world == 1:
+        return Dist(device=device)
+    for module in _BIND_WORLD_AT_IMPORT:
+        importlib.import_module(module)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if device.type == "cuda":
+        dist.init_process_group("nccl", timeout=timeout + datetime.timedelta(seconds=NCCL_EXTRA_TIMEOUT_S))
+        control = dist.new_group(backend="gloo", timeout=timeout)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+        control = dist.group.WORLD
+    return Dist(rank, world, device, control, _heartbeat_store(), timeout_s)
+
+
+def _heartbeat_store():
+    # A client of the store torchrun (or rank 0) serves at MASTER_ADDR:MASTER_PORT, under a
+    # prefix per restart so counts from before a restart are never read.
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=datetime.timedelta(seconds=30))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"gpt-heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{restart}/", store)
+
+
+def heartbeat(env: Dist, step: int):
+    if env.heartbeats is not None:
+        env.heartbeats.set(str(env.rank), str(step))
+
+
+class CollectiveFailure(RuntimeError):
+    """A collective timed out or lost a peer; the message names the rank that stopped."""
+
+
+def is_collective_failure(error: Exception, env: Dist) -> bool:
+    if env.world == 1:
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return any(s in text for s in ("timed out", "timeout", "connection closed", "connection reset",
+                                   "broken pipe", "gloo", "nccl"))
+
+
+def all_reduce_sum(t: torch.Tensor, env: Dist) -> torch.Tensor:
+    if env.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor, env: Dist) -> torch.Tensor:
+    # SUM then divide: gloo lacks ReduceOp.AVG in the older torch releases we support
+    return all_reduce_sum(t, env) / env.world
+
+
+def any_rank(env: Dist, flag: bool) -> bool:
+    """True on every rank when flag is True on any rank (a CPU all-reduce: no GPU sync)."""
+    if env.world == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=env.control)
+    return bool(t.item())
+
+
+def barrier(env: Dist):
+    if env.world > 1:
+        dist.barrier(group=env.control)
+
+
+def describe_stuck_ranks(env: Dist) -> str:
+    """Which ranks are behind, from the heartbeats: for the message when a collective fails."""
+    if env.heartbeats is None:
+        return ""
+    steps = {}
+    for r in range(env.world):
+        try:
+            steps[r] = int(env.heartbeats.get(str(r)).decode()) if env.heartbeats.check([str(r)]) else None
+        except Exception:  # the store itself is gone: nothing more to learn
+            return ""
+    ahead = max((s for s in steps.values() if s is not None), default=0)
+    behind = [r for r, s in steps.items() if s is None or s < ahead]
+    if not behind:
+        return ""
+    where = ", ".join(f"rank {r} " + (f"at step {steps[r]:,}" if steps[r] is not None else "before its first step")
+                      for r in behind)
+    return f"{where} while the others reached step {ahead:,}: that rank stopped answering (hung, or much slower)"
+
+
+def explain_failure(env: Dist, error: Exception) -> str:
+    """One message for a rank whose collective failed: what failed, who is behind, what to do."""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    stuck = describe_stuck_ranks(env)
+    return (f"rank {env.rank}: a collective failed ({first})" + (f"; {stuck}" if stuck else "")
+            + f". Collectives wait collective_timeout_s={env.timeout_s} s. Resume from the last "
+              f"checkpoint with --resume (torchrun --max_restarts=N does it unattended)")
+
+
+def teardown(env: Dist, clean: bool):
+    """Destroy the process group while Python is fully alive, which joins gloo's worker
+    threads. clean: the run ended normally on every rank, so wait for all ranks first."""
+    if env.world == 1 or not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier(group=env.control)
+    env.heartbeats = env.control = None
+    dist.destroy_process_group()

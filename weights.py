@@ -1,0 +1,62 @@
+"""Where a model's weights come from, for train.py --init_from, sample.py and export.py:
+our checkpoints (checkpoint.py), a Hugging Face GPT-2 folder or a nanoGPT ckpt.pt
+(interop.py, converted to our checkpoint format). One way to find, load and check them.
+"""
+import os
+
+from checkpoint import best_or_latest, clean_state_dict, load_checkpoint, newest_run, nonfinite_weights
+from interop import is_hf_folder, load_external
+from loader import load_meta
+from model import GPT, GPTConfig
+
+
+def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
+    """A checkpoint file from a file, a run folder, or (None) the newest run in out_dir.
+    A Hugging Face GPT-2 folder is returned as it is; a nanoGPT out_dir gives its ckpt.pt."""
+    if path is None:
+        run = newest_run(out_dir)
+        if run is None:
+            raise FileNotFoundError(f"no run with checkpoints under {out_dir!r}; train one with "
+                                    f"`python train.py config/shakespeare_cpu.py` or pass --checkpoint")
+        path = run
+    if is_hf_folder(path):
+        return path
+    if os.path.isdir(path):
+        nanogpt = os.path.join(path, "ckpt.pt")
+        found = best_or_latest(path) or (nanogpt if os.path.isfile(nanogpt) else None)
+        if found is None:
+            raise FileNotFoundError(f"folder {path!r} has no best_model.pt or checkpoint_step_N.pt "
+                                    f"(nor config.json of a Hugging Face model, nor nanoGPT's ckpt.pt)")
+        return found
+    return path  # load_checkpoint says clearly if it is missing or not a checkpoint
+
+
+def load_weights(path: str) -> dict:
+    """A checkpoint dict on the CPU (the GPU never holds the optimizer state it may carry):
+    ours, or a Hugging Face / nanoGPT source converted to our format. Weights that hold
+    NaN or inf are refused: nothing useful comes from them."""
+    ckpt = load_external(path) or load_checkpoint(path, map_location="cpu")
+    bad = nonfinite_weights(ckpt["model"])
+    if bad:
+        raise ValueError(f"{path} holds NaN or inf weights ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): the run diverged before this save; "
+                         f"use an earlier checkpoint")
+    return ckpt
+
+
+def tokenizer_meta(ckpt: dict) -> dict:
+    """The data's meta: stored in the checkpoint, else its data_dir's (loader.load_meta)."""
+    if ckpt.get("tokenizer"):
+        return ckpt["tokenizer"]
+    data_dir = (ckpt.get("config") or {}).get("data_dir")
+    if not data_dir:
+        raise ValueError("the checkpoint stores no tokenizer and no data_dir; sample from a "
+                         "checkpoint written by train.py")
+    return load_meta(data_dir)
+
+
+def build_model(ckpt: dict, device) -> GPT:
+    """The GPT a checkpoint dict describes, with its weights, on device, in eval mode."""
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    return model.to(device).eval()
