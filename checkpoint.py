@@ -53,26 +53,33 @@ def save_checkpoint(obj: dict, path: str):
     file, the space it needs and the checkpoint that is still intact."""
     obj = {"kind": KIND, "version": VERSION, **obj}
     try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        # through a Python file: a failed write raises OSError (ENOSPC, EFBIG, EDQUOT) with its
+        # errno, which torch keeps as the context of its own opaque RuntimeError
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    except (OSError, RuntimeError) as e:
         raise CheckpointWriteError(_write_failure(path, obj, e)) from e
 
 
-def _write_failure(path: str, obj: dict, error: Exception) -> str:
+def _write_failure(path: str, obj: dict, error: BaseException) -> str:
     folder = os.path.dirname(os.path.abspath(path))
-    need = tensor_bytes(obj) / 1e9
-    free = shutil.disk_usage(folder).free / 1e9
-    reason = (error.strerror if isinstance(error, OSError) and error.strerror
-              else str(error).strip().splitlines()[-1][:160])
+    need, free = tensor_bytes(obj), shutil.disk_usage(folder).free
+    cause = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
+        cause = cause.__cause__ or cause.__context__
+    reason = cause.strerror if cause is not None else str(error).strip().splitlines()[-1][:160]
     full = free < need * 1.05
     previous = (os.path.join(folder, BEST_FILE) if os.path.basename(path) == BEST_FILE
                 else latest_checkpoint(folder))
-    safe = (f"the previous checkpoint {previous} is intact" if previous and os.path.isfile(previous)
-            else "no earlier checkpoint was touched")
+    safe = (f"The previous checkpoint, {previous}, is intact" if previous and os.path.isfile(previous)
+            else "No earlier checkpoint was touched")
     return (f"could not write {path} ({'the disk is full: ' if full else ''}{reason}); it needs about "
-            f"{need:.2f} GB and {free:.2f} GB is free there. {safe}: free some space (or set --keep_last) "
+            f"{_size(need)} and {_size(free)} is free there. {safe}: free some space (or set --keep_last) "
             f"and continue with --resume")
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
 
 
 def tensor_bytes(obj) -> int:

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import importlib
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,7 @@ from devices import pick_device
 # with "terminate called without an active exception". DDP's constructor imports them.
 _BIND_WORLD_AT_IMPORT = ("torch.distributed.nn", "torch.distributed.fsdp.sharded_grad_scaler")
 NCCL_EXTRA_TIMEOUT_S = 60  # NCCL's watchdog waits longer, so the message naming the rank comes first
+FAILURE_GRACE_S = 10  # after a collective fails, how long ranks wait to hear which others saw it fail
 
 
 @dataclasses.dataclass
@@ -62,22 +64,26 @@ def setup(device_name: str, timeout_s: int) -> Dist:
     for module in _BIND_WORLD_AT_IMPORT:
         importlib.import_module(module)
     timeout = datetime.timedelta(seconds=timeout_s)
+    store = _attempt_store(rank, world, timeout)
     if device.type == "cuda":
-        dist.init_process_group("nccl", timeout=timeout + datetime.timedelta(seconds=NCCL_EXTRA_TIMEOUT_S))
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=world,
+                                timeout=timeout + datetime.timedelta(seconds=NCCL_EXTRA_TIMEOUT_S))
         control = dist.new_group(backend="gloo", timeout=timeout)
     else:
-        dist.init_process_group("gloo", timeout=timeout)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
         control = dist.group.WORLD
-    return Dist(rank, world, device, control, _heartbeat_store(), timeout_s)
+    return Dist(rank, world, device, control, dist.PrefixStore("heartbeat/", store), timeout_s)
 
 
-def _heartbeat_store():
-    # A client of the store torchrun (or rank 0) serves at MASTER_ADDR:MASTER_PORT, under a
-    # prefix per restart so counts from before a restart are never read.
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=datetime.timedelta(seconds=30))
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dist.PrefixStore(f"gpt-heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{restart}/", store)
+def _attempt_store(rank: int, world: int, timeout: datetime.timedelta):
+    """The key-value store at MASTER_ADDR:MASTER_PORT (torchrun's agent serves it; without
+    torchrun, rank 0), under a prefix for this attempt. torchrun keeps one store across
+    restarts, and a process group joining under the keys of the attempt before reads the
+    addresses of processes that are gone ("Gloo connectFullMesh failed ... Connection refused")."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
+                         is_master=not agent and rank == 0, timeout=timeout, multi_tenant=True)
+    return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", base)
 
 
 def heartbeat(env: Dist, step: int):
@@ -124,29 +130,37 @@ def barrier(env: Dist):
         dist.barrier(group=env.control)
 
 
-def describe_stuck_ranks(env: Dist) -> str:
-    """Which ranks are behind, from the heartbeats: for the message when a collective fails."""
+def describe_stuck_ranks(env: Dist, grace_s: float = FAILURE_GRACE_S) -> str:
+    """Which ranks stopped answering: every rank whose collective fails says so in the store
+    and waits up to grace_s for the others to say the same; those that never do are stuck
+    (hung, or far slower than the rest). Their heartbeats give their last completed step."""
     if env.heartbeats is None:
         return ""
-    steps = {}
-    for r in range(env.world):
-        try:
-            steps[r] = int(env.heartbeats.get(str(r)).decode()) if env.heartbeats.check([str(r)]) else None
-        except Exception:  # the store itself is gone: nothing more to learn
-            return ""
-    ahead = max((s for s in steps.values() if s is not None), default=0)
-    behind = [r for r, s in steps.items() if s is None or s < ahead]
-    if not behind:
+    try:
+        env.heartbeats.set(f"failed/{env.rank}", "1")
+        deadline = time.time() + grace_s
+        while True:
+            failed = {r for r in range(env.world) if env.heartbeats.check([f"failed/{r}"])}
+            if len(failed) == env.world or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        stuck = [r for r in range(env.world) if r not in failed]
+        done = {r: int(env.heartbeats.get(str(r)).decode()) if env.heartbeats.check([str(r)]) else 0
+                for r in stuck}
+    except Exception:  # the store itself is gone (its host died): nothing more to learn
         return ""
-    where = ", ".join(f"rank {r} " + (f"at step {steps[r]:,}" if steps[r] is not None else "before its first step")
-                      for r in behind)
-    return f"{where} while the others reached step {ahead:,}: that rank stopped answering (hung, or much slower)"
+    if not stuck:
+        return "every rank saw its collective fail: a network problem rather than a stuck rank"
+    return "; ".join(f"rank {r} stopped answering after completing {done[r]:,} steps" for r in stuck)
 
 
-def explain_failure(env: Dist, error: Exception) -> str:
-    """One message for a rank whose collective failed: what failed, who is behind, what to do."""
+def explain_failure(env: Dist, error: Exception, stopping: bool) -> str:
+    """One message for a rank whose collective failed: what failed, who is stuck, what to do.
+    stopping: this process was told to stop (torchrun does that when another rank exits), so
+    it does not wait to learn which rank is stuck."""
     first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    stuck = describe_stuck_ranks(env)
+    timed_out = "timed out" in first.lower() or "timeout" in first.lower()
+    stuck = describe_stuck_ranks(env, min(FAILURE_GRACE_S, env.timeout_s)) if timed_out and not stopping else ""
     return (f"rank {env.rank}: a collective failed ({first})" + (f"; {stuck}" if stuck else "")
             + f". Collectives wait collective_timeout_s={env.timeout_s} s. Resume from the last "
               f"checkpoint with --resume (torchrun --max_restarts=N does it unattended)")

@@ -18,7 +18,6 @@ Imports keep the source's GELU (nanoGPT: "none"), so logits agree to float round
 """
 import json
 import os
-import pickle
 import re
 import zipfile
 from dataclasses import asdict, replace
@@ -26,6 +25,7 @@ from dataclasses import asdict, replace
 import torch
 
 from checkpoint import KIND, VERSION, clean_state_dict
+from loader import read_meta_pkl
 from model import GPT, GPTConfig
 from tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
 
@@ -283,25 +283,14 @@ def is_nanogpt(obj) -> bool:
             and isinstance(obj.get("model"), dict) and isinstance(obj.get("model_args"), dict))
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """meta.pkl holds dicts of ints and strings; refuse anything that would import code."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
-
-
-def _nanogpt_chars(meta_path: str, vocab: int) -> str:
-    try:
-        with open(meta_path, "rb") as fh:
-            itos = _PlainUnpickler(fh).load()["itos"]
-        chars = "".join(itos[i] for i in range(len(itos)))
-    except Exception as e:
-        raise ValueError(f"{meta_path} is not a nanoGPT character vocabulary ({type(e).__name__}); "
-                         f"remove it to read the model as GPT-2-tokenized") from None
-    if len(chars) != vocab or chars != "".join(sorted(set(chars))):
-        raise ValueError(f"{meta_path} has {len(chars)} characters in an order other than sorted "
-                         f"for a model of vocab {vocab}; pass the meta.pkl of the model's own dataset")
-    return chars
+def _nanogpt_chars(meta_path: str, vocab: int) -> dict:
+    """Our char tokenizer from nanoGPT's meta.pkl (loader reads it), checked against the model."""
+    meta = read_meta_pkl(meta_path, fix="pass the meta.pkl of the model's own dataset, or remove it "
+                                        "to read the model as GPT-2-tokenized")
+    if len(meta["chars"]) != vocab:
+        raise ValueError(f"{meta_path} has {len(meta['chars'])} characters for a model of vocab {vocab}; "
+                         f"pass the meta.pkl of the model's own dataset")
+    return get_tokenizer("char", meta["chars"]).meta()
 
 
 def _nanogpt_tokenizer(path: str, obj: dict, vocab: int) -> tuple:
@@ -317,7 +306,7 @@ def _nanogpt_tokenizer(path: str, obj: dict, vocab: int) -> tuple:
     if meta_path:
         # nanoGPT's char ids are the sorted alphabet, as ours; our end-of-text id comes
         # after it, an id this model never predicts.
-        return get_tokenizer("char", _nanogpt_chars(meta_path, vocab)).meta(), vocab
+        return _nanogpt_chars(meta_path, vocab), vocab
     if vocab in (GPT2_VOCAB, NANOGPT_GPT2_VOCAB):
         return get_tokenizer("gpt2").meta(), GPT2_VOCAB
     raise ValueError(f"{path!r} has vocab_size={vocab}, not GPT-2's, and no meta.pkl was found at "

@@ -84,7 +84,8 @@ def _read_meta_files(data_dir: str) -> dict:
     if os.path.isfile(path):
         return _read_meta_json(path, data_dir)
     if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
-        return _read_meta_pkl(os.path.join(data_dir, "meta.pkl"), data_dir)
+        return read_meta_pkl(os.path.join(data_dir, "meta.pkl"),
+                             fix=f"write a meta.json by preparing the text with `{_prepare_hint(data_dir)}`")
     print(f"note: {data_dir} has no meta.json or meta.pkl; assuming GPT-2 token ids (vocab "
           f"{GPT2_META['vocab_size']}, uint16), as nanoGPT's GPT-2 data has them", file=sys.stderr)
     return dict(GPT2_META)
@@ -133,12 +134,11 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it names {module}.{name}, which a plain meta.pkl never does")
 
 
-def _read_meta_pkl(path: str, data_dir: str) -> dict:
+def read_meta_pkl(path: str, fix: str) -> dict:
     """nanoGPT's char-level meta.pkl ({vocab_size, itos, stoi}, sorted alphabet, no
     end-of-text id) as our char meta. The ids stay the same: our char tokenizer also
     numbers the sorted alphabet from 0, and adds eot as the next id, one id the data
-    never holds (so vocab_size is nanoGPT's + 1)."""
-    fix = f"write a meta.json by preparing the text with `{_prepare_hint(data_dir)}`"
+    never holds (so vocab_size is nanoGPT's + 1). fix: what the error messages suggest."""
     try:
         with open(path, "rb") as fh:
             raw = _PlainUnpickler(fh).load()

@@ -65,12 +65,14 @@ def main(argv=None) -> int:
     clean = False
     try:
         with PreemptionSignal() as preempt:
-            reason = train(cfg, env, preempt)
+            try:
+                reason = train(cfg, env, preempt)
+            except RuntimeError as e:
+                if distributed.is_collective_failure(e, env):  # timed out, or lost a peer
+                    message = distributed.explain_failure(env, e, stopping=preempt.received is not None)
+                    raise distributed.CollectiveFailure(message) from e
+                raise
         clean = True
-    except RuntimeError as e:
-        if distributed.is_collective_failure(e, env):  # timed out, or lost a peer
-            raise distributed.CollectiveFailure(distributed.explain_failure(env, e)) from e
-        raise
     finally:
         distributed.teardown(env, clean)
     return EXIT_CODES[reason]
@@ -103,20 +105,19 @@ def train(cfg: TrainConfig, env: distributed.Dist, preempt: PreemptionSignal) ->
         state.step = step + 1
         distributed.heartbeat(env, state.step)
         state.elapsed_s = time.time() - clock_zero
-        for result in copies.pop(wait_for_all=cfg.should_log(step)):
-            record_step(run, result, watch.check(result), meter)
-        stop = ("nonfinite" if watch.should_stop
-                else "preempted" if distributed.any_rank(env, preempt.received is not None)
+        stop = ("preempted" if distributed.any_rank(env, preempt.received is not None)
                 else "max_steps" if state.step >= cfg.max_steps else None)
+        acts = stop or cfg.should_evaluate(state.step) or cfg.should_save(state.step)
+        for result in copies.pop(wait_for_all=acts or cfg.should_log(step)):  # every step's, before acting
+            record_step(run, result, watch.check(result), meter)
+        stop = "nonfinite" if watch.should_stop else stop
         with meter.excluding():
             if stop in (None, "max_steps") and cfg.should_evaluate(state.step):
                 if evaluate_and_track(run) and stop is None:
                     stop = "early_stopping"
-            if stop in ("max_steps", "early_stopping", "preempted") or (stop is None and cfg.should_save(state.step)):
-                save(run, ckpt.step_file(state.step))
+            if (stop or cfg.should_save(state.step)) and stop != "nonfinite":
+                save_step_checkpoint(run, watch)
         run.bar.update(1)
-    for result in copies.pop(wait_for_all=True):  # the last step's numbers
-        record_step(run, result, watch.check(result), meter)
     return finish(run, stop, _stop_message(stop, run, watch))
 
 
@@ -221,6 +222,17 @@ def save(run, name: str):
     distributed.barrier(run.env)
 
 
+def save_step_checkpoint(run, watch: StepWatch):
+    """checkpoint_step_N.pt, unless the last step's loss was not finite: a checkpoint is
+    somewhere to go back to, and that state is not."""
+    if watch.nonfinite_streak:
+        if run.log:
+            run.bar.write(f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
+                          f"step's loss or gradient norm was not finite")
+        return
+    save(run, ckpt.step_file(run.state.step))
+
+
 def record_step(run, r, events: list, meter: Throughput):
     """Count a step's result, and log it (rank 0) when it is a log step or worth noting."""
     state = run.state
@@ -260,9 +272,10 @@ def _stop_message(stop: str, run, watch: StepWatch) -> str:
     state, last = run.state, ckpt.latest_checkpoint(run.cfg.run_dir)
     if stop == "nonfinite":
         steps = watch.nonfinite_streak
+        kept = f"The last checkpoint, {last}, is intact" if last else "No step checkpoint was saved before them"
         return (f"stopped: {len(steps)} steps in a row (steps {steps[0]:,} to {steps[-1]:,}) had a non-finite "
-                f"loss or gradient norm; none of them was applied. The last checkpoint, {last or 'none'}, "
-                f"is intact. Lower --learning_rate (or raise --warmup_steps), then --resume")
+                f"loss or gradient norm; none of them was applied. {kept}. Lower --learning_rate (or raise "
+                f"--warmup_steps), then --resume")
     if stop == "preempted":
         return (f"preempted: saved {last} at step {state.step:,}; continue with --resume "
                 f"(exit status {EXIT_PREEMPTED} asks a scheduler to requeue)")
@@ -386,6 +399,10 @@ def model_config_for(cfg: TrainConfig, meta: dict, source: dict | None, resume_p
                               f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
                               f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
                               f"data with the checkpoint's tokenizer")
+        if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
+            # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
+            # end-of-text id; ours adds one): they start as zero rows and train like the others
+            saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
     return dataclasses.replace(saved, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing)
 
 
@@ -448,9 +465,15 @@ def _progress(enabled: bool, start: int, total: int):
     return Quiet()
 
 
-if __name__ == "__main__":
+def cli():
+    """The command line: an exit status, and for user errors and named faults a one-line
+    message instead of a traceback."""
     try:
         sys.exit(main())
     except (ConfigError, FileNotFoundError, ValueError, ckpt.CheckpointWriteError,
-            distributed.CollectiveFailure) as e:  # user errors and named faults: no traceback needed
+            distributed.CollectiveFailure) as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

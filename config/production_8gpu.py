@@ -1,4 +1,4 @@
-# The documented 1.2B run (../shared/reference/production_8gpu.md), value for value.
+# The documented 1.2B run (docs/reference_runs.md#the-production-run), value for value.
 # torchrun --nproc_per_node=8 train.py config/production_8gpu.py
 # Its names -> ours: per_device_train_batch_size 8 -> micro_batch_size; the effective
 # batch 256 = 8 x gradient_accumulation_steps 4 x 8 GPUs -> global_batch_size (the

@@ -1,4 +1,4 @@
-# A CPU-scale reproduction of the documented 300M recipe (../shared/reference/training_300m.md):
+# A CPU-scale reproduction of the documented 300M recipe (docs/reference_runs.md#the-300m-run):
 # the same optimizer (AdamW 0.9/0.95, eps 1e-8, weight decay 0.1), clipping 1.0, dropout 0.1,
 # GPT-2 tokenizer, warmup over 2% of the steps, cosine to lr/10, and checkpoints at the same
 # fractions of the run (2%, 10%, 25%, 50%, 75%, 100%), on the default data

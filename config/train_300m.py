@@ -1,4 +1,4 @@
-# The documented 300M run (../shared/reference/training_300m.md), value for value.
+# The documented 300M run (docs/reference_runs.md#the-300m-run), value for value.
 # torchrun --standalone --nproc_per_node=4 train.py config/train_300m.py
 # The document: "512 (128 per GPU x 4 GPUs)" and "accumulated over 4 steps", i.e. 32 per
 # micro-batch x 4 accumulation x 4 GPUs. `--dry_run` shows that split needs ~100 GiB per

@@ -1,6 +1,7 @@
-"""Shared fixtures: a tiny prepared dataset and a tiny training command line."""
+"""Shared fixtures: a tiny prepared dataset, a tiny training command line, and torchrun."""
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -43,3 +44,32 @@ def tiny_args(tmp_path, char_data):
             "--learning_rate=3e-3", "--eval_interval=3", "--eval_batches=2", "--log_interval=1",
             "--save_interval=3", "--device=cpu", "--dtype=float32", "--compile=False",
             "--tensorboard=False", "--progress_bar=False"]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WITH_FAULTS = os.path.join(ROOT, "tests", "run_with_faults.py")
+
+
+def records(run_dir, kind):
+    """The run's metrics.jsonl records of one kind, in file order."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        return [r for r in map(json.loads, fh) if r["kind"] == kind]
+
+
+def run_dir_of(args):
+    out = next(a.split("=", 1)[1] for a in args if a.startswith("--out_dir="))
+    name = next(a.split("=", 1)[1] for a in reversed(args) if a.startswith("--run_name="))
+    return os.path.join(out, name)
+
+
+def torchrun_cmd(args, nproc=2, launcher=("--standalone",)):
+    """train.py (through run_with_faults.py) under torchrun with nproc gloo processes."""
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc_per_node={nproc}",
+            WITH_FAULTS, *args]
+
+
+def torchrun(args, nproc=2, fault="", launcher=("--standalone",), timeout=240):
+    """Run to completion; the CompletedProcess (stdout and stderr as text)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault)
+    return subprocess.run(torchrun_cmd(args, nproc, launcher), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -75,3 +75,24 @@ def test_a_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
     proc.wait()
     saved = ckpt.load_checkpoint(path)  # whatever instant the kill hit, the file is whole
     assert saved["step"] in (1, 2)
+
+
+def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe(tmp_path):
+    """A real write failure: the process may write files of at most 200 kB (as on a full
+    disk, the write call fails); the error says what it needed and what is still intact."""
+    first, second = tmp_path / "checkpoint_step_1.pt", tmp_path / "checkpoint_step_2.pt"
+    code = (f"import resource, signal, sys; sys.path.insert(0, {ROOT!r})\n"
+            f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process\n"
+            f"import torch, checkpoint as c\n"
+            f"c.save_checkpoint({{'step': 1, 'model': {{'w': torch.ones(10)}}}}, {str(first)!r})\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+            f"try:\n"
+            f"    c.save_checkpoint({{'step': 2, 'model': {{'w': torch.ones(1_000_000)}}}}, {str(second)!r})\n"
+            f"except c.CheckpointWriteError as e:\n"
+            f"    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert f"could not write {second}" in out and "File too large" in out
+    assert "it needs about 4.0 MB" in out
+    assert f"The previous checkpoint, {first}, is intact" in out and "--resume" in out
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_step_1.pt"]  # no partial file, no temp file
+    assert ckpt.load_checkpoint(str(first))["step"] == 1

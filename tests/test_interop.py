@@ -6,6 +6,7 @@ import os
 import pickle
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # everything here is local files; never reac
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import export  # noqa: E402
+import train  # noqa: E402
 import sample  # noqa: E402
 import weights  # noqa: E402
 from checkpoint import KIND, load_checkpoint, save_checkpoint  # noqa: E402
@@ -332,6 +334,17 @@ def test_nanogpt_char_model_reads_meta_pkl_from_its_dataset(tmp_path):
     texts = sample.main([f"--checkpoint={repo / 'out-shakespeare-char'}", "--prompt=First",
                          "--temperature=0", "--max_new_tokens=5", "--num_samples=1", "--device=cpu"])
     assert texts[0].startswith("First") and len(texts[0]) == 10
+    # and train.py fine-tunes it on nanoGPT's own prepared data (train.bin, val.bin, meta.pkl)
+    ids = np.array([chars.index(c) for c in text * 20], dtype=np.uint16)
+    ids.tofile(repo / "data" / "shakespeare_char" / "train.bin")
+    ids[:200].tofile(repo / "data" / "shakespeare_char" / "val.bin")
+    run = [f"--data_dir={repo / 'data' / 'shakespeare_char'}", f"--init_from={path}", f"--out_dir={tmp_path / 'ck'}",
+           "--run_name=ft", "--global_batch_size=2", "--micro_batch_size=2", "--max_steps=2",
+           "--warmup_steps=0", "--eval_batches=1", "--device=cpu", "--compile=False", "--tensorboard=False"]
+    assert train.main(run) == 0
+    start = json.loads(open(tmp_path / "ck" / "ft" / "metrics.jsonl").readline())
+    assert start["model_config"]["vocab_size"] == len(chars) + 1  # our end-of-text id joins, in a padding row
+    assert start["model_config"]["gelu_approximate"] == "none"  # nanoGPT's exact GELU, kept
 
 
 def test_nanogpt_char_model_without_meta_pkl_names_it(tmp_path):
@@ -350,7 +363,7 @@ def test_meta_pkl_that_would_run_code_is_refused(tmp_path):
             return (os.system, ("echo pwned",))
     with open(tmp_path / "meta.pkl", "wb") as fh:
         pickle.dump({"itos": Evil()}, fh)
-    with pytest.raises(ValueError, match="is not a nanoGPT character vocabulary"):
+    with pytest.raises(ValueError, match="cannot be read as nanoGPT's meta.pkl .*posix.system"):
         load_external(path)
 
 

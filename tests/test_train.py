@@ -1,8 +1,5 @@
 import glob
-import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -10,25 +7,14 @@ import torch
 
 import checkpoint as ckpt
 import train
-from conftest import write_dataset
+from conftest import records, run_dir_of, write_dataset
 from train_config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def records(run_dir, kind):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        return [r for r in map(json.loads, fh) if r["kind"] == kind]
-
-
 def final_weights(run_dir):
     return ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))["model"]
-
-
-def run_dir_of(args):
-    out = next(a.split("=", 1)[1] for a in args if a.startswith("--out_dir="))
-    name = next(a.split("=", 1)[1] for a in reversed(args) if a.startswith("--run_name="))
-    return os.path.join(out, name)
 
 
 def test_a_run_logs_evaluates_saves_and_reports(tiny_args):
@@ -167,28 +153,6 @@ def test_dry_run_for_every_config(config, capsys):
     assert time.time() - start < 30
 
 
-def test_ddp_matches_single_process_with_twice_the_accumulation(tiny_args):
-    """torchrun with 2 gloo ranks x accumulation 2 equals 1 process x accumulation 4, loss by
-    loss, eval by eval, with dropout on: batches and masks depend on the global index only."""
-    common = tiny_args + ["--max_steps=4", "--global_batch_size=8", "--micro_batch_size=2", "--dropout=0.1"]
-    single = common + ["--run_name=single"]
-    train.main(single)
-    ddp = common + ["--run_name=ddp"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py")] + ddp
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for kind, key in (("train", "loss"), ("eval", "val_loss"), ("eval", "train_loss")):
-        la = [r[key] for r in records(run_dir_of(single), kind)]
-        lb = [r[key] for r in records(run_dir_of(ddp), kind)]
-        assert len(la) == len(lb) > 1 and la == pytest.approx(lb, abs=1e-5), (kind, key)
-    start = records(run_dir_of(ddp), "start")[0]
-    assert start["world_size"] == 2 and start["accumulation"] == 2
-    wa, wb = final_weights(run_dir_of(single)), final_weights(run_dir_of(ddp))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
-
-
 def test_keep_last_prunes_old_step_checkpoints(tiny_args):
     args = tiny_args + ["--save_interval=1", "--keep_last=2"]
     train.main(args)
@@ -219,3 +183,104 @@ def test_stale_temp_files_are_removed(tiny_args):
     open(stale, "w").close()
     train.main(tiny_args)
     assert not os.path.exists(stale)
+
+
+# ---- train_step on its own ----------------------------------------------------------------
+
+def _tiny_step_setup(seed=0):
+    from distributed import Dist
+    from model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-2, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x = torch.randint(0, 40, (4, 8))
+    return model, opt, scaler, x, Dist()
+
+
+def test_train_step_applies_one_update_and_reports_loss_and_norm():
+    model, opt, scaler, x, env = _tiny_step_setup()
+    batches = [(x[:2], x[:2], 1), (x[2:], x[2:], 2)]
+    with torch.no_grad():
+        expected = (model(x[:2], x[:2])[1] + model(x[2:], x[2:])[1]) / 2
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, grad_norm, applied = train.train_step(model, opt, scaler, batches, 1.0, torch.autocast("cpu", enabled=False),
+                                                env).tolist()
+    assert loss == pytest.approx(expected.item(), rel=1e-6) and grad_norm > 0 and applied == 1.0
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
+
+
+class NaNLoss(torch.nn.Module):
+    """A model whose loss is NaN, as a diverged run's would be."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, y):
+        logits, loss = self.inner(x, y)
+        return logits, loss * float("nan")
+
+
+def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimizer():
+    model, opt, scaler, x, env = _tiny_step_setup()
+    train.train_step(model, opt, scaler, [(x, x, 1)], 1.0, torch.autocast("cpu", enabled=False), env)
+    state_before = {k: v.clone() for k, v in opt.state[next(model.parameters())].items()}
+    weights_before = [p.detach().clone() for p in model.parameters()]
+    loss, grad_norm, applied = train.train_step(NaNLoss(model), opt, scaler, [(x, x, 2)], 1.0,
+                                                torch.autocast("cpu", enabled=False), env).tolist()
+    assert loss != loss and applied == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))
+    state_after = opt.state[next(model.parameters())]
+    assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)  # step count too
+
+
+# ---- when a step goes wrong ---------------------------------------------------------------
+
+def test_a_diverging_run_stops_after_n_non_finite_steps_keeping_the_last_good_checkpoint(tiny_args):
+    args = tiny_args + ["--learning_rate=1e6", "--warmup_steps=0", "--max_steps=40", "--save_interval=1",
+                        "--eval_interval=2", "--max_nonfinite_steps=3", "--run_name=nan"]
+    assert train.main(args) == train.EXIT_CODES["nonfinite"] == 1
+    run = run_dir_of(args)
+    end = records(run, "end")[-1]
+    bad = records(run, "nonfinite")
+    assert end["reason"] == "nonfinite" and [e["in_a_row"] for e in bad[-3:]] == [1, 2, 3]
+    assert end["step"] < 40
+    # no checkpoint was saved after the first non-finite step: the newest is the last good state
+    assert [s for s, _ in ckpt.step_checkpoints(run)] == list(range(1, bad[-3]["step"] + 1))
+    assert any(e["val_loss"] != e["val_loss"] for e in records(run, "eval"))  # NaN evaluations ran,
+    assert not os.path.exists(os.path.join(run, "best_model.pt"))  # but a NaN val loss is never best
+    assert records(run, "train")[-1]["skipped_steps"] >= 1
+    assert "Non-finite steps (3)" in open(os.path.join(run, "report.md")).read()
+
+
+def test_resuming_at_or_past_max_steps(tiny_args, capsys):
+    train.main(tiny_args)
+    assert train.main(tiny_args + ["--resume"]) == 0  # at max_steps: nothing to train, says so
+    assert "nothing to train" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"at step 6, past max_steps=4; raise --max_steps"):
+        train.main(tiny_args + ["--resume", "--max_steps=4"])
+
+
+def test_init_from_takes_the_shape_of_its_source(tiny_args):
+    train.main(tiny_args)
+    src = ckpt.latest_checkpoint(run_dir_of(tiny_args))
+    ft = tiny_args + ["--run_name=ft2", f"--init_from={src}", "--max_steps=1", "--model=gpt2-124m",
+                      "--n_layer=None", "--n_head=None", "--n_embd=None", "--block_size=None"]
+    train.main(ft)  # the preset says 124M; the source says 2 x 32, and wins
+    assert records(run_dir_of(ft), "start")[0]["params"] == records(run_dir_of(tiny_args), "start")[0]["params"]
+    with pytest.raises(ConfigError, match="config changes it: n_embd 32 there vs 64 here"):
+        train.main(tiny_args + ["--run_name=ft3", f"--init_from={src}", "--n_embd=64"])
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tiny_args):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    args = [a for a in tiny_args if not a.startswith("--tensorboard")] + ["--tensorboard=True"]
+    train.main(args + ["--max_steps=3", "--lr_decay_steps=6"])
+    train.main(args + ["--resume", "--lr_decay_steps=6"])
+    acc = EventAccumulator(os.path.join(run_dir_of(args), "tensorboard"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) == list(range(6))
+    assert [e.step for e in acc.Scalars("eval/val_loss")] == [0, 3, 6]

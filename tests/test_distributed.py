@@ -1,0 +1,97 @@
+"""Processes training together (torchrun, gloo on CPU): equal to one process, clean exits,
+a hung rank named, a crashed rank restarted, two nodes. Each test launches real processes."""
+import json
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+import torch
+
+import checkpoint as ckpt
+import train
+from conftest import records, run_dir_of, torchrun, torchrun_cmd, ROOT
+
+
+def common(tiny_args, **overrides):
+    values = {**dict(max_steps=4, global_batch_size=8, micro_batch_size=2, dropout=0.1), **overrides}
+    return tiny_args + [f"--{k}={v}" for k, v in values.items()]
+
+
+def same_run(single_dir, other_dir, kinds=(("train", "loss"), ("eval", "val_loss"), ("eval", "train_loss"))):
+    for kind, key in kinds:
+        a = {r["step"]: r[key] for r in records(single_dir, kind)}
+        b = {r["step"]: r[key] for r in records(other_dir, kind)}
+        assert len(a) > 1 and a.keys() == b.keys(), (kind, key)
+        assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-5, abs=1e-6), (kind, key)
+    wa = ckpt.load_checkpoint(ckpt.latest_checkpoint(single_dir))["model"]
+    wb = ckpt.load_checkpoint(ckpt.latest_checkpoint(other_dir))["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def thread_lists(output: str) -> list:
+    # the ranks share one stdout: their lines can run together
+    return [json.loads(m) for m in re.findall(r"THREADS_AT_EXIT=(\[[^\]]*\])", output)]
+
+
+def test_ddp_matches_one_process_and_leaves_no_gloo_thread(tiny_args):
+    """2 gloo ranks x accumulation 2 equal 1 process x accumulation 4, loss by loss, eval by
+    eval, with dropout on. And when each rank exits no gloo worker thread is left: one alive
+    into interpreter shutdown can abort the process after the run succeeded."""
+    single = common(tiny_args, run_name="single")
+    train.main(single)
+    ddp = common(tiny_args, run_name="ddp")
+    proc = torchrun(ddp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_run(run_dir_of(single), run_dir_of(ddp))
+    start = records(run_dir_of(ddp), "start")[0]
+    assert start["world_size"] == 2 and start["accumulation"] == 2
+    threads = thread_lists(proc.stdout)
+    assert len(threads) == 2 and not any("gloo" in name for names in threads for name in names), threads
+
+
+def test_a_hung_rank_is_named_and_the_job_ends(tiny_args):
+    args = common(tiny_args, run_name="hang", collective_timeout_s=3, max_steps=6)
+    proc = torchrun(args, fault="hang:1:2", timeout=120)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "rank 1: hanging at step 2" in out
+    assert "rank 1 stopped answering after completing 2 steps" in out, out[-3000:]
+    assert "collective_timeout_s=3" in out
+
+
+def test_torchrun_restarts_a_crashed_run_and_it_resumes_exactly(tiny_args, tmp_path):
+    single = common(tiny_args, run_name="single", max_steps=6, save_interval=2)
+    train.main(single)
+    crash = common(tiny_args, run_name="crash", max_steps=6, save_interval=2, resume="auto")
+    marker = tmp_path / "died"
+    proc = torchrun(crash, fault=f"die_once:1:3:{marker}", launcher=("--standalone", "--max_restarts=1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists() and "rank 1: dying at step 3" in proc.stdout
+    assert [r["step"] for r in records(run_dir_of(crash), "start")] == [0, 2]  # restarted from step 2
+    same_run(run_dir_of(single), run_dir_of(crash))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_match_one_process(tiny_args):
+    single = common(tiny_args, run_name="single")
+    train.main(single)
+    nodes = common(tiny_args, run_name="nodes")
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="")
+    agents = [subprocess.Popen(
+        torchrun_cmd(nodes, nproc=1, launcher=("--nnodes=2", f"--node_rank={i}", "--rdzv_backend=c10d",
+                                               f"--rdzv_endpoint={endpoint}", "--rdzv_id=two_nodes",
+                                               f"--rdzv_conf=is_host={int(i == 0)}")),
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outputs = [a.communicate(timeout=240)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    start = records(run_dir_of(nodes), "start")[0]
+    assert start["world_size"] == 2
+    same_run(run_dir_of(single), run_dir_of(nodes))

@@ -1,0 +1,67 @@
+import math
+import time
+
+import torch
+
+from step_stats import HostCopies, StepResult, StepWatch, Throughput, describe_event
+
+
+def result(step, loss, grad_norm=1.0, applied=True):
+    return StepResult(step, 1e-3, loss, grad_norm, applied)
+
+
+def test_host_copies_come_out_in_order_one_step_behind_unless_waited_for():
+    copies = HostCopies(torch.device("cpu"))
+    copies.push(0, 0.1, torch.tensor([3.0, 1.5, 1.0]))
+    assert copies.pop(wait_for_all=False) == []  # the newest may still be on the device
+    copies.push(1, 0.2, torch.tensor([float("nan"), float("nan"), 0.0]))
+    (r0,) = copies.pop(wait_for_all=False)
+    assert (r0.step, r0.lr, r0.loss, r0.grad_norm, r0.applied) == (0, 0.1, 3.0, 1.5, True)
+    (r1,) = copies.pop(wait_for_all=True)
+    assert r1.step == 1 and math.isnan(r1.loss) and r1.applied is False
+
+
+def test_a_streak_of_non_finite_steps_stops_the_run_and_a_good_step_resets_it():
+    watch = StepWatch(max_nonfinite=3, spike_factor=0, loss_scaling=False)
+    for step in range(2):
+        assert watch.check(result(step, float("nan"), float("nan"), False))[0]["kind"] == "nonfinite"
+    assert not watch.should_stop
+    watch.check(result(2, 2.0))
+    assert watch.nonfinite_streak == []
+    events = [watch.check(result(s, 2.0, float("inf"), False)) for s in (3, 4, 5)]
+    assert watch.should_stop and watch.nonfinite_streak == [3, 4, 5]
+    assert [e[0]["in_a_row"] for e in events] == [1, 2, 3]
+    assert "update not applied (3 in a row)" in describe_event(events[-1][0])
+
+
+def test_fp16_overflow_is_a_skipped_step_not_a_broken_run():
+    watch = StepWatch(max_nonfinite=2, spike_factor=0, loss_scaling=True)
+    for step in range(5):  # the scaler halving its scale: inf gradients, finite loss
+        assert watch.check(result(step, 3.0, float("inf"), False))[0]["kind"] == "skipped"
+    assert not watch.should_stop
+    watch.check(result(5, float("nan"), float("nan"), False))  # a NaN loss is not an overflow
+    watch.check(result(6, float("nan"), float("nan"), False))
+    assert watch.should_stop
+
+
+def test_loss_spikes_are_flagged_against_the_recent_mean():
+    early = StepWatch(max_nonfinite=3, spike_factor=1.5, loss_scaling=False)
+    early.check(result(0, 3.0))
+    assert early.check(result(1, 100.0)) == []  # too little history to call anything a spike
+    watch = StepWatch(max_nonfinite=3, spike_factor=1.5, loss_scaling=False)
+    for step in range(30):
+        assert watch.check(result(step, 3.0 if step % 2 else 3.2)) == []
+    (spike,) = watch.check(result(30, 5.0))
+    assert spike["kind"] == "spike" and spike["step"] == 30 and spike["ratio"] > 1.5
+    assert "loss spike" in describe_event(spike)
+    assert watch.check(result(31, 3.1)) == []
+
+
+def test_throughput_leaves_out_evaluations_and_saves():
+    meter = Throughput()
+    meter.add(1000)
+    with meter.excluding():
+        time.sleep(0.2)
+    rate = meter.rate()
+    assert rate > 1000 / 0.2  # the 0.2 s inside excluding() is not in the denominator
+    assert meter.rate() is None  # a new interval with no tokens yet

@@ -1,0 +1,22 @@
+import math
+
+from train_state import TrainState
+
+
+def test_evaluations_track_the_best_and_patience():
+    s = TrainState()
+    assert s.record_eval(5.0) is False and s.best_val_loss == math.inf  # step 0: a baseline only
+    s.step = 10
+    assert s.record_eval(4.0) is True and s.best_val_loss == 4.0
+    s.step = 20
+    assert s.record_eval(float("nan")) is False and s.best_val_loss == 4.0  # NaN is never best
+    assert s.record_eval(float("inf")) is False and s.evals_without_improvement == 2
+    assert s.record_eval(3.9) is True and s.evals_without_improvement == 0
+
+
+def test_round_trip_through_a_checkpoint_dict():
+    s = TrainState(step=7, best_val_loss=2.5, evals_without_improvement=1, elapsed_s=12.5, skipped_steps=2)
+    saved = {"model": {}, "optimizer": {}, **s.state_dict()}
+    assert TrainState.from_checkpoint(saved) == s
+    old = {"step": 3, "best_val_loss": 3.0, "evals_without_improvement": 0, "elapsed_s": 1.0}  # no skipped_steps
+    assert TrainState.from_checkpoint(old) == TrainState(step=3, best_val_loss=3.0, elapsed_s=1.0)
