@@ -52,19 +52,20 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device_name: str, timeout_s: int) -> Dist:
-    """The process group of a torchrun launch, or a single process."""
+def setup(device_name: str, timeout_s: int, group_of_one: bool = False) -> Dist:
+    """The process group of a torchrun launch, or a single process: without a group, or
+    with a group of one (group_of_one: FSDP shards over a mesh even on one GPU)."""
     world = world_size_from_env()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank if world > 1 else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world == 1:
+    if world == 1 and not group_of_one:
         return Dist(device=device)
     for module in _BIND_WORLD_AT_IMPORT:
         importlib.import_module(module)
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = _attempt_store(rank, world, timeout)
+    store = _attempt_store(rank, world, timeout) if world > 1 else dist.HashStore()
     if device.type == "cuda":
         dist.init_process_group("nccl", store=store, rank=rank, world_size=world,
                                 timeout=timeout + datetime.timedelta(seconds=NCCL_EXTRA_TIMEOUT_S))
@@ -72,7 +73,8 @@ def setup(device_name: str, timeout_s: int) -> Dist:
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
         control = dist.group.WORLD
-    return Dist(rank, world, device, control, dist.PrefixStore("heartbeat/", store), timeout_s)
+    heartbeats = dist.PrefixStore("heartbeat/", store) if world > 1 else None
+    return Dist(rank, world, device, control if world > 1 else None, heartbeats, timeout_s)
 
 
 def _attempt_store(rank: int, world: int, timeout: datetime.timedelta):
@@ -169,9 +171,9 @@ def explain_failure(env: Dist, error: Exception, stopping: bool) -> str:
 def teardown(env: Dist, clean: bool):
     """Destroy the process group while Python is fully alive, which joins gloo's worker
     threads. clean: the run ended normally on every rank, so wait for all ranks first."""
-    if env.world == 1 or not dist.is_initialized():
+    if not dist.is_initialized():
         return
-    if clean:
+    if clean and env.world > 1:
         dist.barrier(group=env.control)
     env.heartbeats = env.control = None
     dist.destroy_process_group()

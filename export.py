@@ -30,16 +30,16 @@ import torch
 
 from atomic_files import atomic_path
 from interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
-from model import GPTConfig
+from model import TRAINING_FIELDS, GPTConfig
 from tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
 from weights import load_weights, resolve_checkpoint, tokenizer_meta
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GPTConfig fields and what GPT-2's format does with them; any other field is an error,
 # because a field export.py does not know may change what the model computes.
-KNOWN_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden", "dropout",
+KNOWN_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden",
                 "bias",  # bias=False exports zero biases: the same function
-                "gelu_approximate", "pad_vocab_multiple", "activation_checkpointing"}
+                "gelu_approximate", "pad_vocab_multiple", *TRAINING_FIELDS}
 
 
 def model_config(saved: dict) -> GPTConfig:
@@ -57,7 +57,7 @@ def model_config(saved: dict) -> GPTConfig:
 
 def hf_config(cfg: GPTConfig, eot_id: int | None, dtype: str) -> dict:
     mlp = cfg.mlp_dim
-    gelu = getattr(cfg, "gelu_approximate", "tanh")
+    gelu = cfg.gelu_approximate
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size,

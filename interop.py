@@ -51,14 +51,6 @@ def model_shapes(cfg: GPTConfig) -> dict:
         return {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
 
 
-def make_config(**fields) -> GPTConfig:
-    # gelu_approximate is passed only when it is not the default tanh, so GPT-2-shaped
-    # imports also work on a model.py that predates the field.
-    if fields.get("gelu_approximate", "tanh") == "tanh":
-        fields.pop("gelu_approximate", None)
-    return GPTConfig(**fields)
-
-
 # ---- ours -> Hugging Face (export.py) ---------------------------------------------------
 
 
@@ -180,7 +172,7 @@ def _hf_config(hf: dict, where: str) -> GPTConfig:
     if n_inner is not None and (not isinstance(n_inner, int) or n_inner <= 0):
         raise ValueError(f"{where}: n_inner={n_inner!r} must be a positive whole number or null "
                          f"(null means 4 x n_embd)")
-    return make_config(vocab_size=hf.get("vocab_size", GPT2_VOCAB),
+    return GPTConfig(vocab_size=hf.get("vocab_size", GPT2_VOCAB),
                        block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
                        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
                        mlp_hidden=0 if n_inner in (None, 4 * n_embd) else n_inner, bias=True,
@@ -325,7 +317,7 @@ def load_nanogpt(path: str, obj: dict, map_location="cpu") -> dict:
     src = _strip_names(obj["model"], path)
     fc = src.get("h.0.mlp.c_fc.weight")
     mlp = fc.shape[0] if fc is not None else 4 * n_embd  # nanoGPT's is 4x; forks may differ
-    cfg = make_config(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
                       n_embd=n_embd, mlp_hidden=0 if mlp == 4 * n_embd else mlp,
                       bias=bool(args.get("bias", True)), gelu_approximate="none")
     state = to_our_state_dict(src, cfg, transposed=False, source=path, src_vocab=vocab)

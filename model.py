@@ -25,6 +25,7 @@ class GPTConfig:
     gelu_approximate: str = "tanh"  # MLP GELU: "tanh" (GPT-2's form) or "none" (exact erf, as nanoGPT)
     pad_vocab_multiple: int = 64  # embedding rows padded up to this multiple for faster matmuls
     activation_checkpointing: bool = False  # recompute each block in backward to save activation memory
+    loss_chunk: int = 0  # positions per chunk of the tied head + loss in training (0: all logits at once)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -60,6 +61,8 @@ PRESETS = {
     "small-cpu": dict(n_layer=4, n_head=4, n_embd=192, block_size=128),
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
     "gpt2-350m": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    # GPT-2 XL's shape: the ~1B model of the 16 GB plan (1.558B with the GPT-2 vocab).
+    "gpt2-1.5b": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
     # The documented 300M run: 24 x 1,024, context 2,048, tied. A 4x MLP would make it
     # 356M; an MLP of 2,944 (2.875x, a multiple of 128) gives a true 299.2M.
     "300m": dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048, mlp_hidden=2944),
@@ -86,6 +89,8 @@ def preset_config(name: str, **overrides) -> GPTConfig:
 
 # What makes two configs' weights interchangeable: equal values of these.
 SHAPE_FIELDS = ("vocab_size", "padded_vocab", "block_size", "n_layer", "n_head", "n_embd", "mlp_dim", "bias")
+# How a model trains, not what it computes: a run sets these, whatever its weights came from.
+TRAINING_FIELDS = ("dropout", "activation_checkpointing", "loss_chunk")
 
 
 def shape_differences(a: GPTConfig, b: GPTConfig) -> dict:
@@ -166,6 +171,46 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the tied head, `chunk` positions at a time, so that one chunk's
+    logits exist at a time in forward and in backward. The forward pass computes each
+    chunk's gradients with respect to the hidden states and the head's weight while its
+    logits are at hand (the same matmuls backward would do, so no extra compute); backward
+    only scales them. Logits are computed as F.linear would under the active autocast and
+    upcast to fp32 for the softmax, as the unchunked path does. Targets of -1 are ignored."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int):
+        w = weight[:vocab_size]
+        device = hidden.device.type
+        # the dtype F.linear computes in: autocast's, else the inputs'
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        count = (targets != -1).sum().clamp(min=1)
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if want_grads else None
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grads else None
+        for start in range(0, hidden.size(0), chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = F.linear(h, w).float()
+            valid = t != -1
+            safe = t.clamp(min=0)[:, None]
+            total += ((logits.logsumexp(-1) - logits.gather(1, safe)[:, 0]) * valid).sum()
+            if want_grads:  # d(mean loss)/d logits = (softmax - onehot) / count, 0 where ignored
+                g = torch.softmax(logits, dim=-1)
+                g.scatter_add_(1, safe, -torch.ones_like(safe, dtype=g.dtype))
+                g = (g * (valid / count)[:, None]).to(dtype)
+                grad_hidden[start:start + chunk] = g @ w.to(dtype)
+                grad_weight[:vocab_size] += (g.t() @ h.to(dtype)).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grads else None)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -217,6 +262,12 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             x = x[:, -1:]  # generation needs only the last position
+        elif self.config.loss_chunk > 0:
+            # the logits of a long micro-batch are the largest tensor of a step (43 GiB for
+            # 32 x 2,048 x 50,257 in fp32): never hold them all; no logits are returned
+            loss = ChunkedCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.wte.weight, targets.reshape(-1),
+                                             self.config.vocab_size, self.config.loss_chunk)
+            return None, loss
         logits = F.linear(x, self.wte.weight)[..., :self.config.vocab_size]
         if targets is None:
             return logits, None

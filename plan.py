@@ -5,6 +5,8 @@ so the 1.2B plan takes well under a second. Every figure is per the run's config
 batch split, FLOPs, an itemized per-GPU memory estimate and the wall time at an
 assumed MFU on A100 and H100.
 """
+import dataclasses
+
 import torch
 
 from devices import PEAK_FLOPS
@@ -12,10 +14,9 @@ from model import GPT, count_params, flops_per_token
 from train_config import TrainConfig
 
 GiB = 1024 ** 3
-
-# Cards the memory total is compared against.
-MEMORY_LIMITS = [(40, "A100-40GB"), (80, "A100/H100-80GB")]
-
+# A way "fits" a card when its estimate leaves this much for what the estimate leaves out:
+# the CUDA context and the caching allocator's slack (an allowance, not a measurement).
+RESERVE_GIB = 2
 
 def block_activation_bytes(mc, batch: int, seq: int, act_bytes: int) -> int:
     """Bytes one transformer block saves for backward on one micro-batch, eager PyTorch.
@@ -44,44 +45,146 @@ def block_activation_bytes(mc, batch: int, seq: int, act_bytes: int) -> int:
     return total
 
 
-def memory_estimate(mc, n_stored: int, n_matrix: int, micro_batch: int, dtype: str,
-                    world_size: int, checkpointing: bool) -> dict:
-    """Itemized per-GPU bytes at the peak (the start of backward, with gradients from
-    earlier micro-steps held). n_stored counts every stored parameter element (padding
-    rows included); n_matrix the elements of 2-D weights, which autocast casts."""
+@dataclasses.dataclass(frozen=True)
+class Way:
+    """One way to run a config: how the model is spread, and what trades compute for memory."""
+    parallelism: str  # "ddp" | "fsdp"
+    checkpointing: bool = False
+    offload: bool = False
+
+    @property
+    def name(self) -> str:
+        return " + ".join([self.parallelism.upper()] + ["activation checkpointing"] * self.checkpointing
+                          + ["offload"] * self.offload)
+
+    @property
+    def flags(self) -> str:
+        return (f"--parallelism={self.parallelism} --activation_checkpointing={self.checkpointing}"
+                + (" --offload=True" if self.offload else ""))
+
+
+# Fastest first: FSDP's extra traffic mostly overlaps compute; checkpointing recomputes every
+# block's forward (~+33% compute); offload moves every parameter and gradient over PCIe.
+WAYS = (Way("ddp"), Way("fsdp"), Way("ddp", True), Way("fsdp", True), Way("fsdp", False, True),
+        Way("fsdp", True, True))
+
+
+def memory_estimate(mc, n_stored: int, n_matrix: int, micro_batch: int, dtype: str, world_size: int,
+                    way: Way, accumulation: int = 1) -> dict:
+    """Itemized per-GPU bytes at the peak (the end of forward, with gradients from earlier
+    micro-steps held). n_stored counts every stored parameter element (padding rows
+    included); n_matrix the elements of 2-D weights, which 16-bit compute casts."""
     half = dtype in ("bfloat16", "float16")
     act = 2 if half else 4
     s, b, h = mc.block_size, micro_batch, mc.n_embd
+    root = mc.padded_vocab * h + mc.block_size * h + 2 * h  # wte, wpe, ln_f: FSDP's root unit
+    block = (n_stored - root) // mc.n_layer
+    block_matrix = (n_matrix - mc.padded_vocab * h - mc.block_size * h) // mc.n_layer
+    items = {}
+    if way.parallelism == "ddp":
+        # gradient_as_bucket_view: DDP's buckets are the gradients, no second copy
+        items.update({"weights (fp32)": 4 * n_stored, "gradients (fp32)": 4 * n_stored,
+                      "AdamW state (fp32 m, v)": 8 * n_stored})
+        if half:
+            # autocast's 16-bit weight copies live while backward needs them: all of them
+            # without checkpointing; with it, the tied head's plus one recomputed block's.
+            # (wpe is 2-D but only indexed, never cast.)
+            copies = (n_matrix - mc.block_size * h if not way.checkpointing
+                      else mc.padded_vocab * h + block_matrix)
+            items["16-bit weight copies (autocast)"] = 2 * copies
+    else:
+        shard = -(-n_stored // world_size)
+        if not way.offload:  # with offload these live in pinned CPU memory
+            items.update({"weights (fp32 shards)": 4 * shard, "gradients (fp32 shards)": 4 * shard,
+                          "AdamW state (fp32 shards)": 8 * shard})
+        if accumulation > 1:  # no reduce-scatter before the last micro-step: full gradients wait
+            items["gradients (unsharded, between micro-steps)"] = 4 * n_stored
+        # the root's parameters stay gathered from forward to backward; blocks are gathered
+        # one at a time, the next prefetched, each with its gradients' reduce-scatter buffer
+        items["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
+    items.update(_activation_items(mc, b, s, act, way.checkpointing))
+    items["logits + loss"] = _logit_bytes(mc, s * b, act, 4 if way.parallelism == "ddp" or not half else 2)
+    return {"items": items, "total": sum(items.values())}
+
+
+def _activation_items(mc, b: int, s: int, act: int, checkpointing: bool) -> dict:
+    h = mc.n_embd
     one_block = block_activation_bytes(mc, b, s, act)
     # Around the stack: embedding dropout mask, ln_f input (fp32) + stats, head input.
     edges = (s * b * h if mc.dropout > 0 else 0) + 4 * s * b * h + 8 * s * b + act * s * b * h
-    block_matrix = (n_matrix - mc.padded_vocab * h - mc.block_size * h) // mc.n_layer
-    items = {
-        "weights (fp32)": 4 * n_stored,
-        "gradients (fp32)": 4 * n_stored,
-        "AdamW state (fp32 m, v)": 8 * n_stored,
-    }
-    if world_size > 1:
-        # DDP copies gradients into its own fp32 buckets (gradient_as_bucket_view=False).
-        items["DDP gradient buckets"] = 4 * n_stored
-    if half:
-        # autocast's 16-bit weight copies live while backward needs them: all of them
-        # without checkpointing; with it, the tied head's plus one recomputed block's.
-        # (wpe is 2-D but only indexed, never cast.)
-        copies = n_matrix - mc.block_size * h if not checkpointing else mc.padded_vocab * h + block_matrix
-        items["16-bit weight copies (autocast)"] = 2 * copies
     if checkpointing:
         # Each block keeps only its fp32 input; backward recomputes one block at a time.
         # Summed with the logits this is an upper bound: they are freed before recompute.
-        items["activations (block inputs)"] = mc.n_layer * 4 * s * b * h + edges
-        items["activations (1 block recomputed)"] = one_block
-    else:
-        items["activations (all blocks)"] = mc.n_layer * one_block + edges
-    # Logits: the 16-bit (padded) logits the loop holds, the fp32 log-softmax saved for the
-    # loss, and during its backward the fp32 gradients of its output and input together.
-    logit_bytes = (act * mc.padded_vocab + 12 * mc.vocab_size) if half else 12 * mc.vocab_size
-    items["logits + loss"] = s * b * logit_bytes
-    return {"items": items, "total": sum(items.values())}
+        return {"activations (block inputs)": mc.n_layer * 4 * s * b * h + edges,
+                "activations (1 block recomputed)": one_block}
+    return {"activations (all blocks)": mc.n_layer * one_block + edges}
+
+
+def _logit_bytes(mc, positions: int, act: int, weight_bytes: int) -> int:
+    """The tied head and the loss. All at once: the 16-bit (padded) logits, the fp32
+    log-softmax saved for the loss, and in its backward the fp32 gradients of its output and
+    input. Chunked (model.ChunkedCrossEntropy): one chunk's logits in the compute dtype and
+    fp32 with its fp32 (and 16-bit) gradient, plus the gradients it keeps for backward: the
+    hidden states' (fp32) and the head weight's (an fp32 sum, then the weight's dtype)."""
+    V, Vp, h = mc.vocab_size, mc.padded_vocab, mc.n_embd
+    if mc.loss_chunk > 0:
+        per_position = act * V + 8 * V + (2 * V if act == 2 else 0)
+        return min(mc.loss_chunk, positions) * per_position + 4 * positions * h + (4 + weight_bytes) * Vp * h
+    return positions * ((act * Vp + 12 * V) if act == 2 else 12 * V)
+
+
+def _param_counts(mc) -> tuple[int, int]:
+    """(stored parameter elements, of which in 2-D weights), from the model on the meta device."""
+    with torch.device("meta"):
+        model = GPT(mc)
+    n_stored = sum(p.numel() for p in model.parameters())  # the tied matrix once
+    n_matrix = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    if n_stored - (mc.padded_vocab - mc.vocab_size) * mc.n_embd != count_params(mc):
+        raise RuntimeError(f"model has {n_stored:,} parameters but count_params says {count_params(mc):,}")
+    return n_stored, n_matrix
+
+
+def estimate(cfg: TrainConfig, world_size: int, mc, way: Way) -> dict:
+    """memory_estimate for a config and its model config, run one way on world_size GPUs."""
+    mc = dataclasses.replace(mc, activation_checkpointing=way.checkpointing)
+    dtype = cfg.resolved("cpu" if cfg.device == "cpu" else "cuda").dtype  # a plan is for GPUs
+    return memory_estimate(mc, *_param_counts(mc), cfg.micro_batch_size, dtype, world_size, way,
+                           cfg.accumulation(world_size))
+
+
+def auto_way(cfg: TrainConfig, world_size: int, mc, card_bytes: float) -> tuple[Way, str]:
+    """What --parallelism=auto runs, and why: DDP when the planner says it fits the card,
+    FSDP otherwise (with the config's checkpointing and offload either way)."""
+    if cfg.parallelism != "auto" or cfg.offload:
+        way = Way("fsdp" if cfg.offload else cfg.parallelism, cfg.activation_checkpointing, cfg.offload)
+        return way, "as configured"
+    ddp, fsdp = (Way(p, cfg.activation_checkpointing) for p in ("ddp", "fsdp"))
+    need = estimate(cfg, world_size, mc, ddp)["total"]
+    fits = need + RESERVE_GIB * GiB <= card_bytes
+    if fits or world_size == 1:
+        why = "fits" if fits else "does not fit, and FSDP over one process saves nothing"
+        return ddp, f"the planner puts DDP at {need / GiB:.1f} GiB per GPU: {why} in {card_bytes / GiB:.0f} GiB"
+    return fsdp, (f"the planner puts DDP at {need / GiB:.1f} GiB per GPU, over {card_bytes / GiB:.0f} GiB; "
+                  f"FSDP needs {estimate(cfg, world_size, mc, fsdp)['total'] / GiB:.1f} GiB")
+
+
+def way_costs(way: Way, n_stored: int, world_size: int, accumulation: int, half: bool) -> str:
+    """Extra compute or traffic per step, beyond DDP's all-reduce of the fp32 gradients."""
+    gb, p_bytes = 1e9, 2 if half else 4
+    parts = []
+    if way.parallelism == "fsdp" and world_size == 1:
+        parts.append("none on one process (FSDP's gathers are local copies)")
+    elif way.parallelism == "fsdp":
+        parts = [f"all-gather {2 * accumulation * p_bytes * n_stored / gb:.2f} GB of parameters and "
+                 f"reduce-scatter {4 * n_stored / gb:.2f} GB of gradients per step, mostly overlapped"]
+    if way.checkpointing:
+        parts.append("+1 forward of every block (~+33% compute)")
+    if way.offload:
+        shard = 4 * n_stored / world_size / gb
+        parts.append(f"PCIe: {2 * accumulation * shard:.2f} GB of parameters in and {shard:.2f} GB of "
+                     f"gradients out per step, AdamW on the CPU ({16 * n_stored / world_size / 2**30:.1f} GiB "
+                     f"of pinned CPU memory)")
+    return "; ".join(parts) or "none"
 
 
 def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: int | None) -> dict:
@@ -91,25 +194,22 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
     if not 0 < cfg.plan_mfu <= 1:
         raise ValueError(f"plan_mfu is a fraction of peak in (0, 1], got {cfg.plan_mfu}")
     mc = cfg.model_config(vocab_size)
-    with torch.device("meta"):
-        model = GPT(mc)
-    n_stored = sum(p.numel() for p in model.parameters())  # the tied matrix once
-    n_matrix = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
-    n_params = count_params(mc)
-    if n_stored - (mc.padded_vocab - mc.vocab_size) * mc.n_embd != n_params:
-        raise RuntimeError(f"model has {n_stored:,} parameters but count_params says {n_params:,}")
-
+    n_stored, _ = _param_counts(mc)
     accumulation = cfg.accumulation(world_size)
     tokens_per_step = cfg.global_batch_size * mc.block_size
     total_tokens = tokens_per_step * cfg.max_steps
     fpt = flops_per_token(mc)
     total_flops = fpt * total_tokens
-    dtype = cfg.resolved("cpu" if cfg.device == "cpu" else "cuda").dtype  # a plan is for GPUs
+    dtype = cfg.resolved("cpu" if cfg.device == "cpu" else "cuda").dtype
 
-    memory = {}
-    for ckpt in (True, False):
-        memory[ckpt] = memory_estimate(mc, n_stored, n_matrix, cfg.micro_batch_size, dtype,
-                                       world_size, ckpt)
+    cards = [gib * GiB for gib in cfg.plan_gpu_memory_gib]
+    ways = []
+    for way in WAYS:
+        memory = estimate(cfg, world_size, mc, way)
+        ways.append(dict(way=way, memory=memory, fits=[memory["total"] + RESERVE_GIB * GiB <= c for c in cards],
+                         costs=way_costs(way, n_stored, world_size, accumulation, dtype != "float32")))
+    fastest = [next((w["way"] for w in ways if w["fits"][i]), None) for i in range(len(cards))]
+    this_way, why = auto_way(cfg, world_size, mc, cards[0])
 
     wall = {}
     for name in ("A100", "H100 SXM"):
@@ -119,17 +219,20 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
 
     return {
         "run_name": cfg.run_name, "world_size": world_size, "dtype": dtype,
-        "activation_checkpointing": cfg.activation_checkpointing,
         "model": cfg.model, "n_layer": mc.n_layer, "n_head": mc.n_head, "n_embd": mc.n_embd,
         "mlp_dim": mc.mlp_dim, "block_size": mc.block_size, "vocab_size": mc.vocab_size,
-        "padded_vocab": mc.padded_vocab, "dropout": mc.dropout,
-        "params": n_params, "params_non_embedding": count_params(mc, non_embedding=True),
+        "padded_vocab": mc.padded_vocab, "dropout": mc.dropout, "loss_chunk": mc.loss_chunk,
+        "params": count_params(mc), "params_non_embedding": count_params(mc, non_embedding=True),
         "global_batch_size": cfg.global_batch_size, "micro_batch_size": cfg.micro_batch_size,
         "accumulation": accumulation, "tokens_per_step": tokens_per_step,
         "max_steps": cfg.max_steps, "total_tokens": total_tokens, "train_tokens": train_tokens,
         "epochs": total_tokens / train_tokens if train_tokens else None,
         "flops_per_token": fpt, "flops_per_step": fpt * tokens_per_step, "total_flops": total_flops,
-        "memory": memory, "mfu": cfg.plan_mfu, "wall_time": wall,
+        "cards_gib": list(cfg.plan_gpu_memory_gib), "ways": ways, "fastest": fastest,
+        "this_way": this_way, "this_way_why": why,
+        "memory": next(w["memory"] for w in ways if w["way"] == this_way),
+        "checkpoint_bytes": 12 * n_stored, "n_stored": n_stored,  # fp32 weights + AdamW m and v
+        "mfu": cfg.plan_mfu, "wall_time": wall,
     }
 
 
@@ -138,22 +241,33 @@ def _gib(n_bytes: float) -> str:
 
 
 def _memory_lines(plan: dict) -> list[str]:
-    on, off = plan["memory"][True], plan["memory"][False]
-    mark = ("  <- this config", "") if plan["activation_checkpointing"] else ("", "  <- this config")
-    lines = [f"Memory per GPU, GiB ({plan['dtype']}, micro-batch {plan['micro_batch_size']} x "
-             f"{plan['block_size']:,}; eager, excludes CUDA context and allocator slack)",
-             f"  {'':34}{'ckpt on':>9} {'ckpt off':>9}"]
-    labels = [k for k in dict.fromkeys([*on["items"], *off["items"]]) if k != "logits + loss"]
-    labels.append("logits + loss")
-    for label in labels:
-        a, b = on["items"].get(label), off["items"].get(label)
-        lines.append(f"  {label + ':':34}{_gib(a) if a is not None else '        -'} "
-                     f"{_gib(b) if b is not None else '        -'}")
-    lines.append(f"  {'total:':34}{_gib(on['total'])} {_gib(off['total'])}")
-    for key, total in ((True, on["total"]), (False, off["total"])):
-        over = [card for limit, card in MEMORY_LIMITS if total > limit * GiB]
-        fits = f"exceeds {', '.join(over)}" if over else "fits a 40 GiB GPU"
-        lines.append(f"  {'ckpt ' + ('on' if key else 'off') + ':':34}{fits}{mark[0 if key else 1]}")
+    cards = plan["cards_gib"]
+    chunk = (f"loss in chunks of {plan['loss_chunk']:,} positions" if plan["loss_chunk"]
+             else "all logits at once")
+    lines = [f"Memory per GPU for each way to run it, GiB ({plan['dtype']}, micro-batch "
+             f"{plan['micro_batch_size']} x {plan['block_size']:,}, {plan['world_size']} GPUs x "
+             f"{plan['accumulation']} accumulation, {chunk}; eager; excludes the CUDA context and "
+             f"allocator slack)",
+             f"  {'way':44}{'total':>8}" + "".join(f"{f'{c:g} GiB':>9}" for c in cards)]
+    for w in plan["ways"]:
+        marks = "".join(f"{('fits*' if plan['fastest'][i] == w['way'] else 'fits') if ok else 'over':>9}"
+                        for i, ok in enumerate(w["fits"]))
+        lines.append(f"  {w['way'].name:44}{w['memory']['total'] / GiB:8.2f}{marks}")
+    lines.append(f"  fits: the estimate plus {RESERVE_GIB} GiB for the CUDA context and allocator slack")
+    for card, way in zip(cards, plan["fastest"]):
+        lines.append(f"  * fastest that fits {card:g} GiB: " + (way.flags if way else
+                     "none; lower micro_batch_size (the global batch stays: accumulation grows)"))
+    ddp_traffic = (f"DDP all-reduces {4 * plan['n_stored'] / 1e9:.2f} GB of gradients per step"
+                   if plan["world_size"] > 1 else "one process: no traffic")
+    lines.append(f"  Costs beyond DDP, per step ({ddp_traffic}):")
+    lines += [f"    {w['way'].name}: {w['costs']}" for w in plan["ways"] if w["way"] != Way("ddp")]
+    lines.append(f"  This config runs {plan['this_way'].name} ({plan['this_way_why']}):")
+    for label, value in plan["memory"]["items"].items():
+        lines.append(f"    {label + ':':46}{_gib(value)}")
+    lines.append(f"    {'total:':46}{_gib(plan['memory']['total'])}")
+    size = plan["checkpoint_bytes"]
+    lines.append(f"  Checkpoint: {size / 1e9:.2f} GB per save (fp32 weights + AdamW m, v); writing it takes "
+                 f"{size / 1e9:.0f} s at 1 GB/s, {size / 2e8:.0f} s at 200 MB/s")
     return lines
 
 

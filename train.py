@@ -13,7 +13,6 @@ continues exactly as if it had never stopped.
 Read it in this order: train() is the loop; train_step() is one update; prepare() does
 every check and builds what the loop needs; the rest are the loop's small helpers.
 """
-import contextlib
 import dataclasses
 import math
 import os
@@ -23,15 +22,15 @@ import time
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-
 import checkpoint as ckpt
 import distributed
+import sharding
 from atomic_files import write_json
 from devices import autocast, dtype_name, peak_flops, pick_dtype
 from loader import GPT2_META, TokenWindows, check_vocab, load_meta, read_meta
 from metrics import RunLog
-from model import GPT, GPTConfig, count_params, flops_per_token, shape_differences
+from plan import auto_way, format_plan, make_plan
+from model import TRAINING_FIELDS, GPT, GPTConfig, count_params, flops_per_token, shape_differences
 from preemption import EXIT_PREEMPTED, PreemptionSignal
 from report import write_report
 from schedule import lr_at
@@ -56,12 +55,12 @@ def main(argv=None) -> int:
         print(f"wrote {write_report(cfg.report)}")
         return 0
     if cfg.dry_run:
-        from plan import format_plan, make_plan  # the planner is needed only here
         meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
         print(format_plan(make_plan(cfg, cfg.plan_gpus or distributed.world_size_from_env(),
                                     meta["vocab_size"], meta.get("train_tokens"))))
         return 0
-    env = distributed.setup(cfg.device, cfg.collective_timeout_s)
+    env = distributed.setup(cfg.device, cfg.collective_timeout_s,
+                            group_of_one=cfg.parallelism == "fsdp" or cfg.offload)
     clean = False
     try:
         with PreemptionSignal() as preempt:
@@ -134,27 +133,26 @@ def train_step(model, optimizer, scaler, batches: list, grad_clip: float, autoca
     loss_sum = torch.zeros((), device=env.device)
     for i, (x, y, seed) in enumerate(batches):
         torch.manual_seed(seed)  # dropout masks: a pure function of (seed, step, index)
-        no_sync = isinstance(model, DDP) and i < len(batches) - 1
-        with (model.no_sync() if no_sync else contextlib.nullcontext()), autocast_ctx:
+        with sharding.grad_sync(model, i == len(batches) - 1), autocast_ctx:
             loss = model(x, y)[1]
         loss_sum += loss.detach()
         scaler.scale(loss / len(batches)).backward()
     loss = distributed.all_reduce_mean(loss_sum / len(batches), env)
     scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-    applied = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    grad_norm = sharding.clip_grad_norm(params, grad_clip if grad_clip > 0 else math.inf)
+    applied = torch.isfinite(loss) & torch.isfinite(grad_norm.to(loss.device))
     if scaler.is_enabled():  # fp16: the scaler skips inf/NaN gradients itself, and adapts its scale
         scaler.step(optimizer)
         scaler.update()
-    else:
-        optimizer.found_inf, optimizer.grad_scale = (~applied).float(), None
+    else:  # found_inf on the parameters' device (the CPU with offload)
+        optimizer.found_inf, optimizer.grad_scale = (~applied).float().to(params[0].device), None
         try:
             optimizer.step()
         finally:
             del optimizer.found_inf, optimizer.grad_scale
     optimizer.zero_grad(set_to_none=True)
-    return torch.stack([loss, grad_norm.float(), applied.float()])
+    return torch.stack([loss, grad_norm.to(loss.device).float(), applied.float()])
 
 
 def micro_batches(run, step: int) -> list:
@@ -193,7 +191,7 @@ def evaluate_and_track(run) -> bool:
     """Evaluate val and train loss, save best_model.pt on improvement, log; True when
     early stopping says the run should end."""
     cfg, state = run.cfg, run.state
-    inner = run.model.module if isinstance(run.model, DDP) else run.model  # no backward: no DDP hooks
+    inner = sharding.unwrapped(run.model)  # no backward: no DDP hooks
     val = evaluate(inner, run.val_data, cfg, run.env, run.autocast)
     train_est = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
     improved = state.record_eval(val)
@@ -208,11 +206,13 @@ def evaluate_and_track(run) -> bool:
 
 
 def save(run, name: str):
-    """Write a checkpoint (rank 0), prune old step checkpoints, then let every rank go on."""
+    """Gather the full state to rank 0 (every rank takes part), write it, prune old step
+    checkpoints, then let every rank go on."""
+    model_state, optimizer_state = sharding.full_state(run.raw_model, run.optimizer)
     if run.env.master:
         path = os.path.join(run.cfg.run_dir, name)
         ckpt.save_checkpoint(dict(
-            model=run.raw_model.state_dict(), optimizer=run.optimizer.state_dict(),
+            model=model_state, optimizer=optimizer_state,
             scaler=run.scaler.state_dict(), model_config=dataclasses.asdict(run.model_cfg),
             config=run.cfg.to_dict(), tokenizer=run.meta, **run.state.state_dict()), path)
         if ckpt.is_step_file(name):
@@ -328,18 +328,16 @@ def prepare(cfg: TrainConfig, env: distributed.Dist) -> Run:
                           f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)")
     if dtype == torch.float16 and env.device.type == "cpu":
         print("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
+    if cfg.offload and env.device.type != "cuda":
+        raise ConfigError("--offload moves FSDP's shards from a GPU to CPU memory; on a CPU run there is "
+                          "nothing to free: drop --offload")
+    way, why = auto_way(cfg, env.world, model_cfg,
+                        torch.cuda.get_device_properties(env.device).total_memory if env.device.type == "cuda"
+                        else float("inf"))
+    cfg = dataclasses.replace(cfg, parallelism=way.parallelism)  # saved with the run as it ran
 
-    torch.manual_seed(cfg.seed)
-    raw_model = GPT(model_cfg).to(env.device)
-    optimizer = torch.optim.AdamW(raw_model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
-    if source:
-        restore(source, raw_model, optimizer, scaler, resumed=bool(resume_path))
-        del source
-    model = torch.compile(raw_model) if cfg.compile else raw_model
-    if env.world > 1:
-        model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    raw_model, model, optimizer, scaler = build(cfg, env, model_cfg, dtype, source, bool(resume_path))
+    del source
     run = Run(cfg, env, meta, model_cfg, train_data, val_data, accumulation, raw_model, model, optimizer,
               scaler, autocast(env.device, dtype), state, None, None,
               tokens_per_step=cfg.global_batch_size * model_cfg.block_size,
@@ -348,7 +346,7 @@ def prepare(cfg: TrainConfig, env: distributed.Dist) -> Run:
     if env.master:
         ckpt.remove_stale_temp_files(cfg.run_dir)
         run.log = RunLog(cfg.run_dir, cfg.tensorboard, purge_step=state.step + 1 if resume_path else None)
-        announce(run, resume_path or cfg.init_from, bool(resume_path))
+        announce(run, resume_path or cfg.init_from, bool(resume_path), why)
     # a bar only on a terminal: in a log file its redraws bury the log lines
     run.bar = _progress(env.master and cfg.progress_bar and sys.stderr.isatty(), state.step, cfg.max_steps)
     return run
@@ -379,8 +377,8 @@ def check_output_dir(run_dir: str):
 
 def model_config_for(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: str | None) -> GPTConfig:
     """The model's config: from the config file for a fresh run. With a checkpoint to
-    resume or start from, the checkpoint's architecture with this config's dropout and
-    activation checkpointing; resuming, the config's shape must be the checkpoint's, and
+    resume or start from, the checkpoint's architecture with this config's training fields
+    (dropout, activation checkpointing, loss chunk); resuming, the config's shape must be the checkpoint's, and
     with --init_from the config's explicit model fields may not change it."""
     if source is None:
         return cfg.model_config(meta["vocab_size"])
@@ -403,7 +401,7 @@ def model_config_for(cfg: TrainConfig, meta: dict, source: dict | None, resume_p
             # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
             # end-of-text id; ours adds one): they start as zero rows and train like the others
             saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
-    return dataclasses.replace(saved, dropout=cfg.dropout, activation_checkpointing=cfg.activation_checkpointing)
+    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in TRAINING_FIELDS})
 
 
 def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: str):
@@ -413,18 +411,29 @@ def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: st
                           + f"; {fix}")
 
 
-def restore(source: dict, model: GPT, optimizer, scaler, resumed: bool):
-    model.load_state_dict(ckpt.clean_state_dict(source["model"]))
-    if not resumed:
-        return
-    optimizer.load_state_dict(source["optimizer"])
-    if source.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(source["scaler"])
-    elif scaler.is_enabled():
-        print("note: the checkpoint was not trained in float16; the loss scale starts afresh")
+def build(cfg: TrainConfig, env: distributed.Dist, model_cfg: GPTConfig, dtype, source: dict | None,
+          resumed: bool):
+    """(the raw model, the model the step calls, optimizer, scaler): the model sharded (FSDP)
+    before the optimizer sees its parameters, then the checkpoint's state loaded into both,
+    then compiled and wrapped (DDP)."""
+    torch.manual_seed(cfg.seed)
+    raw_model = GPT(model_cfg).to("cpu" if cfg.offload else env.device)  # offload: never whole on the GPU
+    if cfg.parallelism == "fsdp":
+        sharding.shard(raw_model, env, dtype, cfg.offload)
+    optimizer = torch.optim.AdamW(raw_model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
+    if source:
+        sharding.load_full_state(raw_model, optimizer if resumed else None,
+                                 ckpt.clean_state_dict(source["model"]), source["optimizer"] if resumed else None)
+        if resumed and source.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(source["scaler"])
+        elif resumed and scaler.is_enabled():
+            print("note: the checkpoint was not trained in float16; the loss scale starts afresh")
+    return raw_model, sharding.wrap(raw_model, cfg.parallelism, env, cfg.compile), optimizer, scaler
 
 
-def announce(run: Run, source: str, resumed: bool):
+def announce(run: Run, source: str, resumed: bool, why: str):
     """Rank 0: config.json, warnings, the start lines and the start record."""
     cfg, env, mc, state = run.cfg, run.env, run.model_cfg, run.state
     derived = dict(world_size=env.world, accumulation=run.accumulation, device=str(env.device),
@@ -437,7 +446,8 @@ def announce(run: Run, source: str, resumed: bool):
     if cfg.warmup_steps >= cfg.lr_decay_steps:
         print(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {cfg.lr_decay_steps}: "
               f"the learning rate never leaves warmup; lower --warmup_steps")
-    print(f"world size {env.world} | device {env.device} | dtype {cfg.dtype} | compile {cfg.compile}\n"
+    print(f"world size {env.world} | device {env.device} | dtype {cfg.dtype} | compile {cfg.compile} | "
+          f"parallelism {cfg.parallelism}{' + offload' if cfg.offload else ''} ({why})\n"
           f"micro-batch {cfg.micro_batch_size} x accumulation {run.accumulation} x {env.world} "
           f"{env.device_kind} = {cfg.global_batch_size} sequences = {run.tokens_per_step:,} tokens per step\n"
           f"{cfg.max_steps:,} steps = {run.tokens_per_step * cfg.max_steps:,} tokens = {epochs:.2f} epochs "

@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 from devices import auto_dtype_name, check_device_name, check_dtype_name
 from model import GPTConfig, check_preset, preset_config
 
+PARALLELISMS = ("auto", "ddp", "fsdp")
+
 
 def F(default, doc: str):
     """A field with its one-line doc (shown by --help)."""
@@ -46,6 +48,8 @@ class TrainConfig:
     bias: typing.Optional[bool] = F(None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)")
     dropout: float = F(0.0, "dropout in training (the documented 300M run used 0.1)")
     activation_checkpointing: bool = F(False, "recompute blocks in backward: less memory, ~30% more compute")
+    loss_chunk: int = F(1024, "positions per chunk of the tied head + loss: one chunk's logits exist at a "
+                              "time, no extra compute (0: all logits at once)")
     # ---- batch: the global batch is what a run means; accumulation is derived
     global_batch_size: int = F(512, "sequences per optimizer step, summed over ranks and micro-steps")
     micro_batch_size: int = F(8, "sequences per device per forward/backward")
@@ -64,12 +68,16 @@ class TrainConfig:
     device: str = F("auto", "auto | cpu | cuda | cuda:N (under torchrun the local rank picks N)")
     dtype: str = F("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU)")
     compile: typing.Optional[bool] = F(None, "torch.compile the model (None: on for CUDA, off on CPU)")
+    parallelism: str = F("auto", "ddp | fsdp | auto: a full copy per rank, or parameters, gradients and AdamW "
+                                 "state sharded (FSDP2); auto: DDP when the planner says it fits the GPU")
+    offload: bool = F(False, "FSDP only: keep parameters, gradients and AdamW state in pinned CPU memory "
+                             "and step AdamW on the CPU (fits ~1B on one 16 GB GPU)")
     # ---- evaluation, logging, checkpoints
     eval_interval: int = F(1_000, "steps between val-loss evaluations (and at save_steps and the end)")
     eval_batches: int = F(20, "fixed batches of micro_batch_size averaged per evaluation (in total, split over ranks)")
     log_interval: int = F(100, "steps between train-loss log lines")
     save_interval: int = F(10_000, "steps between checkpoint_step_N.pt saves (and at the end)")
-    save_steps: tuple = F((), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200")
+    save_steps: tuple[int, ...] = F((), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200")
     keep_last: int = F(0, "keep only the newest N step checkpoints (0 keeps all)")
     early_stopping_patience: int = F(0, "stop after N evaluations without a val improvement (0: never)")
     tensorboard: bool = F(True, "write TensorBoard scalars to the run folder")
@@ -89,6 +97,8 @@ class TrainConfig:
     # ---- planning (--dry_run)
     plan_gpus: int = F(0, "GPUs the --dry_run plan is for (0: this launch's world size)")
     plan_mfu: float = F(0.4, "model FLOPs utilization the --dry_run wall-time estimate assumes")
+    plan_gpu_memory_gib: tuple[float, ...] = F((40.0, 80.0), "GPU memory sizes the --dry_run plan fits the run "
+                                                             "to, comma-separated: --plan_gpu_memory_gib=16")
 
     def __post_init__(self):
         self.validate()
@@ -166,7 +176,8 @@ class TrainConfig:
                   "save_interval", "eval_batches", "max_nonfinite_steps", "collective_timeout_s"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
-        for k in ("warmup_steps", "keep_last", "early_stopping_patience", "weight_decay", "grad_clip", "plan_gpus"):
+        for k in ("warmup_steps", "keep_last", "early_stopping_patience", "weight_decay", "grad_clip", "plan_gpus",
+                  "loss_chunk"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not self.learning_rate > 0:
@@ -183,6 +194,13 @@ class TrainConfig:
                               f"got {self.loss_spike_factor}")
         if any(s <= 0 for s in self.save_steps):
             raise ConfigError(f"save_steps must be positive steps, got {self.save_steps}")
+        if not self.plan_gpu_memory_gib or any(g <= 0 for g in self.plan_gpu_memory_gib):
+            raise ConfigError(f"plan_gpu_memory_gib must be GPU memory sizes in GiB, got {self.plan_gpu_memory_gib}")
+        if self.parallelism not in PARALLELISMS:
+            raise ConfigError(f"parallelism must be one of {', '.join(PARALLELISMS)}, got {self.parallelism!r}")
+        if self.offload and self.parallelism == "ddp":
+            raise ConfigError("--offload keeps FSDP's shards in CPU memory: use it with --parallelism=fsdp "
+                              "(or auto), not ddp")
         if self.resume and self.init_from:
             raise ConfigError("--resume and --init_from cannot be used together: --resume continues this run "
                               "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
@@ -217,19 +235,23 @@ def parse_value(key: str, raw):
     if raw is None or (isinstance(raw, str) and raw in ("None", "none", "null")):
         if optional:
             return None
-        raise ConfigError(f"{key} cannot be None; give a {base.__name__}")
+        raise ConfigError(f"{key} cannot be None; give a {_type_name(base)}")
     try:
         return _convert(base, raw)
     except (TypeError, ValueError, OverflowError):
         pass
-    raise ConfigError(f"{key} expects {base.__name__}{' or None' if optional else ''}, "
+    raise ConfigError(f"{key} expects {_type_name(base)}{' or None' if optional else ''}, "
                       f"got {raw!r} (e.g. --{key}={FIELDS[key].default!r})")
 
 
+def _type_name(t) -> str:
+    return f"comma-separated {typing.get_args(t)[0].__name__}s" if typing.get_origin(t) is tuple else t.__name__
+
+
 def _convert(base, raw):
-    if base is tuple:  # of ints: "20,100" on the command line, a list or tuple in a file
+    if typing.get_origin(base) is tuple:  # "20,100" on the command line, a list or tuple in a file
         items = raw.replace(" ", "").split(",") if isinstance(raw, str) else list(raw)
-        return tuple(_convert(int, x) for x in items if x != "")
+        return tuple(_convert(typing.get_args(base)[0], x) for x in items if x != "")
     if base is bool:
         if isinstance(raw, bool):
             return raw

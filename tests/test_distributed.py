@@ -35,20 +35,56 @@ def thread_lists(output: str) -> list:
     return [json.loads(m) for m in re.findall(r"THREADS_AT_EXIT=(\[[^\]]*\])", output)]
 
 
-def test_ddp_matches_one_process_and_leaves_no_gloo_thread(tiny_args):
-    """2 gloo ranks x accumulation 2 equal 1 process x accumulation 4, loss by loss, eval by
-    eval, with dropout on. And when each rank exits no gloo worker thread is left: one alive
-    into interpreter shutdown can abort the process after the run succeeded."""
-    single = common(tiny_args, run_name="single")
+def demo_model(tiny_args, **overrides):
+    """The demo's model (4 x 128, context 64) on the tiny data, global batch 32, dropout on."""
+    values = {**dict(model="tiny", n_layer=4, n_head=4, n_embd=128, block_size=64, global_batch_size=32,
+                     micro_batch_size=8, max_steps=20, lr_decay_steps=20, dropout=0.1, eval_interval=10,
+                     save_interval=10), **overrides}
+    return tiny_args + [f"--{k}={v}" for k, v in values.items()]
+
+
+def test_every_parallelism_trains_the_same_and_leaves_no_gloo_thread(tiny_args):
+    """One process with accumulation 4, DDP over 2 ranks, FSDP over 2 ranks and FSDP over one:
+    the same loss at every step (dropout on), the same evaluations, the same weights. FSDP
+    stopped and resumed equals FSDP that ran on. And when a DDP rank exits no gloo worker
+    thread is left: one alive into interpreter shutdown can abort a process whose run
+    succeeded. (fully_shard itself keeps a reference to the process group, so under FSDP
+    the threads outlive it; the final barrier leaves them idle.)"""
+    single = demo_model(tiny_args, run_name="single")
     train.main(single)
-    ddp = common(tiny_args, run_name="ddp")
-    proc = torchrun(ddp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    same_run(run_dir_of(single), run_dir_of(ddp))
-    start = records(run_dir_of(ddp), "start")[0]
-    assert start["world_size"] == 2 and start["accumulation"] == 2
-    threads = thread_lists(proc.stdout)
+    threads = []
+    for name, nproc, parallelism in (("ddp2", 2, "ddp"), ("fsdp2", 2, "fsdp"), ("fsdp1", 1, "fsdp")):
+        args = demo_model(tiny_args, run_name=name, parallelism=parallelism)
+        proc = torchrun(args, nproc=nproc)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        same_run(run_dir_of(single), run_dir_of(args))
+        start = records(run_dir_of(args), "start")[0]
+        assert (start["world_size"], start["accumulation"], start["config"]["parallelism"]) == \
+            (nproc, 4 // nproc, parallelism)
+        threads += thread_lists(proc.stdout) if parallelism == "ddp" else []
     assert len(threads) == 2 and not any("gloo" in name for names in threads for name in names), threads
+    halves = demo_model(tiny_args, run_name="fsdp2_halves", parallelism="fsdp")
+    for part in (["--max_steps=10"], ["--resume"]):
+        assert torchrun(halves + part).returncode == 0
+    whole = {r["step"]: r["loss"] for r in records(run_dir_of(demo_model(tiny_args, run_name="fsdp2")), "train")}
+    assert {r["step"]: r["loss"] for r in records(run_dir_of(halves), "train")} == whole  # bit for bit
+
+
+def test_a_run_resumes_under_any_parallelism_and_world_size(tiny_args):
+    """DDP on 2 ranks -> FSDP on 2 -> FSDP on 1 -> one plain process, each resuming the last
+    one's checkpoint: the losses of a run that never changed."""
+    reference = demo_model(tiny_args, run_name="reference", max_steps=8, save_interval=2)
+    train.main(reference)
+    chain = demo_model(tiny_args, run_name="chain", save_interval=2)
+    for max_steps, nproc, parallelism in ((2, 2, "ddp"), (4, 2, "fsdp"), (6, 1, "fsdp")):
+        args = chain + [f"--max_steps={max_steps}", f"--parallelism={parallelism}", "--resume=auto"]
+        proc = torchrun(args, nproc=nproc)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    train.main(chain + ["--max_steps=8", "--parallelism=ddp", "--resume"])
+    starts = records(run_dir_of(chain), "start")
+    assert [(r["step"], r["world_size"], r["config"]["parallelism"]) for r in starts] == \
+        [(0, 2, "ddp"), (2, 2, "fsdp"), (4, 1, "fsdp"), (6, 1, "ddp")]
+    same_run(run_dir_of(reference), run_dir_of(chain), kinds=(("train", "loss"),))
 
 
 def test_a_hung_rank_is_named_and_the_job_ends(tiny_args):

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -123,3 +124,43 @@ def test_bad_shapes_are_clear_errors():
         GPTConfig(n_embd=100, n_head=3)
     with pytest.raises(ValueError, match="unknown model preset"):
         preset_config("gpt5")
+
+
+def _loss_and_grads(cfg, x, y, autocast_dtype=None):
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        loss = model(x, y)[1]
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 100, 1000])
+def test_chunked_loss_equals_the_plain_loss_and_gradients(chunk):
+    cfg = GPTConfig(vocab_size=301, block_size=32, n_layer=2, n_head=2, n_embd=32)  # 301: padded to 320
+    x, y = torch.randint(0, 301, (4, 32)), torch.randint(0, 301, (4, 32))
+    y[0, :7] = -1  # ignored positions count neither in the mean nor in the gradients
+    plain, g_plain = _loss_and_grads(cfg, x, y)
+    chunked, g_chunked = _loss_and_grads(dataclasses.replace(cfg, loss_chunk=chunk), x, y)
+    assert chunked == pytest.approx(plain, rel=1e-6)
+    for name in g_plain:
+        scale = g_plain[name].abs().max().clamp(min=1e-12)
+        assert ((g_plain[name] - g_chunked[name]).abs().max() / scale) < 1e-5, name
+    # bf16 autocast: the same math in 16-bit matmuls, summed in another order
+    plain, _ = _loss_and_grads(cfg, x, y, torch.bfloat16)
+    chunked, _ = _loss_and_grads(dataclasses.replace(cfg, loss_chunk=chunk), x, y, torch.bfloat16)
+    assert chunked == pytest.approx(plain, rel=1e-3)
+
+
+def test_chunked_loss_never_keeps_a_full_logits_tensor():
+    cfg = GPTConfig(vocab_size=500, block_size=64, n_layer=1, n_head=2, n_embd=16, loss_chunk=64)
+    model = GPT(cfg)
+    x = torch.randint(0, 500, (8, 64))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        logits, loss = model(x, x)
+    assert logits is None and max(saved) < 8 * 64 * 500 // 4  # nothing near B x T x V is kept for backward
+    with torch.no_grad():  # evaluation takes the chunked path too, and needs no gradients
+        assert model(x, x)[1].item() == pytest.approx(loss.item(), rel=1e-6)
+    model.eval()
+    assert model(x[:, :5])[0].shape == (8, 1, 500)  # generation: last position's logits, as before

@@ -1,15 +1,18 @@
 """The --dry_run planner against hand arithmetic for the two documented runs, and its
 activation formula against what PyTorch actually saves for backward."""
+import dataclasses
+import os
 import time
 
 import pytest
 import torch
 
 from model import GPT, Block, GPTConfig, count_params, flops_per_token, preset_config
-from plan import GiB, block_activation_bytes, format_plan, make_plan, memory_estimate
+from plan import RESERVE_GIB, GiB, Way, auto_way, block_activation_bytes, format_plan, make_plan, memory_estimate
 from train_config import TrainConfig
 
 VOCAB = 50257
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def production_8gpu(**kw):
@@ -75,26 +78,77 @@ def test_plan_is_fast_for_1_2b():
     assert time.perf_counter() - t0 < 10
 
 
-def test_checkpointing_saves_memory_and_flags_cards():
+def ways_of(plan):
+    return {w["way"]: w for w in plan["ways"]}
+
+
+def test_every_way_is_itemized_and_sharding_divides_the_state():
     plan = make_plan(production_8gpu(), 8, VOCAB, None)
-    on, off = plan["memory"][True], plan["memory"][False]
-    assert on["total"] < off["total"]
-    assert on["total"] == sum(on["items"].values())
-    assert "DDP gradient buckets" in off["items"]
-    # fp32 weights, grads and AdamW are 16 B per stored parameter (padding rows included).
-    stored = plan["params"] + (50304 - VOCAB) * 2048
-    assert off["items"]["AdamW state (fp32 m, v)"] == 8 * stored
-    assert off["total"] > 40 * GiB  # without checkpointing the 1.2B run needs an 80 GB card
-    assert "exceeds A100-40GB" in format_plan(plan)
+    ways = ways_of(plan)
+    stored = plan["params"] + (50304 - VOCAB) * 2048  # padding rows are stored too
+    ddp, fsdp = ways[Way("ddp")]["memory"], ways[Way("fsdp")]["memory"]
+    assert ddp["total"] == sum(ddp["items"].values())
+    assert ddp["items"]["AdamW state (fp32 m, v)"] == 8 * stored  # fp32 m and v: 8 B per parameter
+    assert fsdp["items"]["AdamW state (fp32 shards)"] == 8 * stored // 8  # ... over 8 ranks
+    assert "DDP gradient buckets" not in ddp["items"]  # gradient_as_bucket_view: none
+    assert fsdp["items"]["gradients (unsharded, between micro-steps)"] == 4 * stored  # accumulation 4
+    for parallelism in ("ddp", "fsdp"):
+        assert ways[Way(parallelism, True)]["memory"]["total"] < ways[Way(parallelism)]["memory"]["total"]
+    offload = ways[Way("fsdp", True, True)]["memory"]["items"]
+    assert not any("weights" in k or "AdamW" in k for k in offload)  # all in CPU memory
     single = make_plan(production_8gpu(global_batch_size=32), 1, VOCAB, None)
-    assert "DDP gradient buckets" not in single["memory"][False]["items"]
+    assert "gradients (unsharded, between micro-steps)" in ways_of(single)[Way("fsdp")]["memory"]["items"]
+
+
+def test_the_fastest_way_that_fits_each_card_is_marked_with_its_flags():
+    plan = make_plan(production_8gpu(), 8, VOCAB, None)
+    fits = {w["way"]: w["fits"] for w in plan["ways"]}
+    assert fits[Way("fsdp")] == [True, True]  # FSDP fits 8 x 40 GB without activation checkpointing
+    order = [w["way"] for w in plan["ways"]]
+    for card, way in zip(plan["cards_gib"], plan["fastest"]):
+        assert ways_of(plan)[way]["memory"]["total"] + RESERVE_GIB * GiB <= card * GiB
+        faster = plan["ways"][:order.index(way)]
+        assert all(w["memory"]["total"] + RESERVE_GIB * GiB > card * GiB for w in faster)
+    text = format_plan(plan)
+    assert "* fastest that fits 40 GiB: --parallelism=" in text and "Checkpoint: 14.56 GB per save" in text
+    tight = make_plan(production_8gpu(plan_gpu_memory_gib=(16,)), 8, VOCAB, None)
+    assert tight["fastest"] == [Way("fsdp", True)]
+    none = make_plan(production_8gpu(plan_gpu_memory_gib=(1,)), 8, VOCAB, None)
+    assert none["fastest"] == [None] and "none; lower micro_batch_size" in format_plan(none)
+
+
+def test_auto_runs_ddp_when_it_fits_and_fsdp_when_it_does_not():
+    cfg = production_8gpu()
+    mc = cfg.model_config(VOCAB)
+    way, why = auto_way(cfg, 8, mc, 80 * GiB)
+    assert way == Way("ddp") and "fits in 80 GiB" in why
+    way, why = auto_way(cfg, 8, mc, 24 * GiB)
+    assert way == Way("fsdp") and "over 24 GiB; FSDP needs" in why
+    assert auto_way(cfg, 1, mc, 24 * GiB)[0] == Way("ddp")  # one process: sharding saves nothing
+    assert auto_way(production_8gpu(offload=True), 8, mc, 80 * GiB)[0] == Way("fsdp", False, True)
+
+
+def test_the_16_gb_plan_fits_under_14_gib_as_configured():
+    from train_config import load_config
+    cfg = load_config([os.path.join(ROOT, "config", "gpt2_1b_16gb.py")])
+    plan = make_plan(cfg, 1, VOCAB, None)
+    assert plan["params"] == 1_557_611_200
+    assert plan["fastest"] == [plan["this_way"]] == [Way("fsdp", True, True)]
+    assert plan["memory"]["total"] < 14 * GiB
+    assert ways_of(plan)[Way("ddp")]["memory"]["total"] > 16 * GiB  # plain training cannot fit
 
 
 def test_logits_counted_as_documented():
     mc = preset_config("1.2b", vocab_size=VOCAB)
-    items = memory_estimate(mc, 1, 1, 8, "bfloat16", 1, False)["items"]
+    items = memory_estimate(mc, 1, 1, 8, "bfloat16", 1, Way("ddp"))["items"]
     # bf16 padded logits 2 B + fp32 log-softmax 4 B + two fp32 gradients 4 B each.
     assert items["logits + loss"] == 8 * 1024 * (2 * 50304 + 12 * VOCAB)
+    chunked = memory_estimate(dataclasses.replace(mc, loss_chunk=1024), 1, 1, 8, "bfloat16", 1, Way("ddp"))
+    # one chunk of logits (bf16, fp32, fp32 and bf16 gradients), the hidden states' gradient,
+    # the head's gradient (an fp32 sum, then fp32 as the weight)
+    assert chunked["items"]["logits + loss"] == (1024 * VOCAB * (2 + 8 + 2) + 4 * 8 * 1024 * 2048
+                                                 + 8 * 50304 * 2048)
+    assert chunked["items"]["logits + loss"] < items["logits + loss"] / 3
 
 
 def test_indivisible_batch_raises_helpful_error():
@@ -137,7 +191,7 @@ def test_model_formula_matches_saved_tensors():
     idx = torch.randint(0, V, (B, T))
     measured = _saved_bytes(model, (idx, idx), autocast=True)
     n_matrix = sum(p.numel() for p in model.parameters() if p.dim() == 2)
-    items = memory_estimate(cfg, 0, n_matrix, B, "bfloat16", 1, False)["items"]
+    items = memory_estimate(cfg, 0, n_matrix, B, "bfloat16", 1, Way("ddp"))["items"]
     # Saved for backward: all activations, the weight copies and the fp32 log-softmax;
     # the rest of "logits + loss" is transient (held logits, backward's gradients).
     expected = (items["activations (all blocks)"] + items["16-bit weight copies (autocast)"]

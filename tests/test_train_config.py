@@ -152,4 +152,4 @@ def test_model_fields_come_from_the_model_config():
     mc = cfg.model_config(100)
     assert (mc.n_layer, mc.n_embd, mc.bias, mc.vocab_size) == (4, 64, False, 100)
     assert cfg.model_overrides() == {"n_embd": 64, "bias": False, "dropout": 0.0,
-                                     "activation_checkpointing": False}
+                                     "activation_checkpointing": False, "loss_chunk": 1024}
