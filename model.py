@@ -195,11 +195,12 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             logits = F.linear(h, w).float()
             valid = t != -1
             safe = t.clamp(min=0)[:, None]
-            total += ((logits.logsumexp(-1) - logits.gather(1, safe)[:, 0]) * valid).sum()
+            lse = logits.logsumexp(-1)
+            total += ((lse - logits.gather(1, safe)[:, 0]) * valid).sum()
             if want_grads:  # d(mean loss)/d logits = (softmax - onehot) / count, 0 where ignored
-                g = torch.softmax(logits, dim=-1)
+                g = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' memory
                 g.scatter_add_(1, safe, -torch.ones_like(safe, dtype=g.dtype))
-                g = (g * (valid / count)[:, None]).to(dtype)
+                g = g.mul_((valid / count)[:, None]).to(dtype)
                 grad_hidden[start:start + chunk] = g @ w.to(dtype)
                 grad_weight[:vocab_size] += (g.t() @ h.to(dtype)).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grads else None)
