@@ -66,6 +66,14 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def configure(device: torch.device):
+    """Settings a process applies once for its device: fp32 matmuls on Ampere and later GPUs
+    use TF32 tensor cores (10-bit mantissa, fp32 range), as nanoGPT and torchtitan do."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def auto_dtype_name(device_type: str, native_bf16: bool = True) -> str:
     """What dtype="auto" means: bf16 on GPUs with native bf16 (compute capability 8.0+,
     Ampere on), fp16 on older GPUs, fp32 on CPU. The planner assumes a bf16 GPU."""

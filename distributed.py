@@ -17,7 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from devices import pick_device
+from devices import configure, pick_device
 
 # These torch modules bind `group.WORLD` as a default argument when first imported. Imported
 # after init_process_group they keep the process group, and with it gloo's worker threads,
@@ -60,6 +60,7 @@ def setup(device_name: str, timeout_s: int, group_of_one: bool = False) -> Dist:
     device = pick_device(device_name, local_rank if world > 1 else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    configure(device)
     if world == 1 and not group_of_one:
         return Dist(device=device)
     for module in _BIND_WORLD_AT_IMPORT:

@@ -256,21 +256,26 @@ class TokenWindows:
         return rng.integers(0, self.n_tokens - self.block_size, size=global_batch)
 
     def batch(self, step: int, global_batch: int, first: int, count: int, device="cpu", stream: int = 0):
-        """Sequences first..first+count-1 of the global batch of `step`, as int64 (x, y)."""
+        """Sequences first..first+count-1 of the global batch of `step`, as int64 (x, y):
+        views of one (count, block_size + 1) tensor on `device`. For a GPU the windows are
+        read straight into pinned memory (the caching host allocator's blocks, reused once
+        their copy is done) and sent with one non-blocking copy, so the next batch travels
+        while the GPU computes."""
         starts = self.starts(step, global_batch, stream)[first:first + count]
+        cuda = torch.device(device).type == "cuda"
+        xy = torch.empty((len(starts), self.block_size + 1), dtype=torch.int64, pin_memory=cuda)
+        windows = xy.numpy()
         # A fresh memmap per batch: a long-lived one keeps every page it ever touched
         # counted in resident memory, which grows without bound over a long run.
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        windows = np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
+        for row, s in enumerate(starts):
+            windows[row] = data[s:s + self.block_size + 1]
         del data
         if windows.max() >= self.vocab_limit:  # one pass over a few thousand ids per batch
             row, col = np.unravel_index(windows.argmax(), windows.shape)
             raise ValueError(f"{self.path} holds token id {windows[row, col]:,} at token "
                              f"{starts[row] + col:,}, at or above the model's vocab "
                              f"{self.vocab_limit:,}; {self.fix}")
-        xy = torch.from_numpy(windows)
-        x, y = xy[:, :-1], xy[:, 1:]
-        if torch.device(device).type == "cuda":
-            return (x.pin_memory().to(device, non_blocking=True),
-                    y.pin_memory().to(device, non_blocking=True))
-        return x.contiguous(), y.contiguous()
+        if cuda:
+            xy = xy.to(device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:]

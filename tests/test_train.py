@@ -284,3 +284,16 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tiny_args):
     steps = [e.step for e in acc.Scalars("train/loss")]
     assert steps == sorted(set(steps)) == list(range(6))
     assert [e.step for e in acc.Scalars("eval/val_loss")] == [0, 3, 6]
+
+
+def test_init_from_a_hugging_face_export_of_a_run(tiny_args, tmp_path):
+    """A run exported to Hugging Face's GPT-2 format comes back through --init_from with the
+    same weights: the new run's first evaluation equals the source's last."""
+    import export
+    train.main(tiny_args)
+    folder = str(tmp_path / "hf")
+    export.main([f"--checkpoint={run_dir_of(tiny_args)}", f"--out={folder}"])
+    ft = tiny_args + ["--run_name=from_hf", f"--init_from={folder}", "--max_steps=1"]
+    train.main(ft)
+    assert records(run_dir_of(ft), "eval")[0]["val_loss"] == pytest.approx(
+        records(run_dir_of(tiny_args), "eval")[-1]["val_loss"], rel=1e-6)
