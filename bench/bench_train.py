@@ -19,6 +19,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 
 
+def write_random_tokens(folder: str, n_tokens: int = 20_000_000) -> str:
+    """A dataset of uniformly random GPT-2 token ids in folder (train.bin, val.bin, meta.json):
+    what a throughput measurement trains on, since speed does not depend on the text."""
+    os.makedirs(folder, exist_ok=True)
+    ids = np.random.default_rng(0).integers(0, 50257, size=n_tokens, dtype=np.uint16)
+    ids.tofile(os.path.join(folder, "train.bin"))
+    ids[:1_000_000].tofile(os.path.join(folder, "val.bin"))
+    with open(os.path.join(folder, "meta.json"), "w") as fh:
+        json.dump({"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "eot_id": 50256}, fh)
+    return folder
+
+
 def main(argv):
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -26,13 +38,7 @@ def main(argv):
     opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     steps = int(opts.pop("steps", 300))
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "data")
-        os.makedirs(data)
-        ids = np.random.default_rng(0).integers(0, 50257, size=20_000_000, dtype=np.uint16)
-        ids.tofile(os.path.join(data, "train.bin"))
-        ids[:1_000_000].tofile(os.path.join(data, "val.bin"))
-        with open(os.path.join(data, "meta.json"), "w") as fh:
-            json.dump({"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "eot_id": 50256}, fh)
+        data = write_random_tokens(os.path.join(tmp, "data"))
         args = {"data_dir": data, "out_dir": tmp, "run_name": "bench", "model": "gpt2-124m",
                 "max_steps": steps, "warmup_steps": 10, "micro_batch_size": 12, "log_interval": 10,
                 "eval_interval": 10 ** 9, "eval_batches": 1, "save_interval": 10 ** 9,

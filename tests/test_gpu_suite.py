@@ -1,0 +1,98 @@
+"""bench/gpu_suite.py on the CPU (--smoke): every row written, the numbers read from the
+runs' own logs, a crashed run failing the suite, the time limit skipping what it must.
+The suite runs as the user runs it, in a process of its own."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SUITE = os.path.join(ROOT, "bench", "gpu_suite.py")
+# The runs the suite must measure (issue 9): name -> (dtype, loss_chunk, activation checkpointing)
+RUNS = {"124m_bf16": ("bfloat16", 1024, False), "1.2b_bf16": ("bfloat16", 1024, False),
+        "124m_fp16": ("float16", 1024, False), "124m_bf16_chunk0": ("bfloat16", 0, False),
+        "1.2b_bf16_ckpt": ("bfloat16", 1024, True)}
+
+
+def run_suite(out, *args):
+    proc = subprocess.run([sys.executable, SUITE, "--smoke", f"--out={out}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    suite = None
+    if os.path.exists(os.path.join(out, "suite.json")):
+        with open(os.path.join(out, "suite.json")) as fh:
+            suite = json.load(fh)
+    return proc, suite
+
+
+def train_records(path):
+    with open(path) as fh:
+        return [r for r in map(json.loads, fh) if r["kind"] == "train"]
+
+
+def test_the_smoke_suite_writes_every_row_from_the_runs_own_logs(tmp_path):
+    out = str(tmp_path / "suite")
+    proc, suite = run_suite(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert suite["smoke"] and suite["device"].startswith("CPU")
+    rows = {r["name"]: r for r in suite["rows"]}
+
+    with open(os.path.join(ROOT, "tests", "test_cuda.py")) as fh:
+        cuda_tests = {f"test_cuda::{name}" for name in re.findall(r"^def (test_\w+)", fh.read(), re.M)}
+    tests = [r for r in suite["rows"] if r["part"] == "tests"]
+    assert {r["name"] for r in tests} == cuda_tests  # every test marked cuda, no other
+    assert all(r["status"].startswith("skipped: ") for r in tests)  # CUDA is hidden from a smoke run
+
+    runs = [r for r in suite["rows"] if r["part"] == "throughput"]
+    assert [r["name"] for r in runs] == list(RUNS)
+    for r in runs:
+        c = r["config"]
+        assert r["status"] == "ok", r
+        assert (c["dtype"], c["loss_chunk"], c["activation_checkpointing"], c["compile"]) == RUNS[r["name"]] + (False,)
+        logged = train_records(os.path.join(out, "logs", f"{r['name']}.metrics.jsonl"))
+        assert [x["step"] for x in logged] == [0, 1, 2, 3, 4]
+        # the steady state: steps 2 to 4 (step 0 and the first interval left out)
+        assert r["measured_steps"] == 3
+        rates = [x["tokens_per_s"] for x in logged[2:]]
+        assert min(rates) * (1 - 1e-9) <= r["tokens_per_s"] <= max(rates) * (1 + 1e-9)
+        assert r["mfu"] is None  # no peak FLOP/s for a CPU
+        assert r["peak_gib"] == max(x["peak_mem_gib"] for x in logged[2:]) > 0
+        assert r["planner_gib"] > 0 and r["ratio"] == pytest.approx(r["peak_gib"] / r["planner_gib"])
+    assert rows["bench_memory"]["status"].startswith("skipped: --smoke")
+
+    with open(os.path.join(out, "suite.md")) as fh:
+        md = fh.read()
+    assert md.startswith(f"# GPU suite: {suite['device']}\n") and f"torch {suite['torch']}" in md
+    assert all(f"| {name} | tiny (2 x 64, context 32) |" in md for name in RUNS)
+    assert "Not measured: a CPU smoke run." in md
+    assert md.strip() in proc.stdout  # and the table is printed
+
+
+def test_a_run_that_crashes_is_a_failed_row_the_others_still_run_and_the_exit_status_says_so(tmp_path):
+    out = str(tmp_path / "suite")
+    proc, suite = run_suite(out, "--only=124m_bf16,124m_fp16", "--data_dir=/nonexistent/data")
+    assert proc.returncode == 1
+    assert [r["name"] for r in suite["rows"]] == ["124m_bf16", "124m_fp16"]
+    for r in suite["rows"]:  # train.py's own one-line error
+        assert r["status"].startswith("failed: error: data folder '/nonexistent/data' not found"), r["status"]
+        assert "tokens_per_s" not in r and r["ratio"] is None and r["planner_gib"] > 0
+
+
+def test_parts_the_time_limit_leaves_no_room_for_are_skipped_not_failed(tmp_path):
+    out = str(tmp_path / "suite")
+    proc, suite = run_suite(out, "--time_limit_s=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = [r["name"] for r in suite["rows"]]
+    assert names == ["pytest -m cuda", *RUNS, "bench_memory"]
+    assert all(re.fullmatch(r"skipped: [01] s left of --time_limit_s=1", r["status"]) for r in suite["rows"][:-1])
+    assert not os.path.exists(os.path.join(out, "logs"))  # nothing ran
+
+
+def test_a_bad_train_setting_is_refused_before_anything_runs(tmp_path):
+    out = str(tmp_path / "suite")
+    proc, suite = run_suite(out, "--n_layr=3")
+    assert proc.returncode == 1 and suite is None
+    assert "error: unknown config key 'n_layr'; did you mean 'n_layer'?" in proc.stderr
