@@ -181,7 +181,6 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int):
-        w = weight[:vocab_size]
         device = hidden.device.type
         # the dtype F.linear computes in: autocast's, else the inputs'
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
@@ -190,19 +189,23 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if want_grads else None
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grads else None
+        w = weight.to(dtype)
         for start in range(0, hidden.size(0), chunk):
-            h, t = hidden[start:start + chunk], targets[start:start + chunk]
-            logits = F.linear(h, w).float()
+            h, t = hidden[start:start + chunk].to(dtype), targets[start:start + chunk]
+            # matmuls over all padded_vocab rows (aligned shapes, as the unchunked path); the
+            # softmax over the real vocab only, and the padding columns' gradient is zero
+            logits = F.linear(h, w)[:, :vocab_size].float()
             valid = t != -1
             safe = t.clamp(min=0)[:, None]
             lse = logits.logsumexp(-1)
             total += ((lse - logits.gather(1, safe)[:, 0]) * valid).sum()
             if want_grads:  # d(mean loss)/d logits = (softmax - onehot) / count, 0 where ignored
-                g = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' memory
-                g.scatter_add_(1, safe, -torch.ones_like(safe, dtype=g.dtype))
-                g = g.mul_((valid / count)[:, None]).to(dtype)
-                grad_hidden[start:start + chunk] = g @ w.to(dtype)
-                grad_weight[:vocab_size] += (g.t() @ h.to(dtype)).float()
+                g = torch.zeros(h.size(0), weight.size(0), device=h.device, dtype=dtype)
+                p = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' memory
+                p.scatter_add_(1, safe, -torch.ones_like(safe, dtype=p.dtype))
+                g[:, :vocab_size] = p.mul_((valid / count)[:, None])
+                grad_hidden[start:start + chunk] = g @ w
+                grad_weight += (g.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grads else None)
         return total / count
 
@@ -263,7 +266,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             x = x[:, -1:]  # generation needs only the last position
-        elif self.config.loss_chunk > 0:
+        elif 0 < self.config.loss_chunk < x.shape[0] * x.shape[1]:
             # the logits of a long micro-batch are the largest tensor of a step (43 GiB for
             # 32 x 2,048 x 50,257 in fp32): never hold them all; no logits are returned
             loss = ChunkedCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.wte.weight, targets.reshape(-1),

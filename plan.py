@@ -127,9 +127,9 @@ def _logit_bytes(mc, positions: int, act: int, weight_bytes: int) -> int:
     fp32 with its fp32 (and 16-bit) gradient, plus the gradients it keeps for backward: the
     hidden states' (fp32) and the head weight's (an fp32 sum, then the weight's dtype)."""
     V, Vp, h = mc.vocab_size, mc.padded_vocab, mc.n_embd
-    if mc.loss_chunk > 0:
-        per_position = act * V + 8 * V + (2 * V if act == 2 else 0)
-        return min(mc.loss_chunk, positions) * per_position + 4 * positions * h + (4 + weight_bytes) * Vp * h
+    if 0 < mc.loss_chunk < positions:
+        per_position = act * Vp + 8 * V + act * Vp  # padded logits, fp32 logits and softmax, padded gradient
+        return mc.loss_chunk * per_position + 4 * positions * h + (4 + weight_bytes) * Vp * h
     return positions * ((act * Vp + 12 * V) if act == 2 else 12 * V)
 
 

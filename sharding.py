@@ -12,6 +12,7 @@ Checkpoints hold full, unsharded state gathered to rank 0's CPU memory, keyed by
 name, so any run resumes under any parallelism and world size.
 """
 import contextlib
+import warnings
 
 import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
@@ -40,6 +41,9 @@ def shard(model, env, dtype: torch.dtype, offload: bool):
     for block in model.h:
         fully_shard(block, **options)
     fully_shard(model, **options)
+    # FSDP warns when a module returns a view (the logits sliced to the real vocab), in case
+    # it is modified in place, which would skip a hook; nothing here modifies model outputs
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     return model
 
 

@@ -87,7 +87,7 @@ def train(cfg: TrainConfig, env: distributed.Dist, preempt: PreemptionSignal) ->
                                         f"{state.step:,} = max_steps; raise --max_steps to go on")
     copies, meter = HostCopies(env.device), Throughput()
     watch = StepWatch(cfg.max_nonfinite_steps, cfg.loss_spike_factor, run.scaler.is_enabled())
-    if state.step == 0:
+    if state.step == 0 and cfg.should_evaluate(0):
         with meter.excluding():
             evaluate_and_track(run)  # the untrained baseline: the report's Initial row
     clock_zero = time.time() - state.elapsed_s
@@ -114,7 +114,7 @@ def train(cfg: TrainConfig, env: distributed.Dist, preempt: PreemptionSignal) ->
             if stop in (None, "max_steps") and cfg.should_evaluate(state.step):
                 if evaluate_and_track(run) and stop is None:
                     stop = "early_stopping"
-            if (stop or cfg.should_save(state.step)) and stop != "nonfinite":
+            if cfg.should_save(state.step, stop):
                 save_step_checkpoint(run, watch)
         run.bar.update(1)
     return finish(run, stop, _stop_message(stop, run, watch))

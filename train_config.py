@@ -74,9 +74,11 @@ class TrainConfig:
                              "and step AdamW on the CPU (fits ~1B on one 16 GB GPU)")
     # ---- evaluation, logging, checkpoints
     eval_interval: int = F(1_000, "steps between val-loss evaluations (and at save_steps and the end)")
-    eval_batches: int = F(20, "fixed batches of micro_batch_size averaged per evaluation (in total, split over ranks)")
+    eval_batches: int = F(20, "fixed batches of micro_batch_size averaged per evaluation (in total, split over "
+                              "ranks); 0: never evaluate (no val loss, no best_model.pt), for benchmarks")
     log_interval: int = F(100, "steps between train-loss log lines")
-    save_interval: int = F(10_000, "steps between checkpoint_step_N.pt saves (and at the end)")
+    save_interval: int = F(10_000, "steps between checkpoint_step_N.pt saves (and at the end); 0: never save "
+                                   "a step checkpoint, for benchmarks")
     save_steps: tuple[int, ...] = F((), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200")
     keep_last: int = F(0, "keep only the newest N step checkpoints (0 keeps all)")
     early_stopping_patience: int = F(0, "stop after N evaluations without a val improvement (0: never)")
@@ -146,10 +148,14 @@ class TrainConfig:
     # ---- cadences: when each concern acts, after `step` optimizer updates -----------------
 
     def should_evaluate(self, step: int) -> bool:
-        return step % self.eval_interval == 0 or step in self.save_steps or step >= self.max_steps
+        return self.eval_batches > 0 and (step % self.eval_interval == 0 or step in self.save_steps
+                                          or step >= self.max_steps)
 
-    def should_save(self, step: int) -> bool:
-        return step % self.save_interval == 0 or step in self.save_steps or step >= self.max_steps
+    def should_save(self, step: int, stop: str | None = None) -> bool:
+        """A step checkpoint after `step` updates: every save_interval, at save_steps, at the
+        end, and when the run stops early or is preempted (so it can resume there)."""
+        return self.save_interval > 0 and (step % self.save_interval == 0 or step in self.save_steps
+                                           or step >= self.max_steps or stop in ("early_stopping", "preempted"))
 
     def should_log(self, step: int) -> bool:
         """Log the loss of step's batch: every log_interval, and where the report has a row
@@ -173,11 +179,11 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         for k in ("global_batch_size", "micro_batch_size", "max_steps", "eval_interval", "log_interval",
-                  "save_interval", "eval_batches", "max_nonfinite_steps", "collective_timeout_s"):
+                  "max_nonfinite_steps", "collective_timeout_s"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         for k in ("warmup_steps", "keep_last", "early_stopping_patience", "weight_decay", "grad_clip", "plan_gpus",
-                  "loss_chunk"):
+                  "loss_chunk", "eval_batches", "save_interval"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not self.learning_rate > 0:

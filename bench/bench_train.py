@@ -41,7 +41,7 @@ def main(argv):
         data = write_random_tokens(os.path.join(tmp, "data"))
         args = {"data_dir": data, "out_dir": tmp, "run_name": "bench", "model": "gpt2-124m",
                 "max_steps": steps, "warmup_steps": 10, "micro_batch_size": 12, "log_interval": 10,
-                "eval_interval": 10 ** 9, "eval_batches": 1, "save_interval": 10 ** 9,
+                "eval_interval": 10 ** 9, "eval_batches": 0, "save_interval": 0,
                 "tensorboard": False, "progress_bar": False, **opts}
         args.setdefault("global_batch_size", args["micro_batch_size"])
         train.main([f"--{k}={v}" for k, v in args.items()])

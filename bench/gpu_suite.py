@@ -74,9 +74,8 @@ class Case:
 # and timing a first launch would pay the compilation (the largest cost) twice. Each count
 # gives 10 logged intervals after the 2 left out: 100 steps of 32,768 tokens for the 124M
 # (7 s at the 450k tokens/s goal, 22 s at 150k) and 50 of 8,192 for the 1.2B (6.5 s at 50%
-# MFU on an H100, 13 s at 25%; x1.33 with checkpointing). Start-up, the step-0 evaluation (its
-# own compiled graph), compilation and the checkpoint saves train.py makes at step 0 and at
-# the end come on top; the caps bound them all.
+# MFU on an H100, 13 s at 25%; x1.33 with checkpointing). Start-up and compilation come on
+# top (the runs neither evaluate nor save: eval_batches=0, save_interval=0); the caps bound them.
 CASES = (
     Case("124m_bf16", "gpt2-124m", 32, "bfloat16", 120, 10, 150),
     Case("1.2b_bf16", "1.2b", 8, "bfloat16", 60, 5, 240),
@@ -192,7 +191,7 @@ def train_args(case: Case, data: str, runs: str, smoke: bool, extra: list) -> li
                   micro_batch_size=case.micro_batch, global_batch_size=case.micro_batch, dtype=case.dtype,
                   compile=not smoke, loss_chunk=case.loss_chunk, activation_checkpointing=case.activation_checkpointing,
                   max_steps=case.steps, warmup_steps=case.log_interval, log_interval=case.log_interval,
-                  eval_interval=10 ** 9, eval_batches=1, save_interval=10 ** 9, tensorboard=False,
+                  eval_interval=10 ** 9, eval_batches=0, save_interval=0, tensorboard=False,
                   progress_bar=False, device="cpu" if smoke else "cuda", **(SMOKE_SHAPE if smoke else {}))
     return [f"--{k}={v}" for k, v in values.items()] + extra
 

@@ -153,3 +153,11 @@ def test_model_fields_come_from_the_model_config():
     assert (mc.n_layer, mc.n_embd, mc.bias, mc.vocab_size) == (4, 64, False, 100)
     assert cfg.model_overrides() == {"n_embd": 64, "bias": False, "dropout": 0.0,
                                      "activation_checkpointing": False, "loss_chunk": 1024}
+
+
+def test_stops_that_save_and_the_zero_settings_for_benchmarks():
+    cfg = TrainConfig(max_steps=100, save_interval=40)
+    assert cfg.should_save(7, "preempted") and cfg.should_save(7, "early_stopping")
+    assert not cfg.should_save(7, "nonfinite") and not cfg.should_save(7)
+    bench = TrainConfig(max_steps=100, save_interval=0, eval_batches=0)
+    assert not any(bench.should_save(s, "preempted") or bench.should_evaluate(s) for s in range(101))
