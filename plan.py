@@ -71,40 +71,48 @@ WAYS = (Way("ddp"), Way("fsdp"), Way("ddp", True), Way("fsdp", True), Way("fsdp"
 
 def memory_estimate(mc, n_stored: int, n_matrix: int, micro_batch: int, dtype: str, world_size: int,
                     way: Way, accumulation: int = 1) -> dict:
-    """Itemized per-GPU bytes at the peak (the end of forward, with gradients from earlier
-    micro-steps held). n_stored counts every stored parameter element (padding rows
-    included); n_matrix the elements of 2-D weights, which 16-bit compute casts."""
+    """Itemized per-GPU bytes at the peak: the larger of two moments. The end of forward
+    holds every activation and the logits; the end of backward every gradient and the last
+    block's activations. Gradients are freed between steps (zero_grad(set_to_none=True)), so
+    the end of forward holds them only between micro-steps. n_stored counts every stored
+    parameter element (padding rows included); n_matrix the elements of 2-D weights, which
+    16-bit compute casts. "moment" says which one binds."""
     half = dtype in ("bfloat16", "float16")
     act = 2 if half else 4
     s, b, h = mc.block_size, micro_batch, mc.n_embd
     root = mc.padded_vocab * h + mc.block_size * h + 2 * h  # wte, wpe, ln_f: FSDP's root unit
     block = (n_stored - root) // mc.n_layer
     block_matrix = (n_matrix - mc.padded_vocab * h - mc.block_size * h) // mc.n_layer
-    items = {}
     if way.parallelism == "ddp":
         # gradient_as_bucket_view: DDP's buckets are the gradients, no second copy
-        items.update({"weights (fp32)": 4 * n_stored, "gradients (fp32)": 4 * n_stored,
-                      "AdamW state (fp32 m, v)": 8 * n_stored})
+        state = {"weights (fp32)": 4 * n_stored, "AdamW state (fp32 m, v)": 8 * n_stored}
+        grads = {"gradients (fp32)": 4 * n_stored}
+        between_micro_steps = grads
         if half:
             # autocast's 16-bit weight copies live while backward needs them: all of them
             # without checkpointing; with it, the tied head's plus one recomputed block's.
             # (wpe is 2-D but only indexed, never cast.)
             copies = (n_matrix - mc.block_size * h if not way.checkpointing
                       else mc.padded_vocab * h + block_matrix)
-            items["16-bit weight copies (autocast)"] = 2 * copies
+            state["16-bit weight copies (autocast)"] = 2 * copies
     else:
         shard = -(-n_stored // world_size)
+        state, grads = {}, {}
         if not way.offload:  # with offload these live in pinned CPU memory
-            items.update({"weights (fp32 shards)": 4 * shard, "gradients (fp32 shards)": 4 * shard,
-                          "AdamW state (fp32 shards)": 8 * shard})
-        if accumulation > 1:  # no reduce-scatter before the last micro-step: full gradients wait
-            items["gradients (unsharded, between micro-steps)"] = 4 * n_stored
+            state = {"weights (fp32 shards)": 4 * shard, "AdamW state (fp32 shards)": 8 * shard}
+            grads = {"gradients (fp32 shards)": 4 * shard}
+        # no reduce-scatter before the last micro-step: full gradients wait
+        between_micro_steps = {"gradients (unsharded, between micro-steps)": 4 * n_stored}
         # the root's parameters stay gathered from forward to backward; blocks are gathered
         # one at a time, the next prefetched, each with its gradients' reduce-scatter buffer
-        items["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
-    items.update(_activation_items(mc, b, s, act, way.checkpointing))
-    items["logits + loss"] = _logit_bytes(mc, s * b, act, 4 if way.parallelism == "ddp" or not half else 2)
-    return {"items": items, "total": sum(items.values())}
+        state["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
+    held = between_micro_steps if accumulation > 1 else {}
+    forward = {**state, **held, **_activation_items(mc, b, s, act, way.checkpointing),
+               "logits + loss": _logit_bytes(mc, s * b, act, 4 if way.parallelism == "ddp" or not half else 2)}
+    # the first block's activations are freed last (recomputed first under checkpointing)
+    backward = {**state, **held, **grads, "activations (first block)": block_activation_bytes(mc, b, s, act)}
+    moment, items = max(("end of forward", forward), ("end of backward", backward), key=lambda m: sum(m[1].values()))
+    return {"items": items, "total": sum(items.values()), "moment": moment}
 
 
 def _activation_items(mc, b: int, s: int, act: int, checkpointing: bool) -> dict:
@@ -261,7 +269,8 @@ def _memory_lines(plan: dict) -> list[str]:
                    if plan["world_size"] > 1 else "one process: no traffic")
     lines.append(f"  Costs beyond DDP, per step ({ddp_traffic}):")
     lines += [f"    {w['way'].name}: {w['costs']}" for w in plan["ways"] if w["way"] != Way("ddp")]
-    lines.append(f"  This config runs {plan['this_way'].name} ({plan['this_way_why']}):")
+    lines.append(f"  This config runs {plan['this_way'].name} ({plan['this_way_why']}); "
+                 f"its peak, at the {plan['memory']['moment']}:")
     for label, value in plan["memory"]["items"].items():
         lines.append(f"    {label + ':':46}{_gib(value)}")
     lines.append(f"    {'total:':46}{_gib(plan['memory']['total'])}")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, PRESETS, GPTConfig, KVCache, count_params, flops_per_token, preset_config
+from model import GPT, PRESETS, GPTConfig, KVCache, count_params, cross_entropy_chunk, flops_per_token, preset_config
 
 
 def tiny(**kw):
@@ -164,3 +164,25 @@ def test_chunked_loss_never_keeps_a_full_logits_tensor():
         assert model(x, x)[1].item() == pytest.approx(loss.item(), rel=1e-6)
     model.eval()
     assert model(x[:, :5])[0].shape == (8, 1, 500)  # generation: last position's logits, as before
+
+
+def test_a_compiled_model_computes_the_chunked_loss_chunk_by_chunk_as_eager_does():
+    """sharding.wrap compiles the model and, apart, one chunk of the loss (the compiler would
+    otherwise unroll the chunk loop into one graph and hold every chunk's logits at once):
+    the loss and every gradient equal eager's, ignored positions and a short last chunk too."""
+    import types
+    import sharding
+    cfg = GPTConfig(vocab_size=301, block_size=32, n_layer=2, n_head=2, n_embd=32, loss_chunk=48)
+    x, y = torch.randint(0, 301, (4, 32)), torch.randint(0, 301, (4, 32))
+    y[0, :7] = -1
+    plain, g_plain = _loss_and_grads(cfg, x, y)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    compiled = sharding.wrap(model, "ddp", types.SimpleNamespace(world=1), compile=True)
+    assert compiled is not model and model.chunk_step is not cross_entropy_chunk
+    loss = compiled(x, y)[1]
+    loss.backward()
+    assert loss.item() == pytest.approx(plain, rel=1e-6)
+    for name, p in model.named_parameters():
+        scale = g_plain[name].abs().max().clamp(min=1e-12)
+        assert ((g_plain[name] - p.grad).abs().max() / scale) < 1e-5, name

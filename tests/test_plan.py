@@ -197,3 +197,24 @@ def test_model_formula_matches_saved_tensors():
     expected = (items["activations (all blocks)"] + items["16-bit weight copies (autocast)"]
                 + 4 * B * T * V)
     assert measured == pytest.approx(expected, rel=0.01)
+
+
+def test_the_peak_is_the_end_of_forward_or_of_backward_and_gradients_count_only_when_held():
+    """zero_grad(set_to_none=True) frees gradients between steps: a forward with no
+    accumulation holds none, and under checkpointing the end of backward (every gradient,
+    one block recomputed) is the larger moment."""
+    from plan import _param_counts
+    mc = dataclasses.replace(preset_config("1.2b", vocab_size=VOCAB), loss_chunk=1024)
+    counts = _param_counts(mc)
+    n_stored = counts[0]
+    one = memory_estimate(mc, *counts, 8, "bfloat16", 1, Way("ddp"))
+    assert one["moment"] == "end of forward" and "gradients (fp32)" not in one["items"]
+    accumulating = memory_estimate(mc, *counts, 8, "bfloat16", 1, Way("ddp"), accumulation=4)
+    assert accumulating["items"]["gradients (fp32)"] == 4 * n_stored
+    assert accumulating["total"] == one["total"] + 4 * n_stored
+    ckpt = memory_estimate(mc, *counts, 8, "bfloat16", 1, Way("ddp", True))
+    assert ckpt["moment"] == "end of backward"
+    assert ckpt["items"]["gradients (fp32)"] == 4 * n_stored
+    assert ckpt["items"]["activations (first block)"] == block_activation_bytes(mc, 8, 1024, 2)
+    fsdp = memory_estimate(mc, *counts, 8, "bfloat16", 4, Way("fsdp"), accumulation=2)
+    assert fsdp["items"]["gradients (unsharded, between micro-steps)"] == 4 * n_stored
