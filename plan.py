@@ -70,13 +70,14 @@ WAYS = (Way("ddp"), Way("fsdp"), Way("ddp", True), Way("fsdp", True), Way("fsdp"
 
 
 def memory_estimate(mc, n_stored: int, n_matrix: int, micro_batch: int, dtype: str, world_size: int,
-                    way: Way, accumulation: int = 1) -> dict:
+                    way: Way, accumulation: int = 1, compiled: bool = False) -> dict:
     """Itemized per-GPU bytes at the peak: the larger of two moments. The end of forward
     holds every activation and the logits; the end of backward every gradient and the last
     block's activations. Gradients are freed between steps (zero_grad(set_to_none=True)), so
     the end of forward holds them only between micro-steps. n_stored counts every stored
     parameter element (padding rows included); n_matrix the elements of 2-D weights, which
-    16-bit compute casts. "moment" says which one binds."""
+    16-bit compute casts. compiled: under torch.compile (only the unchunked loss differs).
+    "moment" says which one binds."""
     half = dtype in ("bfloat16", "float16")
     act = 2 if half else 4
     s, b, h = mc.block_size, micro_batch, mc.n_embd
@@ -108,7 +109,8 @@ def memory_estimate(mc, n_stored: int, n_matrix: int, micro_batch: int, dtype: s
         state["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
     held = between_micro_steps if accumulation > 1 else {}
     forward = {**state, **held, **_activation_items(mc, b, s, act, way.checkpointing),
-               "logits + loss": _logit_bytes(mc, s * b, act, 4 if way.parallelism == "ddp" or not half else 2)}
+               "logits + loss": _logit_bytes(mc, s * b, act, 4 if way.parallelism == "ddp" or not half else 2,
+                                             compiled)}
     # the first block's activations are freed last (recomputed first under checkpointing)
     backward = {**state, **held, **grads, "activations (first block)": block_activation_bytes(mc, b, s, act)}
     moment, items = max(("end of forward", forward), ("end of backward", backward), key=lambda m: sum(m[1].values()))
@@ -128,16 +130,20 @@ def _activation_items(mc, b: int, s: int, act: int, checkpointing: bool) -> dict
     return {"activations (all blocks)": mc.n_layer * one_block + edges}
 
 
-def _logit_bytes(mc, positions: int, act: int, weight_bytes: int) -> int:
-    """The tied head and the loss. All at once: the 16-bit (padded) logits, the fp32
+def _logit_bytes(mc, positions: int, act: int, weight_bytes: int, compiled: bool) -> int:
+    """The tied head and the loss. All at once, eager: the 16-bit (padded) logits, the fp32
     log-softmax saved for the loss, and in its backward the fp32 gradients of its output and
-    input. Chunked (model.ChunkedCrossEntropy): one chunk's logits in the compute dtype and
+    input. All at once, compiled: the compiler fuses the cross-entropy, keeping the logits in
+    the compute dtype and one fp32 copy (the only fit so far: 6.06 bytes per logit for
+    gpt2-124m at 32 x 1,024 in bf16 on an H200, docs/benchmarks.md). Chunked (model.ChunkedCrossEntropy): one chunk's logits in the compute dtype and
     fp32 with its fp32 (and 16-bit) gradient, plus the gradients it keeps for backward: the
     hidden states' (fp32) and the head weight's (an fp32 sum, then the weight's dtype)."""
     V, Vp, h = mc.vocab_size, mc.padded_vocab, mc.n_embd
     if 0 < mc.loss_chunk < positions:
         per_position = act * Vp + 8 * V + act * Vp  # padded logits, fp32 logits and softmax, padded gradient
         return mc.loss_chunk * per_position + 4 * positions * h + (4 + weight_bytes) * Vp * h
+    if compiled:
+        return positions * Vp * (act + 4)
     return positions * ((act * Vp + 12 * V) if act == 2 else 12 * V)
 
 
@@ -155,9 +161,15 @@ def _param_counts(mc) -> tuple[int, int]:
 def estimate(cfg: TrainConfig, world_size: int, mc, way: Way) -> dict:
     """memory_estimate for a config and its model config, run one way on world_size GPUs."""
     mc = dataclasses.replace(mc, activation_checkpointing=way.checkpointing)
-    dtype = cfg.resolved("cpu" if cfg.device == "cpu" else "cuda").dtype  # a plan is for GPUs
-    return memory_estimate(mc, *_param_counts(mc), cfg.micro_batch_size, dtype, world_size, way,
-                           cfg.accumulation(world_size))
+    run = _for_gpus(cfg)
+    return memory_estimate(mc, *_param_counts(mc), cfg.micro_batch_size, run.dtype, world_size, way,
+                           cfg.accumulation(world_size), run.compile)
+
+
+def _for_gpus(cfg: TrainConfig) -> TrainConfig:
+    """The config resolved as a run on a GPU resolves it (a plan is for GPUs), unless it
+    names the CPU."""
+    return cfg.resolved("cpu" if cfg.device == "cpu" else "cuda")
 
 
 def auto_way(cfg: TrainConfig, world_size: int, mc, card_bytes: float) -> tuple[Way, str]:
@@ -197,6 +209,7 @@ def way_costs(way: Way, n_stored: int, world_size: int, accumulation: int, half:
 
 def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: int | None) -> dict:
     """Everything --dry_run prints, as plain numbers (format_plan renders it)."""
+    cfg = _for_gpus(cfg)
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if not 0 < cfg.plan_mfu <= 1:
@@ -208,7 +221,7 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
     total_tokens = tokens_per_step * cfg.max_steps
     fpt = flops_per_token(mc)
     total_flops = fpt * total_tokens
-    dtype = cfg.resolved("cpu" if cfg.device == "cpu" else "cuda").dtype
+    dtype = cfg.dtype
 
     cards = [gib * GiB for gib in cfg.plan_gpu_memory_gib]
     ways = []
@@ -229,7 +242,7 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
         "run_name": cfg.run_name, "world_size": world_size, "dtype": dtype,
         "model": cfg.model, "n_layer": mc.n_layer, "n_head": mc.n_head, "n_embd": mc.n_embd,
         "mlp_dim": mc.mlp_dim, "block_size": mc.block_size, "vocab_size": mc.vocab_size,
-        "padded_vocab": mc.padded_vocab, "dropout": mc.dropout, "loss_chunk": mc.loss_chunk,
+        "padded_vocab": mc.padded_vocab, "dropout": mc.dropout, "loss_chunk": mc.loss_chunk, "compile": cfg.compile,
         "params": count_params(mc), "params_non_embedding": count_params(mc, non_embedding=True),
         "global_batch_size": cfg.global_batch_size, "micro_batch_size": cfg.micro_batch_size,
         "accumulation": accumulation, "tokens_per_step": tokens_per_step,
@@ -254,7 +267,7 @@ def _memory_lines(plan: dict) -> list[str]:
              else "all logits at once")
     lines = [f"Memory per GPU for each way to run it, GiB ({plan['dtype']}, micro-batch "
              f"{plan['micro_batch_size']} x {plan['block_size']:,}, {plan['world_size']} GPUs x "
-             f"{plan['accumulation']} accumulation, {chunk}; eager; excludes the CUDA context and "
+             f"{plan['accumulation']} accumulation, {chunk}; {'compiled' if plan['compile'] else 'eager'}; excludes the CUDA context and "
              f"allocator slack)",
              f"  {'way':44}{'total':>8}" + "".join(f"{f'{c:g} GiB':>9}" for c in cards)]
     for w in plan["ways"]:

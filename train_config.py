@@ -20,6 +20,11 @@ from devices import auto_dtype_name, check_device_name, check_dtype_name
 from model import GPTConfig, check_preset, preset_config
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
+# The loss chunk of an eager run. Measured: chunks were as fast or faster on a 2-core CPU
+# (README, "Sharding and memory"); under torch.compile on an H200 the whole cross-entropy,
+# fused by the compiler, was 1.47x faster for gpt2-124m (docs/benchmarks.md), so a compiled
+# run takes all logits at once unless loss_chunk says otherwise.
+LOSS_CHUNK = 1024
 
 
 def F(default, doc: str):
@@ -48,8 +53,9 @@ class TrainConfig:
     bias: typing.Optional[bool] = F(None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)")
     dropout: float = F(0.0, "dropout in training (the documented 300M run used 0.1)")
     activation_checkpointing: bool = F(False, "recompute blocks in backward: less memory, ~30% more compute")
-    loss_chunk: int = F(1024, "positions per chunk of the tied head + loss: one chunk's logits exist at a "
-                              "time, no extra compute (0: all logits at once)")
+    loss_chunk: typing.Optional[int] = F(None, "positions per chunk of the tied head + loss: one chunk's logits "
+                                               "exist at a time, no extra compute; 0: all logits at once (None: "
+                                               "LOSS_CHUNK in eager runs, 0 when compiled: the faster of each)")
     # ---- batch: the global batch is what a run means; accumulation is derived
     global_batch_size: int = F(512, "sequences per optimizer step, summed over ranks and micro-steps")
     micro_batch_size: int = F(8, "sequences per device per forward/backward")
@@ -135,15 +141,17 @@ class TrainConfig:
 
     def resolved(self, device_type: str, dtype: str | None = None) -> "TrainConfig":
         """A copy with every derived default filled in (min_lr, lr_decay_steps, dtype,
-        compile). dtype: what "auto" came to on the actual device (default: what it means
+        compile, loss_chunk). dtype: what "auto" came to on the actual device (default: what it means
         on device_type, a GPU assumed to have bf16). A run resolves once at start-up and
         saves the result with itself."""
+        compile = self.compile if self.compile is not None else device_type == "cuda"
         return dataclasses.replace(
             self,
             min_lr=self.min_lr if self.min_lr is not None else self.learning_rate / 10,
             lr_decay_steps=self.lr_decay_steps or self.max_steps,
             dtype=dtype or (self.dtype if self.dtype != "auto" else auto_dtype_name(device_type)),
-            compile=self.compile if self.compile is not None else device_type == "cuda")
+            compile=compile,
+            loss_chunk=self.loss_chunk if self.loss_chunk is not None else 0 if compile else LOSS_CHUNK)
 
     # ---- cadences: when each concern acts, after `step` optimizer updates -----------------
 
@@ -184,7 +192,7 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         for k in ("warmup_steps", "keep_last", "early_stopping_patience", "weight_decay", "grad_clip", "plan_gpus",
                   "loss_chunk", "eval_batches", "save_interval"):
-            if getattr(self, k) < 0:
+            if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")

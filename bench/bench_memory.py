@@ -50,6 +50,7 @@ def train_config(preset: str, mc: GPTConfig, dtype: str, divisor: int, way: Way,
     batch, seq = TOKENS
     return TrainConfig(model=preset, block_size=seq, n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd,
                        global_batch_size=batch, micro_batch_size=batch // divisor, dtype=dtype, device=device,
+                       compile=False, loss_chunk=mc.loss_chunk,  # measure() runs eager
                        activation_checkpointing=way.checkpointing, parallelism=way.parallelism,
                        offload=way.offload)
 

@@ -13,7 +13,7 @@ that part, and suite.json / suite.md in --out are rewritten after every part:
   124m_bf16         train.py, gpt2-124m, micro-batch 32 x 1,024, bf16, compiled
   1.2b_bf16         train.py, 1.2b, micro-batch 8 x 1,024, bf16, compiled
   124m_fp16         as 124m_bf16 in fp16 with the GradScaler
-  124m_bf16_chunk0  as 124m_bf16 with --loss_chunk=0 (all logits at once, not in chunks)
+  124m_bf16_chunked as 124m_bf16 with --loss_chunk=1024 (compiled runs default to all logits at once)
   1.2b_bf16_ckpt    as 1.2b_bf16 with activation checkpointing
   bench_memory      bench/bench_memory.py --steps=50 (its table, a 16 GiB card emulated)
 Each train.py run trains on random GPT-2 token ids (bench_train.write_random_tokens) for a
@@ -66,7 +66,7 @@ class Case:
     steps: int
     log_interval: int
     cap_s: int  # the most this run may take, start-up, compilation and checkpoint saves included
-    loss_chunk: int = 1024
+    loss_chunk: int | None = None  # None: the run's default (TrainConfig.resolved)
     activation_checkpointing: bool = False
 
 
@@ -80,7 +80,7 @@ CASES = (
     Case("124m_bf16", "gpt2-124m", 32, "bfloat16", 120, 10, 150),
     Case("1.2b_bf16", "1.2b", 8, "bfloat16", 60, 5, 240),
     Case("124m_fp16", "gpt2-124m", 32, "float16", 120, 10, 150),
-    Case("124m_bf16_chunk0", "gpt2-124m", 32, "bfloat16", 120, 10, 150, loss_chunk=0),
+    Case("124m_bf16_chunked", "gpt2-124m", 32, "bfloat16", 120, 10, 150, loss_chunk=1024),
     Case("1.2b_bf16_ckpt", "1.2b", 8, "bfloat16", 60, 5, 240, activation_checkpointing=True),
 )
 # The CPU smoke: with the GPT-2 vocab the tied head is nearly all of a tiny model's work, and
@@ -189,10 +189,12 @@ def cuda_tests(out: str, slot: Slot, env: dict) -> list[dict]:
 def train_args(case: Case, data: str, runs: str, smoke: bool, extra: list) -> list[str]:
     values = dict(data_dir=data, out_dir=runs, run_name=case.key, model=case.model,
                   micro_batch_size=case.micro_batch, global_batch_size=case.micro_batch, dtype=case.dtype,
-                  compile=not smoke, loss_chunk=case.loss_chunk, activation_checkpointing=case.activation_checkpointing,
+                  compile=not smoke, activation_checkpointing=case.activation_checkpointing,
                   max_steps=case.steps, warmup_steps=case.log_interval, log_interval=case.log_interval,
                   eval_interval=10 ** 9, eval_batches=0, save_interval=0, tensorboard=False,
                   progress_bar=False, device="cpu" if smoke else "cuda", **(SMOKE_SHAPE if smoke else {}))
+    if case.loss_chunk is not None:
+        values["loss_chunk"] = case.loss_chunk
     return [f"--{k}={v}" for k, v in values.items()] + extra
 
 
@@ -200,6 +202,7 @@ def case_row(case: Case, args: list[str], card_bytes: float) -> dict:
     """A run's row before it runs: its config, and the planner's estimate for that config the
     way train.py resolves it (DDP on one GPU)."""
     cfg = load_config(args)
+    cfg = cfg.resolved(cfg.device)  # as the run will resolve it: compile, loss_chunk
     mc = cfg.model_config(VOCAB)
     way, _ = auto_way(cfg, 1, mc, card_bytes)
     return dict(part="throughput", name=case.key, config=dict(

@@ -4,7 +4,7 @@ import os
 import pytest
 
 import model
-from train_config import MODEL_FIELDS, ConfigError, TrainConfig, help_text, load_config, parse_value
+from train_config import LOSS_CHUNK, MODEL_FIELDS, ConfigError, TrainConfig, help_text, load_config, parse_value
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,8 +138,11 @@ def test_derived_settings_resolve_once():
     cfg = TrainConfig(learning_rate=3e-4, max_steps=500)
     r = cfg.resolved("cuda")
     assert r.min_lr == pytest.approx(3e-5) and (r.lr_decay_steps, r.dtype, r.compile) == (500, "bfloat16", True)
+    assert r.loss_chunk == 0  # compiled: the compiler fuses the whole cross-entropy (faster, measured)
     r = cfg.resolved("cpu")
-    assert (r.dtype, r.compile) == ("float32", False)
+    assert (r.dtype, r.compile, r.loss_chunk) == ("float32", False, LOSS_CHUNK)  # eager: in chunks
+    assert TrainConfig(compile=False).resolved("cuda").loss_chunk == LOSS_CHUNK
+    assert TrainConfig(loss_chunk=64).resolved("cuda").loss_chunk == 64  # what a config says stays
     assert cfg.resolved("cuda", "float16").dtype == "float16"  # what auto became on a pre-Ampere GPU
     kept = TrainConfig(min_lr=0.0, lr_decay_steps=300, dtype="bfloat16", compile=False).resolved("cuda")
     assert (kept.min_lr, kept.lr_decay_steps, kept.dtype, kept.compile) == (0.0, 300, "bfloat16", False)
@@ -152,7 +155,7 @@ def test_model_fields_come_from_the_model_config():
     mc = cfg.model_config(100)
     assert (mc.n_layer, mc.n_embd, mc.bias, mc.vocab_size) == (4, 64, False, 100)
     assert cfg.model_overrides() == {"n_embd": 64, "bias": False, "dropout": 0.0,
-                                     "activation_checkpointing": False, "loss_chunk": 1024}
+                                     "activation_checkpointing": False}  # loss_chunk: resolved per run
 
 
 def test_stops_that_save_and_the_zero_settings_for_benchmarks():
