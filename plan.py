@@ -135,12 +135,17 @@ def _logit_bytes(mc, positions: int, act: int, weight_bytes: int, compiled: bool
     log-softmax saved for the loss, and in its backward the fp32 gradients of its output and
     input. All at once, compiled: the compiler fuses the cross-entropy, keeping the logits in
     the compute dtype and one fp32 copy (the only fit so far: 6.06 bytes per logit for
-    gpt2-124m at 32 x 1,024 in bf16 on an H200, docs/benchmarks.md). Chunked (model.ChunkedCrossEntropy): one chunk's logits in the compute dtype and
-    fp32 with its fp32 (and 16-bit) gradient, plus the gradients it keeps for backward: the
-    hidden states' (fp32) and the head weight's (an fp32 sum, then the weight's dtype)."""
+    gpt2-124m at 32 x 1,024 in bf16 on an H200, docs/benchmarks.md). In chunks
+    (model.cross_entropy_chunk): one chunk's working set, counted as its padded logits in the
+    compute dtype, their fp32 copy, the temporary of the same size logsumexp makes, and the
+    padded gradient in the compute dtype (not all alive at once; the excess stands for
+    backward's scaled copies of the kept gradients; eager on an H200 this came to 0.91-1.01
+    of the measured peaks, docs/benchmarks.md); plus what the loss keeps for backward: the
+    hidden states' gradient (fp32) and the head weight's (an fp32 sum, then the weight's
+    dtype)."""
     V, Vp, h = mc.vocab_size, mc.padded_vocab, mc.n_embd
     if 0 < mc.loss_chunk < positions:
-        per_position = act * Vp + 8 * V + act * Vp  # padded logits, fp32 logits and softmax, padded gradient
+        per_position = act * Vp + 8 * V + act * Vp
         return mc.loss_chunk * per_position + 4 * positions * h + (4 + weight_bytes) * Vp * h
     if compiled:
         return positions * Vp * (act + 4)

@@ -55,7 +55,7 @@ class TrainConfig:
     activation_checkpointing: bool = F(False, "recompute blocks in backward: less memory, ~30% more compute")
     loss_chunk: typing.Optional[int] = F(None, "positions per chunk of the tied head + loss: one chunk's logits "
                                                "exist at a time, no extra compute; 0: all logits at once (None: "
-                                               "LOSS_CHUNK in eager runs, 0 when compiled: the faster of each)")
+                                               f"{LOSS_CHUNK:,} in eager runs, 0 when compiled: the faster of each)")
     # ---- batch: the global batch is what a run means; accumulation is derived
     global_batch_size: int = F(512, "sequences per optimizer step, summed over ranks and micro-steps")
     micro_batch_size: int = F(8, "sequences per device per forward/backward")
@@ -141,9 +141,9 @@ class TrainConfig:
 
     def resolved(self, device_type: str, dtype: str | None = None) -> "TrainConfig":
         """A copy with every derived default filled in (min_lr, lr_decay_steps, dtype,
-        compile, loss_chunk). dtype: what "auto" came to on the actual device (default: what it means
-        on device_type, a GPU assumed to have bf16). A run resolves once at start-up and
-        saves the result with itself."""
+        compile, loss_chunk). dtype: what "auto" came to on the actual device (default: what
+        it means on device_type, a GPU assumed to have bf16). A run resolves once at start-up
+        and saves the result with itself."""
         compile = self.compile if self.compile is not None else device_type == "cuda"
         return dataclasses.replace(
             self,

@@ -27,8 +27,19 @@ def same_run(single_dir, other_dir, kinds=(("train", "loss"), ("eval", "val_loss
         assert list(b.values()) == pytest.approx(list(a.values()), rel=1e-5, abs=1e-6), (kind, key)
     wa = ckpt.load_checkpoint(ckpt.latest_checkpoint(single_dir))["model"]
     wb = ckpt.load_checkpoint(ckpt.latest_checkpoint(other_dir))["model"]
-    worst = max(((wa[k] - wb[k]).abs().max().item(), k) for k in wa)
+    worst = max(((without_key_bias(k, wa[k]) - without_key_bias(k, wb[k])).abs().max().item(), k) for k in wa)
     assert worst[0] <= 1e-5, f"weights differ: {worst[1]} by {worst[0]:.2e}"
+
+
+def without_key_bias(name, weight):
+    """The weight, less the attention's key bias. Its gradient is zero in exact arithmetic
+    (softmax ignores a shift common to every key), so it trains on rounding noise, which
+    AdamW scales up into steps that depend on the summation order: measured 7e-6 to 9e-6
+    apart after the 20 steps below, against at most 2e-6 for every other weight."""
+    if not name.endswith("attn.c_attn.bias"):
+        return weight
+    n = weight.numel() // 3  # q, k, v
+    return torch.cat([weight[:n], weight[2 * n:]])
 
 
 def thread_lists(output: str) -> list:

@@ -144,8 +144,9 @@ def test_logits_counted_as_documented():
     # bf16 padded logits 2 B + fp32 log-softmax 4 B + two fp32 gradients 4 B each.
     assert items["logits + loss"] == 8 * 1024 * (2 * 50304 + 12 * VOCAB)
     chunked = memory_estimate(dataclasses.replace(mc, loss_chunk=1024), 1, 1, 8, "bfloat16", 1, Way("ddp"))
-    # one chunk of logits (padded bf16, fp32, its fp32 softmax and padded bf16 gradient), the
-    # hidden states' gradient, the head's gradient (an fp32 sum, then fp32 as the weight)
+    # one chunk's working set (padded bf16 logits, their fp32 copy, logsumexp's temporary,
+    # the padded bf16 gradient), the hidden states' gradient, the head's gradient (an fp32
+    # sum, then fp32 as the weight)
     assert chunked["items"]["logits + loss"] == (1024 * (2 * 50304 + 8 * VOCAB + 2 * 50304)
                                                  + 4 * 8 * 1024 * 2048 + 8 * 50304 * 2048)
     assert chunked["items"]["logits + loss"] < items["logits + loss"] / 3
