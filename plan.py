@@ -188,9 +188,9 @@ def auto_way(cfg: TrainConfig, world_size: int, mc, card_bytes: float) -> tuple[
     fits = need + RESERVE_GIB * GiB <= card_bytes
     if fits or world_size == 1:
         why = "fits" if fits else "does not fit, and FSDP over one process saves nothing"
-        return ddp, f"the planner puts DDP at {need / GiB:.1f} GiB per GPU: {why} in {card_bytes / GiB:.0f} GiB"
-    return fsdp, (f"the planner puts DDP at {need / GiB:.1f} GiB per GPU, over {card_bytes / GiB:.0f} GiB; "
-                  f"FSDP needs {estimate(cfg, world_size, mc, fsdp)['total'] / GiB:.1f} GiB")
+        return ddp, f"the planner puts {ddp.name} at {need / GiB:.1f} GiB per GPU: {why} in {card_bytes / GiB:.0f} GiB"
+    return fsdp, (f"the planner puts {ddp.name} at {need / GiB:.1f} GiB per GPU, over {card_bytes / GiB:.0f} GiB; "
+                  f"{fsdp.name} needs {estimate(cfg, world_size, mc, fsdp)['total'] / GiB:.1f} GiB")
 
 
 def way_costs(way: Way, n_stored: int, world_size: int, accumulation: int, half: bool) -> str:
