@@ -202,7 +202,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     `step` is cross_entropy_chunk, or a compiled copy of it (GPT.chunk_step)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int, step=cross_entropy_chunk):
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int, step):
         device = hidden.device.type
         # the dtype F.linear computes in: autocast's, else the inputs'
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
