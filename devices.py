@@ -74,27 +74,29 @@ def configure(device: torch.device):
         torch.backends.cudnn.allow_tf32 = True
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 is fast on this device: GPUs of compute capability 8.0+ (Ampere on).
+    Read from the GPU, because is_bf16_supported() also says yes to slow emulated bf16."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def auto_dtype_name(device_type: str, native_bf16: bool = True) -> str:
-    """What dtype="auto" means: bf16 on GPUs with native bf16 (compute capability 8.0+,
-    Ampere on), fp16 on older GPUs, fp32 on CPU. The planner assumes a bf16 GPU."""
+    """What dtype="auto" means: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on
+    CPU."""
     if device_type == "cuda":
         return "bfloat16" if native_bf16 else "float16"
     return "float32"
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The torch dtype for name on this device ("auto" resolved by auto_dtype_name; the
-    capability is read from the GPU, because is_bf16_supported() also says yes to slow
-    emulated bf16)."""
+    """The torch dtype for name on this device, "auto" resolved by auto_dtype_name."""
     check_dtype_name(name)
-    if name == "auto":
-        native = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
-        name = auto_dtype_name(device.type, native)
+    return torch_dtype(auto_dtype_name(device.type, native_bf16(device)) if name == "auto" else name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a resolved dtype name (float32, bfloat16, float16)."""
     return getattr(torch, name)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

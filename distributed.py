@@ -1,6 +1,6 @@
 """Processes that train together under torchrun: start-up, agreement, faults, teardown.
 
-- setup() joins the process group (NCCL on GPUs, gloo on CPUs) with a collective timeout,
+- local_device() picks the process's device; setup() joins the process group (NCCL on GPUs, gloo on CPUs) with a collective timeout,
   and a gloo group for the small CPU-side agreements each step makes.
 - Every step each rank writes its step count to torchrun's key-value store (a heartbeat).
   When a collective times out, the ranks still alive read those counts and name the rank
@@ -52,16 +52,22 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device_name: str, timeout_s: int, group_of_one: bool = False) -> Dist:
-    """The process group of a torchrun launch, or a single process: without a group, or
-    with a group of one (group_of_one: FSDP shards over a mesh even on one GPU)."""
-    world = world_size_from_env()
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+def local_device(device_name: str) -> torch.device:
+    """This process's device, made current and configured: under torchrun with several
+    processes, the GPU of its local rank."""
+    world, local_rank = world_size_from_env(), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank if world > 1 else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     configure(device)
-    if world == 1 and not group_of_one:
+    return device
+
+
+def setup(device: torch.device, timeout_s: int, join: bool) -> Dist:
+    """This process's place in the launch: in the process group of a torchrun launch when
+    join (resolve.Resolved.joins_process_group says when), else alone."""
+    world, rank = world_size_from_env(), int(os.environ.get("RANK", "0"))
+    if not join:
         return Dist(device=device)
     for module in _BIND_WORLD_AT_IMPORT:
         importlib.import_module(module)

@@ -83,8 +83,8 @@ def preset_config(name: str, **overrides) -> GPTConfig:
     bad = set(overrides) - valid
     if bad:
         raise ValueError(f"unknown model fields {sorted(bad)}; valid: {sorted(valid)}")
-    cfg = GPTConfig(**PRESETS[name])
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    model_cfg = GPTConfig(**PRESETS[name])
+    return replace(model_cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
 # What makes two configs' weights interchangeable: equal values of these.
@@ -101,25 +101,25 @@ def shape_differences(a: GPTConfig, b: GPTConfig) -> dict:
 class KVCache:
     """Per-layer keys and values for incremental decoding, preallocated to block_size."""
 
-    def __init__(self, cfg: GPTConfig, batch_size: int, device, dtype):
-        shape = (batch_size, cfg.n_head, cfg.block_size, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+    def __init__(self, model_cfg: GPTConfig, batch_size: int, device, dtype):
+        shape = (batch_size, model_cfg.n_head, model_cfg.block_size, model_cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model_cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(model_cfg.n_layer)]
         self.pos = 0  # tokens already cached
-        self.capacity = cfg.block_size
+        self.capacity = model_cfg.block_size
 
     def reset(self):
         self.pos = 0
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, model_cfg: GPTConfig):
         super().__init__()
-        self.n_head = cfg.n_head
-        self.dropout = cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.n_head = model_cfg.n_head
+        self.dropout = model_cfg.dropout
+        self.c_attn = nn.Linear(model_cfg.n_embd, 3 * model_cfg.n_embd, bias=model_cfg.bias)
+        self.c_proj = nn.Linear(model_cfg.n_embd, model_cfg.n_embd, bias=model_cfg.bias)
+        self.resid_drop = nn.Dropout(model_cfg.dropout)
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
@@ -147,24 +147,24 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, model_cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_dim, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.mlp_dim, cfg.n_embd, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.gelu_approximate = cfg.gelu_approximate
+        self.c_fc = nn.Linear(model_cfg.n_embd, model_cfg.mlp_dim, bias=model_cfg.bias)
+        self.c_proj = nn.Linear(model_cfg.mlp_dim, model_cfg.n_embd, bias=model_cfg.bias)
+        self.drop = nn.Dropout(model_cfg.dropout)
+        self.gelu_approximate = model_cfg.gelu_approximate
 
     def forward(self, x):
         return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu_approximate)))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, model_cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.ln_1 = nn.LayerNorm(model_cfg.n_embd, bias=model_cfg.bias)
+        self.attn = CausalSelfAttention(model_cfg)
+        self.ln_2 = nn.LayerNorm(model_cfg.n_embd, bias=model_cfg.bias)
+        self.mlp = MLP(model_cfg)
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0):
         x = x + self.attn(self.ln_1(x), cache, layer)
@@ -232,31 +232,38 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 @torch.compiler.disable
 def chunked_cross_entropy(hidden, weight, targets, vocab_size: int, chunk: int, step):
     """ChunkedCrossEntropy, kept out of a compiled model's graph: the compiler would unroll
-    its loop into one graph and schedule every chunk's logits at once (measured: an 18.2
-    GiB peak for gpt2-124m, 32 x 1,024, bf16, on an H200; 12.9 GiB this way). A compiled
-    model compiles `step`, one chunk, on its own instead (sharding.wrap)."""
+    its loop into one graph and schedule every chunk's logits at once, holding them all (a
+    measured peak: docs/benchmarks.md, "Throughput and memory"). A compiled
+    model compiles `step`, one chunk, on its own instead (compile_model)."""
     return ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk, step)
 
 
+def compile_model(model: "GPT") -> nn.Module:
+    """The model under torch.compile, for training: the model's graph, and apart from it the
+    chunked loss's one chunk (see chunked_cross_entropy)."""
+    model.chunk_step = torch.compile(cross_entropy_chunk)
+    return torch.compile(model)
+
+
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, model_cfg: GPTConfig):
         super().__init__()
-        self.config = cfg
-        self.wte = nn.Embedding(cfg.padded_vocab, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.chunk_step = cross_entropy_chunk  # one chunk of the chunked loss (compiled by sharding.wrap)
+        self.config = model_cfg
+        self.wte = nn.Embedding(model_cfg.padded_vocab, model_cfg.n_embd)
+        self.wpe = nn.Embedding(model_cfg.block_size, model_cfg.n_embd)
+        self.drop = nn.Dropout(model_cfg.dropout)
+        self.h = nn.ModuleList(Block(model_cfg) for _ in range(model_cfg.n_layer))
+        self.ln_f = nn.LayerNorm(model_cfg.n_embd, bias=model_cfg.bias)
+        self.chunk_step = cross_entropy_chunk  # one chunk of the chunked loss (compiled by compile_model)
         self.reset_parameters()
 
     def reset_parameters(self):
-        cfg = self.config
+        model_cfg = self.config
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 # Each block adds two residual branches: scale them so the stream's
                 # variance does not grow with depth (GPT-2 paper, section 2.3).
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * model_cfg.n_layer))
             elif name.startswith("ln") or ".ln_" in name:
                 nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
             elif name.endswith("bias"):
@@ -267,7 +274,7 @@ class GPT(nn.Module):
         # LayerNorm. At 0.02 a 1,024-wide model would start at ln(V) + 0.2; capping the
         # std at 0.3 / sqrt(n_embd) starts every preset within 0.06 of uniform, as the
         # documented run does (10.82 = ln 50,257).
-        nn.init.normal_(self.wte.weight, 0.0, min(0.02, 0.3 / math.sqrt(cfg.n_embd)))
+        nn.init.normal_(self.wte.weight, 0.0, min(0.02, 0.3 / math.sqrt(model_cfg.n_embd)))
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
         """Logits over the real vocabulary (padding columns dropped) and, with targets,
@@ -320,22 +327,22 @@ class GPT(nn.Module):
         ]
 
 
-def count_params(cfg: GPTConfig, non_embedding: bool = False) -> int:
-    """Closed-form parameter count of GPT(cfg), as GPT.num_params reports it."""
-    d, h, b = cfg.n_embd, cfg.mlp_dim, int(cfg.bias)
+def count_params(model_cfg: GPTConfig, non_embedding: bool = False) -> int:
+    """Closed-form parameter count of GPT(model_cfg), as GPT.num_params reports it."""
+    d, h, b = model_cfg.n_embd, model_cfg.mlp_dim, int(model_cfg.bias)
     ln = d * (1 + b)
     attn = 3 * d * d + 3 * d * b + d * d + d * b
     mlp = d * h + h * b + h * d + d * b
-    blocks = cfg.n_layer * (2 * ln + attn + mlp) + ln
+    blocks = model_cfg.n_layer * (2 * ln + attn + mlp) + ln
     if non_embedding:
         return blocks
-    return blocks + cfg.vocab_size * d + cfg.block_size * d
+    return blocks + model_cfg.vocab_size * d + model_cfg.block_size * d
 
 
-def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> int:
+def flops_per_token(model_cfg: GPTConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token (forward + backward), PaLM appendix B: 6N for the
     matmul weights (blocks and the tied head; not the position table) plus
     12 * n_layer * n_embd * seq_len for attention scores and values."""
-    T = seq_len or cfg.block_size
-    n_matmul = count_params(cfg, non_embedding=True) + cfg.vocab_size * cfg.n_embd
-    return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * T
+    T = seq_len or model_cfg.block_size
+    n_matmul = count_params(model_cfg, non_embedding=True) + model_cfg.vocab_size * model_cfg.n_embd
+    return 6 * n_matmul + 12 * model_cfg.n_layer * model_cfg.n_embd * T

@@ -165,15 +165,15 @@ def _val_table(evals: list[dict]) -> list[str]:
 
 
 def _config_lines(cfg: dict, derived: dict) -> list[str]:
-    mc = derived.get("model_config") or {}
+    model_cfg = derived.get("model_config") or {}
     get = cfg.get
     ranks = "processes" if str(derived.get("device", get("device", ""))).startswith("cpu") else "GPUs"
     lines = []
-    if mc:
-        mlp = mc.get("mlp_hidden") or 4 * mc.get("n_embd", 0)
-        lines.append(f"- Model: `{get('model', '?')}`, {mc.get('n_layer')} layers x {mc.get('n_embd', 0):,} "
-                     f"wide, {mc.get('n_head')} heads, MLP {mlp:,}, context {mc.get('block_size', 0):,}, "
-                     f"vocab {mc.get('vocab_size', 0):,}")
+    if model_cfg:
+        mlp = model_cfg.get("mlp_hidden") or 4 * model_cfg.get("n_embd", 0)
+        lines.append(f"- Model: `{get('model', '?')}`, {model_cfg.get('n_layer')} layers x {model_cfg.get('n_embd', 0):,} "
+                     f"wide, {model_cfg.get('n_head')} heads, MLP {mlp:,}, context {model_cfg.get('block_size', 0):,}, "
+                     f"vocab {model_cfg.get('vocab_size', 0):,}")
     elif get("model"):
         lines.append(f"- Model: `{get('model')}`")
     if derived.get("params") is not None:
@@ -193,7 +193,7 @@ def _config_lines(cfg: dict, derived: dict) -> list[str]:
     if get("weight_decay") is not None:
         lines.append(f"- Optimizer: AdamW, betas ({get('beta1')}, {get('beta2')}), eps {fmt_sci(get('eps'))}, "
                      f"weight decay {get('weight_decay')}, grad clip {get('grad_clip')}")
-    lines.append(f"- Dropout: {get('dropout', mc.get('dropout'))}; dtype: {derived.get('dtype', get('dtype'))}; "
+    lines.append(f"- Dropout: {get('dropout', model_cfg.get('dropout'))}; dtype: {derived.get('dtype', get('dtype'))}; "
                  f"world size: {derived.get('world_size', '?')}; device: {derived.get('device', get('device'))}")
     return lines
 

@@ -47,18 +47,13 @@ def shard(model, env, dtype: torch.dtype, offload: bool):
     return model
 
 
-def wrap(model, parallelism: str, env, compile: bool):
-    """The model the training step calls (after shard() for FSDP): compiled, and for DDP
-    wrapped; DDP's gradient buckets are the gradients themselves (no second copy)."""
-    if compile:
-        # the chunked loss stays out of the model's graph (model.chunked_cross_entropy); its
-        # chunk is compiled on its own, which fuses the softmax and keeps one chunk in memory
-        model.chunk_step = torch.compile(model.chunk_step)
-        model = torch.compile(model)
-    if parallelism == "ddp" and env.world > 1:
-        model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                    gradient_as_bucket_view=True)
-    return model
+def replicate(model, env):
+    """The model DDP's way on several ranks (unchanged on one): a copy per rank, gradients
+    averaged; DDP's gradient buckets are the gradients themselves (no second copy)."""
+    if env.world == 1:
+        return model
+    return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+               gradient_as_bucket_view=True)
 
 
 def unwrapped(model):

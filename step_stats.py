@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import typing
 
 import torch
 
@@ -19,8 +20,17 @@ SPIKE_WINDOW = 100  # steps whose mean loss a spike is compared with
 SPIKE_MIN_HISTORY = 10  # a mean over fewer steps is too noisy to call anything a spike
 
 
+class StepValues(typing.NamedTuple):
+    """A step's numbers as train_step returns them: 0-d tensors on the device."""
+    loss: torch.Tensor  # mean over the global batch (all ranks and micro-batches)
+    grad_norm: torch.Tensor  # before clipping
+    applied: torch.Tensor  # 1.0 when the update was applied, 0.0 when skipped
+
+
 @dataclasses.dataclass
 class StepResult:
+    """A step's numbers on the host. step: the step's index, which is also how many updates
+    the weights had when its loss was measured."""
     step: int
     lr: float
     loss: float  # mean over the global batch (all ranks and micro-batches)
@@ -33,8 +43,9 @@ class HostCopies:
         self.cuda = device.type == "cuda"
         self.pending = collections.deque()
 
-    def push(self, step: int, lr: float, values: torch.Tensor):
-        """values: [loss, grad_norm, applied] on the device, from train_step."""
+    def push(self, step: int, lr: float, step_values: StepValues):
+        """step_values: from train_step, on the device; copied to the host in one transfer."""
+        values = torch.stack([v.float() for v in step_values])
         event = None
         if self.cuda:
             host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
@@ -52,9 +63,14 @@ class HostCopies:
             step, lr, values, event = self.pending.popleft()
             if event is not None:
                 event.synchronize()
-            loss, grad_norm, applied = values.tolist()
-            out.append(StepResult(step, lr, loss, grad_norm, applied > 0))
+            numbers = dict(zip(StepValues._fields, values.tolist()))
+            out.append(StepResult(step, lr, numbers["loss"], numbers["grad_norm"], numbers["applied"] > 0))
         return out
+
+    @property
+    def newest_step(self) -> int | None:
+        """The index of the newest step pushed and not yet popped."""
+        return self.pending[-1][0] if self.pending else None
 
 
 class StepWatch:

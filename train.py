@@ -10,39 +10,39 @@ micro-batches across ranks and accumulation steps. Step s trains on batch s, whi
 loader.TokenWindows draws as a pure function of (seed, s): a run resumed at step k
 continues exactly as if it had never stopped.
 
-Read it in this order: train() is the loop; train_step() is one update; prepare() does
-every check and builds what the loop needs; the rest are the loop's small helpers.
+Read it in this order: main() starts the processes; train() is the loop; train_step() is
+one update; after_step() is everything between two updates, and decides whether to stop;
+prepare() does every check and resolves every setting before any process group or long
+work, and build() makes what the loop needs; the rest are their small helpers.
 """
 import dataclasses
 import math
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 import torch
+
 import checkpoint as ckpt
 import distributed
 import sharding
+import stopping
 from atomic_files import write_json
-from devices import autocast, dtype_name, peak_flops, pick_dtype
+from devices import autocast, torch_dtype
 from loader import GPT2_META, TokenWindows, check_vocab, load_meta, read_meta
-from metrics import RunLog
-from plan import auto_way, format_plan, make_plan
-from model import TRAINING_FIELDS, GPT, GPTConfig, count_params, flops_per_token, shape_differences
+from model import GPT, GPTConfig, compile_model, count_params, flops_per_token, shape_differences
+from plan import format_plan, make_plan
 from preemption import EXIT_PREEMPTED, PreemptionSignal
 from report import write_report
+from reporter import Reporter
+from resolve import Machine, Resolved, resolve
 from schedule import lr_at
-from step_stats import HostCopies, StepWatch, Throughput, describe_event
+from step_stats import HostCopies, StepValues, StepWatch
+from stopping import Stop
 from train_config import ConfigError, TrainConfig, help_text, load_config
 from train_state import TrainState
 from weights import load_weights
-
-# Why a run stopped -> the process's exit status. A preempted run exits with a status that
-# asks to be requeued; the others save their last checkpoint, except "nonfinite", which
-# leaves the last good one as it was.
-EXIT_CODES = {"max_steps": 0, "early_stopping": 0, "preempted": EXIT_PREEMPTED, "nonfinite": 1}
 
 
 def main(argv=None) -> int:
@@ -59,13 +59,16 @@ def main(argv=None) -> int:
         print(format_plan(make_plan(cfg, cfg.plan_gpus or distributed.world_size_from_env(),
                                     meta["vocab_size"], meta.get("train_tokens"))))
         return 0
-    env = distributed.setup(cfg.device, cfg.collective_timeout_s,
-                            group_of_one=cfg.parallelism == "fsdp" or cfg.offload)
+    start = prepare(cfg, distributed.local_device(cfg.device))
+    env = distributed.setup(start.device, cfg.collective_timeout_s,
+                            join=start.resolved.joins_process_group)
     clean = False
     try:
         with PreemptionSignal() as preempt:
             try:
-                reason = train(cfg, env, preempt)
+                run = build(start, env)
+                del start  # the checkpoint it was read from: now in the model and optimizer
+                stop = train(run, preempt)
             except RuntimeError as e:
                 if distributed.is_collective_failure(e, env):  # timed out, or lost a peer
                     message = distributed.explain_failure(env, e, stopping=preempt.received is not None)
@@ -74,61 +77,45 @@ def main(argv=None) -> int:
         clean = True
     finally:
         distributed.teardown(env, clean)
-    return EXIT_CODES[reason]
+    return stop.exit_code
 
 
-def train(cfg: TrainConfig, env: distributed.Dist, preempt: PreemptionSignal) -> str:
-    """Train until max_steps, early stopping, a preemption signal or too many non-finite
-    steps in a row; return which of those ended it (a key of EXIT_CODES)."""
-    run = prepare(cfg, env)
+def train(run, preempt: PreemptionSignal) -> Stop:
+    """Train until one of the reasons in stopping.Stop; return it."""
     cfg, state = run.cfg, run.state
     if state.step >= cfg.max_steps:
-        return finish(run, "max_steps", f"nothing to train: the checkpoint is already at step "
-                                        f"{state.step:,} = max_steps; raise --max_steps to go on")
-    copies, meter = HostCopies(env.device), Throughput()
+        return finish(run, Stop.MAX_STEPS, f"nothing to train: the checkpoint is already at step "
+                                           f"{state.step:,} = max_steps; raise --max_steps to go on")
+    copies = HostCopies(run.env.device)
     watch = StepWatch(cfg.max_nonfinite_steps, cfg.loss_spike_factor, run.scaler.is_enabled())
     if state.step == 0 and cfg.should_evaluate(0):
-        with meter.excluding():
+        with run.reporter.paused():
             evaluate_and_track(run)  # the untrained baseline: the report's Initial row
     clock_zero = time.time() - state.elapsed_s
-    stop = None
-    while stop is None:
+    while True:
         step = state.step
         lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.lr_decay_steps)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         values = train_step(run.model, run.optimizer, run.scaler, micro_batches(run, step),
-                            cfg.grad_clip, run.autocast, env)
+                            cfg.grad_clip, run.autocast, run.env)
         copies.push(step, lr, values)
-        meter.add(run.tokens_per_step)
         state.step = step + 1
-        distributed.heartbeat(env, state.step)
+        distributed.heartbeat(run.env, state.step)
         state.elapsed_s = time.time() - clock_zero
-        stop = ("preempted" if distributed.any_rank(env, preempt.received is not None)
-                else "max_steps" if state.step >= cfg.max_steps else None)
-        acts = stop or cfg.should_evaluate(state.step) or cfg.should_save(state.step)
-        for result in copies.pop(wait_for_all=acts or cfg.should_log(step)):  # every step's, before acting
-            record_step(run, result, watch.check(result), meter)
-        stop = "nonfinite" if watch.should_stop else stop
-        with meter.excluding():
-            if stop in (None, "max_steps") and cfg.should_evaluate(state.step):
-                if evaluate_and_track(run) and stop is None:
-                    stop = "early_stopping"
-            if cfg.should_save(state.step, stop):
-                save_step_checkpoint(run, watch)
-        run.bar.update(1)
-    return finish(run, stop, _stop_message(stop, run, watch))
+        stop = after_step(run, copies, watch, preempt.received is not None)
+        if stop is not None:
+            return finish(run, stop, stop_message(stop, run, watch))
 
 
 def train_step(model, optimizer, scaler, batches: list, grad_clip: float, autocast_ctx,
-               env: distributed.Dist) -> torch.Tensor:
+               env: distributed.Dist) -> StepValues:
     """One optimizer update over the micro-batches (x, y, dropout seed) of a step.
 
     Gradients are synchronized across ranks on the last micro-batch only. The update is
     applied only when the loss and the gradient norm are finite, decided on the device:
     the fused AdamW skips its update when given GradScaler's `found_inf` tensor, so no step
-    waits for the GPU. Returns [loss (global mean), grad norm (before clipping), applied]
-    as one tensor on the device.
+    waits for the GPU. Returns the step's numbers, still on the device.
     """
     loss_sum = torch.zeros((), device=env.device)
     for i, (x, y, seed) in enumerate(batches):
@@ -140,8 +127,8 @@ def train_step(model, optimizer, scaler, batches: list, grad_clip: float, autoca
     loss = distributed.all_reduce_mean(loss_sum / len(batches), env)
     scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = sharding.clip_grad_norm(params, grad_clip if grad_clip > 0 else math.inf)
-    applied = torch.isfinite(loss) & torch.isfinite(grad_norm.to(loss.device))
+    grad_norm = sharding.clip_grad_norm(params, grad_clip if grad_clip > 0 else math.inf).to(loss.device)
+    applied = torch.isfinite(loss) & torch.isfinite(grad_norm)
     if scaler.is_enabled():  # fp16: the scaler skips inf/NaN gradients itself, and adapts its scale
         scaler.step(optimizer)
         scaler.update()
@@ -152,7 +139,7 @@ def train_step(model, optimizer, scaler, batches: list, grad_clip: float, autoca
         finally:
             del optimizer.found_inf, optimizer.grad_scale
     optimizer.zero_grad(set_to_none=True)
-    return torch.stack([loss, grad_norm.to(loss.device).float(), applied.float()])
+    return StepValues(loss=loss, grad_norm=grad_norm.float(), applied=applied.float())
 
 
 def micro_batches(run, step: int) -> list:
@@ -169,6 +156,30 @@ def micro_batches(run, step: int) -> list:
 def dropout_seed(seed: int, step: int, index: int) -> int:
     # Like the batches: resume needs no RNG state, and 1 GPU x 8 accumulation equals 8 GPUs.
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+
+
+def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> Stop | None:
+    """Everything between two updates, in order: report the finished steps, evaluate and
+    save where due, and decide whether the run stops (None: go on). state.step counts the
+    updates done; signalled: a preemption signal reached this rank."""
+    cfg, state = run.cfg, run.state
+    done = state.step
+    preempted = distributed.any_rank(run.env, signalled)
+    due = preempted or done >= cfg.max_steps or cfg.should_evaluate(done) or cfg.should_save(done)
+    # a step's numbers are read a step late so that the host never waits for the GPU, unless
+    # they are needed now: for a log line, or before evaluating, saving or stopping
+    for result in copies.pop(wait_for_all=due or cfg.should_log(copies.newest_step)):
+        state.skipped_steps += not result.applied
+        run.reporter.step(result, watch.check(result), state.skipped_steps, state.elapsed_s)
+    with run.reporter.paused():
+        patience_spent = False
+        if cfg.should_evaluate(done) and not (preempted or watch.should_stop):
+            patience_spent = evaluate_and_track(run)
+        stop = stopping.decide(nonfinite=watch.should_stop, preempted=preempted,
+                               at_max_steps=done >= cfg.max_steps, patience_spent=patience_spent)
+        if cfg.should_save(done, stop):
+            save_step_checkpoint(run, watch)
+    return stop
 
 
 # ---- what the loop does besides training -------------------------------------------------
@@ -188,20 +199,16 @@ def evaluate(model, windows: TokenWindows, cfg: TrainConfig, env: distributed.Di
 
 
 def evaluate_and_track(run) -> bool:
-    """Evaluate val and train loss, save best_model.pt on improvement, log; True when
-    early stopping says the run should end."""
+    """Evaluate val and train loss, save best_model.pt on improvement, report; True when
+    early stopping's patience is spent."""
     cfg, state = run.cfg, run.state
     inner = sharding.unwrapped(run.model)  # no backward: no DDP hooks
     val = evaluate(inner, run.val_data, cfg, run.env, run.autocast)
-    train_est = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
+    train_estimate = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
     improved = state.record_eval(val)
     if improved:
         save(run, ckpt.BEST_FILE)
-    if run.log:
-        run.log.log(dict(kind="eval", step=state.step, val_loss=val, val_ppl=math.exp(min(val, 50)),
-                         train_loss=train_est, elapsed_s=state.elapsed_s))
-        run.bar.write(f"step {state.step:,}: val loss {val:.4f} (ppl {math.exp(min(val, 50)):.2f}) | "
-                      f"train loss {train_est:.4f}" + (" | best" if improved else ""))
+    run.reporter.evaluation(state.step, val, train_estimate, improved, state.elapsed_s)
     return 0 < cfg.early_stopping_patience <= state.evals_without_improvement
 
 
@@ -217,8 +224,7 @@ def save(run, name: str):
             config=run.cfg.to_dict(), tokenizer=run.meta, **run.state.state_dict()), path)
         if ckpt.is_step_file(name):
             ckpt.prune(run.cfg.run_dir, run.cfg.keep_last)
-        run.log.log(dict(kind="checkpoint", step=run.state.step, path=path, best=name == ckpt.BEST_FILE,
-                         elapsed_s=run.state.elapsed_s))
+        run.reporter.checkpoint(run.state.step, path, name == ckpt.BEST_FILE, run.state.elapsed_s)
     distributed.barrier(run.env)
 
 
@@ -226,72 +232,55 @@ def save_step_checkpoint(run, watch: StepWatch):
     """checkpoint_step_N.pt, unless the last step's loss was not finite: a checkpoint is
     somewhere to go back to, and that state is not."""
     if watch.nonfinite_streak:
-        if run.log:
-            run.bar.write(f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
-                          f"step's loss or gradient norm was not finite")
+        run.reporter.print(f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
+                           f"step's loss or gradient norm was not finite")
         return
     save(run, ckpt.step_file(run.state.step))
 
 
-def record_step(run, r, events: list, meter: Throughput):
-    """Count a step's result, and log it (rank 0) when it is a log step or worth noting."""
-    state = run.state
-    state.skipped_steps += not r.applied
-    if not run.log:
-        return
-    for event in events:
-        run.log.log(event)
-        run.bar.write(describe_event(event))
-    if not run.cfg.should_log(r.step):
-        return
-    tok_s = meter.rate()
-    mfu = run.flops_per_token * tok_s / (run.peak * run.env.world) if run.peak and tok_s else None
-    mem = (torch.cuda.max_memory_allocated(run.env.device) if run.env.device.type == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
-    scale = run.scaler.get_scale() if run.scaler.is_enabled() else None
-    run.log.log(dict(kind="train", step=r.step, loss=r.loss, lr=r.lr, grad_norm=r.grad_norm,
-                     applied=r.applied, tokens_per_s=tok_s, mfu=mfu, peak_mem_gib=mem, loss_scale=scale,
-                     skipped_steps=state.skipped_steps, tokens=r.step * run.tokens_per_step,
-                     elapsed_s=state.elapsed_s))
-    run.bar.write(" | ".join(
-        [f"step {r.step:,}/{run.cfg.max_steps:,}", f"loss {r.loss:.4f}", f"lr {r.lr:.2e}", f"grad {r.grad_norm:.3f}",
-         f"{tok_s:,.0f} tok/s" if tok_s else "- tok/s", f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a",
-         f"mem {mem:.2f} GiB"] + ([f"scale {scale:.0f}, skipped {state.skipped_steps}"] if scale else [])))
+def finish(run, stop: Stop, message: str) -> Stop:
+    run.reporter.end(run.state.step, run.state.elapsed_s, stop.value, message)
+    return stop
 
 
-def finish(run, reason: str, message: str) -> str:
-    run.bar.close()
-    if run.log:
-        run.log.log(dict(kind="end", step=run.state.step, elapsed_s=run.state.elapsed_s, reason=reason))
-        run.log.close()
-        print(f"{message}\nreport: {write_report(run.cfg.run_dir)}", flush=True)
-    return reason
-
-
-def _stop_message(stop: str, run, watch: StepWatch) -> str:
+def stop_message(stop: Stop, run, watch: StepWatch) -> str:
     state, last = run.state, ckpt.latest_checkpoint(run.cfg.run_dir)
-    if stop == "nonfinite":
+    if stop is Stop.NONFINITE:
         steps = watch.nonfinite_streak
         kept = f"The last checkpoint, {last}, is intact" if last else "No step checkpoint was saved before them"
         return (f"stopped: {len(steps)} steps in a row (steps {steps[0]:,} to {steps[-1]:,}) had a non-finite "
                 f"loss or gradient norm; none of them was applied. {kept}. Lower --learning_rate (or raise "
                 f"--warmup_steps), then --resume")
-    if stop == "preempted":
+    if stop is Stop.PREEMPTED:
         return (f"preempted: saved {last} at step {state.step:,}; continue with --resume "
                 f"(exit status {EXIT_PREEMPTED} asks a scheduler to requeue)")
     best = f"{state.best_val_loss:.4f}" if math.isfinite(state.best_val_loss) else "none"
-    return f"done: {stop} at step {state.step:,}; best val loss {best}"
+    return f"done: {stop.value} at step {state.step:,}; best val loss {best}"
 
 
 # ---- before the loop: every check first, then the model --------------------------------
 
 @dataclasses.dataclass
+class Start:
+    """What prepare() found and decided, before any process group exists."""
+    resolved: Resolved
+    device: torch.device
+    meta: dict
+    train_data: TokenWindows
+    val_data: TokenWindows
+    source: dict | None  # the checkpoint resumed or started from (weights, optimizer, state)
+    source_path: str
+    resumed: bool
+    state: TrainState
+
+
+@dataclasses.dataclass
 class Run:
-    """Everything the loop reads, built once by prepare()."""
+    """Everything the loop reads, built whole by build()."""
     cfg: TrainConfig  # resolved: no "auto" or None defaults left
+    model_cfg: GPTConfig
     env: distributed.Dist
     meta: dict
-    model_cfg: GPTConfig
     train_data: TokenWindows
     val_data: TokenWindows
     accumulation: int
@@ -301,24 +290,25 @@ class Run:
     scaler: torch.amp.GradScaler
     autocast: object
     state: TrainState
-    log: RunLog | None  # rank 0 only
-    bar: object
-    tokens_per_step: int
-    flops_per_token: int
-    peak: float | None
+    reporter: Reporter
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.global_batch_size * self.model_cfg.block_size
 
 
-def prepare(cfg: TrainConfig, env: distributed.Dist) -> Run:
-    """Every check that can fail runs before any long work; then data, model, optimizer
-    and state (restored from a checkpoint when resuming)."""
-    dtype = pick_dtype(cfg.dtype, env.device)
-    cfg = cfg.resolved(env.device.type, dtype_name(dtype))
+def prepare(cfg: TrainConfig, device: torch.device) -> Start:
+    """Every check that can fail, and every setting resolved, before any long work: data,
+    the checkpoint to resume or start from, the model's shape, how the run runs."""
     meta = read_meta(cfg.data_dir)
-    accumulation = cfg.accumulation(env.world)
+    world = distributed.world_size_from_env()
+    cfg.accumulation(world)  # refuses a batch that does not split over the ranks
     resume_path = find_resume(cfg)
     check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
-    source = load_weights(resume_path or cfg.init_from) if resume_path or cfg.init_from else None
-    model_cfg = model_config_for(cfg, meta, source, resume_path)
+    source_path = resume_path or cfg.init_from
+    source = load_weights(source_path) if source_path else None
+    resolved = resolve(cfg, Machine.of(device, world), model_shape(cfg, meta, source, resume_path))
+    cfg, model_cfg = resolved.cfg, resolved.model_cfg
     check_vocab(meta, model_cfg.vocab_size, cfg.data_dir)
     train_data, val_data = (TokenWindows(cfg.data_dir, split, model_cfg.block_size, meta, cfg.seed,
                                          vocab_limit=model_cfg.vocab_size) for split in ("train", "val"))
@@ -326,30 +316,7 @@ def prepare(cfg: TrainConfig, env: distributed.Dist) -> Run:
     if state.step > cfg.max_steps:
         raise ConfigError(f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
                           f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)")
-    if dtype == torch.float16 and env.device.type == "cpu":
-        print("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
-    if cfg.offload and env.device.type != "cuda":
-        raise ConfigError("--offload moves FSDP's shards from a GPU to CPU memory; on a CPU run there is "
-                          "nothing to free: drop --offload")
-    way, why = auto_way(cfg, env.world, model_cfg,
-                        torch.cuda.get_device_properties(env.device).total_memory if env.device.type == "cuda"
-                        else float("inf"))
-    cfg = dataclasses.replace(cfg, parallelism=way.parallelism)  # saved with the run as it ran
-
-    raw_model, model, optimizer, scaler = build(cfg, env, model_cfg, dtype, source, bool(resume_path))
-    del source
-    run = Run(cfg, env, meta, model_cfg, train_data, val_data, accumulation, raw_model, model, optimizer,
-              scaler, autocast(env.device, dtype), state, None, None,
-              tokens_per_step=cfg.global_batch_size * model_cfg.block_size,
-              flops_per_token=flops_per_token(model_cfg),
-              peak=peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None)
-    if env.master:
-        ckpt.remove_stale_temp_files(cfg.run_dir)
-        run.log = RunLog(cfg.run_dir, cfg.tensorboard, purge_step=state.step + 1 if resume_path else None)
-        announce(run, resume_path or cfg.init_from, bool(resume_path), why)
-    # a bar only on a terminal: in a log file its redraws bury the log lines
-    run.bar = _progress(env.master and cfg.progress_bar and sys.stderr.isatty(), state.step, cfg.max_steps)
-    return run
+    return Start(resolved, device, meta, train_data, val_data, source, source_path, bool(resume_path), state)
 
 
 def find_resume(cfg: TrainConfig) -> str | None:
@@ -375,33 +342,33 @@ def check_output_dir(run_dir: str):
         raise ConfigError(f"cannot write to {run_dir!r} ({e.strerror}); pick another --out_dir") from e
 
 
-def model_config_for(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: str | None) -> GPTConfig:
-    """The model's config: from the config file for a fresh run. With a checkpoint to
-    resume or start from, the checkpoint's architecture with this config's training fields
-    (dropout, activation checkpointing, loss chunk); resuming, the config's shape must be the checkpoint's, and
-    with --init_from the config's explicit model fields may not change it."""
+def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: str | None) -> GPTConfig:
+    """The model's architecture (the resolver adds the run's training fields): from the
+    config for a fresh run; with a checkpoint to resume or start from, the checkpoint's.
+    Resuming, the config's shape must be the checkpoint's; with --init_from the config's
+    explicit model fields may not change it."""
     if source is None:
         return cfg.model_config(meta["vocab_size"])
     saved = GPTConfig(**source["model_config"])
     if resume_path:
         _refuse_shape_change(saved, cfg.model_config(meta["vocab_size"]), f"{resume_path} holds a model of a "
                              f"different shape", "use the config it was trained with, or a new --run_name")
-    else:
-        _refuse_shape_change(saved, dataclasses.replace(saved, **cfg.model_overrides()),
-                             f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
-                             "drop those settings")
-        tok = source.get("tokenizer") or {}
-        if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != \
-                (meta.get("tokenizer"), meta.get("vocab_size"), meta.get("chars")):
-            raise ConfigError(f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
-                              f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
-                              f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
-                              f"data with the checkpoint's tokenizer")
-        if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
-            # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
-            # end-of-text id; ours adds one): they start as zero rows and train like the others
-            saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
-    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in TRAINING_FIELDS})
+        return saved
+    _refuse_shape_change(saved, dataclasses.replace(saved, **cfg.model_overrides()),
+                         f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
+                         "drop those settings")
+    tok = source.get("tokenizer") or {}
+    if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != \
+            (meta.get("tokenizer"), meta.get("vocab_size"), meta.get("chars")):
+        raise ConfigError(f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
+                          f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
+                          f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
+                          f"data with the checkpoint's tokenizer")
+    if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
+        # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
+        # end-of-text id; ours adds one): they start as zero rows and train like the others
+        saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
+    return saved
 
 
 def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: str):
@@ -411,11 +378,12 @@ def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: st
                           + f"; {fix}")
 
 
-def build(cfg: TrainConfig, env: distributed.Dist, model_cfg: GPTConfig, dtype, source: dict | None,
-          resumed: bool):
-    """(the raw model, the model the step calls, optimizer, scaler): the model sharded (FSDP)
-    before the optimizer sees its parameters, then the checkpoint's state loaded into both,
-    then compiled and wrapped (DDP)."""
+def build(start: Start, env: distributed.Dist) -> Run:
+    """The model, sharded (FSDP) before the optimizer sees its parameters, then the
+    checkpoint's state loaded into both, then compiled and replicated (DDP); the reporter;
+    and, on rank 0, config.json and the start lines."""
+    cfg, model_cfg, source = start.resolved.cfg, start.resolved.model_cfg, start.source
+    dtype = torch_dtype(cfg.dtype)
     torch.manual_seed(cfg.seed)
     raw_model = GPT(model_cfg).to("cpu" if cfg.offload else env.device)  # offload: never whole on the GPU
     if cfg.parallelism == "fsdp":
@@ -424,55 +392,53 @@ def build(cfg: TrainConfig, env: distributed.Dist, model_cfg: GPTConfig, dtype, 
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     if source:
-        sharding.load_full_state(raw_model, optimizer if resumed else None,
-                                 ckpt.clean_state_dict(source["model"]), source["optimizer"] if resumed else None)
-        if resumed and source.get("scaler") and scaler.is_enabled():
+        sharding.load_full_state(raw_model, optimizer if start.resumed else None,
+                                 ckpt.clean_state_dict(source["model"]), source["optimizer"] if start.resumed else None)
+        if start.resumed and source.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(source["scaler"])
-        elif resumed and scaler.is_enabled():
+        elif start.resumed and scaler.is_enabled():
             print("note: the checkpoint was not trained in float16; the loss scale starts afresh")
-    return raw_model, sharding.wrap(raw_model, cfg.parallelism, env, cfg.compile), optimizer, scaler
+    model = compile_model(raw_model) if cfg.compile else raw_model
+    if cfg.parallelism == "ddp":
+        model = sharding.replicate(model, env)
+    reporter = Reporter(cfg, env, cfg.global_batch_size * model_cfg.block_size, flops_per_token(model_cfg),
+                        scaler, start.state.step, start.resumed)
+    run = Run(cfg, model_cfg, env, start.meta, start.train_data, start.val_data, cfg.accumulation(env.world),
+              raw_model, model, optimizer, scaler, autocast(env.device, dtype), start.state, reporter)
+    if env.master:
+        ckpt.remove_stale_temp_files(cfg.run_dir)
+        announce(run, start)
+    return run
 
 
-def announce(run: Run, source: str, resumed: bool, why: str):
-    """Rank 0: config.json, warnings, the start lines and the start record."""
-    cfg, env, mc, state = run.cfg, run.env, run.model_cfg, run.state
+def announce(run: Run, start: Start):
+    """Rank 0: config.json (the config as resolved, and how), warnings, the start lines and
+    the start record."""
+    cfg, env, model_cfg, state, say = run.cfg, run.env, run.model_cfg, run.state, run.reporter.print
+    tokens_per_step = run.tokens_per_step
     derived = dict(world_size=env.world, accumulation=run.accumulation, device=str(env.device),
-                   tokens_per_step=run.tokens_per_step, params=count_params(mc), model_config=dataclasses.asdict(mc))
+                   tokens_per_step=tokens_per_step, params=count_params(model_cfg),
+                   model_config=dataclasses.asdict(model_cfg), resolved=start.resolved.to_dict())
     write_json(os.path.join(cfg.run_dir, "config.json"), dict(config=cfg.to_dict(), derived=derived))
-    epochs = run.tokens_per_step * cfg.max_steps / run.train_data.n_tokens
+    epochs = tokens_per_step * cfg.max_steps / run.train_data.n_tokens
+    if cfg.dtype == "float16" and env.device.type == "cpu":
+        say("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
     if epochs > 20:
-        print(f"warning: {epochs:,.0f} epochs over train.bin: the model will memorize it; "
-              f"lower max_steps or prepare more data")
+        say(f"warning: {epochs:,.0f} epochs over train.bin: the model will memorize it; "
+            f"lower max_steps or prepare more data")
     if cfg.warmup_steps >= cfg.lr_decay_steps:
-        print(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {cfg.lr_decay_steps}: "
-              f"the learning rate never leaves warmup; lower --warmup_steps")
-    print(f"world size {env.world} | device {env.device} | dtype {cfg.dtype} | compile {cfg.compile} | "
-          f"parallelism {cfg.parallelism}{' + offload' if cfg.offload else ''} ({why})\n"
-          f"micro-batch {cfg.micro_batch_size} x accumulation {run.accumulation} x {env.world} "
-          f"{env.device_kind} = {cfg.global_batch_size} sequences = {run.tokens_per_step:,} tokens per step\n"
-          f"{cfg.max_steps:,} steps = {run.tokens_per_step * cfg.max_steps:,} tokens = {epochs:.2f} epochs "
-          f"of train.bin ({run.train_data.n_tokens:,} tokens)\nparameters {count_params(mc):,} | "
-          f"{run.flops_per_token * run.tokens_per_step:.3e} FLOPs per step"
-          + (f" | resuming from {source} at step {state.step:,}" if resumed
-             else f" | weights and shape from {source}" if source else ""), flush=True)
-    run.log.log(dict(kind="start", step=state.step, config=cfg.to_dict(), dtype=cfg.dtype, **derived))
-
-
-def _progress(enabled: bool, start: int, total: int):
-    if enabled:
-        from tqdm import tqdm
-        return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    class Quiet:  # tqdm's interface with plain prints, for log files and non-zero ranks
-        def write(self, s):
-            print(s, flush=True)
-
-        def update(self, n):
-            pass
-
-        def close(self):
-            pass
-    return Quiet()
+        say(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {cfg.lr_decay_steps}: "
+            f"the learning rate never leaves warmup; lower --warmup_steps")
+    say(f"world size {env.world} | device {env.device} | dtype {cfg.dtype} | compile {cfg.compile} | "
+        f"parallelism {cfg.parallelism}{' + offload' if cfg.offload else ''} ({start.resolved.why})\n"
+        f"micro-batch {cfg.micro_batch_size} x accumulation {run.accumulation} x {env.world} "
+        f"{env.device_kind} = {cfg.global_batch_size} sequences = {tokens_per_step:,} tokens per step\n"
+        f"{cfg.max_steps:,} steps = {tokens_per_step * cfg.max_steps:,} tokens = {epochs:.2f} epochs "
+        f"of train.bin ({run.train_data.n_tokens:,} tokens)\nparameters {count_params(model_cfg):,} | "
+        f"{flops_per_token(model_cfg) * tokens_per_step:.3e} FLOPs per step"
+        + (f" | resuming from {start.source_path} at step {state.step:,}" if start.resumed
+           else f" | weights and shape from {start.source_path}" if start.source_path else ""))
+    run.reporter.record(dict(kind="start", step=state.step, config=cfg.to_dict(), dtype=cfg.dtype, **derived))
 
 
 def cli():

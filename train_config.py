@@ -3,7 +3,8 @@
 A config file in config/ is plain Python assignments (`max_steps = 5_000`); command-line
 `--key=value` overrides are parsed to the field's type. Unknown keys are errors that name
 the closest valid key. The cadences (when to evaluate, save and log) are methods here, so
-each is written once; derived defaults are filled in once by `resolved()`.
+each is written once. What depends on the machine a run runs on ("auto", unset defaults) is
+resolved once, by resolve.resolve().
 """
 import dataclasses
 import difflib
@@ -16,18 +17,18 @@ import traceback
 import typing
 from dataclasses import dataclass, fields
 
-from devices import auto_dtype_name, check_device_name, check_dtype_name
+from devices import check_device_name, check_dtype_name
 from model import GPTConfig, check_preset, preset_config
+from stopping import Stop
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
-# The loss chunk of an eager run. Measured: chunks were as fast or faster on a 2-core CPU
-# (README, "Sharding and memory"); under torch.compile on an H200 the whole cross-entropy,
-# fused by the compiler, was 1.47x faster for gpt2-124m (docs/benchmarks.md), so a compiled
-# run takes all logits at once unless loss_chunk says otherwise.
+# The loss chunk of an eager run: there chunks were as fast or faster, while under
+# torch.compile the compiler's fused cross-entropy over all logits was faster (both measured:
+# docs/benchmarks.md), so a compiled run takes all logits at once unless loss_chunk says otherwise.
 LOSS_CHUNK = 1024
 
 
-def F(default, doc: str):
+def setting(default, doc: str):
     """A field with its one-line doc (shown by --help)."""
     return dataclasses.field(default=default, metadata={"doc": doc})
 
@@ -39,73 +40,73 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # ---- run and data
-    run_name: str = F("run", "folder under out_dir for checkpoints, logs and the report")
-    out_dir: str = F("checkpoints", "root of all runs")
-    data_dir: str = F("data/shakespeare", "folder made by prepare_data.py (train.bin, val.bin, meta.json)")
-    seed: int = F(1337, "seeds init, dropout and which windows each step draws")
+    run_name: str = setting("run", "folder under out_dir for checkpoints, logs and the report")
+    out_dir: str = setting("checkpoints", "root of all runs")
+    data_dir: str = setting("data/shakespeare", "folder made by prepare_data.py (train.bin, val.bin, meta.json)")
+    seed: int = setting(1337, "seeds init, dropout and which windows each step draws")
     # ---- model: a preset, then the non-None fields below replace its values
-    model: str = F("gpt2-124m", "model preset: one of model.PRESETS (ignored with --init_from: the source's shape)")
-    n_layer: typing.Optional[int] = F(None, "transformer blocks (None: the preset's)")
-    n_head: typing.Optional[int] = F(None, "attention heads (None: the preset's)")
-    n_embd: typing.Optional[int] = F(None, "width (None: the preset's)")
-    block_size: typing.Optional[int] = F(None, "context length in tokens (None: the preset's)")
-    mlp_hidden: typing.Optional[int] = F(None, "MLP inner width, 0 = 4 x n_embd (None: the preset's)")
-    bias: typing.Optional[bool] = F(None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)")
-    dropout: float = F(0.0, "dropout in training (the documented 300M run used 0.1)")
-    activation_checkpointing: bool = F(False, "recompute blocks in backward: less memory, ~30% more compute")
-    loss_chunk: typing.Optional[int] = F(None, "positions per chunk of the tied head + loss: one chunk's logits "
+    model: str = setting("gpt2-124m", "model preset: one of model.PRESETS (ignored with --init_from: the source's shape)")
+    n_layer: typing.Optional[int] = setting(None, "transformer blocks (None: the preset's)")
+    n_head: typing.Optional[int] = setting(None, "attention heads (None: the preset's)")
+    n_embd: typing.Optional[int] = setting(None, "width (None: the preset's)")
+    block_size: typing.Optional[int] = setting(None, "context length in tokens (None: the preset's)")
+    mlp_hidden: typing.Optional[int] = setting(None, "MLP inner width, 0 = 4 x n_embd (None: the preset's)")
+    bias: typing.Optional[bool] = setting(None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)")
+    dropout: float = setting(0.0, "dropout in training (the documented 300M run used 0.1)")
+    activation_checkpointing: bool = setting(False, "recompute blocks in backward: less memory, ~30% more compute")
+    loss_chunk: typing.Optional[int] = setting(None, "positions per chunk of the tied head + loss: one chunk's logits "
                                                "exist at a time, no extra compute; 0: all logits at once (None: "
                                                f"{LOSS_CHUNK:,} in eager runs, 0 when compiled: the faster of each)")
     # ---- batch: the global batch is what a run means; accumulation is derived
-    global_batch_size: int = F(512, "sequences per optimizer step, summed over ranks and micro-steps")
-    micro_batch_size: int = F(8, "sequences per device per forward/backward")
+    global_batch_size: int = setting(512, "sequences per optimizer step, summed over ranks and micro-steps")
+    micro_batch_size: int = setting(8, "sequences per device per forward/backward")
     # ---- optimizer and schedule
-    max_steps: int = F(100_000, "optimizer steps to train")
-    learning_rate: float = F(6e-4, "peak learning rate, reached at the end of warmup")
-    min_lr: typing.Optional[float] = F(None, "floor of the cosine decay (None: learning_rate / 10)")
-    warmup_steps: int = F(2_000, "linear warmup steps from learning_rate / (warmup_steps + 1)")
-    lr_decay_steps: typing.Optional[int] = F(None, "step where the cosine reaches min_lr (None: max_steps)")
-    weight_decay: float = F(0.1, "AdamW decoupled weight decay on 2-D+ weights only")
-    beta1: float = F(0.9, "AdamW beta1")
-    beta2: float = F(0.95, "AdamW beta2")
-    eps: float = F(1e-8, "AdamW epsilon")
-    grad_clip: float = F(1.0, "clip the global gradient norm to this (0 disables)")
+    max_steps: int = setting(100_000, "optimizer steps to train")
+    learning_rate: float = setting(6e-4, "peak learning rate, reached at the end of warmup")
+    min_lr: typing.Optional[float] = setting(None, "floor of the cosine decay (None: learning_rate / 10)")
+    warmup_steps: int = setting(2_000, "linear warmup steps from learning_rate / (warmup_steps + 1)")
+    lr_decay_steps: typing.Optional[int] = setting(None, "step where the cosine reaches min_lr (None: max_steps)")
+    weight_decay: float = setting(0.1, "AdamW decoupled weight decay on 2-D+ weights only")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 disables)")
     # ---- hardware
-    device: str = F("auto", "auto | cpu | cuda | cuda:N (under torchrun the local rank picks N)")
-    dtype: str = F("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU)")
-    compile: typing.Optional[bool] = F(None, "torch.compile the model (None: on for CUDA, off on CPU)")
-    parallelism: str = F("auto", "ddp | fsdp | auto: a full copy per rank, or parameters, gradients and AdamW "
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun the local rank picks N)")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU)")
+    compile: typing.Optional[bool] = setting(None, "torch.compile the model (None: on for CUDA, off on CPU)")
+    parallelism: str = setting("auto", "ddp | fsdp | auto: a full copy per rank, or parameters, gradients and AdamW "
                                  "state sharded (FSDP2); auto: DDP when the planner says it fits the GPU")
-    offload: bool = F(False, "FSDP only: keep parameters, gradients and AdamW state in pinned CPU memory "
+    offload: bool = setting(False, "FSDP only: keep parameters, gradients and AdamW state in pinned CPU memory "
                              "and step AdamW on the CPU (fits ~1B on one 16 GB GPU)")
     # ---- evaluation, logging, checkpoints
-    eval_interval: int = F(1_000, "steps between val-loss evaluations (and at save_steps and the end)")
-    eval_batches: int = F(20, "fixed batches of micro_batch_size averaged per evaluation (in total, split over "
+    eval_interval: int = setting(1_000, "steps between val-loss evaluations (and at save_steps and the end)")
+    eval_batches: int = setting(20, "fixed batches of micro_batch_size averaged per evaluation (in total, split over "
                               "ranks); 0: never evaluate (no val loss, no best_model.pt), for benchmarks")
-    log_interval: int = F(100, "steps between train-loss log lines")
-    save_interval: int = F(10_000, "steps between checkpoint_step_N.pt saves (and at the end); 0: never save "
+    log_interval: int = setting(100, "steps between train-loss log lines")
+    save_interval: int = setting(10_000, "steps between checkpoint_step_N.pt saves (and at the end); 0: never save "
                                    "a step checkpoint, for benchmarks")
-    save_steps: tuple[int, ...] = F((), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200")
-    keep_last: int = F(0, "keep only the newest N step checkpoints (0 keeps all)")
-    early_stopping_patience: int = F(0, "stop after N evaluations without a val improvement (0: never)")
-    tensorboard: bool = F(True, "write TensorBoard scalars to the run folder")
-    progress_bar: bool = F(True, "tqdm bar over steps with ETA on rank 0, when stderr is a terminal")
+    save_steps: tuple[int, ...] = setting((), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200")
+    keep_last: int = setting(0, "keep only the newest N step checkpoints (0 keeps all)")
+    early_stopping_patience: int = setting(0, "stop after N evaluations without a val improvement (0: never)")
+    tensorboard: bool = setting(True, "write TensorBoard scalars to the run folder")
+    progress_bar: bool = setting(True, "tqdm bar over steps with ETA on rank 0, when stderr is a terminal")
     # ---- faults
-    max_nonfinite_steps: int = F(10, "stop the run after this many steps in a row with a non-finite loss or "
+    max_nonfinite_steps: int = setting(10, "stop the run after this many steps in a row with a non-finite loss or "
                                      "gradient norm (such steps are never applied)")
-    loss_spike_factor: float = F(1.5, "log a spike when a step's loss exceeds this x the mean of the 100 "
+    loss_spike_factor: float = setting(1.5, "log a spike when a step's loss exceeds this x the mean of the 100 "
                                       "before it (0: off)")
-    collective_timeout_s: int = F(600, "seconds a rank waits for the others in a collective before the "
+    collective_timeout_s: int = setting(600, "seconds a rank waits for the others in a collective before the "
                                        "job stops, naming the rank that stopped answering")
     # ---- actions (usually given on the command line)
-    resume: str = F("", '"latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path')
-    init_from: str = F("", "start a new run from this checkpoint's weights and shape (fine-tuning)")
-    dry_run: bool = F(False, "print the plan (memory, FLOPs, time) and exit; builds nothing")
-    report: str = F("", "write report.md for this run folder from its metrics.jsonl and exit")
+    resume: str = setting("", '"latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path')
+    init_from: str = setting("", "start a new run from this checkpoint's weights and shape (fine-tuning)")
+    dry_run: bool = setting(False, "print the plan (memory, FLOPs, time) and exit; builds nothing")
+    report: str = setting("", "write report.md for this run folder from its metrics.jsonl and exit")
     # ---- planning (--dry_run)
-    plan_gpus: int = F(0, "GPUs the --dry_run plan is for (0: this launch's world size)")
-    plan_mfu: float = F(0.4, "model FLOPs utilization the --dry_run wall-time estimate assumes")
-    plan_gpu_memory_gib: tuple[float, ...] = F((40.0, 80.0), "GPU memory sizes the --dry_run plan fits the run "
+    plan_gpus: int = setting(0, "GPUs the --dry_run plan is for (0: this launch's world size)")
+    plan_mfu: float = setting(0.4, "model FLOPs utilization the --dry_run wall-time estimate assumes")
+    plan_gpu_memory_gib: tuple[float, ...] = setting((40.0, 80.0), "GPU memory sizes the --dry_run plan fits the run "
                                                              "to, comma-separated: --plan_gpu_memory_gib=16")
 
     def __post_init__(self):
@@ -139,35 +140,24 @@ class TrainConfig:
             msg += f" Or change global_batch_size to a multiple of {per_step}."
         raise ConfigError(msg)
 
-    def resolved(self, device_type: str, dtype: str | None = None) -> "TrainConfig":
-        """A copy with every derived default filled in (min_lr, lr_decay_steps, dtype,
-        compile, loss_chunk). dtype: what "auto" came to on the actual device (default: what
-        it means on device_type, a GPU assumed to have bf16). A run resolves once at start-up
-        and saves the result with itself."""
-        compile = self.compile if self.compile is not None else device_type == "cuda"
-        return dataclasses.replace(
-            self,
-            min_lr=self.min_lr if self.min_lr is not None else self.learning_rate / 10,
-            lr_decay_steps=self.lr_decay_steps or self.max_steps,
-            dtype=dtype or (self.dtype if self.dtype != "auto" else auto_dtype_name(device_type)),
-            compile=compile,
-            loss_chunk=self.loss_chunk if self.loss_chunk is not None else 0 if compile else LOSS_CHUNK)
-
     # ---- cadences: when each concern acts, after `step` optimizer updates -----------------
 
     def should_evaluate(self, step: int) -> bool:
+        """Evaluate after `step` updates: every eval_interval, at save_steps and at the end."""
         return self.eval_batches > 0 and (step % self.eval_interval == 0 or step in self.save_steps
                                           or step >= self.max_steps)
 
-    def should_save(self, step: int, stop: str | None = None) -> bool:
+    def should_save(self, step: int, stop: Stop | None = None) -> bool:
         """A step checkpoint after `step` updates: every save_interval, at save_steps, at the
-        end, and when the run stops early or is preempted (so it can resume there)."""
+        end, and where a run that stops saves where it stops (Stop.saves_where_it_stops)."""
         return self.save_interval > 0 and (step % self.save_interval == 0 or step in self.save_steps
-                                           or step >= self.max_steps or stop in ("early_stopping", "preempted"))
+                                           or step >= self.max_steps
+                                           or (stop is not None and stop.saves_where_it_stops))
 
     def should_log(self, step: int) -> bool:
-        """Log the loss of step's batch: every log_interval, and where the report has a row
-        (the end of warmup, every save)."""
+        """Log the loss of step `step`, which was measured on the weights after `step`
+        updates (so it lines up with an evaluation after `step` updates): every
+        log_interval, and where the report has a row (the end of warmup, every save)."""
         return step % self.log_interval == 0 or step == self.warmup_steps or self.should_save(step)
 
     @property

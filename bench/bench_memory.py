@@ -30,7 +30,7 @@ import sharding  # noqa: E402
 import train  # noqa: E402
 from devices import autocast  # noqa: E402
 from model import GPT, GPTConfig, preset_config  # noqa: E402
-from plan import GiB, Way, estimate  # noqa: E402
+from memory import GiB, Way, estimate  # noqa: E402
 from train_config import TrainConfig  # noqa: E402
 
 TOKENS = (8, 512)  # the plan's first milestone: 8 sequences of 512 tokens per step
@@ -46,27 +46,27 @@ CASES = {  # name: (dtype, micro-batch divisor, way)
 MODELS = {"gpt2-124m": "gpt2-124m", "gpt2-350m": "gpt2-350m", "~1B (GPT-2 XL shape)": "gpt2-1.5b"}
 
 
-def train_config(preset: str, mc: GPTConfig, dtype: str, divisor: int, way: Way, device: str) -> TrainConfig:
+def train_config(preset: str, model_cfg: GPTConfig, dtype: str, divisor: int, way: Way, device: str) -> TrainConfig:
     batch, seq = TOKENS
-    return TrainConfig(model=preset, block_size=seq, n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd,
+    return TrainConfig(model=preset, block_size=seq, n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd,
                        global_batch_size=batch, micro_batch_size=batch // divisor, dtype=dtype, device=device,
-                       compile=False, loss_chunk=mc.loss_chunk,  # measure() runs eager
+                       compile=False, loss_chunk=model_cfg.loss_chunk,  # measure() runs eager
                        activation_checkpointing=way.checkpointing, parallelism=way.parallelism,
                        offload=way.offload)
 
 
-def measure(cfg: TrainConfig, mc: GPTConfig, env, steps: int) -> tuple[float | None, list]:
+def measure(cfg: TrainConfig, model_cfg: GPTConfig, env, steps: int) -> tuple[float | None, list]:
     """(peak bytes of the last step, the losses), or (None, []) when it runs out of memory."""
     dtype = getattr(torch, cfg.dtype)
     torch.manual_seed(0)
-    model = GPT(dataclasses.replace(mc, activation_checkpointing=cfg.activation_checkpointing))
+    model = GPT(dataclasses.replace(model_cfg, activation_checkpointing=cfg.activation_checkpointing))
     model = model.to("cpu" if cfg.offload else env.device)
     if cfg.parallelism == "fsdp":
         sharding.shard(model, env, dtype, cfg.offload)
     optimizer = torch.optim.AdamW(model.optimizer_groups(0.1), lr=3e-4, fused=True)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     accum = cfg.global_batch_size // cfg.micro_batch_size
-    data = torch.randint(0, mc.vocab_size, (64, cfg.micro_batch_size, mc.block_size + 1))
+    data = torch.randint(0, model_cfg.vocab_size, (64, cfg.micro_batch_size, model_cfg.block_size + 1))
     losses, peak = [], None
     try:
         for step in range(steps):
@@ -78,7 +78,7 @@ def measure(cfg: TrainConfig, mc: GPTConfig, env, steps: int) -> tuple[float | N
                         data[(step * accum + i) % 64, :, 1:].to(env.device), i) for i in range(accum)]
             with (_cpu_peak() if env.device.type == "cpu" and last else _no_peak()) as cpu:
                 values = train.train_step(model, optimizer, scaler, batches, 1.0, autocast(env.device, dtype), env)
-            losses.append(values[0].item())
+            losses.append(values.loss.item())
             if last:
                 peak = torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda" else cpu.peak
     except torch.OutOfMemoryError:
@@ -124,14 +124,14 @@ def rows(env, steps: int, card_gib: float, device: str) -> list[str]:
            "|---|---|---|---|---|"]
     models = MODELS if device == "cuda" else {"4 x 256 (CPU-sized)": "small-cpu"}
     for label, preset in models.items():
-        mc = preset_config(preset, vocab_size=50257, block_size=TOKENS[1], loss_chunk=1024,
+        model_cfg = preset_config(preset, vocab_size=50257, block_size=TOKENS[1], loss_chunk=1024,
                            **({"n_embd": 256} if device == "cpu" else {}))
         for case, (dtype, divisor, way) in CASES.items():
-            cfg = train_config(preset, mc, dtype, divisor, way, device)
-            planned = estimate(cfg, 1, mc, way)["total"]
+            cfg = train_config(preset, model_cfg, dtype, divisor, way, device)
+            planned = estimate(cfg, 1, model_cfg, way)["total"]
             measured = "-"  # offload needs a GPU
             if device == "cuda" or not way.offload:
-                peak, losses = measure(cfg, mc, env, steps if case == "all combined" and device == "cuda" else 2)
+                peak, losses = measure(cfg, model_cfg, env, steps if case == "all combined" and device == "cuda" else 2)
                 measured = "OOM" if peak is None else f"{peak / GiB:.3f}"
                 if peak is not None and case == "all combined" and len(losses) > 2:
                     print(f"{label}, all combined: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} "
@@ -148,7 +148,7 @@ def main():
     p.add_argument("--steps", type=int, default=2, help="steps of the combined case (the others run 2)")
     p.add_argument("--card_gib", type=float, default=16.0, help="the card to emulate on a larger GPU")
     a = p.parse_args()
-    env = distributed.setup(a.device, 600, group_of_one=True)  # FSDP shards over a mesh of one
+    env = distributed.setup(distributed.local_device(a.device), 600, join=True)  # FSDP shards over a mesh of one
     if env.device.type == "cuda":
         total = torch.cuda.get_device_properties(env.device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, a.card_gib * GiB / total), env.device)
@@ -162,10 +162,10 @@ def main():
         print("\nPlanner rows for the plan's models (a GPU measures them):")
         print("| model | case | planner (GiB) |\n|---|---|---|")
         for label, preset in MODELS.items():
-            mc = preset_config(preset, vocab_size=50257, block_size=TOKENS[1], loss_chunk=1024)
+            model_cfg = preset_config(preset, vocab_size=50257, block_size=TOKENS[1], loss_chunk=1024)
             for case, (dtype, divisor, way) in CASES.items():
-                cfg = train_config(preset, mc, dtype, divisor, way, "cuda")
-                print(f"| {label} | {case} | {estimate(cfg, 1, mc, way)['total'] / GiB:.2f} |")
+                cfg = train_config(preset, model_cfg, dtype, divisor, way, "cuda")
+                print(f"| {label} | {case} | {estimate(cfg, 1, model_cfg, way)['total'] / GiB:.2f} |")
 
 
 if __name__ == "__main__":

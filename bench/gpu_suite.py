@@ -50,7 +50,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from atomic_files import write_json, write_text  # noqa: E402
 from bench_train import write_random_tokens  # noqa: E402
-from plan import GiB, auto_way, estimate  # noqa: E402
+from memory import GiB, estimate  # noqa: E402
+from resolve import Machine, resolve  # noqa: E402
 from train_config import ConfigError, load_config  # noqa: E402
 
 VOCAB = 50257  # write_random_tokens writes GPT-2 ids
@@ -66,7 +67,7 @@ class Case:
     steps: int
     log_interval: int
     cap_s: int  # the most this run may take, start-up, compilation and checkpoint saves included
-    loss_chunk: int | None = None  # None: the run's default (TrainConfig.resolved)
+    loss_chunk: int | None = None  # None: the run's default (resolve.resolve)
     activation_checkpointing: bool = False
 
 
@@ -84,8 +85,8 @@ CASES = (
     Case("1.2b_bf16_ckpt", "1.2b", 8, "bfloat16", 60, 5, 240, activation_checkpointing=True),
 )
 # The CPU smoke: with the GPT-2 vocab the tied head is nearly all of a tiny model's work, and
-# 16-bit matmuls are 5-9x slower than fp32 on a CPU without bf16 units (0.3 s a step even at
-# 1 x 32 tokens on the 2-core CI machine), so it runs 5 steps: 3 intervals after the 2 left out.
+# 16-bit matmuls are far slower than fp32 on a CPU without bf16 units (docs/benchmarks.md,
+# "The CPU smoke"), so it runs 5 steps: 3 intervals after the 2 left out.
 SMOKE_CASE = dict(model="tiny", micro_batch=1, steps=5, log_interval=1, cap_s=90)
 SMOKE_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, block_size=32)
 WARM_INTERVALS = 2  # logged intervals left out: step 0 (compiles) and the first log_interval steps
@@ -195,21 +196,26 @@ def train_args(case: Case, data: str, runs: str, smoke: bool, extra: list) -> li
                   progress_bar=False, device="cpu" if smoke else "cuda", **(SMOKE_SHAPE if smoke else {}))
     if case.loss_chunk is not None:
         values["loss_chunk"] = case.loss_chunk
+    elif smoke:
+        # the smoke runs eager, where the loss chunk resolves otherwise: it takes the GPU run's,
+        # so that each smoke row runs the loss its GPU row measures
+        as_on_gpu = load_config([f"--{k}={v}" for k, v in {**values, "compile": True, "device": "cuda"}.items()])
+        values["loss_chunk"] = resolve(as_on_gpu, Machine("cuda", 1), as_on_gpu.model_config(VOCAB)).cfg.loss_chunk
     return [f"--{k}={v}" for k, v in values.items()] + extra
 
 
 def case_row(case: Case, args: list[str], card_bytes: float) -> dict:
     """A run's row before it runs: its config, and the planner's estimate for that config the
-    way train.py resolves it (DDP on one GPU)."""
+    way train.py resolves it (on one GPU of card_bytes; the smoke: on the CPU)."""
     cfg = load_config(args)
-    cfg = cfg.resolved(cfg.device)  # as the run will resolve it: compile, loss_chunk
-    mc = cfg.model_config(VOCAB)
-    way, _ = auto_way(cfg, 1, mc, card_bytes)
+    machine = Machine("cpu", 1) if cfg.device == "cpu" else Machine("cuda", 1, card_bytes)
+    r = resolve(cfg, machine, cfg.model_config(VOCAB))
+    cfg, model_cfg = r.cfg, r.model_cfg
     return dict(part="throughput", name=case.key, config=dict(
-        model=cfg.model, shape=f"{mc.n_layer} x {mc.n_embd}, context {mc.block_size}" if cfg.n_layer else None,
+        model=cfg.model, shape=f"{model_cfg.n_layer} x {model_cfg.n_embd}, context {model_cfg.block_size}" if cfg.n_layer else None,
         micro_batch=cfg.micro_batch_size, dtype=cfg.dtype, compile=cfg.compile, loss_chunk=cfg.loss_chunk,
         activation_checkpointing=cfg.activation_checkpointing, steps=cfg.max_steps),
-        planner_gib=estimate(cfg, 1, mc, way)["total"] / GiB, planner_way=way.name)
+        planner_gib=estimate(cfg, 1, model_cfg, r.way)["total"] / GiB, planner_way=r.way.name)
 
 
 def read_records(path: str) -> list[dict]:

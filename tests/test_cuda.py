@@ -17,7 +17,7 @@ from conftest import ROOT, records, run_dir_of, torchrun
 from devices import autocast, peak_flops
 from distributed import Dist
 from model import GPT, CausalSelfAttention, GPTConfig
-from step_stats import HostCopies
+from step_stats import HostCopies, StepValues
 from test_sample import prompt, tiny_model
 from train_config import load_config
 from weights import build_model, load_weights
@@ -146,7 +146,7 @@ def test_compiled_losses_equal_eager_over_20_steps(tiny_args):
 def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
     cfg = load_config(on_gpu(tiny_args, dtype="float32"))
     env = Dist(device=CUDA)
-    run = train.prepare(cfg, env)
+    run = train.build(train.prepare(cfg, CUDA), env)
     try:
         assert isinstance(run.optimizer, torch.optim.AdamW) and run.optimizer.defaults["fused"] is True
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -154,7 +154,7 @@ def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
                              run.autocast, env)
             torch.cuda.synchronize()
     finally:
-        run.log.close()
+        run.reporter.end(0, 0.0, "test", "done")
     ops = {e.name for e in prof.events()}
     assert "aten::_fused_adamw_" in ops, sorted(op for op in ops if "adam" in op.lower())
 
@@ -198,7 +198,7 @@ def test_step_results_reach_the_host_through_pinned_memory_once_the_gpu_has_them
     x = torch.randn(4096, 4096, device=CUDA)
     for step in range(3):
         y = (x @ x).norm()  # still computing when push() queues its copy
-        copies.push(step, 0.1, torch.stack([y, 2 * y, torch.ones((), device=CUDA)]))
+        copies.push(step, 0.1, StepValues(loss=y, grad_norm=2 * y, applied=torch.ones((), device=CUDA)))
     assert all(values.is_pinned() for _, _, values, _ in copies.pending)
     early = copies.pop(wait_for_all=False)
     assert [r.step for r in early] == [0, 1]  # the newest waits for the next step

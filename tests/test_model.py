@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from model import GPT, PRESETS, GPTConfig, KVCache, count_params, cross_entropy_chunk, flops_per_token, preset_config
+from model import (GPT, PRESETS, GPTConfig, KVCache, compile_model, count_params, cross_entropy_chunk,
+                   flops_per_token, preset_config)
 
 
 def tiny(**kw):
@@ -15,11 +16,11 @@ def tiny(**kw):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_counts_match_the_built_model(name):
-    cfg = preset_config(name)
+    model_cfg = preset_config(name)
     with torch.device("meta"):
-        model = GPT(cfg)
-    padding = (cfg.padded_vocab - cfg.vocab_size) * cfg.n_embd
-    assert sum(p.numel() for p in model.parameters()) - padding == count_params(cfg) == model.num_params()
+        model = GPT(model_cfg)
+    padding = (model_cfg.padded_vocab - model_cfg.vocab_size) * model_cfg.n_embd
+    assert sum(p.numel() for p in model.parameters()) - padding == count_params(model_cfg) == model.num_params()
 
 
 def test_known_counts():
@@ -61,18 +62,18 @@ def test_causality():
                                             ("300m", {"n_layer": 1, "block_size": 64})])
 def test_init_loss_is_uniform(name, overrides):
     torch.manual_seed(0)
-    cfg = preset_config(name, **overrides)
-    model = GPT(cfg)
-    x = torch.randint(0, cfg.vocab_size, (4, 32))
-    y = torch.randint(0, cfg.vocab_size, (4, 32))
+    model_cfg = preset_config(name, **overrides)
+    model = GPT(model_cfg)
+    x = torch.randint(0, model_cfg.vocab_size, (4, 32))
+    y = torch.randint(0, model_cfg.vocab_size, (4, 32))
     _, loss = model(x, y)
-    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.1
+    assert abs(loss.item() - math.log(model_cfg.vocab_size)) < 0.1
 
 
 def test_padded_ids_are_never_predicted():
-    cfg = tiny(vocab_size=67)
-    assert cfg.padded_vocab == 128
-    logits, _ = GPT(cfg)(torch.zeros(1, 4, dtype=torch.long))
+    model_cfg = tiny(vocab_size=67)
+    assert model_cfg.padded_vocab == 128
+    logits, _ = GPT(model_cfg)(torch.zeros(1, 4, dtype=torch.long))
     assert logits.shape[-1] == 67
 
 
@@ -97,11 +98,11 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 def test_kv_cache_matches_full_forward():
     torch.manual_seed(0)
-    cfg = tiny()
-    model = GPT(cfg).eval()
+    model_cfg = tiny()
+    model = GPT(model_cfg).eval()
     x = torch.randint(0, 67, (2, 16))
     full, _ = model(x, x)
-    cache = KVCache(cfg, 2, "cpu", torch.float32)
+    cache = KVCache(model_cfg, 2, "cpu", torch.float32)
     first, _ = model(x[:, :9], cache=cache)  # prefill
     assert torch.allclose(first[:, 0], full[:, 8], atol=1e-5)
     chunk, _ = model(x[:, 9:12], cache=cache)  # several tokens at once after a prefix
@@ -114,9 +115,9 @@ def test_kv_cache_matches_full_forward():
 
 
 def test_flops_per_token_formula():
-    cfg = preset_config("gpt2-124m")
-    n = count_params(cfg) - cfg.block_size * cfg.n_embd  # matmul weights: all but positions
-    assert flops_per_token(cfg) == 6 * n + 12 * 12 * 768 * 1024
+    model_cfg = preset_config("gpt2-124m")
+    n = count_params(model_cfg) - model_cfg.block_size * model_cfg.n_embd  # matmul weights: all but positions
+    assert flops_per_token(model_cfg) == 6 * n + 12 * 12 * 768 * 1024
 
 
 def test_bad_shapes_are_clear_errors():
@@ -126,9 +127,9 @@ def test_bad_shapes_are_clear_errors():
         preset_config("gpt5")
 
 
-def _loss_and_grads(cfg, x, y, autocast_dtype=None):
+def _loss_and_grads(model_cfg, x, y, autocast_dtype=None):
     torch.manual_seed(0)
-    model = GPT(cfg)
+    model = GPT(model_cfg)
     with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
         loss = model(x, y)[1]
     loss.backward()
@@ -137,24 +138,24 @@ def _loss_and_grads(cfg, x, y, autocast_dtype=None):
 
 @pytest.mark.parametrize("chunk", [1, 37, 100, 1000])
 def test_chunked_loss_equals_the_plain_loss_and_gradients(chunk):
-    cfg = GPTConfig(vocab_size=301, block_size=32, n_layer=2, n_head=2, n_embd=32)  # 301: padded to 320
+    model_cfg = GPTConfig(vocab_size=301, block_size=32, n_layer=2, n_head=2, n_embd=32)  # 301: padded to 320
     x, y = torch.randint(0, 301, (4, 32)), torch.randint(0, 301, (4, 32))
     y[0, :7] = -1  # ignored positions count neither in the mean nor in the gradients
-    plain, g_plain = _loss_and_grads(cfg, x, y)
-    chunked, g_chunked = _loss_and_grads(dataclasses.replace(cfg, loss_chunk=chunk), x, y)
+    plain, g_plain = _loss_and_grads(model_cfg, x, y)
+    chunked, g_chunked = _loss_and_grads(dataclasses.replace(model_cfg, loss_chunk=chunk), x, y)
     assert chunked == pytest.approx(plain, rel=1e-6)
     for name in g_plain:
         scale = g_plain[name].abs().max().clamp(min=1e-12)
         assert ((g_plain[name] - g_chunked[name]).abs().max() / scale) < 1e-5, name
     # bf16 autocast: the same math in 16-bit matmuls, summed in another order
-    plain, _ = _loss_and_grads(cfg, x, y, torch.bfloat16)
-    chunked, _ = _loss_and_grads(dataclasses.replace(cfg, loss_chunk=chunk), x, y, torch.bfloat16)
+    plain, _ = _loss_and_grads(model_cfg, x, y, torch.bfloat16)
+    chunked, _ = _loss_and_grads(dataclasses.replace(model_cfg, loss_chunk=chunk), x, y, torch.bfloat16)
     assert chunked == pytest.approx(plain, rel=1e-3)
 
 
 def test_chunked_loss_never_keeps_a_full_logits_tensor():
-    cfg = GPTConfig(vocab_size=500, block_size=64, n_layer=1, n_head=2, n_embd=16, loss_chunk=64)
-    model = GPT(cfg)
+    model_cfg = GPTConfig(vocab_size=500, block_size=64, n_layer=1, n_head=2, n_embd=16, loss_chunk=64)
+    model = GPT(model_cfg)
     x = torch.randint(0, 500, (8, 64))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
@@ -167,18 +168,16 @@ def test_chunked_loss_never_keeps_a_full_logits_tensor():
 
 
 def test_a_compiled_model_computes_the_chunked_loss_chunk_by_chunk_as_eager_does():
-    """sharding.wrap compiles the model and, apart, one chunk of the loss (the compiler would
+    """compile_model compiles the model and, apart, one chunk of the loss (the compiler would
     otherwise unroll the chunk loop into one graph and hold every chunk's logits at once):
     the loss and every gradient equal eager's, ignored positions and a short last chunk too."""
-    import types
-    import sharding
-    cfg = GPTConfig(vocab_size=301, block_size=32, n_layer=2, n_head=2, n_embd=32, loss_chunk=48)
+    model_cfg = GPTConfig(vocab_size=301, block_size=32, n_layer=2, n_head=2, n_embd=32, loss_chunk=48)
     x, y = torch.randint(0, 301, (4, 32)), torch.randint(0, 301, (4, 32))
     y[0, :7] = -1
-    plain, g_plain = _loss_and_grads(cfg, x, y)
+    plain, g_plain = _loss_and_grads(model_cfg, x, y)
     torch.manual_seed(0)
-    model = GPT(cfg)
-    compiled = sharding.wrap(model, "ddp", types.SimpleNamespace(world=1), compile=True)
+    model = GPT(model_cfg)
+    compiled = compile_model(model)
     assert compiled is not model and model.chunk_step is not cross_entropy_chunk
     loss = compiled(x, y)[1]
     loss.backward()

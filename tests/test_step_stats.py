@@ -3,7 +3,11 @@ import time
 
 import torch
 
-from step_stats import HostCopies, StepResult, StepWatch, Throughput, describe_event
+from step_stats import HostCopies, StepResult, StepValues, StepWatch, Throughput, describe_event
+
+
+def values(loss, grad_norm, applied):
+    return StepValues(loss=torch.tensor(loss), grad_norm=torch.tensor(grad_norm), applied=torch.tensor(applied))
 
 
 def result(step, loss, grad_norm=1.0, applied=True):
@@ -12,9 +16,10 @@ def result(step, loss, grad_norm=1.0, applied=True):
 
 def test_host_copies_come_out_in_order_one_step_behind_unless_waited_for():
     copies = HostCopies(torch.device("cpu"))
-    copies.push(0, 0.1, torch.tensor([3.0, 1.5, 1.0]))
+    copies.push(0, 0.1, values(3.0, 1.5, 1.0))
     assert copies.pop(wait_for_all=False) == []  # the newest may still be on the device
-    copies.push(1, 0.2, torch.tensor([float("nan"), float("nan"), 0.0]))
+    copies.push(1, 0.2, values(float("nan"), float("nan"), 0.0))
+    assert copies.newest_step == 1  # the step a log decision is about
     (r0,) = copies.pop(wait_for_all=False)
     assert (r0.step, r0.lr, r0.loss, r0.grad_norm, r0.applied) == (0, 0.1, 3.0, 1.5, True)
     (r1,) = copies.pop(wait_for_all=True)

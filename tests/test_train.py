@@ -1,6 +1,6 @@
 import glob
+import math
 import os
-import time
 
 import pytest
 import torch
@@ -8,7 +8,11 @@ import torch
 import checkpoint as ckpt
 import train
 from conftest import records, run_dir_of, write_dataset
-from train_config import ConfigError
+from loader import GPT2_META, load_meta
+from model import count_params
+from resolve import Machine, resolve
+from stopping import Stop
+from train_config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,12 +149,17 @@ def test_data_vocab_larger_than_the_checkpoint_model(tiny_args, tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))))
-def test_dry_run_for_every_config(config, capsys):
-    start = time.time()
+def test_dry_run_for_every_config_plans_that_config(config, capsys):
+    """The plan printed is this config's: its model's size and the way its run resolves
+    to on the plan's first card."""
     train.main([config, "--dry_run"])
     out = capsys.readouterr().out
-    assert "FLOPs" in out and "GiB" in out
-    assert time.time() - start < 30
+    cfg = load_config([config])
+    meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
+    r = resolve(cfg, Machine.planned(cfg.device, cfg.plan_gpus or 1, cfg.plan_gpu_memory_gib[0]),
+                cfg.model_config(meta["vocab_size"]))
+    assert f"parameters:           {count_params(r.model_cfg):,} " in out
+    assert f"This config runs {r.way.name} (" in out
 
 
 def test_keep_last_prunes_old_step_checkpoints(tiny_args):
@@ -204,9 +213,9 @@ def test_train_step_applies_one_update_and_reports_loss_and_norm():
     with torch.no_grad():
         expected = (model(x[:2], x[:2])[1] + model(x[2:], x[2:])[1]) / 2
     before = [p.detach().clone() for p in model.parameters()]
-    loss, grad_norm, applied = train.train_step(model, opt, scaler, batches, 1.0, torch.autocast("cpu", enabled=False),
-                                                env).tolist()
-    assert loss == pytest.approx(expected.item(), rel=1e-6) and grad_norm > 0 and applied == 1.0
+    values = train.train_step(model, opt, scaler, batches, 1.0, torch.autocast("cpu", enabled=False), env)
+    assert values.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert values.grad_norm.item() > 0 and values.applied.item() == 1.0
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
 
@@ -228,9 +237,9 @@ def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimi
     train.train_step(model, opt, scaler, [(x, x, 1)], 1.0, torch.autocast("cpu", enabled=False), env)
     state_before = {k: v.clone() for k, v in opt.state[next(model.parameters())].items()}
     weights_before = [p.detach().clone() for p in model.parameters()]
-    loss, grad_norm, applied = train.train_step(NaNLoss(model), opt, scaler, [(x, x, 2)], 1.0,
-                                                torch.autocast("cpu", enabled=False), env).tolist()
-    assert loss != loss and applied == 0.0
+    values = train.train_step(NaNLoss(model), opt, scaler, [(x, x, 2)], 1.0,
+                              torch.autocast("cpu", enabled=False), env)
+    assert math.isnan(values.loss.item()) and values.applied.item() == 0.0
     assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))
     state_after = opt.state[next(model.parameters())]
     assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)  # step count too
@@ -241,7 +250,7 @@ def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimi
 def test_a_diverging_run_stops_after_n_non_finite_steps_keeping_the_last_good_checkpoint(tiny_args):
     args = tiny_args + ["--learning_rate=1e6", "--warmup_steps=0", "--max_steps=40", "--save_interval=1",
                         "--eval_interval=2", "--max_nonfinite_steps=3", "--run_name=nan"]
-    assert train.main(args) == train.EXIT_CODES["nonfinite"] == 1
+    assert train.main(args) == Stop.NONFINITE.exit_code == 1
     run = run_dir_of(args)
     end = records(run, "end")[-1]
     bad = records(run, "nonfinite")

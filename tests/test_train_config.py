@@ -4,7 +4,9 @@ import os
 import pytest
 
 import model
-from train_config import LOSS_CHUNK, MODEL_FIELDS, ConfigError, TrainConfig, help_text, load_config, parse_value
+from stopping import Stop
+from train_config import (MODEL_FIELDS, ConfigError, TrainConfig, help_text, load_config, parse_value,
+                          read_config_file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,11 +65,15 @@ def test_unknown_key_in_a_file(tmp_path):
         load_config([str(f)])
 
 
-def test_every_shipped_config_loads():
+def test_every_shipped_config_loads_with_each_of_its_values():
     files = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
     assert len(files) >= 4
     for f in files:
-        assert isinstance(load_config([f]), TrainConfig)
+        cfg = load_config([f])
+        written = read_config_file(f)
+        assert written, f
+        for key, value in written.items():  # none dropped, none left as the file's raw type
+            assert getattr(cfg, key) == parse_value(key, value), (f, key)
 
 
 def test_documented_runs_value_for_value():
@@ -77,8 +83,8 @@ def test_documented_runs_value_for_value():
     assert p.global_batch_size // (p.micro_batch_size * 8) == 4  # gradient_accumulation_steps
     assert p.model_config(50257).block_size == 1024
     r = load_config([os.path.join(ROOT, "config", "train_300m.py")])
-    mc = r.model_config(50257)
-    assert (mc.n_layer, mc.n_embd, mc.block_size, r.dropout) == (24, 1024, 2048, 0.1)
+    model_cfg = r.model_config(50257)
+    assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size, r.dropout) == (24, 1024, 2048, 0.1)
     assert (r.global_batch_size, r.learning_rate, r.min_lr, r.weight_decay, r.warmup_steps, r.max_steps,
             r.grad_clip, r.beta1, r.beta2, r.eps, r.dtype, r.save_interval, r.eval_interval,
             r.log_interval) == (512, 6e-4, 6e-5, 0.1, 2000, 100_000, 1.0, 0.9, 0.95, 1e-8, "float16",
@@ -134,33 +140,19 @@ def test_cadences_each_written_once():
     assert [s for s in range(101) if cfg.should_log(s)] == [0, 7, 10, 25, 40, 50, 75, 80, 100]
 
 
-def test_derived_settings_resolve_once():
-    cfg = TrainConfig(learning_rate=3e-4, max_steps=500)
-    r = cfg.resolved("cuda")
-    assert r.min_lr == pytest.approx(3e-5) and (r.lr_decay_steps, r.dtype, r.compile) == (500, "bfloat16", True)
-    assert r.loss_chunk == 0  # compiled: the compiler fuses the whole cross-entropy (faster, measured)
-    r = cfg.resolved("cpu")
-    assert (r.dtype, r.compile, r.loss_chunk) == ("float32", False, LOSS_CHUNK)  # eager: in chunks
-    assert TrainConfig(compile=False).resolved("cuda").loss_chunk == LOSS_CHUNK
-    assert TrainConfig(loss_chunk=64).resolved("cuda").loss_chunk == 64  # what a config says stays
-    assert cfg.resolved("cuda", "float16").dtype == "float16"  # what auto became on a pre-Ampere GPU
-    kept = TrainConfig(min_lr=0.0, lr_decay_steps=300, dtype="bfloat16", compile=False).resolved("cuda")
-    assert (kept.min_lr, kept.lr_decay_steps, kept.dtype, kept.compile) == (0.0, 300, "bfloat16", False)
-
-
 def test_model_fields_come_from_the_model_config():
     shared = {f.name for f in model.fields(model.GPTConfig)} & set(TrainConfig.__dataclass_fields__)
     assert set(MODEL_FIELDS) == shared and {"n_layer", "n_embd", "bias", "dropout"} <= shared
     cfg = load_config(["--model=tiny", "--n_embd=64", "--bias=False"])
-    mc = cfg.model_config(100)
-    assert (mc.n_layer, mc.n_embd, mc.bias, mc.vocab_size) == (4, 64, False, 100)
+    model_cfg = cfg.model_config(100)
+    assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.bias, model_cfg.vocab_size) == (4, 64, False, 100)
     assert cfg.model_overrides() == {"n_embd": 64, "bias": False, "dropout": 0.0,
                                      "activation_checkpointing": False}  # loss_chunk: resolved per run
 
 
 def test_stops_that_save_and_the_zero_settings_for_benchmarks():
     cfg = TrainConfig(max_steps=100, save_interval=40)
-    assert cfg.should_save(7, "preempted") and cfg.should_save(7, "early_stopping")
-    assert not cfg.should_save(7, "nonfinite") and not cfg.should_save(7)
+    assert cfg.should_save(7, Stop.PREEMPTED) and cfg.should_save(7, Stop.EARLY_STOPPING)
+    assert not cfg.should_save(7, Stop.NONFINITE) and not cfg.should_save(7)
     bench = TrainConfig(max_steps=100, save_interval=0, eval_batches=0)
-    assert not any(bench.should_save(s, "preempted") or bench.should_evaluate(s) for s in range(101))
+    assert not any(bench.should_save(s, Stop.PREEMPTED) or bench.should_evaluate(s) for s in range(101))

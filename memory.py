@@ -1,0 +1,174 @@
+"""The memory model: what one GPU holds at a training step's peak, item by item, for each
+way to run a config (DDP or FSDP, with or without activation checkpointing and offload).
+The resolver (resolve.py) uses it to pick --parallelism=auto, and the planner (plan.py)
+to print every way; its terms were checked against measured peaks (docs/benchmarks.md,
+bench/bench_memory.py)."""
+import dataclasses
+
+import torch
+
+from model import GPT, count_params
+
+GiB = 1024 ** 3
+# A way "fits" a card when its estimate leaves this much for what the estimate leaves out:
+# the CUDA context and the caching allocator's slack (an allowance, not a measurement).
+RESERVE_GIB = 2
+
+def block_activation_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> int:
+    """Bytes one transformer block saves for backward on one micro-batch, eager PyTorch.
+
+    Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+    Models", eq. 1) itemize s*b*h*(34 + 5*a*s/h) bytes for 16-bit activations. Adapted
+    to this model (checked against saved_tensors_hooks in tests/test_plan.py):
+    - no 5*a*s/h term: flash/efficient SDPA keep q, k, v, the output and a logsumexp, never
+      the T x T scores; attention-prob dropout is replayed from an RNG seed, no mask;
+    - the two LayerNorm inputs are the residual stream, which stays fp32 under autocast
+      with fp32 params: 4 B each, not 2 (+4 sbh);
+    - the MLP terms scale with mlp_dim, not a fixed 4h;
+    - the two residual dropout masks (1 B bool each) exist only when dropout > 0.
+    """
+    s, b, f = seq, batch, model_cfg.mlp_dim
+    sb, sbh = s * b, s * b * model_cfg.n_embd
+    resid = 4  # fp32 residual stream (autocast leaves it fp32; fp32 runs are fp32 anyway)
+    total = 2 * resid * sbh + 2 * 2 * 4 * sb  # ln_1, ln_2 inputs + their fp32 mean/rstd
+    total += act_bytes * sbh  # c_attn input (ln_1 output)
+    total += 3 * act_bytes * sbh + 4 * model_cfg.n_head * sb  # q, k, v + fp32 logsumexp
+    total += act_bytes * sbh  # attention output = attn.c_proj input
+    total += act_bytes * sbh  # mlp.c_fc input (ln_2 output)
+    total += 2 * act_bytes * sb * f  # GELU input and GELU output (= mlp.c_proj input)
+    if model_cfg.dropout > 0:
+        total += 2 * sbh  # bool masks after attn.c_proj and mlp.c_proj
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Way:
+    """One way to run a config: how the model is spread, and what trades compute for memory."""
+    parallelism: str  # "ddp" | "fsdp"
+    checkpointing: bool = False
+    offload: bool = False
+
+    @property
+    def name(self) -> str:
+        return " + ".join([self.parallelism.upper()] + ["activation checkpointing"] * self.checkpointing
+                          + ["offload"] * self.offload)
+
+    @property
+    def flags(self) -> str:
+        return (f"--parallelism={self.parallelism} --activation_checkpointing={self.checkpointing}"
+                + (" --offload=True" if self.offload else ""))
+
+
+# Fastest first: FSDP's extra traffic mostly overlaps compute; checkpointing recomputes every
+# block's forward (~+33% compute); offload moves every parameter and gradient over PCIe.
+WAYS = (Way("ddp"), Way("fsdp"), Way("ddp", True), Way("fsdp", True), Way("fsdp", False, True),
+        Way("fsdp", True, True))
+
+
+def memory_estimate(model_cfg, n_stored: int, n_matrix: int, micro_batch: int, dtype: str, world_size: int,
+                    way: Way, accumulation: int = 1, compiled: bool = False) -> dict:
+    """Itemized per-GPU bytes at the peak: the larger of two moments. The end of forward
+    holds every activation and the logits; the end of backward every gradient and the last
+    block's activations. Gradients are freed between steps (zero_grad(set_to_none=True)), so
+    the end of forward holds them only between micro-steps. n_stored counts every stored
+    parameter element (padding rows included); n_matrix the elements of 2-D weights, which
+    16-bit compute casts. compiled: under torch.compile (only the unchunked loss differs).
+    "moment" says which one binds."""
+    half = dtype in ("bfloat16", "float16")
+    act = 2 if half else 4
+    s, b, h = model_cfg.block_size, micro_batch, model_cfg.n_embd
+    root = model_cfg.padded_vocab * h + model_cfg.block_size * h + 2 * h  # wte, wpe, ln_f: FSDP's root unit
+    block = (n_stored - root) // model_cfg.n_layer
+    block_matrix = (n_matrix - model_cfg.padded_vocab * h - model_cfg.block_size * h) // model_cfg.n_layer
+    if way.parallelism == "ddp":
+        # gradient_as_bucket_view: DDP's buckets are the gradients, no second copy
+        state = {"weights (fp32)": 4 * n_stored, "AdamW state (fp32 m, v)": 8 * n_stored}
+        grads = {"gradients (fp32)": 4 * n_stored}
+        between_micro_steps = grads
+        if half:
+            # autocast's 16-bit weight copies live while backward needs them: all of them
+            # without checkpointing; with it, the tied head's plus one recomputed block's.
+            # (wpe is 2-D but only indexed, never cast.)
+            copies = (n_matrix - model_cfg.block_size * h if not way.checkpointing
+                      else model_cfg.padded_vocab * h + block_matrix)
+            state["16-bit weight copies (autocast)"] = 2 * copies
+    else:
+        shard = -(-n_stored // world_size)
+        state, grads = {}, {}
+        if not way.offload:  # with offload these live in pinned CPU memory
+            state = {"weights (fp32 shards)": 4 * shard, "AdamW state (fp32 shards)": 8 * shard}
+            grads = {"gradients (fp32 shards)": 4 * shard}
+        # no reduce-scatter before the last micro-step: full gradients wait
+        between_micro_steps = {"gradients (unsharded, between micro-steps)": 4 * n_stored}
+        # the root's parameters stay gathered from forward to backward; blocks are gathered
+        # one at a time, the next prefetched, each with its gradients' reduce-scatter buffer
+        state["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
+    held = between_micro_steps if accumulation > 1 else {}
+    forward = {**state, **held, **_activation_items(model_cfg, b, s, act, way.checkpointing),
+               "logits + loss": _logit_bytes(model_cfg, s * b, act, 4 if way.parallelism == "ddp" or not half else 2,
+                                             compiled)}
+    # the first block's activations are freed last (recomputed first under checkpointing)
+    backward = {**state, **held, **grads, "activations (first block)": block_activation_bytes(model_cfg, b, s, act)}
+    moment, items = max(("end of forward", forward), ("end of backward", backward), key=lambda m: sum(m[1].values()))
+    return {"items": items, "total": sum(items.values()), "moment": moment}
+
+
+def _activation_items(model_cfg, b: int, s: int, act: int, checkpointing: bool) -> dict:
+    h = model_cfg.n_embd
+    one_block = block_activation_bytes(model_cfg, b, s, act)
+    # Around the stack: embedding dropout mask, ln_f input (fp32) + stats, head input.
+    edges = (s * b * h if model_cfg.dropout > 0 else 0) + 4 * s * b * h + 8 * s * b + act * s * b * h
+    if checkpointing:
+        # Each block keeps only its fp32 input; backward recomputes one block at a time.
+        # Summed with the logits this is an upper bound: they are freed before recompute.
+        return {"activations (block inputs)": model_cfg.n_layer * 4 * s * b * h + edges,
+                "activations (1 block recomputed)": one_block}
+    return {"activations (all blocks)": model_cfg.n_layer * one_block + edges}
+
+
+def _logit_bytes(model_cfg, positions: int, act: int, weight_bytes: int, compiled: bool) -> int:
+    """The tied head and the loss. All at once, eager: the 16-bit (padded) logits, the fp32
+    log-softmax saved for the loss, and in its backward the fp32 gradients of its output and
+    input. All at once, compiled: the compiler fuses the cross-entropy, keeping the logits in
+    the compute dtype and one fp32 copy (fitted to one measured run: docs/benchmarks.md,
+    "Throughput and memory"). In chunks
+    (model.cross_entropy_chunk): one chunk's working set, counted as its padded logits in the
+    compute dtype, their fp32 copy, the temporary of the same size logsumexp makes, and the
+    padded gradient in the compute dtype (not all alive at once; the excess stands for
+    backward's scaled copies of the kept gradients, as measured peaks bear out:
+    docs/benchmarks.md); plus what the loss keeps for backward: the
+    hidden states' gradient (fp32) and the head weight's (an fp32 sum, then the weight's
+    dtype)."""
+    V, Vp, h = model_cfg.vocab_size, model_cfg.padded_vocab, model_cfg.n_embd
+    if 0 < model_cfg.loss_chunk < positions:
+        per_position = act * Vp + 8 * V + act * Vp
+        return model_cfg.loss_chunk * per_position + 4 * positions * h + (4 + weight_bytes) * Vp * h
+    if compiled:
+        return positions * Vp * (act + 4)
+    return positions * ((act * Vp + 12 * V) if act == 2 else 12 * V)
+
+
+def param_counts(model_cfg) -> tuple[int, int]:
+    """(stored parameter elements, of which in 2-D weights), from the model on the meta device."""
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    n_stored = sum(p.numel() for p in model.parameters())  # the tied matrix once
+    n_matrix = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    if n_stored - (model_cfg.padded_vocab - model_cfg.vocab_size) * model_cfg.n_embd != count_params(model_cfg):
+        raise RuntimeError(f"model has {n_stored:,} parameters but count_params says {count_params(model_cfg):,}")
+    return n_stored, n_matrix
+
+
+def estimate(cfg, world_size: int, model_cfg, way: Way) -> dict:
+    """memory_estimate for a resolved TrainConfig (resolve.py: a concrete dtype and compile)
+    and its model config, run one way on world_size GPUs."""
+    model_cfg = dataclasses.replace(model_cfg, activation_checkpointing=way.checkpointing)
+    return memory_estimate(model_cfg, *param_counts(model_cfg), cfg.micro_batch_size, cfg.dtype, world_size, way,
+                           cfg.accumulation(world_size), cfg.compile)
+
+
+def fits(total_bytes: float, card_bytes: float) -> bool:
+    """Whether an estimate fits a card, with RESERVE_GIB left for what it leaves out."""
+    return total_bytes + RESERVE_GIB * GiB <= card_bytes
+
+

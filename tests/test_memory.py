@@ -1,0 +1,113 @@
+"""The memory model: each moment's items, its activation formulas against what PyTorch
+saves for backward, and its totals against the peaks measured on a GPU."""
+import dataclasses
+
+import pytest
+import torch
+
+from memory import GiB, Way, block_activation_bytes, estimate, memory_estimate, param_counts
+from model import GPT, Block, GPTConfig, preset_config
+from resolve import Machine, resolve
+from train_config import TrainConfig
+
+VOCAB = 50257
+
+# Peaks measured on one NVIDIA H200 (torch.cuda.max_memory_allocated), docs/benchmarks.md:
+# bench/gpu_suite.py's throughput runs (compiled, DDP on one GPU, the loss in chunks of
+# 1,024 compiled apart: run 2) and bench/bench_memory.py's rows (eager, 8 x 512 tokens per
+# step, chunks of 1,024). The compiled all-at-once row is left out: the planner's term for it
+# was fitted to it, so it would check nothing. So are FSDP + offload's rows, which the
+# planner does not yet explain (1.09x and 1.14x).
+# (preset, micro-batch, block_size, dtype, compile, accumulation, way) -> measured GiB
+MEASURED_PEAKS_GIB = {
+    ("gpt2-124m", 32, 1024, "bfloat16", True, 1, Way("ddp")): 12.94,
+    ("1.2b", 8, 1024, "bfloat16", True, 1, Way("ddp")): 30.11,
+    ("1.2b", 8, 1024, "bfloat16", True, 1, Way("ddp", True)): 18.99,
+    ("gpt2-124m", 8, 512, "float32", False, 1, Way("ddp")): 4.67,
+    ("gpt2-124m", 8, 512, "bfloat16", False, 1, Way("ddp")): 3.82,
+    ("gpt2-124m", 4, 512, "float32", False, 2, Way("ddp")): 3.98,
+    ("gpt2-124m", 8, 512, "float32", False, 1, Way("ddp", True)): 2.55,
+    ("gpt2-124m", 8, 512, "float32", False, 1, Way("fsdp")): 4.82,
+    ("gpt2-124m", 4, 512, "bfloat16", False, 2, Way("fsdp", True, True)): 1.48,
+    ("gpt2-350m", 8, 512, "float32", False, 1, Way("ddp")): 11.04,
+    ("gpt2-350m", 8, 512, "bfloat16", False, 1, Way("ddp")): 8.98,
+    ("gpt2-350m", 4, 512, "float32", False, 2, Way("ddp")): 9.33,
+    ("gpt2-350m", 8, 512, "float32", False, 1, Way("ddp", True)): 5.66,
+    ("gpt2-350m", 8, 512, "float32", False, 1, Way("fsdp")): 11.23,
+    ("gpt2-350m", 4, 512, "bfloat16", False, 2, Way("fsdp", True, True)): 2.46,
+}
+
+
+@pytest.mark.parametrize("case", list(MEASURED_PEAKS_GIB), ids=lambda c: f"{c[0]}-{c[3]}-{c[6].name}-x{c[5]}")
+def test_the_estimate_is_within_10_percent_of_every_measured_peak(case):
+    preset, micro, seq, dtype, compile, accumulation, way = case
+    model_cfg = TrainConfig(model=preset, block_size=seq, micro_batch_size=micro, global_batch_size=micro * accumulation,
+                      dtype=dtype, compile=compile, loss_chunk=1024, parallelism=way.parallelism,
+                      activation_checkpointing=way.checkpointing, offload=way.offload)
+    r = resolve(model_cfg, Machine("cuda", 1, 141 * GiB), model_cfg.model_config(VOCAB))
+    planned = estimate(r.model_cfg, 1, r.model_cfg, way)["total"] / GiB
+    # measured / planned, the ratio docs/benchmarks.md reports
+    assert abs(MEASURED_PEAKS_GIB[case] / planned - 1) <= 0.10
+
+
+def _saved_bytes(module, inputs, autocast: bool) -> int:
+    """Bytes of distinct storages autograd saves in a forward, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            module(*inputs)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_block_formula_matches_saved_tensors(autocast):
+    # Dropout 0: with dropout CPU SDPA falls back to the math kernel, unlike CUDA's flash.
+    B, T = 3, 40
+    model_cfg = GPTConfig(n_layer=1, n_head=4, n_embd=64, block_size=64, vocab_size=100, mlp_hidden=96)
+    block = Block(model_cfg).train()
+    measured = _saved_bytes(block, (torch.randn(B, T, 64),), autocast)
+    weight_copies = 2 * sum(p.numel() for p in block.parameters() if p.dim() == 2) if autocast else 0
+    assert measured - weight_copies == block_activation_bytes(model_cfg, B, T, 2 if autocast else 4)
+
+
+def test_model_formula_matches_saved_tensors():
+    B, T, V = 2, 32, 1000
+    model_cfg = GPTConfig(n_layer=3, n_head=4, n_embd=64, block_size=T, vocab_size=V)
+    model = GPT(model_cfg).train()
+    idx = torch.randint(0, V, (B, T))
+    measured = _saved_bytes(model, (idx, idx), autocast=True)
+    n_matrix = sum(p.numel() for p in model.parameters() if p.dim() == 2)
+    items = memory_estimate(model_cfg, 0, n_matrix, B, "bfloat16", 1, Way("ddp"))["items"]
+    # Saved for backward: all activations, the weight copies and the fp32 log-softmax;
+    # the rest of "logits + loss" is transient (held logits, backward's gradients).
+    expected = (items["activations (all blocks)"] + items["16-bit weight copies (autocast)"]
+                + 4 * B * T * V)
+    assert measured == pytest.approx(expected, rel=0.01)
+
+
+def test_the_peak_is_the_end_of_forward_or_of_backward_and_gradients_count_only_when_held():
+    """zero_grad(set_to_none=True) frees gradients between steps: a forward with no
+    accumulation holds none, and under checkpointing the end of backward (every gradient,
+    one block recomputed) is the larger moment."""
+    model_cfg = dataclasses.replace(preset_config("1.2b", vocab_size=VOCAB), loss_chunk=1024)
+    counts = param_counts(model_cfg)
+    n_stored = counts[0]
+    one = memory_estimate(model_cfg, *counts, 8, "bfloat16", 1, Way("ddp"))
+    assert one["moment"] == "end of forward" and "gradients (fp32)" not in one["items"]
+    accumulating = memory_estimate(model_cfg, *counts, 8, "bfloat16", 1, Way("ddp"), accumulation=4)
+    assert accumulating["items"]["gradients (fp32)"] == 4 * n_stored
+    assert accumulating["total"] == one["total"] + 4 * n_stored
+    ckpt = memory_estimate(model_cfg, *counts, 8, "bfloat16", 1, Way("ddp", True))
+    assert ckpt["moment"] == "end of backward"
+    assert ckpt["items"]["gradients (fp32)"] == 4 * n_stored
+    assert ckpt["items"]["activations (first block)"] == block_activation_bytes(model_cfg, 8, 1024, 2)
+    fsdp = memory_estimate(model_cfg, *counts, 8, "bfloat16", 4, Way("fsdp"), accumulation=2)
+    assert fsdp["items"]["gradients (unsharded, between micro-steps)"] == 4 * n_stored
