@@ -13,9 +13,11 @@ from datetime import datetime, timezone
 
 from atomic_files import write_text
 from checkpoint import is_step_file
+from stopping import Stop
 
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
-_UNFINISHED = ("preempted", "nonfinite")  # end reasons after which the run can go on
+# end reasons after which the run can go on: all but those that finish it (exit status 0)
+_UNFINISHED = tuple(stop.value for stop in Stop if stop.exit_code != 0)
 
 
 # ---- formatting ---------------------------------------------------------------------
@@ -254,7 +256,7 @@ def _event_lines(records: list[dict], last_train: dict) -> list[str]:
     find the batch (a pure function of seed and step) and look at it."""
     skipped = last_train.get("skipped_steps") or 0
     lines = [f"- Updates not applied (non-finite loss or gradients, or an fp16 overflow): {skipped:,}"]
-    for kind, label in (("nonfinite", "Non-finite steps"), ("spike", "Loss spikes")):
+    for kind, label in (("nonfinite", "Non-finite steps"), ("diverging", "Diverging steps"), ("spike", "Loss spikes")):
         events = latest_by_step(records, kind)
         if events:
             shown = ", ".join(f"{e['step']:,}" for e in events[:20])

@@ -3,8 +3,9 @@
 HostCopies brings a step's loss, gradient norm and applied flag to the host without
 stalling the GPU: it copies them as the step is queued and reads them one step later,
 when the GPU has long finished them (on a CPU they are ready at once). StepWatch turns
-those numbers into the run's health: skipped steps, a streak of non-finite steps that
-stops the run, and loss spikes worth finding again. Throughput measures tokens/s
+those numbers into the run's health: skipped steps, a streak of non-finite steps or of
+losses far above their level (divergence) that stops the run, and loss spikes worth
+finding again. Throughput measures tokens/s
 between log lines, leaving out evaluations and saves.
 """
 import collections
@@ -15,6 +16,8 @@ import time
 import typing
 
 import torch
+
+from stopping import Stop
 
 SPIKE_WINDOW = 100  # steps whose mean loss a spike is compared with
 SPIKE_MIN_HISTORY = 10  # a mean over fewer steps is too noisy to call anything a spike
@@ -77,14 +80,19 @@ class StepWatch:
     """Reads each StepResult in order; every rank sees the same numbers, so every rank
     reaches the same decision to stop."""
 
-    def __init__(self, max_nonfinite: int, spike_factor: float, loss_scaling: bool):
+    def __init__(self, max_nonfinite: int, spike_factor: float, loss_scaling: bool,
+                 divergence_factor: float = 0.0, divergence_steps: int = 10):
         self.max_nonfinite = max_nonfinite
         self.spike_factor = spike_factor
+        self.divergence_factor, self.divergence_steps = divergence_factor, divergence_steps
         # fp16's GradScaler finds its scale by overflowing now and then: an inf gradient
         # norm with a finite loss is that search, not a broken run.
         self.loss_scaling = loss_scaling
         self.recent = collections.deque(maxlen=SPIKE_WINDOW)
         self.nonfinite_streak: list[int] = []  # steps of the current run of non-finite steps
+        # steps of the current run of losses over divergence_factor x the mean before them;
+        # their losses stay out of `recent`, so that the level they are held to stays the same
+        self.diverging: list[int] = []
 
     def check(self, r: StepResult) -> list[dict]:
         """Events worth a log record: a non-finite or skipped step, or a loss spike."""
@@ -99,8 +107,14 @@ class StepWatch:
         if not r.applied:  # the fp16 loss scaler's overflow: skipped, and the scale halves
             events.append(dict(kind="skipped", step=r.step, loss=r.loss, grad_norm=_num(r.grad_norm)))
             return events
+        mean = sum(self.recent) / len(self.recent) if self.recent else None
+        if self.divergence_factor and mean is not None and r.loss > self.divergence_factor * mean:
+            self.diverging.append(r.step)
+            events.append(dict(kind="diverging", step=r.step, loss=r.loss, recent_mean=mean, ratio=r.loss / mean,
+                               in_a_row=len(self.diverging)))
+            return events
+        self.diverging = []
         if self.spike_factor and len(self.recent) >= SPIKE_MIN_HISTORY:
-            mean = sum(self.recent) / len(self.recent)
             if r.loss > self.spike_factor * mean:
                 events.append(dict(kind="spike", step=r.step, loss=r.loss, recent_mean=mean,
                                    ratio=r.loss / mean))
@@ -108,8 +122,19 @@ class StepWatch:
         return events
 
     @property
-    def should_stop(self) -> bool:
-        return len(self.nonfinite_streak) >= self.max_nonfinite
+    def broken(self) -> Stop | None:
+        """Stop.NONFINITE or Stop.DIVERGED once a streak is long enough to stop the run."""
+        if len(self.nonfinite_streak) >= self.max_nonfinite:
+            return Stop.NONFINITE
+        if self.divergence_factor and len(self.diverging) >= self.divergence_steps:
+            return Stop.DIVERGED
+        return None
+
+    @property
+    def streak(self) -> list[int]:
+        """The steps of the streak under way (non-finite, or diverging), if any: no checkpoint
+        is saved from such a state."""
+        return self.nonfinite_streak or self.diverging
 
 
 def describe_event(event: dict) -> str:
@@ -120,6 +145,9 @@ def describe_event(event: dict) -> str:
                 f"({event['in_a_row']} in a row)")
     if kind == "skipped":
         return head + "gradients overflowed in fp16: update skipped, loss scale lowered"
+    if kind == "diverging":
+        return (head + f"loss {event['loss']:.4g} is {event['ratio']:.3g} x the mean of the steps before it "
+                f"({event['recent_mean']:.4f}): diverging ({event['in_a_row']} in a row)")
     return (head + f"loss spike: {event['loss']:.4f} is {event['ratio']:.2f} x the mean of the "
             f"steps before it ({event['recent_mean']:.4f})")
 

@@ -87,7 +87,8 @@ def train(run, preempt: PreemptionSignal) -> Stop:
         return finish(run, Stop.MAX_STEPS, f"nothing to train: the checkpoint is already at step "
                                            f"{state.step:,} = max_steps; raise --max_steps to go on")
     copies = HostCopies(run.env.device)
-    watch = StepWatch(cfg.max_nonfinite_steps, cfg.loss_spike_factor, run.scaler.is_enabled())
+    watch = StepWatch(cfg.max_nonfinite_steps, cfg.loss_spike_factor, run.scaler.is_enabled(),
+                      cfg.divergence_factor, cfg.divergence_steps)
     if state.step == 0 and cfg.should_evaluate(0):
         with run.reporter.paused():
             evaluate_and_track(run)  # the untrained baseline: the report's Initial row
@@ -173,10 +174,10 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
         run.reporter.step(result, watch.check(result), state.skipped_steps, state.elapsed_s)
     with run.reporter.paused():
         patience_spent = False
-        if cfg.should_evaluate(done) and not (preempted or watch.should_stop):
+        if cfg.should_evaluate(done) and not (preempted or watch.broken):
             patience_spent = evaluate_and_track(run)
-        stop = stopping.decide(nonfinite=watch.should_stop, preempted=preempted,
-                               at_max_steps=done >= cfg.max_steps, patience_spent=patience_spent)
+        stop = stopping.decide(broken=watch.broken, preempted=preempted, at_max_steps=done >= cfg.max_steps,
+                               patience_spent=patience_spent)
         if cfg.should_save(done, stop):
             save_step_checkpoint(run, watch)
     return stop
@@ -229,11 +230,12 @@ def save(run, name: str):
 
 
 def save_step_checkpoint(run, watch: StepWatch):
-    """checkpoint_step_N.pt, unless the last step's loss was not finite: a checkpoint is
-    somewhere to go back to, and that state is not."""
-    if watch.nonfinite_streak:
+    """checkpoint_step_N.pt, unless the last steps were non-finite or diverging: a
+    checkpoint is somewhere to go back to, and that state is not."""
+    if watch.streak:
+        what = "not finite" if watch.nonfinite_streak else "far above the steps before them (diverging)"
         run.reporter.print(f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
-                           f"step's loss or gradient norm was not finite")
+                           f"steps' losses were {what}")
         return
     save(run, ckpt.step_file(run.state.step))
 
@@ -244,18 +246,29 @@ def finish(run, stop: Stop, message: str) -> Stop:
 
 
 def stop_message(stop: Stop, run, watch: StepWatch) -> str:
-    state, last = run.state, ckpt.latest_checkpoint(run.cfg.run_dir)
-    if stop is Stop.NONFINITE:
-        steps = watch.nonfinite_streak
-        kept = f"The last checkpoint, {last}, is intact" if last else "No step checkpoint was saved before them"
-        return (f"stopped: {len(steps)} steps in a row (steps {steps[0]:,} to {steps[-1]:,}) had a non-finite "
-                f"loss or gradient norm; none of them was applied. {kept}. Lower --learning_rate (or raise "
-                f"--warmup_steps), then --resume")
+    state = run.state
+    if stop in (Stop.NONFINITE, Stop.DIVERGED):
+        steps = watch.streak
+        what = ("had a non-finite loss or gradient norm; none of them was applied" if stop is Stop.NONFINITE else
+                f"had a loss over {run.cfg.divergence_factor:g} x the mean of the steps before them: the run diverged")
+        return (f"stopped: {len(steps)} steps in a row (steps {steps[0]:,} to {steps[-1]:,}) {what}. "
+                + _where_to_go_on(run.cfg, steps[0]))
     if stop is Stop.PREEMPTED:
-        return (f"preempted: saved {last} at step {state.step:,}; continue with --resume "
-                f"(exit status {EXIT_PREEMPTED} asks a scheduler to requeue)")
+        return (f"preempted: saved {ckpt.latest_checkpoint(run.cfg.run_dir)} at step {state.step:,}; continue with "
+                f"--resume (exit status {EXIT_PREEMPTED} asks a scheduler to requeue)")
     best = f"{state.best_val_loss:.4f}" if math.isfinite(state.best_val_loss) else "none"
     return f"done: {stop.value} at step {state.step:,}; best val loss {best}"
+
+
+def _where_to_go_on(cfg: TrainConfig, first_bad_step: int) -> str:
+    """Advice after a broken streak. Checkpoint N holds the weights step N's loss was measured
+    on, so only one from before the streak's first step is known to be good."""
+    good = [path for step, path in ckpt.step_checkpoints(cfg.run_dir) if step < first_bad_step]
+    if good:
+        return (f"The newest checkpoint from before them is {good[-1]}: lower --learning_rate (or raise "
+                f"--warmup_steps), then --resume={good[-1]}")
+    return ("No checkpoint was saved before them: lower --learning_rate (or raise --warmup_steps) and start "
+            "again under a new --run_name")
 
 
 # ---- before the loop: every check first, then the model --------------------------------

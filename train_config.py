@@ -95,7 +95,11 @@ class TrainConfig:
     max_nonfinite_steps: int = setting(10, "stop the run after this many steps in a row with a non-finite loss or "
                                      "gradient norm (such steps are never applied)")
     loss_spike_factor: float = setting(1.5, "log a spike when a step's loss exceeds this x the mean of the 100 "
-                                      "before it (0: off)")
+                                            "before it (0: off)")
+    divergence_factor: float = setting(3.0, "stop the run (as for non-finite steps) when the loss stays above "
+                                            "this x the mean of the steps before it for divergence_steps steps "
+                                            "(0: off)")
+    divergence_steps: int = setting(10, "steps in a row over divergence_factor that stop the run")
     collective_timeout_s: int = setting(600, "seconds a rank waits for the others in a collective before the "
                                        "job stops, naming the rank that stopped answering")
     # ---- actions (usually given on the command line)
@@ -177,7 +181,7 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         for k in ("global_batch_size", "micro_batch_size", "max_steps", "eval_interval", "log_interval",
-                  "max_nonfinite_steps", "collective_timeout_s"):
+                  "max_nonfinite_steps", "collective_timeout_s", "divergence_steps"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         for k in ("warmup_steps", "keep_last", "early_stopping_patience", "weight_decay", "grad_clip", "plan_gpus",
@@ -196,6 +200,9 @@ class TrainConfig:
         if self.loss_spike_factor != 0 and not self.loss_spike_factor > 1:
             raise ConfigError(f"loss_spike_factor must be > 1 (or 0 to turn spike logging off), "
                               f"got {self.loss_spike_factor}")
+        if self.divergence_factor != 0 and not self.divergence_factor > 1:
+            raise ConfigError(f"divergence_factor must be > 1 (or 0 to turn divergence stops off), "
+                              f"got {self.divergence_factor}")
         if any(s <= 0 for s in self.save_steps):
             raise ConfigError(f"save_steps must be positive steps, got {self.save_steps}")
         if not self.plan_gpu_memory_gib or any(g <= 0 for g in self.plan_gpu_memory_gib):

@@ -12,6 +12,7 @@ import math
 class TrainState:
     step: int = 0  # optimizer updates done; the next step trains batch `step`
     best_val_loss: float = math.inf  # lowest finite val loss so far (after step 0)
+    baseline_val_loss: float = math.inf  # val loss of the weights the run started from (step 0)
     evals_without_improvement: int = 0  # for early stopping
     elapsed_s: float = 0.0  # training time, carried across resumes (not wall time between launches)
     skipped_steps: int = 0  # updates not applied: a non-finite loss or gradient, or an fp16 overflow
@@ -25,10 +26,12 @@ class TrainState:
 
     def record_eval(self, val_loss: float) -> bool:
         """Count an evaluation after `step` updates; True when it is the best so far. The
-        untrained model is a baseline, never a best model; a NaN or inf loss is never best."""
+        weights a run starts from (untrained, or --init_from's) are its baseline, never a
+        best model, and a best must beat them; a NaN or inf loss is never best."""
         if self.step == 0:
+            self.baseline_val_loss = val_loss if math.isfinite(val_loss) else math.inf
             return False
-        improved = math.isfinite(val_loss) and val_loss < self.best_val_loss
+        improved = math.isfinite(val_loss) and val_loss < min(self.best_val_loss, self.baseline_val_loss)
         if improved:
             self.best_val_loss = val_loss
         self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1

@@ -264,6 +264,45 @@ def test_a_diverging_run_stops_after_n_non_finite_steps_keeping_the_last_good_ch
     assert "Non-finite steps (3)" in open(os.path.join(run, "report.md")).read()
 
 
+def test_a_run_whose_loss_stays_far_above_its_level_stops_as_diverged_and_its_advice_works(tiny_args, capsys):
+    """lr 30 keeps every loss finite but wrecks the weights: the run stops as diverged (exit
+    1), keeps no best worse than the untrained model, saves nothing from the diverged
+    state, and the checkpoint its message names resumes with a lower learning rate."""
+    args = tiny_args + ["--save_interval=2", "--eval_interval=2", "--divergence_steps=3", "--run_name=div"]
+    train.main(args + ["--max_steps=4"])  # healthy up to step 4
+    capsys.readouterr()
+    assert train.main(args + ["--max_steps=20", "--learning_rate=30", "--resume"]) == Stop.DIVERGED.exit_code == 1
+    run = run_dir_of(args)
+    assert records(run, "end")[-1]["reason"] == "diverged"
+    diverging = records(run, "diverging")
+    assert [e["in_a_row"] for e in diverging] == [1, 2, 3] and diverging[0]["step"] == 5
+    assert all(math.isfinite(r["loss"]) for r in records(run, "train"))  # no step was non-finite
+    assert [s for s, _ in ckpt.step_checkpoints(run)] == [2, 4]  # nothing saved from the diverged state
+    best = ckpt.load_checkpoint(os.path.join(run, "best_model.pt"))
+    assert best["step"] <= 4 and best["best_val_loss"] <= records(run, "eval")[0]["val_loss"]
+    message = capsys.readouterr().out
+    resume = f"--resume={os.path.join(run, ckpt.step_file(4))}"
+    assert "had a loss over 3 x the mean of the steps before them: the run diverged" in message
+    assert resume in message
+    assert train.main(args + ["--max_steps=8", "--learning_rate=3e-3", resume]) == 0  # the advice, followed
+    assert records(run, "end")[-1]["reason"] == "max_steps"
+
+
+def test_a_wrecked_model_is_never_kept_as_best_and_the_advice_names_a_new_run(tiny_args, capsys):
+    """Diverged from step 1 on: every evaluation is worse than the untrained baseline, so
+    there is no best_model.pt, and with no checkpoint from before the streak the advice is a
+    new run, which works."""
+    args = tiny_args + ["--learning_rate=30", "--warmup_steps=0", "--max_steps=20", "--save_interval=1",
+                        "--eval_interval=1", "--divergence_steps=3", "--run_name=wrecked"]
+    assert train.main(args) == 1
+    run = run_dir_of(args)
+    evals = records(run, "eval")
+    assert len(evals) >= 3 and all(e["val_loss"] > evals[0]["val_loss"] for e in evals[1:])
+    assert not os.path.exists(os.path.join(run, "best_model.pt"))
+    assert "start again under a new --run_name" in capsys.readouterr().out
+    assert train.main(args[:-1] + ["--learning_rate=3e-3", "--run_name=wrecked2", "--max_steps=3"]) == 0
+
+
 def test_resuming_at_or_past_max_steps(tiny_args, capsys):
     train.main(tiny_args)
     assert train.main(tiny_args + ["--resume"]) == 0  # at max_steps: nothing to train, says so

@@ -14,6 +14,18 @@ def test_evaluations_track_the_best_and_patience():
     assert s.record_eval(3.9) is True and s.evals_without_improvement == 0
 
 
+def test_a_best_is_never_worse_than_the_weights_the_run_started_from():
+    s = TrainState()
+    s.record_eval(4.48)  # step 0: untrained
+    s.step = 1
+    assert s.record_eval(3.49e9) is False and s.best_val_loss == math.inf  # a wrecked model is no best
+    s.step = 2
+    assert s.record_eval(4.5) is False and s.evals_without_improvement == 2
+    assert s.record_eval(4.0) is True and s.best_val_loss == 4.0
+    resumed = TrainState.from_checkpoint(s.state_dict())  # the baseline travels with the checkpoint
+    assert resumed.baseline_val_loss == 4.48
+
+
 def test_round_trip_through_a_checkpoint_dict():
     s = TrainState(step=7, best_val_loss=2.5, evals_without_improvement=1, elapsed_s=12.5, skipped_steps=2)
     saved = {"model": {}, "optimizer": {}, **s.state_dict()}
