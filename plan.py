@@ -152,6 +152,14 @@ def _logit_bytes(mc, positions: int, act: int, weight_bytes: int, compiled: bool
     return positions * ((act * Vp + 12 * V) if act == 2 else 12 * V)
 
 
+CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + AdamW m and v
+
+
+def checkpoint_bytes(mc) -> int:
+    """About the size of one checkpoint of the model mc (its optimizer state included)."""
+    return CHECKPOINT_BYTES_PER_PARAM * _param_counts(mc)[0]
+
+
 def _param_counts(mc) -> tuple[int, int]:
     """(stored parameter elements, of which in 2-D weights), from the model on the meta device."""
     with torch.device("meta"):
@@ -257,7 +265,7 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
         "cards_gib": list(cfg.plan_gpu_memory_gib), "ways": ways, "fastest": fastest,
         "this_way": this_way, "this_way_why": why,
         "memory": next(w["memory"] for w in ways if w["way"] == this_way),
-        "checkpoint_bytes": 12 * n_stored, "n_stored": n_stored,  # fp32 weights + AdamW m and v
+        "checkpoint_bytes": CHECKPOINT_BYTES_PER_PARAM * n_stored, "n_stored": n_stored,
         "mfu": cfg.plan_mfu, "wall_time": wall,
     }
 
