@@ -37,7 +37,7 @@ from schedule import lr_at
 from step_stats import HostCopies, StepWatch, Throughput, describe_event
 from train_config import ConfigError, TrainConfig, help_text, load_config
 from train_state import TrainState
-from weights import load_weights
+from weights import load_resume, load_weights, resolve_checkpoint
 
 # Why a run stopped -> the process's exit status. A preempted run exits with a status that
 # asks to be requeued; the others save their last checkpoint, except "nonfinite", which
@@ -315,9 +315,10 @@ def prepare(cfg: TrainConfig, env: distributed.Dist) -> Run:
     cfg = cfg.resolved(env.device.type, dtype_name(dtype))
     meta = read_meta(cfg.data_dir)
     accumulation = cfg.accumulation(env.world)
-    resume_path = find_resume(cfg)
+    resume_path, source = find_resume(cfg, env.master)
     check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
-    source = load_weights(resume_path or cfg.init_from) if resume_path or cfg.init_from else None
+    if cfg.init_from:
+        source = load_weights(resolve_checkpoint(cfg.init_from))
     model_cfg = model_config_for(cfg, meta, source, resume_path)
     check_vocab(meta, model_cfg.vocab_size, cfg.data_dir)
     train_data, val_data = (TokenWindows(cfg.data_dir, split, model_cfg.block_size, meta, cfg.seed,
@@ -352,17 +353,18 @@ def prepare(cfg: TrainConfig, env: distributed.Dist) -> Run:
     return run
 
 
-def find_resume(cfg: TrainConfig) -> str | None:
-    """The checkpoint to resume from (None: a fresh run), checking the folder either way."""
-    path = None
+def find_resume(cfg: TrainConfig, master: bool) -> tuple[str | None, dict | None]:
+    """The checkpoint to resume from and its contents ((None, None): a fresh run), checking the
+    folder either way. A corrupt newest checkpoint is passed over (weights.load_resume)."""
     if cfg.resume:
-        path = ckpt.latest_checkpoint(cfg.run_dir) if cfg.resume in ("latest", "auto") else cfg.resume
+        path, source = load_resume(cfg.resume, cfg.run_dir, say=print if master else None, set_aside=master)
         if path is None and cfg.resume == "latest":
             raise ConfigError(f"--resume: no checkpoint_step_N.pt in {cfg.run_dir}; drop --resume to start fresh")
-    elif ckpt.step_checkpoints(cfg.run_dir):
+        return path, source
+    if ckpt.step_checkpoints(cfg.run_dir):
         raise ConfigError(f"{cfg.run_dir} already holds checkpoints; add --resume to continue it "
                           f"or pick a new --run_name")
-    return path
+    return None, None
 
 
 def check_output_dir(run_dir: str):

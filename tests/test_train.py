@@ -7,7 +7,7 @@ import torch
 
 import checkpoint as ckpt
 import train
-from conftest import records, run_dir_of, write_dataset
+from conftest import flip_a_bit, records, run_dir_of, write_dataset
 from train_config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,6 +167,44 @@ def test_resume_auto_starts_fresh_then_continues(tiny_args):
     steps = [r["step"] for r in records(run_dir_of(args), "start")]
     assert steps == [0, 3]
     assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
+
+
+def test_resume_auto_passes_over_a_corrupt_newest_checkpoint_and_says_so(tiny_args, capsys):
+    """A flipped bit in the newest checkpoint: --resume=auto says so, sets it aside, resumes
+    from the one before, and ends with the weights of a run that was never damaged."""
+    train.main(tiny_args)
+    run = run_dir_of(tiny_args)
+    newest = os.path.join(run, "checkpoint_step_6.pt")
+    whole = ckpt.load_checkpoint(newest)["model"]
+    flip_a_bit(newest, whole["h.0.mlp.c_fc.weight"])
+    capsys.readouterr()
+    train.main(tiny_args + ["--resume=auto"])
+    out = capsys.readouterr().out
+    assert f"warning: passing over {newest}: tensor model/h.0.mlp.c_fc.weight does not match" in out
+    assert f"resuming from {os.path.join(run, 'checkpoint_step_3.pt')}, the newest intact checkpoint (step 3)" in out
+    assert os.path.exists(newest + ckpt.CORRUPT_SUFFIX)
+    again = ckpt.load_checkpoint(newest)["model"]
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_a_meta_whose_chars_disagree_with_its_vocab_is_refused_before_training(tiny_args, char_data):
+    import json
+    path = os.path.join(char_data, "meta.json")
+    with open(path) as fh:
+        meta = json.load(fh)
+    with open(path, "w") as fh:
+        json.dump({**meta, "chars": meta["chars"][:-1]}, fh)  # one character short of its vocab_size
+    with pytest.raises(ValueError, match="disagree with its 32 chars"):
+        train.main(tiny_args)
+    assert not os.path.exists(run_dir_of(tiny_args))  # refused before anything was written
+
+
+def test_init_from_hugging_face_weights_without_config_json_names_it(tiny_args, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(FileNotFoundError, match="holds Hugging Face weights but no config.json"):
+        train.main(tiny_args + [f"--init_from={folder}"])
 
 
 def test_resume_in_another_precision(tiny_args):
