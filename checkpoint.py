@@ -1,19 +1,29 @@
-"""Checkpoint files: what they hold, how they are written, and how runs are found.
+"""Checkpoint files: what they hold, how they are written, checked and found.
 
 A checkpoint is a dict that loads with torch.load(weights_only=True):
   kind="gpt-checkpoint", version, step, model (state dict, clean keys), model_config,
   config (TrainConfig as a dict), tokenizer (the data's meta.json), optimizer, scaler,
-  best_val_loss, evals_without_improvement, elapsed_s, skipped_steps.
+  best_val_loss, evals_without_improvement, elapsed_s, skipped_steps, and digest: a hash of
+  every tensor's bytes and of every other entry, written at save and checked at every load
+  (digest(); checkpoints saved before digests load with a note).
 No RNG state is saved: batches and dropout masks are drawn from seeds of (seed, step, ...),
 so a resumed run needs none.
 Files in a run folder: checkpoint_step_N.pt (every save_interval and at the end) and
 best_model.pt (whenever val loss improves); the names are written here only.
+
+    python checkpoint.py checkpoints/<run>    # every checkpoint: step, intact / corrupt / no digest
 """
+import contextlib
 import glob
+import hashlib
+import json
 import os
 import re
 import shutil
+import sys
 import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -22,7 +32,17 @@ from atomic_files import atomic_path
 KIND = "gpt-checkpoint"
 VERSION = 1
 BEST_FILE = "best_model.pt"
+CORRUPT_SUFFIX = ".corrupt"  # a step checkpoint that failed its digest, set aside by resume
 _STEP_FILE = re.compile(r"checkpoint_step_(\d+)\.pt$")
+# Hashes of a tensor's bytes a digest may use; a checkpoint names its own, so either verifies.
+# Saves use CRC-32 (zip's, ext4's): it catches every burst of flipped bits up to 32 long, and
+# it is the one whose check fits the cost of one more read of the file (docs/benchmarks.md).
+HASHES = {"crc32": lambda buf: f"{zlib.crc32(buf):08x}", "sha256": lambda buf: hashlib.sha256(buf).hexdigest()}
+DIGEST = "crc32"
+# At its peak a run folder holds its kept step checkpoints, best_model.pt and one more file being
+# written: an atomic save writes beside the file it replaces, and best_model.pt is rewritten
+# while the step checkpoints are all there.
+EXTRA_FILES_AT_PEAK = 2
 
 
 def step_file(step: int) -> str:
@@ -35,6 +55,17 @@ def is_step_file(path: str) -> bool:
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written; the message says why and what is still safe."""
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose bytes are not the ones written: `what` fails its digest, or the
+    archive fails its own CRC. A ValueError, so every command prints it as one line."""
+
+    def __init__(self, path: str, what: str, fix: str | None = None):
+        self.path, self.what = path, what
+        fix = fix or (f"use another checkpoint (`python checkpoint.py {os.path.dirname(path) or '.'}` "
+                      f"lists which are intact)")
+        super().__init__(f"{path} is corrupt: {what}; {fix}")
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -52,6 +83,7 @@ def save_checkpoint(obj: dict, path: str):
     A failed write (a full disk, a quota) raises CheckpointWriteError, which names the
     file, the space it needs and the checkpoint that is still intact."""
     obj = {"kind": KIND, "version": VERSION, **obj}
+    obj["digest"] = digest(obj, DIGEST)
     try:
         # through a Python file: a failed write raises OSError (ENOSPC, EFBIG, EDQUOT) with its
         # errno, which torch keeps as the context of its own opaque RuntimeError
@@ -73,9 +105,35 @@ def _write_failure(path: str, obj: dict, error: BaseException) -> str:
                 else latest_checkpoint(folder))
     safe = (f"The previous checkpoint, {previous}, is intact" if previous and os.path.isfile(previous)
             else "No earlier checkpoint was touched")
+    if full:
+        older = [p for _, p in step_checkpoints(folder)][:-1]  # the newest stays: it is the resume point
+        held = (f" (this run's {len(older)} older step checkpoints hold {_size(sum(map(os.path.getsize, older)))}: "
+                f"{os.path.basename(older[0])} to {os.path.basename(older[-1])})" if older else "")
+        fits = _keep_last_that_fits(folder, need)
+        rotate = f", or set --keep_last={fits} (older step checkpoints are then deleted before each save)" \
+            if fits else ""
+        fix = f"free at least {_size(need * 1.05 - free)} there{held}{rotate}, then continue with --resume"
+    else:
+        fix = f"remove the cause ({reason}), then continue with --resume"
     return (f"could not write {path} ({'the disk is full: ' if full else ''}{reason}); it needs about "
-            f"{_size(need)} and {_size(free)} is free there. {safe}: free some space (or set --keep_last) "
-            f"and continue with --resume")
+            f"{_size(need)} and {_size(free)} is free there. {safe}: {fix}")
+
+
+def _keep_last_that_fits(folder: str, checkpoint_bytes: int) -> int | None:
+    """The largest --keep_last whose peak (those step checkpoints, best_model.pt and one being
+    written) fits the free space plus the run's own checkpoints, which rotation reuses; None
+    when not even one fits."""
+    room = shutil.disk_usage(folder).free + _bytes_held(folder)
+    fits = int(room // (checkpoint_bytes * 1.05)) - EXTRA_FILES_AT_PEAK
+    return fits if fits >= 1 else None
+
+
+def _bytes_held(run_dir: str) -> int:
+    """Disk bytes of a run folder's step checkpoints and best_model.pt, a file linked under
+    two names counted once."""
+    best = os.path.join(run_dir, BEST_FILE)
+    files = [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else [])
+    return sum({(st.st_dev, st.st_ino): st.st_size for st in map(os.stat, files)}.values())
 
 
 def _size(n_bytes: float) -> str:
@@ -99,8 +157,100 @@ def nonfinite_weights(state: dict) -> list[str]:
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Load a checkpoint saved on any device onto map_location; refuse anything else."""
+# ---- digests ------------------------------------------------------------------------
+
+
+def digest(obj: dict, algorithm: str = DIGEST) -> dict:
+    """What save_checkpoint stores as obj["digest"]: a hash of each tensor's bytes, by its
+    path ("model/wte.weight", "optimizer/state/wte.weight/exp_avg"); a hash of each other
+    top-level entry (its values, and each tensor's dtype and shape); and "content", the
+    SHA-256 of both tables: the checkpoint's identity, which export.py records."""
+    tensors = {}
+    shapes = {key: _skeleton(value, key, tensors) for key, value in obj.items() if key != "digest"}
+    hashes = _hash_tensors(tensors, HASHES[algorithm])
+    entries = {key: _sha256_text(json.dumps(s, allow_nan=True, default=repr)) for key, s in shapes.items()}
+    return {"algorithm": algorithm, "tensors": hashes, "entries": entries,
+            "content": _sha256_text(json.dumps([hashes, entries]))}
+
+
+def _skeleton(value, path: str, tensors: dict):
+    """value with each tensor replaced by its dtype and shape (and collected into tensors)."""
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value
+        return ["tensor", str(value.dtype), list(value.shape)]
+    if isinstance(value, dict):
+        return {str(k): _skeleton(v, f"{path}/{k}", tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_skeleton(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
+    return value
+
+
+def _hash_tensors(tensors: dict, hash_bytes) -> dict:
+    """{path: hash_bytes(the tensor's bytes)} in tensors' order, on every core (hashlib and
+    zlib let go of the GIL), largest first so that the cores finish together."""
+    order = sorted(tensors, key=lambda k: -tensors[k].numel() * tensors[k].element_size())
+    threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        hashes = dict(zip(order, pool.map(lambda k: hash_bytes(_tensor_bytes(tensors[k])), order)))
+    return {k: hashes[k] for k in tensors}
+
+
+def _tensor_bytes(t: torch.Tensor):
+    """The tensor's bytes as a buffer, without a copy when it is contiguous on the CPU."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_digest(obj: dict, path: str):
+    """Raise CorruptCheckpoint naming the first tensor (or entry) whose bytes differ from
+    the digest written with it. obj must carry a digest."""
+    stored = obj["digest"]
+    if not isinstance(stored, dict) or stored.get("algorithm") not in HASHES \
+            or not isinstance(stored.get("tensors"), dict) or not isinstance(stored.get("entries"), dict):
+        raise CorruptCheckpoint(path, "its digest entry is damaged")
+    fresh = digest(obj, stored["algorithm"])
+    for kind, table in (("tensor", "tensors"), ("entry", "entries")):
+        bad = [k for k in {**fresh[table], **stored[table]} if fresh[table].get(k) != stored[table].get(k)]
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise CorruptCheckpoint(path, f"{kind} {bad[0]}{more} does not match the digest written with it")
+    if stored.get("content") != fresh["content"]:
+        raise CorruptCheckpoint(path, "its digest entry is damaged")
+
+
+def pickle_bytes(path: str) -> bytes | None:
+    """The archive's data.pkl (None if it has none), checked against the zip's own CRC."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            return z.read(names[0]) if names else None
+    except zipfile.BadZipFile as e:  # "Bad CRC-32 for file 'archive/data.pkl'", or a damaged directory
+        raise CorruptCheckpoint(path, f"its zip archive fails its own check ({e})") from None
+
+
+# ---- loading ------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint on the CPU, verified against its digest (one written before checkpoints
+    carried one loads with a note); anything else is refused with one line."""
+    obj = _read(path)
+    if "digest" in obj:
+        check_digest(obj, path)
+    else:
+        print(f"note: {path} carries no digest (saved before checkpoints had one); loaded unverified",
+              file=sys.stderr)
+    return obj
+
+
+def _read(path: str, mmap: bool = False) -> dict:
+    """The checkpoint dict of a file train.py wrote, unverified; a one-line error otherwise."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}; give the path of a checkpoint_step_N.pt "
                                 f"or best_model.pt (train one with `python train.py CONFIG`)")
@@ -108,8 +258,10 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise ValueError(f"{path!r} is not a PyTorch checkpoint file; pass a checkpoint_step_N.pt "
                          f"or best_model.pt written by train.py")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated archive, or objects a weights-only load refuses
+        obj = _torch_load(path, mmap)
+    except Exception as e:  # truncated archive, a damaged pickle, or objects a weights-only load refuses
+        with contextlib.suppress(OSError):
+            pickle_bytes(path)  # a pickle that fails its CRC is corruption: say so
         first_line = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
         raise ValueError(f"{path!r} is not a readable checkpoint ({type(e).__name__}: {first_line}); "
                          f"pass a checkpoint_step_N.pt or best_model.pt written by train.py") from None
@@ -117,6 +269,15 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise ValueError(f"{path!r} is not a checkpoint written by train.py "
                          f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt")
     return obj
+
+
+def _torch_load(path: str, mmap: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:
+        if not mmap:
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # a layout torch cannot map: read it
 
 
 def step_checkpoints(run_dir: str) -> list[tuple[int, str]]:
@@ -155,8 +316,139 @@ def remove_stale_temp_files(run_dir: str):
         os.remove(path)
 
 
-def prune(run_dir: str, keep_last: int):
-    """Delete all but the newest keep_last step checkpoints (best_model.pt stays)."""
+def prune(run_dir: str, keep_last: int, before_a_save: bool = False):
+    """Delete all but the newest keep_last step checkpoints (best_model.pt stays). Before a
+    save, make room for it: keep one fewer, but never none, so that a save that fails
+    leaves a checkpoint to resume from."""
     if keep_last > 0:
-        for _, path in step_checkpoints(run_dir)[:-keep_last]:
+        keep = max(keep_last - 1, 1) if before_a_save else keep_last
+        for _, path in step_checkpoints(run_dir)[:-keep]:
             os.remove(path)
+
+
+def link_best(step_path: str):
+    """best_model.pt as the step checkpoint just written with the same state: a hard link,
+    so it takes no second copy of the space (a copy where the filesystem has no links)."""
+    best = os.path.join(os.path.dirname(step_path), BEST_FILE)
+    with atomic_path(best) as tmp:
+        try:
+            os.link(step_path, tmp)
+        except OSError:
+            shutil.copyfile(step_path, tmp)
+
+
+# ---- a run folder's checkpoints -----------------------------------------------------------
+
+
+def newest_intact(run_dir: str, say=print, set_aside: bool = True) -> tuple[str | None, dict | None]:
+    """(path, contents) of the newest step checkpoint of run_dir that loads and matches its
+    digest; (None, None) when there is none. Newer ones that fail are passed over, and say()
+    tells which and why. set_aside (for the run folder's one writer) renames them to
+    NAME.corrupt, so that neither a later resume nor keep_last's rotation counts them. When
+    every step checkpoint fails, nothing is renamed and the error names the newest."""
+    failed = []
+    for _, path in reversed(step_checkpoints(run_dir)):
+        try:
+            obj = load_checkpoint(path)
+        except FileNotFoundError:  # set aside by the writer while this rank looked
+            continue
+        except (ValueError, OSError) as e:
+            failed.append((path, e.what if isinstance(e, CorruptCheckpoint) else str(e)))
+            continue
+        for bad, what in failed:
+            moved = ""
+            if set_aside:
+                os.replace(bad, bad + CORRUPT_SUFFIX)
+                moved = f"; moved it to {os.path.basename(bad) + CORRUPT_SUFFIX}"
+            if say:
+                say(f"warning: passing over {bad}: {what}{moved}")
+        if failed and say:
+            say(f"resuming from {path}, the newest intact checkpoint (step {obj.get('step')})")
+        return path, obj
+    if failed:
+        raise CorruptCheckpoint(failed[0][0], failed[0][1], f"no older step checkpoint in {run_dir} is intact "
+                                                            f"either ({len(failed)} checked): restore one from a "
+                                                            f"copy, or start over under a new --run_name")
+    return None, None
+
+
+def checkpoint_state(path: str) -> tuple[int | None, str, str]:
+    """(step, state, detail) of a checkpoint file: state "intact" (detail: its content digest),
+    "corrupt" (what fails) or "no digest"."""
+    m = _STEP_FILE.search(path.removesuffix(CORRUPT_SUFFIX))
+    step = int(m.group(1)) if m else None
+    try:
+        obj = _read(path, mmap=True)  # hashing reads it once; nothing is copied into memory
+        step = obj.get("step", step)
+        if "digest" not in obj:
+            return step, "no digest", "saved before checkpoints carried one; loads unverified"
+        check_digest(obj, path)
+    except CorruptCheckpoint as e:
+        return step, "corrupt", e.what
+    except (ValueError, OSError) as e:
+        return step, "corrupt", str(e).split("; ")[0]  # what is wrong, without the advice
+    return step, "intact", f"sha256:{obj['digest']['content']}"
+
+
+def run_files(run_dir: str) -> list[str]:
+    """The checkpoint files of a run folder: step checkpoints by step, best_model.pt, and
+    step checkpoints set aside as corrupt."""
+    best = os.path.join(run_dir, BEST_FILE)
+    aside = sorted(glob.glob(os.path.join(run_dir, "*.pt" + CORRUPT_SUFFIX)))
+    return [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else []) + aside
+
+
+def list_checkpoints(run_dir: str) -> tuple[list[str], bool]:
+    """(lines naming each checkpoint's step and state, whether any is corrupt)."""
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"no run folder at {run_dir!r}; pass one like checkpoints/<run_name>")
+    rows = [(os.path.basename(p), *checkpoint_state(p)) for p in run_files(run_dir)]
+    if not rows:
+        return [f"{run_dir}: no checkpoints"], False
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{run_dir}: {len(rows)} checkpoint files"]
+    lines += [f"  {name:{width}}  step {'?' if step is None else step:<8} {state:10} {detail}"
+              for name, step, state, detail in rows]
+    return lines, any(r[2] == "corrupt" for r in rows)
+
+
+def space_warning(run_dir: str, checkpoint_bytes: int, keep_last: int, new_saves: int) -> str | None:
+    """A warning when the disk of run_dir cannot hold the checkpoints a run will keep (None
+    when it can). The run keeps keep_last step checkpoints (every one when 0: those already
+    there plus new_saves), best_model.pt and one being written. The folder's checkpoints
+    count as space it has: rotation replaces them."""
+    files = [p for _, p in step_checkpoints(run_dir)]
+    used = _bytes_held(run_dir)
+    kept = min(keep_last, len(files) + new_saves) if keep_last else len(files) + new_saves
+    need = (kept + EXTRA_FILES_AT_PEAK) * checkpoint_bytes
+    room = shutil.disk_usage(run_dir).free + used
+    if need <= room:
+        return None
+    fits = int(room // checkpoint_bytes) - EXTRA_FILES_AT_PEAK  # the largest keep_last that fits
+    fix = (f"set --keep_last={fits} (it fits), free {_size(need - room)}, or pick another --out_dir" if fits >= 1
+           else f"free at least {_size((1 + EXTRA_FILES_AT_PEAK) * checkpoint_bytes - room)} or pick another --out_dir")
+    return (f"warning: {run_dir} has room for {_size(room)} of checkpoints but this run keeps {kept} step "
+            f"checkpoint{'s' * (kept != 1)}, best_model.pt and one being written, {_size(checkpoint_bytes)} "
+            f"each ({_size(need)}): a save will fail when the disk fills; {fix}")
+
+
+def main(argv=None) -> int:
+    folders = sys.argv[1:] if argv is None else argv
+    if not folders or any(a.startswith("-") for a in folders):
+        print("usage: python checkpoint.py RUN_FOLDER [RUN_FOLDER ...]\n"
+              "lists each checkpoint with its step and state (intact, corrupt, no digest); "
+              "exit status 1 when one is corrupt")
+        return 0 if folders and folders[0] in ("-h", "--help") else 2
+    any_corrupt = False
+    for folder in folders:
+        lines, corrupt = list_checkpoints(folder)
+        print("\n".join(lines), flush=True)
+        any_corrupt |= corrupt
+    return 1 if any_corrupt else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

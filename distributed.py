@@ -52,6 +52,11 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank_from_env() -> int:
+    """This process's rank in a torchrun launch (0 alone), known before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def local_device(device_name: str) -> torch.device:
     """This process's device, made current and configured: under torchrun with several
     processes, the GPU of its local rank."""
@@ -66,7 +71,7 @@ def local_device(device_name: str) -> torch.device:
 def setup(device: torch.device, timeout_s: int, join: bool) -> Dist:
     """This process's place in the launch: in the process group of a torchrun launch when
     join (resolve.Resolved.joins_process_group says when), else alone."""
-    world, rank = world_size_from_env(), int(os.environ.get("RANK", "0"))
+    world, rank = world_size_from_env(), rank_from_env()
     if not join:
         return Dist(device=device)
     for module in _BIND_WORLD_AT_IMPORT:

@@ -14,6 +14,8 @@ GPT-2-tokenized models, AutoTokenizer.from_pretrained(folder). It holds:
   generation_config.json  bos/eos
   tokenizer_meta.json     our tokenizer (what load_tokenizer reads); for a char model also its
                           vocabulary ("vocab": character -> id)
+  source_checkpoint.json  the checkpoint it came from: path, step, and the SHA-256 digest it
+                          was verified against
   vocab.json, merges.txt, tokenizer_config.json   GPT-2 tokenizer only: the files tokenizer.py
                           verifies, and split_special_tokens so that a literal "<|endoftext|>"
                           in text is text, as in training
@@ -29,11 +31,13 @@ import sys
 import torch
 
 from atomic_files import atomic_path
+from checkpoint import KIND
 from interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
 from model import TRAINING_FIELDS, GPTConfig
 from tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
 from weights import load_weights, resolve_checkpoint, tokenizer_meta
 
+SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GPTConfig fields and what GPT-2's format does with them; any other field is an error,
 # because a field export.py does not know may change what the model computes.
@@ -119,21 +123,35 @@ def hf_tensors(state: dict, cfg: GPTConfig, dtype_name: str) -> dict:
 
 
 def check_out(out: str):
+    """Refuse an --out that cannot become the export folder, before anything is loaded."""
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ValueError(f"{out} already exists; remove it or pick another --out")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):  # the folders write_folder would create
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot create {out}: {parent} is a file, not a folder; pick another --out")
+    if not os.access(parent, os.W_OK):  # a read-only filesystem says so even to root
+        raise ValueError(f"cannot create {out}: {parent} is not writable (a read-only filesystem, or "
+                         f"its permissions); pick another --out")
+
+
+class ExportWriteError(OSError):
+    """The export folder could not be written; the message says why."""
 
 
 def write_folder(out: str, files: dict, tensors: dict):
     """Write every file into a hidden folder beside `out`, then rename it to `out`: a kill
-    midway leaves no half-written export under the final name."""
+    midway leaves no half-written export under the final name, and a failed write (a full
+    disk, a read-only filesystem) is one line that leaves nothing behind."""
     check_out(out)
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp.{os.getpid()}")
-    os.makedirs(parent, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(parent, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
         for name, data in files.items():
             with atomic_path(os.path.join(tmp, name)) as path, open(path, "wb") as fh:
                 fh.write(data)
@@ -142,17 +160,33 @@ def write_folder(out: str, files: dict, tensors: dict):
             # safetensors creates its file owner-only; give it the permissions of the others
             shutil.copymode(os.path.join(tmp, "config.json"), path)
         os.replace(tmp, out)  # also replaces an empty folder of that name
-        with contextlib.suppress(OSError):  # make the rename durable
-            fd = os.open(parent, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+    except OSError as e:
+        raise ExportWriteError(f"could not write {out} ({e.strerror or e}); nothing was left there: "
+                               f"make room, or pick another --out, and export again") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):  # make the rename durable
+        fd = os.open(parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
 
 
-def export(ckpt: dict, out: str, dtype: str = "float32") -> list[str]:
-    """Write ckpt (one of ours, or a converted one: weights.load_weights) to the folder `out`;
-    return lines describing what was written."""
+def source_record(ckpt: dict, path: str | None) -> dict:
+    """Where an export came from: the checkpoint, its step, and the digest it was verified
+    against (checkpoint.digest's "content", which `python checkpoint.py RUN` lists)."""
+    digest = ckpt.get("digest")
+    record = {"checkpoint": os.path.abspath(path) if path else None,
+              "format": (ckpt.get("source") or {}).get("format", KIND), "step": ckpt.get("step"),
+              "sha256": digest["content"] if digest else None}
+    if not digest:
+        record["note"] = ("a Hugging Face or nanoGPT source carries no digest of ours" if ckpt.get("source")
+                          else "the checkpoint was saved before checkpoints carried a digest")
+    return record
+
+
+def export(ckpt: dict, out: str, dtype: str = "float32", source: str | None = None) -> list[str]:
+    """Write ckpt (one of ours, or a converted one: weights.load_weights), loaded from the
+    path `source`, to the folder `out`; return lines describing what was written."""
     cfg = model_config(ckpt["model_config"])
     tok = load_tokenizer(tokenizer_meta(ckpt))
     if cfg.vocab_size > tok.n_vocab:
@@ -163,12 +197,15 @@ def export(ckpt: dict, out: str, dtype: str = "float32") -> list[str]:
     files, note = tokenizer_files(tok, cfg.block_size)
     files["config.json"] = _json_bytes(hf_config(cfg, eot, dtype))
     files["generation_config.json"] = _json_bytes({"bos_token_id": eot, "eos_token_id": eot})
+    record = source_record(ckpt, source)
+    files[SOURCE_FILE] = _json_bytes(record)
     tensors = hf_tensors(ckpt["model"], cfg, dtype)
     write_folder(out, files, tensors)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     lines = [f"wrote {out}: GPT-2 {cfg.n_layer} x {cfg.n_embd}, MLP {cfg.mlp_dim}, "
              f"context {cfg.block_size}, vocab {cfg.vocab_size:,}, {dtype} weights ({size / 2**20:,.1f} MiB)",
-             note]
+             note, f"source: {record['checkpoint']}, step {record['step']}, "
+                   f"{'sha256 ' + record['sha256'] if record['sha256'] else 'no digest'} ({SOURCE_FILE})"]
     if cfg.mlp_dim != 4 * cfg.n_embd:
         lines.append(f"note: n_inner={cfg.mlp_hidden}: transformers and vLLM read it; llama.cpp's "
                      f"GPT-2 converter assumes a 4x MLP and needs a patch for this model")
@@ -196,14 +233,19 @@ def main(argv=None):
     path = resolve_checkpoint(args.checkpoint, args.out_dir)
     ckpt = load_weights(path)
     print(f"exporting {path} (step {ckpt.get('step')})", file=sys.stderr)
-    for line in export(ckpt, args.out, args.dtype):
+    for line in export(ckpt, args.out, args.dtype, source=path):
         print(line)
     print(f"check it: python -c \"from transformers import GPT2LMHeadModel; "
           f"GPT2LMHeadModel.from_pretrained('{args.out}')\"")
 
 
-if __name__ == "__main__":
+def cli(argv=None):
+    """The command line: every error a user can fix is one line, not a traceback."""
     try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        main(argv)
+    except (FileNotFoundError, ValueError, RuntimeError, ExportWriteError) as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

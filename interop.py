@@ -24,7 +24,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from checkpoint import KIND, VERSION, clean_state_dict
+from checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
 from loader import read_meta_pkl
 from model import GPT, GPTConfig
 from tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
@@ -265,9 +265,8 @@ def _load_torch_file(path: str):
 
 
 def _pickle_mentions(path: str, word: bytes) -> bool:
-    with zipfile.ZipFile(path) as z:
-        pkl = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-        return bool(pkl) and word in z.read(pkl[0])
+    pkl = pickle_bytes(path)  # a pickle that fails the archive's CRC: a one-line CorruptCheckpoint
+    return pkl is not None and word in pkl
 
 
 def is_nanogpt(obj) -> bool:

@@ -20,11 +20,14 @@ import sys
 import numpy as np
 import torch
 
-from tokenizer import GPT2_EOT_ID
+from tokenizer import GPT2_EOT_ID, get_tokenizer
 
 SPLITS = {"train": 0, "val": 1}
 INCOMPLETE_MARKER = ".incomplete"  # prepare_data.py holds it while it writes a dataset
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}  # little-endian, as nanoGPT writes
+# The fix for an empty split, which prepare_data.py gives when it writes one and read_meta when it refuses it.
+MORE_DOCUMENTS = ("give the corpus two or more documents (documents are split whole): several .txt files "
+                  "(one document each) or a .jsonl with one document per line")
 REQUIRED = {"tokenizer": str, "vocab_size": int, "dtype": str, "eot_id": int}  # + "chars" for char
 GPT2_META = {"tokenizer": "gpt2", "vocab_size": GPT2_EOT_ID + 1, "dtype": "uint16", "eot_id": GPT2_EOT_ID}
 # Without a recorded max_token_id, check_vocab reads data up to this size whole (about a
@@ -44,9 +47,8 @@ def read_meta(data_dir: str) -> dict:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing; rerun `{_prepare_hint(data_dir)}`")
         if os.path.getsize(path) == 0:
-            raise FileNotFoundError(f"{path} is empty: the corpus had too few documents for a {split} "
-                                    f"split (documents are split whole); add input or split the text "
-                                    f"into more documents")
+            raise FileNotFoundError(f"{path} is empty: the corpus had too few documents for a {split} split; "
+                                    f"{MORE_DOCUMENTS}, and rerun `{_prepare_hint(data_dir)}`")
     meta = _read_meta_files(data_dir)
     itemsize = DTYPES[meta["dtype"]].itemsize
     for split, path in paths.items():
@@ -117,10 +119,29 @@ def _read_meta_json(path: str, data_dir: str) -> dict:
     if not 0 <= meta["eot_id"] < meta["vocab_size"]:
         raise ValueError(f"{path}: eot_id {meta['eot_id']:,} is outside the vocab "
                          f"[0, {meta['vocab_size']:,}); {fix}")
+    _check_vocabulary(meta, path, fix)
     for key in ("max_token_id", "train_tokens", "val_tokens"):  # optional, but numbers if there
         if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
             raise ValueError(f"{path}: {key} is {meta[key]!r}, not a whole number >= 0; {fix}")
     return meta
+
+
+def _check_vocabulary(meta: dict, path: str, fix: str):
+    """The vocab_size and eot_id that the char alphabet (or GPT-2) fixes: a meta that says
+    otherwise would train, and then fail when its tokenizer is rebuilt to sample."""
+    if meta["tokenizer"] == "char":
+        tok = get_tokenizer("char", meta["chars"]) if meta["chars"] else None
+        if tok is None or tok.chars != meta["chars"]:
+            raise ValueError(f"{path}: chars is not a sorted alphabet of distinct characters, as "
+                             f"prepare_data.py writes it; {fix}")
+        what, want = f"its {len(tok.chars)} chars", (tok.n_vocab, tok.eot_id)
+    elif meta["tokenizer"] == "gpt2":
+        what, want = "GPT-2's tokenizer", (GPT2_META["vocab_size"], GPT2_META["eot_id"])
+    else:
+        return  # another tiktoken encoding: its vocabulary may need a download, so it is checked at sampling
+    if (meta["vocab_size"], meta["eot_id"]) != want:
+        raise ValueError(f"{path}: vocab_size {meta['vocab_size']:,} and eot_id {meta['eot_id']:,} disagree "
+                         f"with {what} (vocab_size {want[0]:,}, eot_id {want[1]:,}); {fix}")
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -167,6 +167,12 @@ def estimate(cfg, world_size: int, model_cfg, way: Way) -> dict:
                            cfg.accumulation(world_size), cfg.compile)
 
 
+def checkpoint_bytes(model_cfg) -> int:
+    """About the size of one checkpoint file: fp32 weights and AdamW's m and v, 12 bytes per
+    stored parameter."""
+    return 12 * param_counts(model_cfg)[0]
+
+
 def fits(total_bytes: float, card_bytes: float) -> bool:
     """Whether an estimate fits a card, with RESERVE_GIB left for what it leaves out."""
     return total_bytes + RESERVE_GIB * GiB <= card_bytes

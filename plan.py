@@ -6,7 +6,7 @@ batch split, FLOPs, an itemized per-GPU memory estimate and the wall time at an
 assumed MFU on A100 and H100.
 """
 from devices import PEAK_FLOPS
-from memory import RESERVE_GIB, WAYS, GiB, Way, estimate, fits, param_counts
+from memory import RESERVE_GIB, WAYS, GiB, Way, checkpoint_bytes, estimate, fits, param_counts
 from model import count_params, flops_per_token
 from resolve import Machine, resolve
 from train_config import TrainConfig
@@ -78,7 +78,7 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
         "cards_gib": list(cfg.plan_gpu_memory_gib), "ways": ways, "fastest": fastest,
         "this_way": this_way, "this_way_why": why,
         "memory": next(w["memory"] for w in ways if w["way"] == this_way),
-        "checkpoint_bytes": 12 * n_stored, "n_stored": n_stored,  # fp32 weights + AdamW m and v
+        "checkpoint_bytes": checkpoint_bytes(model_cfg), "n_stored": n_stored,
         "mfu": cfg.plan_mfu, "wall_time": wall,
     }
 

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from atomic_files import atomic_path, write_json
-from loader import DTYPES, INCOMPLETE_MARKER
+from loader import DTYPES, INCOMPLETE_MARKER, MORE_DOCUMENTS
 from corpus import (JSONL_EXTS, TEXT_EXTS, ReadStats, check_jsonl_head, fetch_shakespeare,
                     iter_documents, resolve_inputs)
 from tokenizer import get_tokenizer, load_tokenizer
@@ -245,8 +245,9 @@ def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None 
         if forced:  # only tiny corpora get here, so the second pass is cheap
             plan = SplitPlan(seed, val_fraction, forced)
             counts, stats = run(plan)
-        if counts["val_docs"] == 0:
-            print("warning: one document only, so val.bin is empty", file=sys.stderr)
+        if counts["val_tokens"] == 0:
+            print(f"warning: val.bin is empty (the corpus is one document): train.py will refuse this "
+                  f"dataset, which has nothing to validate on; {MORE_DOCUMENTS}", file=sys.stderr)
         # From here until the new meta.json exists the folder may mix old and new files:
         # the marker makes the loader refuse it, and the old meta.json must not vouch for it.
         marker = os.path.join(folder, INCOMPLETE_MARKER)

@@ -92,10 +92,15 @@ class Reporter:
 
     def end(self, step: int, elapsed_s: float, reason: str, message: str):
         """The end record, then the closing message and report.md."""
-        if self.bar is not None:
-            self.bar.close()
         if not self.writes:
             return
         self.record(dict(kind="end", step=step, elapsed_s=elapsed_s, reason=reason))
-        self.log.close()
+        self.close()
         print(f"{message}\nreport: {write_report(self.cfg.run_dir)}", flush=True)
+
+    def close(self):
+        """Close the log and the bar (again: a no-op)."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.log is not None:
+            self.log.close()

@@ -15,6 +15,7 @@ one update; after_step() is everything between two updates, and decides whether 
 prepare() does every check and resolves every setting before any process group or long
 work, and build() makes what the loop needs; the rest are their small helpers.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -26,11 +27,13 @@ import torch
 
 import checkpoint as ckpt
 import distributed
+import run_lock
 import sharding
 import stopping
 from atomic_files import write_json
 from devices import autocast, torch_dtype
 from loader import GPT2_META, TokenWindows, check_vocab, load_meta, read_meta
+from memory import checkpoint_bytes
 from model import GPT, GPTConfig, compile_model, count_params, flops_per_token, shape_differences
 from plan import format_plan, make_plan
 from preemption import EXIT_PREEMPTED, PreemptionSignal
@@ -42,7 +45,7 @@ from step_stats import HostCopies, StepValues, StepWatch
 from stopping import Stop
 from train_config import ConfigError, TrainConfig, help_text, load_config
 from train_state import TrainState
-from weights import load_weights
+from weights import load_resume, load_weights, resolve_checkpoint
 
 
 def main(argv=None) -> int:
@@ -59,10 +62,18 @@ def main(argv=None) -> int:
         print(format_plan(make_plan(cfg, cfg.plan_gpus or distributed.world_size_from_env(),
                                     meta["vocab_size"], meta.get("train_tokens"))))
         return 0
-    start = prepare(cfg, distributed.local_device(cfg.device))
-    env = distributed.setup(start.device, cfg.collective_timeout_s,
-                            join=start.resolved.joins_process_group)
-    clean = False
+    meta = read_meta(cfg.data_dir)  # a dataset that cannot be used is refused before the run folder exists
+    check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
+    writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
+    with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
+        return launch(cfg, meta, writer)
+
+
+def launch(cfg: TrainConfig, meta: dict, writer: bool) -> int:
+    """Prepare (alone), join the other processes, build, train; the exit status."""
+    start = prepare(cfg, meta, distributed.local_device(cfg.device), writer)
+    env = distributed.setup(start.device, cfg.collective_timeout_s, join=start.resolved.joins_process_group)
+    clean, run = False, None
     try:
         with PreemptionSignal() as preempt:
             try:
@@ -76,6 +87,8 @@ def main(argv=None) -> int:
                 raise
         clean = True
     finally:
+        if run is not None:
+            run.reporter.close()  # a run that failed leaves no open log behind
         distributed.teardown(env, clean)
     return stop.exit_code
 
@@ -173,13 +186,14 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
         state.skipped_steps += not result.applied
         run.reporter.step(result, watch.check(result), state.skipped_steps, state.elapsed_s)
     with run.reporter.paused():
-        patience_spent = False
+        improved = patience_spent = False
         if cfg.should_evaluate(done) and not (preempted or watch.broken):
-            patience_spent = evaluate_and_track(run)
+            improved, patience_spent = evaluate_and_track(run)
         stop = stopping.decide(broken=watch.broken, preempted=preempted, at_max_steps=done >= cfg.max_steps,
                                patience_spent=patience_spent)
-        if cfg.should_save(done, stop):
-            save_step_checkpoint(run, watch)
+        step_path = save_step_checkpoint(run, watch) if cfg.should_save(done, stop) else None
+        if improved:
+            save_best(run, step_path)
     return stop
 
 
@@ -199,26 +213,27 @@ def evaluate(model, windows: TokenWindows, cfg: TrainConfig, env: distributed.Di
     return distributed.all_reduce_sum(total, env).item() / cfg.eval_batches
 
 
-def evaluate_and_track(run) -> bool:
-    """Evaluate val and train loss, save best_model.pt on improvement, report; True when
-    early stopping's patience is spent."""
+def evaluate_and_track(run) -> tuple[bool, bool]:
+    """Evaluate val and train loss and report them; (a new best, early stopping's patience
+    spent)."""
     cfg, state = run.cfg, run.state
     inner = sharding.unwrapped(run.model)  # no backward: no DDP hooks
     val = evaluate(inner, run.val_data, cfg, run.env, run.autocast)
     train_estimate = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
     improved = state.record_eval(val)
-    if improved:
-        save(run, ckpt.BEST_FILE)
     run.reporter.evaluation(state.step, val, train_estimate, improved, state.elapsed_s)
-    return 0 < cfg.early_stopping_patience <= state.evals_without_improvement
+    return improved, 0 < cfg.early_stopping_patience <= state.evals_without_improvement
 
 
-def save(run, name: str):
-    """Gather the full state to rank 0 (every rank takes part), write it, prune old step
-    checkpoints, then let every rank go on."""
+def save(run, name: str) -> str:
+    """Gather the full state to rank 0 (every rank takes part) and write it, then let every
+    rank go on; its path. A step checkpoint first deletes the step checkpoints keep_last no
+    longer keeps, so that the space they held is there for it."""
     model_state, optimizer_state = sharding.full_state(run.raw_model, run.optimizer)
+    path = os.path.join(run.cfg.run_dir, name)
     if run.env.master:
-        path = os.path.join(run.cfg.run_dir, name)
+        if ckpt.is_step_file(name):
+            ckpt.prune(run.cfg.run_dir, run.cfg.keep_last, before_a_save=True)
         ckpt.save_checkpoint(dict(
             model=model_state, optimizer=optimizer_state,
             scaler=run.scaler.state_dict(), model_config=dataclasses.asdict(run.model_cfg),
@@ -227,17 +242,31 @@ def save(run, name: str):
             ckpt.prune(run.cfg.run_dir, run.cfg.keep_last)
         run.reporter.checkpoint(run.state.step, path, name == ckpt.BEST_FILE, run.state.elapsed_s)
     distributed.barrier(run.env)
+    return path
 
 
-def save_step_checkpoint(run, watch: StepWatch):
+def save_step_checkpoint(run, watch: StepWatch) -> str | None:
     """checkpoint_step_N.pt, unless the last steps were non-finite or diverging: a
-    checkpoint is somewhere to go back to, and that state is not."""
+    checkpoint is somewhere to go back to, and that state is not. Its path, if saved."""
     if watch.streak:
         what = "not finite" if watch.nonfinite_streak else "far above the steps before them (diverging)"
         run.reporter.print(f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
                            f"steps' losses were {what}")
+        return None
+    return save(run, ckpt.step_file(run.state.step))
+
+
+def save_best(run, step_path: str | None):
+    """best_model.pt: a link to the step checkpoint of the same state when one was just
+    saved (no second copy on disk), else a save of its own."""
+    if step_path is None:
+        save(run, ckpt.BEST_FILE)
         return
-    save(run, ckpt.step_file(run.state.step))
+    if run.env.master:
+        ckpt.link_best(step_path)
+        run.reporter.checkpoint(run.state.step, os.path.join(run.cfg.run_dir, ckpt.BEST_FILE), True,
+                                run.state.elapsed_s)
+    distributed.barrier(run.env)
 
 
 def finish(run, stop: Stop, message: str) -> Stop:
@@ -310,16 +339,17 @@ class Run:
         return self.cfg.global_batch_size * self.model_cfg.block_size
 
 
-def prepare(cfg: TrainConfig, device: torch.device) -> Start:
+def prepare(cfg: TrainConfig, meta: dict, device: torch.device, writer: bool) -> Start:
     """Every check that can fail, and every setting resolved, before any long work: data,
-    the checkpoint to resume or start from, the model's shape, how the run runs."""
-    meta = read_meta(cfg.data_dir)
+    the checkpoint to resume or start from, the model's shape, how the run runs. writer:
+    this process writes the run folder (rank 0): it alone sets corrupt checkpoints aside
+    and warns about disk space."""
     world = distributed.world_size_from_env()
     cfg.accumulation(world)  # refuses a batch that does not split over the ranks
-    resume_path = find_resume(cfg)
-    check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
+    resume_path, source = find_resume(cfg, writer)
     source_path = resume_path or cfg.init_from
-    source = load_weights(source_path) if source_path else None
+    if cfg.init_from:
+        source = load_weights(resolve_checkpoint(cfg.init_from))
     resolved = resolve(cfg, Machine.of(device, world), model_shape(cfg, meta, source, resume_path))
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
     check_vocab(meta, model_cfg.vocab_size, cfg.data_dir)
@@ -329,20 +359,27 @@ def prepare(cfg: TrainConfig, device: torch.device) -> Start:
     if state.step > cfg.max_steps:
         raise ConfigError(f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
                           f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)")
+    if writer:
+        ckpt.prune(cfg.run_dir, cfg.keep_last)  # a resumed run keeps no more than keep_last says, from the start
+        new_saves = sum(map(cfg.should_save, range(state.step + 1, cfg.max_steps + 1)))
+        warning = ckpt.space_warning(cfg.run_dir, checkpoint_bytes(model_cfg), cfg.keep_last, new_saves)
+        if warning:
+            print(warning)
     return Start(resolved, device, meta, train_data, val_data, source, source_path, bool(resume_path), state)
 
 
-def find_resume(cfg: TrainConfig) -> str | None:
-    """The checkpoint to resume from (None: a fresh run), checking the folder either way."""
-    path = None
+def find_resume(cfg: TrainConfig, writer: bool) -> tuple[str | None, dict | None]:
+    """The checkpoint to resume from and its contents ((None, None): a fresh run), checking the
+    folder either way. A corrupt newest checkpoint is passed over (weights.load_resume)."""
     if cfg.resume:
-        path = ckpt.latest_checkpoint(cfg.run_dir) if cfg.resume in ("latest", "auto") else cfg.resume
+        path, source = load_resume(cfg.resume, cfg.run_dir, say=print if writer else None, set_aside=writer)
         if path is None and cfg.resume == "latest":
             raise ConfigError(f"--resume: no checkpoint_step_N.pt in {cfg.run_dir}; drop --resume to start fresh")
-    elif ckpt.step_checkpoints(cfg.run_dir):
+        return path, source
+    if ckpt.step_checkpoints(cfg.run_dir):
         raise ConfigError(f"{cfg.run_dir} already holds checkpoints; add --resume to continue it "
                           f"or pick a new --run_name")
-    return path
+    return None, None
 
 
 def check_output_dir(run_dir: str):

@@ -4,15 +4,17 @@ our checkpoints (checkpoint.py), a Hugging Face GPT-2 folder or a nanoGPT ckpt.p
 """
 import os
 
-from checkpoint import best_or_latest, clean_state_dict, load_checkpoint, newest_run, nonfinite_weights
-from interop import is_hf_folder, load_external
+from checkpoint import (best_or_latest, clean_state_dict, load_checkpoint, newest_intact, newest_run,
+                        nonfinite_weights, step_checkpoints)
+from interop import HF_WEIGHTS, is_hf_folder, load_external
 from loader import load_meta
 from model import GPT, GPTConfig
 
 
 def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
     """A checkpoint file from a file, a run folder, or (None) the newest run in out_dir.
-    A Hugging Face GPT-2 folder is returned as it is; a nanoGPT out_dir gives its ckpt.pt."""
+    A Hugging Face GPT-2 folder is returned as it is; a nanoGPT out_dir gives its ckpt.pt.
+    Anything else is a one-line error naming what is missing."""
     if path is None:
         run = newest_run(out_dir)
         if run is None:
@@ -21,6 +23,11 @@ def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
         path = run
     if is_hf_folder(path):
         return path
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    if (os.path.isdir(path) or os.path.basename(path) in HF_WEIGHTS) and \
+            any(os.path.isfile(os.path.join(folder, name)) for name in HF_WEIGHTS):
+        raise FileNotFoundError(f"{folder} holds Hugging Face weights but no config.json, which says the "
+                                f"model's shape; copy the model's config.json into it")
     if os.path.isdir(path):
         nanogpt = os.path.join(path, "ckpt.pt")
         found = best_or_latest(path) or (nanogpt if os.path.isfile(nanogpt) else None)
@@ -33,9 +40,31 @@ def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
 
 def load_weights(path: str) -> dict:
     """A checkpoint dict on the CPU (the GPU never holds the optimizer state it may carry):
-    ours, or a Hugging Face / nanoGPT source converted to our format. Weights that hold
-    NaN or inf are refused: nothing useful comes from them."""
-    ckpt = load_external(path) or load_checkpoint(path, map_location="cpu")
+    ours, verified against its digest, or a Hugging Face / nanoGPT source converted to our
+    format. Weights that hold NaN or inf are refused: nothing useful comes from them."""
+    return _finite(path, load_external(path) or load_checkpoint(path))
+
+
+def load_resume(resume: str, run_dir: str, say=print, set_aside: bool = True) -> tuple[str | None, dict | None]:
+    """(path, contents) of the checkpoint train.py --resume continues; (None, None) when
+    "latest"/"auto" finds no step checkpoint in run_dir. "latest", "auto" and a run folder
+    take the newest intact step checkpoint, passing over corrupt ones (checkpoint.newest_intact;
+    set_aside only applies to run_dir, the folder this process writes). A Hugging Face or
+    nanoGPT source is refused: it has no optimizer state or step to continue."""
+    if resume in ("latest", "auto") or (os.path.isdir(resume) and step_checkpoints(resume)):
+        folder = run_dir if resume in ("latest", "auto") else resume
+        path, ckpt = newest_intact(folder, say, set_aside and os.path.abspath(folder) == os.path.abspath(run_dir))
+        return path, ckpt and _finite(path, ckpt)
+    path = resolve_checkpoint(resume)
+    external = load_external(path)
+    if external is not None:
+        raise ValueError(f"--resume={resume} is a {external['source']['format']} checkpoint: it has no "
+                         f"optimizer state or step of this trainer to continue; start from its weights "
+                         f"with --init_from={resume}")
+    return path, _finite(path, load_checkpoint(path))
+
+
+def _finite(path: str, ckpt: dict) -> dict:
     bad = nonfinite_weights(ckpt["model"])
     if bad:
         raise ValueError(f"{path} holds NaN or inf weights ({', '.join(bad[:3])}"

@@ -1,6 +1,9 @@
-"""Shared fixtures: a tiny prepared dataset, a tiny training command line, and torchrun."""
+"""Shared fixtures: a tiny prepared dataset, a tiny training command line, torchrun, and
+damaged files and disks."""
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,11 +16,21 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
 
 
+def alphabet(n: int) -> str:
+    """n distinct characters, sorted: TEXT's when it has n, else the first n code points
+    from "!" on (a char vocabulary of n + 1 ids, as loader.read_meta checks)."""
+    chars = "".join(sorted(set(TEXT)))
+    if n == len(chars):
+        return chars
+    points = (c for c in range(33, 0x110000) if not 0xD800 <= c < 0xE000)  # no surrogates
+    return "".join(chr(next(points)) for _ in range(n))
+
+
 def write_dataset(folder, train_ids, val_ids, vocab_size, dtype="uint16", meta_extra=None):
     os.makedirs(folder, exist_ok=True)
     np.asarray(train_ids, dtype=dtype).tofile(os.path.join(folder, "train.bin"))
     np.asarray(val_ids, dtype=dtype).tofile(os.path.join(folder, "val.bin"))
-    chars = "".join(sorted(set(TEXT)))
+    chars = alphabet(vocab_size - 1)
     meta = {"tokenizer": "char", "chars": chars, "vocab_size": vocab_size, "dtype": dtype,
             "eot_id": vocab_size - 1, "train_tokens": len(train_ids), "val_tokens": len(val_ids)}
     meta.update(meta_extra or {})
@@ -73,3 +86,66 @@ def torchrun(args, nproc=2, fault="", launcher=("--standalone",), timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault)
     return subprocess.run(torchrun_cmd(args, nproc, launcher), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# ---- damaged files and disks -----------------------------------------------------------
+
+def flip_a_bit(path, tensor):
+    """Flip one bit in the middle of `tensor`'s bytes inside the saved file `path`, as a disk
+    does: the tensor's values are found verbatim in the archive (torch.save writes each
+    storage as it is)."""
+    import torch
+    data = bytearray(open(path, "rb").read())
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    at = data.find(raw)
+    assert at >= 0 and data.find(raw, at + 1) < 0, "the tensor's bytes must appear once in the file"
+    data[at + len(raw) // 2] ^= 0x10
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def flip_a_bit_in_member(path, suffix, at=None):
+    """Flip one bit of byte `at` (default: the middle one) of the zip member whose name ends
+    with suffix (e.g. "data.pkl"); the archive's CRC no longer matches it."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(suffix))
+    data = bytearray(open(path, "rb").read())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + (info.file_size // 2 if at is None else at)] ^= 0x01
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def tmpfs(folder, options):
+    """folder as a tmpfs mounted with options (e.g. "ro" or "size=2m"); skips the test where
+    this process may not mount (not root, or a container without the right)."""
+    os.makedirs(folder, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield str(folder)
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder no write can go into: a read-only tmpfs as root (where chmod does not stop
+    root), a folder without write permission otherwise."""
+    folder = tmp_path / "read_only"
+    if os.geteuid() != 0:
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield str(folder)
+        folder.chmod(0o755)
+        return
+    with tmpfs(folder, "ro,size=64k") as path:
+        yield path

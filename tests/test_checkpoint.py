@@ -1,4 +1,6 @@
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt
+from conftest import flip_a_bit, flip_a_bit_in_member, tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,3 +99,163 @@ def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe
     assert f"The previous checkpoint, {first}, is intact" in out and "--resume" in out
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_step_1.pt"]  # no partial file, no temp file
     assert ckpt.load_checkpoint(str(first))["step"] == 1
+
+
+# ---- digests: nothing corrupt is used in silence ----------------------------------------
+
+def tiny_checkpoint(step=5, seed=0) -> dict:
+    """What train.py saves, in miniature: weights, AdamW-like state keyed by name, config."""
+    g = torch.Generator().manual_seed(seed)
+    model = {"wte.weight": torch.randn(16, 8, generator=g), "h.0.mlp.c_fc.weight": torch.randn(32, 8, generator=g),
+             "h.0.ln_1.bias": torch.randn(8, generator=g)}
+    state = {k: {"step": torch.tensor(float(step)), "exp_avg": torch.randn(v.shape, generator=g),
+                 "exp_avg_sq": torch.rand(v.shape, generator=g)} for k, v in model.items()}
+    return {"step": step, "model": model, "model_config": {"n_layer": 1, "n_embd": 8},
+            "optimizer": {"state": state, "param_groups": [{"lr": 3e-4, "betas": (0.9, 0.95), "params": list(model)}]},
+            "config": {"learning_rate": 3e-4, "run_name": "t"}, "best_val_loss": 4.25}
+
+
+@pytest.mark.parametrize("algorithm", sorted(ckpt.HASHES))
+def test_a_flipped_bit_in_any_tensor_is_one_line_naming_the_file_and_the_tensor(tmp_path, monkeypatch, algorithm):
+    monkeypatch.setattr(ckpt, "DIGEST", algorithm)  # a checkpoint names its hash: each one verifies
+    path = str(tmp_path / "checkpoint_step_5.pt")
+    obj = tiny_checkpoint()
+    ckpt.save_checkpoint(obj, path)
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["wte.weight"], obj["model"]["wte.weight"])
+    assert torch.load(path, weights_only=True)["digest"]["algorithm"] == algorithm
+    flip_a_bit(path, obj["model"]["h.0.mlp.c_fc.weight"])
+    loaded = torch.load(path, weights_only=True)  # torch itself reads it without a word
+    assert not torch.equal(loaded["model"]["h.0.mlp.c_fc.weight"], obj["model"]["h.0.mlp.c_fc.weight"])
+    with pytest.raises(ckpt.CorruptCheckpoint) as e:
+        ckpt.load_checkpoint(path)
+    message = str(e.value)
+    assert message.startswith(f"{path} is corrupt: tensor model/h.0.mlp.c_fc.weight does not match")
+    assert "\n" not in message and isinstance(e.value, ValueError)  # what every CLI prints as one line
+
+    other = str(tmp_path / "best_model.pt")
+    ckpt.save_checkpoint(obj, other)
+    flip_a_bit(other, obj["optimizer"]["state"]["wte.weight"]["exp_avg_sq"])
+    with pytest.raises(ckpt.CorruptCheckpoint, match="tensor optimizer/state/wte.weight/exp_avg_sq does not"):
+        ckpt.load_checkpoint(other)
+
+
+def test_a_changed_value_outside_the_tensors_is_named_too(tmp_path):
+    """The step, the config, the optimizer's settings: a change there fails the digest of
+    its entry (here rewritten by torch.save, so no CRC of the archive can catch it)."""
+    path = str(tmp_path / "checkpoint_step_5.pt")
+    ckpt.save_checkpoint(tiny_checkpoint(), path)
+    for key, change in (("step", 50), ("config", {"learning_rate": 3e-3, "run_name": "t"})):
+        obj = torch.load(path, weights_only=True)
+        torch.save({**obj, key: change}, path)
+        with pytest.raises(ckpt.CorruptCheckpoint, match=f"entry {key} does not match"):
+            ckpt.load_checkpoint(path)
+        torch.save(obj, path)
+        ckpt.load_checkpoint(path)
+
+
+def test_a_pickle_that_fails_its_crc_is_one_line(tmp_path):
+    path = str(tmp_path / "checkpoint_step_5.pt")
+    ckpt.save_checkpoint(tiny_checkpoint(), path)
+    flip_a_bit_in_member(path, "data.pkl", at=0)  # the pickle's first opcode: it no longer loads
+    with pytest.raises(ckpt.CorruptCheckpoint, match=r"is corrupt: its zip archive fails its own check "
+                                                     r"\(Bad CRC-32 for file '.*data.pkl'\)") as e:
+        ckpt.load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_checkpoint_from_before_digests_loads_with_a_note(tmp_path, capsys):
+    path = str(tmp_path / "checkpoint_step_5.pt")
+    torch.save({"kind": ckpt.KIND, "version": 1, **tiny_checkpoint()}, path)  # as saved until now
+    assert ckpt.load_checkpoint(path)["step"] == 5
+    assert f"note: {path} carries no digest" in capsys.readouterr().err
+    assert ckpt.checkpoint_state(path)[:2] == (5, "no digest")
+
+
+def corrupt_run(run, steps=(1, 2, 3), bad=(3,)):
+    """A run folder with step checkpoints at steps, a bit flipped in those in bad."""
+    for s in steps:
+        obj = tiny_checkpoint(step=s, seed=s)
+        ckpt.save_checkpoint(obj, str(run / ckpt.step_file(s)))
+        if s in bad:
+            flip_a_bit(str(run / ckpt.step_file(s)), obj["model"]["wte.weight"])
+
+
+def test_resume_passes_over_a_corrupt_newest_checkpoint_and_says_so(tmp_path):
+    said = []
+    corrupt_run(tmp_path, bad=(2, 3))
+    path, obj = ckpt.newest_intact(str(tmp_path), say=said.append)
+    assert path == str(tmp_path / "checkpoint_step_1.pt") and obj["step"] == 1
+    assert said[0].startswith(f"warning: passing over {tmp_path / 'checkpoint_step_3.pt'}: tensor model/wte.weight")
+    assert "moved it to checkpoint_step_3.pt.corrupt" in said[0] and "checkpoint_step_2.pt" in said[1]
+    assert said[2] == f"resuming from {path}, the newest intact checkpoint (step 1)"
+    # set aside: a later resume, and keep_last's rotation, see the intact one only
+    assert [s for s, _ in ckpt.step_checkpoints(str(tmp_path))] == [1]
+    assert ckpt.newest_intact(str(tmp_path), say=said.append)[0] == path and len(said) == 3
+
+
+def test_a_reader_that_is_not_the_writer_passes_over_without_moving_anything(tmp_path):
+    corrupt_run(tmp_path)
+    assert ckpt.newest_intact(str(tmp_path), say=None, set_aside=False)[0].endswith("checkpoint_step_2.pt")
+    assert [s for s, _ in ckpt.step_checkpoints(str(tmp_path))] == [1, 2, 3]
+
+
+def test_when_no_checkpoint_is_intact_resume_refuses_and_moves_nothing(tmp_path):
+    corrupt_run(tmp_path, steps=(1, 2), bad=(1, 2))
+    with pytest.raises(ckpt.CorruptCheckpoint, match=r"checkpoint_step_2.pt is corrupt: tensor model/wte.weight "
+                                                     r".*no older step checkpoint in .* is intact either \(2 checked\)"):
+        ckpt.newest_intact(str(tmp_path), say=None)
+    assert [s for s, _ in ckpt.step_checkpoints(str(tmp_path))] == [1, 2]
+    assert ckpt.newest_intact(str(tmp_path / "empty"), say=None) == (None, None)
+
+
+def test_the_listing_command_names_each_checkpoints_step_and_state(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    corrupt_run(run, steps=(10, 20, 30), bad=(20,))
+    torch.save({"kind": ckpt.KIND, "version": 1, **tiny_checkpoint(step=30)}, run / ckpt.BEST_FILE)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "checkpoint.py"), str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # one is corrupt: a script can act on it
+    rows = {line.split()[0]: line.split()[1:4] for line in done.stdout.splitlines()[1:]}
+    digest = ckpt.load_checkpoint(str(run / "checkpoint_step_10.pt"))["digest"]["content"]
+    assert rows == {"checkpoint_step_10.pt": ["step", "10", "intact"], "checkpoint_step_20.pt": ["step", "20", "corrupt"],
+                    "checkpoint_step_30.pt": ["step", "30", "intact"], "best_model.pt": ["step", "30", "no"]}
+    assert f"sha256:{digest}" in done.stdout and "tensor model/wte.weight does not match" in done.stdout
+    os.remove(run / "checkpoint_step_20.pt")
+    assert ckpt.main([str(run)]) == 0
+
+
+# ---- disk space ---------------------------------------------------------------------
+
+def test_space_warning_names_a_keep_last_that_fits(tmp_path):
+    """The folder holds one 1/5-of-free-space checkpoint already: it counts as room, as
+    rotation replaces it. Keeping every one of 10 more saves cannot fit; --keep_last=3 can."""
+    free = shutil.disk_usage(tmp_path).free
+    size = int(free / 5.5)
+    assert ckpt.space_warning(str(tmp_path), size, keep_last=2, new_saves=10) is None  # 4 files
+    warning = ckpt.space_warning(str(tmp_path), size, keep_last=0, new_saves=10)
+    assert warning.startswith(f"warning: {tmp_path} has room for") and "keeps 10 step checkpoints" in warning
+    assert "set --keep_last=3 (it fits)" in warning
+    assert ckpt.space_warning(str(tmp_path), size, keep_last=3, new_saves=10) is None  # the advice, followed
+    assert "free at least" in ckpt.space_warning(str(tmp_path), free, keep_last=1, new_saves=1)
+
+
+def test_a_full_disk_names_what_to_free_and_following_it_works(tmp_path):
+    """A real ENOSPC on a 2 MB tmpfs: the message names the space to free and the older
+    step checkpoints that hold it; deleting those, the same save succeeds."""
+    with tmpfs(tmp_path / "disk", "size=2m") as disk:
+        obj = {"step": 0, "model": {"w": torch.randn(100_000)}}  # 400 kB a file
+        with pytest.raises(ckpt.CheckpointWriteError) as e:
+            for step in range(1, 10):
+                ckpt.save_checkpoint({**obj, "step": step}, os.path.join(disk, ckpt.step_file(step)))
+        message = str(e.value)
+        assert "the disk is full: No space left on device" in message and "\n" not in message
+        m = re.search(r"free at least ([\d.]+) MB there \(this run's (\d+) older step checkpoints hold [\d.]+ MB: "
+                      r"checkpoint_step_(\d+)\.pt to checkpoint_step_(\d+)\.pt\), then continue with --resume", message)
+        assert m, message
+        first, last = int(m.group(3)), int(m.group(4))
+        assert last == step - 2 and ckpt.latest_checkpoint(disk).endswith(ckpt.step_file(step - 1))
+        for s in range(first, last + 1):  # what the message says to delete
+            os.remove(os.path.join(disk, ckpt.step_file(s)))
+        ckpt.save_checkpoint({**obj, "step": step}, os.path.join(disk, ckpt.step_file(step)))
+        assert ckpt.load_checkpoint(ckpt.latest_checkpoint(disk))["step"] == step

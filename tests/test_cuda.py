@@ -15,6 +15,7 @@ import sample
 import train
 from conftest import ROOT, records, run_dir_of, torchrun
 from devices import autocast, peak_flops
+from loader import read_meta
 from distributed import Dist
 from model import GPT, CausalSelfAttention, GPTConfig
 from step_stats import HostCopies, StepValues
@@ -146,7 +147,7 @@ def test_compiled_losses_equal_eager_over_20_steps(tiny_args):
 def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
     cfg = load_config(on_gpu(tiny_args, dtype="float32"))
     env = Dist(device=CUDA)
-    run = train.build(train.prepare(cfg, CUDA), env)
+    run = train.build(train.prepare(cfg, read_meta(cfg.data_dir), CUDA, writer=True), env)
     try:
         assert isinstance(run.optimizer, torch.optim.AdamW) and run.optimizer.defaults["fused"] is True
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -154,7 +155,7 @@ def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
                              run.autocast, env)
             torch.cuda.synchronize()
     finally:
-        run.reporter.end(0, 0.0, "test", "done")
+        run.reporter.close()
     ops = {e.name for e in prof.events()}
     assert "aten::_fused_adamw_" in ops, sorted(op for op in ops if "adam" in op.lower())
 

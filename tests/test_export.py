@@ -13,7 +13,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import export  # noqa: E402
 import sample  # noqa: E402
+import checkpoint  # noqa: E402
 from checkpoint import save_checkpoint  # noqa: E402
+from conftest import flip_a_bit, flip_a_bit_in_member  # noqa: E402
 from interop import CONV1D_WEIGHTS  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from tokenizer import EOT_TEXT, get_tokenizer, gpt2_files  # noqa: E402
@@ -143,7 +145,7 @@ def test_folder_contents_config_and_weights_layout(tmp_path):
     model = random_model(**CASES["gpt2_vocab_padded"], mlp_hidden=88)
     out = export_run(tmp_path, model)
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "merges.txt",
-                                       "model.safetensors", "tokenizer_config.json",
+                                       "model.safetensors", "source_checkpoint.json", "tokenizer_config.json",
                                        "tokenizer_meta.json", "vocab.json"]
     with open(os.path.join(out, "config.json")) as fh:
         cfg = json.load(fh)
@@ -255,3 +257,58 @@ def test_a_failed_write_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_run(tmp_path, model)
     assert os.listdir(tmp_path / "exports") == []  # neither the folder nor its temp sibling
+
+
+# ---- where an export came from, and exports that cannot be written -----------------------
+
+
+def test_an_export_records_the_digest_of_the_checkpoint_it_came_from(tmp_path):
+    model = random_model(**CASES["bias_false"])
+    out = export_run(tmp_path, model)
+    best = os.path.join(tmp_path, "checkpoints", "run", "best_model.pt")
+    with open(os.path.join(out, export.SOURCE_FILE)) as fh:
+        record = json.load(fh)
+    digest = checkpoint.load_checkpoint(best)["digest"]["content"]
+    assert record == {"checkpoint": best, "format": checkpoint.KIND, "step": 7, "sha256": digest}
+    assert f"sha256:{digest}" in "\n".join(checkpoint.list_checkpoints(os.path.dirname(best))[0])  # the same id
+
+
+def cli_error(*args) -> str:
+    """What `python export.py ARGS` prints when it fails: one line, no traceback."""
+    with pytest.raises(SystemExit) as e:
+        export.cli(list(args))
+    message = e.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_a_corrupt_checkpoint_is_one_line_naming_the_file_and_the_tensor(tmp_path):
+    model = random_model(**CASES["bias_false"])
+    run = save_run(tmp_path, model)
+    best = os.path.join(run, "best_model.pt")
+    flip_a_bit(best, model.state_dict()["h.0.mlp.c_fc.weight"])
+    assert f"{best} is corrupt: tensor model/h.0.mlp.c_fc.weight does not match" in \
+        cli_error(f"--checkpoint={run}", f"--out={tmp_path / 'x'}")
+    save_run(tmp_path, model)
+    flip_a_bit_in_member(best, "data.pkl", at=0)
+    assert f"{best} is corrupt: its zip archive fails its own check (Bad CRC-32" in \
+        cli_error(f"--checkpoint={run}", f"--out={tmp_path / 'x'}")
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_out_under_a_file_is_one_line_before_loading(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "sub" / "m"
+    assert cli_error("--checkpoint=does/not/exist.pt", f"--out={out}") == \
+        f"error: cannot create {out}: {tmp_path / 'a_file'} is a file, not a folder; pick another --out"
+
+
+def test_a_read_only_destination_is_one_line(tmp_path, read_only_dir, monkeypatch):
+    run = save_run(tmp_path, random_model(**CASES["bias_false"]))
+    out = os.path.join(read_only_dir, "exports", "m")
+    assert f"cannot create {out}: {read_only_dir} is not writable" in cli_error(f"--checkpoint={run}", f"--out={out}")
+    monkeypatch.setattr(export, "check_out", lambda out: None)  # as if it turned read-only after the check
+    with pytest.raises(export.ExportWriteError, match=f"could not write {out} .*nothing was left there") as e:
+        export.write_folder(out, {"config.json": b"{}"}, {})
+    assert "\n" not in str(e.value)
+    assert os.listdir(read_only_dir) == []

@@ -338,10 +338,15 @@ def test_nanogpt_char_model_reads_meta_pkl_from_its_dataset(tmp_path):
     ids = np.array([chars.index(c) for c in text * 20], dtype=np.uint16)
     ids.tofile(repo / "data" / "shakespeare_char" / "train.bin")
     ids[:200].tofile(repo / "data" / "shakespeare_char" / "val.bin")
-    run = [f"--data_dir={repo / 'data' / 'shakespeare_char'}", f"--init_from={path}", f"--out_dir={tmp_path / 'ck'}",
+    # (given its out_dir, as sample.py is)
+    run = [f"--data_dir={repo / 'data' / 'shakespeare_char'}", f"--out_dir={tmp_path / 'ck'}",
            "--run_name=ft", "--global_batch_size=2", "--micro_batch_size=2", "--max_steps=2",
            "--warmup_steps=0", "--eval_batches=1", "--device=cpu", "--compile=False", "--tensorboard=False"]
-    assert train.main(run) == 0
+    with pytest.raises(ValueError, match=r"--resume=.*out-shakespeare-char is a nanogpt checkpoint: it has no optimizer "
+                                         r"state or step of this trainer to continue; start from its weights with "
+                                         r"--init_from=.*out-shakespeare-char$"):
+        train.main(run + [f"--resume={repo / 'out-shakespeare-char'}"])
+    assert train.main(run + [f"--init_from={repo / 'out-shakespeare-char'}"]) == 0
     start = json.loads(open(tmp_path / "ck" / "ft" / "metrics.jsonl").readline())
     assert start["model_config"]["vocab_size"] == len(chars) + 1  # our end-of-text id joins, in a padding row
     assert start["model_config"]["gelu_approximate"] == "none"  # nanoGPT's exact GELU, kept

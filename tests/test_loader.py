@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import loader
-from conftest import TEXT, write_dataset
+from conftest import TEXT, alphabet, write_dataset
 from loader import TokenWindows, check_vocab, load_meta, read_meta
 from tokenizer import load_tokenizer
 
@@ -130,6 +130,31 @@ def test_a_bad_meta_json_is_one_line_naming_it(counting_data, changes, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("changes, message", [
+    (lambda m: dict(chars=m["chars"][:-1]), "vocab_size 34 and eot_id 33 disagree with its 32 chars (vocab_size 33, eot_id 32)"),
+    (lambda m: dict(vocab_size=m["vocab_size"] + 1), "vocab_size 35 and eot_id 33 disagree with its 33 chars"),
+    (lambda m: dict(chars=m["chars"][::-1]), "chars is not a sorted alphabet of distinct characters"),
+    (lambda m: dict(chars=m["chars"] + m["chars"][-1]), "chars is not a sorted alphabet"),  # a repeated one
+    (lambda m: dict(chars=""), "chars is not a sorted alphabet"),
+    (lambda m: dict(tokenizer="gpt2", chars=None, vocab_size=50304, eot_id=50256),
+     "vocab_size 50,304 and eot_id 50,256 disagree with GPT-2's tokenizer (vocab_size 50,257"),
+])
+def test_a_vocabulary_that_disagrees_with_its_tokenizer_is_refused(char_data, changes, message):
+    """A meta.json that would train and then fail when sample.py rebuilds its tokenizer."""
+    with open(os.path.join(char_data, "meta.json")) as fh:
+        meta = json.load(fh)
+    path = rewrite_meta(char_data, **changes(meta))
+    with pytest.raises(ValueError, match=re.escape(path) + ".*" + re.escape(message) + ".*prepare_data.py") as e:
+        read_meta(char_data)
+    assert "\n" not in str(e.value)
+
+
+def test_what_read_meta_accepts_sample_can_tokenize(char_data):
+    meta = read_meta(char_data)
+    tok = load_tokenizer(meta)
+    assert (tok.n_vocab, tok.eot_id) == (meta["vocab_size"], meta["eot_id"])
+
+
 @pytest.mark.parametrize("text, message", [("{\"dtype\": ", "is not valid JSON"), ("[1, 2]", "holds a JSON list"),
                                            (b"\xff\xfe{}", "is not valid JSON")])
 def test_a_meta_json_that_does_not_parse(counting_data, text, message):
@@ -162,7 +187,7 @@ def test_a_bin_from_another_run_than_its_meta(counting_data):
 def test_recorded_max_token_id_must_fit_the_model(counting_data):
     path = rewrite_meta(counting_data, max_token_id=4999)
     check_vocab(read_meta(counting_data), 60001, counting_data)
-    rewrite_meta(counting_data, vocab_size=5000, eot_id=4999)
+    rewrite_meta(counting_data, vocab_size=5000, eot_id=4999, chars=alphabet(4999))
     check_vocab(read_meta(counting_data), 5000, counting_data)  # largest id 4999 fits 5000 ids
     rewrite_meta(counting_data, max_token_id=5000)
     with pytest.raises(ValueError, match=names(path)) as e:
@@ -171,7 +196,7 @@ def test_recorded_max_token_id_must_fit_the_model(counting_data):
 
 
 def test_old_meta_without_max_token_id_is_scanned(counting_data):
-    rewrite_meta(counting_data, vocab_size=4000, eot_id=3999)  # but train.bin holds 0..4999
+    rewrite_meta(counting_data, vocab_size=4000, eot_id=3999, chars=alphabet(3999))  # but train.bin holds 0..4999
     with pytest.raises(ValueError, match=names(os.path.join(counting_data, "train.bin"))) as e:
         check_vocab(read_meta(counting_data), 4000, counting_data)
     assert "holds token id 4,999, at or above the model's vocab 4,000" in str(e.value)
@@ -233,8 +258,8 @@ def test_nanogpt_char_meta_pkl_keeps_its_ids(tmp_path, protocol):
     x, y = TokenWindows(folder, "train", 16, meta, seed=0).batch(0, 2, 0, 2)
     assert x.max() < n
     with open(os.path.join(folder, "meta.json"), "w") as fh:  # meta.json, when there, wins
-        json.dump({**meta, "chars": meta["chars"][::-1]}, fh)
-    assert read_meta(folder)["chars"] == meta["chars"][::-1]
+        json.dump({**meta, "chars": meta["chars"][1:], "vocab_size": n, "eot_id": n - 1}, fh)
+    assert read_meta(folder)["chars"] == meta["chars"][1:]
 
 
 class RunsCode:

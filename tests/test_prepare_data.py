@@ -203,6 +203,24 @@ def test_one_document_goes_to_train(tmp_path):
     assert (meta["train_docs"], meta["val_docs"], meta["val_tokens"]) == (1, 0, 0)
 
 
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_whitespace_only_input_warns_that_training_will_refuse_it_and_how_to_fix_it(tmp_path, capsys, tokenizer):
+    """Nothing to validate on: prepare_data.py says so, with what train.py will do (refuse),
+    and the warning's fix works when followed."""
+    src = write_txt(tmp_path / "src", [" \n\t\n  \n"])
+    meta = run([src], tmp_path / "out", tokenizer=tokenizer)
+    assert meta["val_tokens"] == 0
+    warning = capsys.readouterr().err
+    assert "val.bin is empty" in warning and "train.py will refuse this dataset" in warning
+    assert "several .txt files" in warning
+    with pytest.raises(FileNotFoundError, match="val.bin is empty.*several .txt files"):
+        loader.read_meta(str(tmp_path / "out" / "ds"))  # the first thing train.py does
+    (src / "doc001.txt").write_text("a second document", encoding="utf-8")  # the fix it names
+    meta = run([src], tmp_path / "out2", tokenizer=tokenizer)
+    assert meta["val_tokens"] > 0 and "val.bin is empty" not in capsys.readouterr().err
+    loader.read_meta(str(tmp_path / "out2" / "ds"))
+
+
 @pytest.mark.parametrize("make_inputs, kw, error, match", [
     (lambda t: [t / "nope.txt"], {}, FileNotFoundError, "nope.txt' does not exist"),
     (lambda t: [str(t / "none*.jsonl")], {}, FileNotFoundError, "matches nothing"),

@@ -1,20 +1,24 @@
 import glob
 import math
 import os
+import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import checkpoint as ckpt
 import train
-from conftest import records, run_dir_of, write_dataset
+from conftest import ROOT, WITH_FAULTS, flip_a_bit, records, run_dir_of, tmpfs, write_dataset
 from loader import GPT2_META, load_meta
 from model import count_params
 from resolve import Machine, resolve
+from run_lock import RunFolderBusy
 from stopping import Stop
 from train_config import ConfigError, load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def final_weights(run_dir):
@@ -28,7 +32,10 @@ def test_a_run_logs_evaluates_saves_and_reports(tiny_args):
     assert steps == list(range(6))  # the loss of each step's batch; the final row is the final eval's
     assert [r["step"] for r in records(run, "eval")] == [0, 3, 6]
     assert sorted(os.listdir(run)) == sorted(["best_model.pt", "checkpoint_step_3.pt", "checkpoint_step_6.pt",
-                                              "config.json", "metrics.jsonl", "report.md"])
+                                              "config.json", "metrics.jsonl", "report.md", "run.lock"])
+    # the best, evaluated where a step checkpoint was saved, is that file under a second name
+    best_step = ckpt.load_checkpoint(os.path.join(run, "best_model.pt"))["step"]
+    assert os.path.samefile(os.path.join(run, "best_model.pt"), os.path.join(run, ckpt.step_file(best_step)))
     losses = [r["loss"] for r in records(run, "train")]
     assert losses[-1] < losses[0]
     saved = ckpt.load_checkpoint(os.path.join(run, "checkpoint_step_6.pt"))
@@ -176,6 +183,44 @@ def test_resume_auto_starts_fresh_then_continues(tiny_args):
     steps = [r["step"] for r in records(run_dir_of(args), "start")]
     assert steps == [0, 3]
     assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
+
+
+def test_resume_auto_passes_over_a_corrupt_newest_checkpoint_and_says_so(tiny_args, capsys):
+    """A flipped bit in the newest checkpoint: --resume=auto says so, sets it aside, resumes
+    from the one before, and ends with the weights of a run that was never damaged."""
+    train.main(tiny_args)
+    run = run_dir_of(tiny_args)
+    newest = os.path.join(run, "checkpoint_step_6.pt")
+    whole = ckpt.load_checkpoint(newest)["model"]
+    flip_a_bit(newest, whole["h.0.mlp.c_fc.weight"])
+    capsys.readouterr()
+    train.main(tiny_args + ["--resume=auto"])
+    out = capsys.readouterr().out
+    assert f"warning: passing over {newest}: tensor model/h.0.mlp.c_fc.weight does not match" in out
+    assert f"resuming from {os.path.join(run, 'checkpoint_step_3.pt')}, the newest intact checkpoint (step 3)" in out
+    assert os.path.exists(newest + ckpt.CORRUPT_SUFFIX)
+    again = ckpt.load_checkpoint(newest)["model"]
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_a_meta_whose_chars_disagree_with_its_vocab_is_refused_before_training(tiny_args, char_data):
+    import json
+    path = os.path.join(char_data, "meta.json")
+    with open(path) as fh:
+        meta = json.load(fh)
+    with open(path, "w") as fh:
+        json.dump({**meta, "chars": meta["chars"][:-1]}, fh)  # one character short of its vocab_size
+    with pytest.raises(ValueError, match="disagree with its 32 chars"):
+        train.main(tiny_args)
+    assert not os.path.exists(run_dir_of(tiny_args))  # refused before anything was written
+
+
+def test_init_from_hugging_face_weights_without_config_json_names_it(tiny_args, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(FileNotFoundError, match="holds Hugging Face weights but no config.json"):
+        train.main(tiny_args + [f"--init_from={folder}"])
 
 
 def test_resume_in_another_precision(tiny_args):
@@ -345,3 +390,43 @@ def test_init_from_a_hugging_face_export_of_a_run(tiny_args, tmp_path):
     train.main(ft)
     assert records(run_dir_of(ft), "eval")[0]["val_loss"] == pytest.approx(
         records(run_dir_of(tiny_args), "eval")[-1]["val_loss"], rel=1e-6)
+
+
+# ---- one writer per run folder, and a full disk --------------------------------------------
+
+def test_a_second_run_in_a_busy_folder_is_refused_and_a_killed_holder_never_blocks_a_resume(tiny_args):
+    args = tiny_args + ["--max_steps=150", "--save_interval=2", "--eval_interval=100", "--run_name=locked"]
+    run = run_dir_of(args)
+    holder = subprocess.Popen([sys.executable, WITH_FAULTS, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=dict(os.environ, FAULT="slow:0.05", OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 120
+        while not ckpt.step_checkpoints(run) and time.time() < deadline and holder.poll() is None:
+            time.sleep(0.1)
+        assert ckpt.step_checkpoints(run), "the first run saved nothing"
+        with pytest.raises(RunFolderBusy, match=rf"{run} is in use by another run \(host .+, pid {holder.pid}, "
+                                                r"started .+\); .* pick another --run_name"):
+            train.main(args + ["--resume=auto"])
+    finally:
+        holder.kill()  # kill -9: no chance to release anything
+        holder.wait()
+    assert train.main(args + ["--resume=auto"]) == 0  # the kernel dropped the dead holder's lock
+    assert records(run, "end")[-1]["step"] == 150
+
+
+def test_the_disk_full_advice_works_when_followed(tiny_args, tmp_path):
+    """A folder with room for about four checkpoints: keeping every one fails on the fifth,
+    and the --keep_last the message names carries the run to its end (rotation deletes old
+    step checkpoints before each save, and best_model.pt links the step checkpoint)."""
+    with tmpfs(tmp_path / "small", "size=1600k") as out:
+        args = tiny_args + [f"--out_dir={out}", "--save_interval=1", "--eval_interval=1", "--max_steps=12",
+                            "--run_name=full"]
+        with pytest.raises(ckpt.CheckpointWriteError, match="the disk is full") as failed:
+            train.main(args)
+        keep = re.search(r"set --keep_last=(\d+)", str(failed.value))
+        assert keep, str(failed.value)
+        assert train.main(args + [f"--keep_last={keep.group(1)}", "--resume"]) == 0
+        run = os.path.join(out, "full")
+        assert records(run, "end")[-1]["reason"] == "max_steps"
+        assert [s for s, _ in ckpt.step_checkpoints(run)][-1] == 12
+        assert len(ckpt.step_checkpoints(run)) == int(keep.group(1))
