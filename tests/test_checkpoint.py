@@ -251,7 +251,8 @@ def test_a_full_disk_names_what_to_free_and_following_it_works(tmp_path):
         message = str(e.value)
         assert "the disk is full: No space left on device" in message and "\n" not in message
         m = re.search(r"free at least ([\d.]+) MB there \(this run's (\d+) older step checkpoints hold [\d.]+ MB: "
-                      r"checkpoint_step_(\d+)\.pt to checkpoint_step_(\d+)\.pt\), then continue with --resume", message)
+                      r"checkpoint_step_(\d+)\.pt to checkpoint_step_(\d+)\.pt\), or set --keep_last=\d+ \(older step "
+                      r"checkpoints are then deleted before each save\), then continue with --resume", message)
         assert m, message
         first, last = int(m.group(3)), int(m.group(4))
         assert last == step - 2 and ckpt.latest_checkpoint(disk).endswith(ckpt.step_file(step - 1))
