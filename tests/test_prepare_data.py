@@ -374,8 +374,9 @@ def test_parquet_text_field_and_invalid_utf8(tmp_path):
     assert meta["replaced_bytes"] == 2
 
 
-def test_save_to_disk_folders_give_the_bytes_jsonl_gives(tmp_path):
+def test_save_to_disk_folders_give_the_bytes_jsonl_gives(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(columnar, "BATCH_ROWS", 4)  # several batches from each record batch
     write_jsonl(tmp_path / "all.jsonl", MANY_DOCS)
     train = datasets.Dataset.from_dict({"text": MANY_DOCS, "id": list(range(len(MANY_DOCS)))})
     train.save_to_disk(str(tmp_path / "saved"), num_shards=3)
