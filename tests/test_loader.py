@@ -380,3 +380,11 @@ def test_mixture_batches_are_checked_against_the_models_vocab(two_datasets):
     with pytest.raises(ValueError, match=re.escape(os.path.join(b, "train.bin")) + " holds token id 1"):
         for step in range(10):
             mixed.batch(step, 8, 0, 8)
+
+
+def test_every_row_read_is_checked_against_the_vocab(counting_data):
+    w = TokenWindows(counting_data, "train", 32, read_meta(counting_data), seed=1, vocab_limit=4000)
+    windows = np.zeros((3, 33), dtype=np.int64)
+    w.read_into(windows, np.array([0, 1, 2]), np.array([0, 100, 3000]))  # ids below 4,000: fine
+    with pytest.raises(ValueError, match="holds token id 4,022 at token 4,022"):
+        w.read_into(windows, np.array([0, 2]), np.array([0, 3990]))  # the second row reaches 4,022
