@@ -247,7 +247,8 @@ def main():
     p.add_argument("--tmp", default=None, help="where the generated corpora go (the system's temp folder)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    get_tokenizer(args.tokenizer)  # build once so no timed run pays for it
+    if args.tokenizer != "char":  # char is built from each corpus
+        get_tokenizer(args.tokenizer)  # build once so no timed run pays for it
     if args._child:
         child(args)
     elif args.formats:
