@@ -98,8 +98,8 @@ def resolve_inputs(inputs: list, split: str = DEFAULT_SPLIT) -> list:
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise FileNotFoundError(f"--input {item!r} matches nothing; check the pattern")
-            files = [f for m in matches for f in (_walk(m, split) if os.path.isdir(m) else [(_kind(m), m)])
-                     if f[0]]
+            files = [(kind, f) for m in matches
+                     for kind, f in (_walk(m, split) if os.path.isdir(m) else [(_kind(m), m)]) if kind]
             if not files:
                 raise ValueError(f"--input {item!r} matches no {exts} file")
             found += files

