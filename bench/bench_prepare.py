@@ -15,7 +15,7 @@ each and their ratio (goal: Parquet no slower), and whether the outputs are iden
 --peak_rss: for each size in MB, a Parquet file of at least that many bytes on disk
 (snappy, row groups of 1,000 documents, as datatrove and `datasets` write them) under
 --tmp, prepared in a fresh process: the peak RSS of the main process and of the largest
-worker (goal: the same for every size).
+worker (goal: the same for every size); --reader_only: the document reader alone.
 """
 import argparse
 import json
@@ -213,25 +213,44 @@ def bench_peak_rss(args):
             path = os.path.join(tmp, "docs.parquet")
             rows, text = write_parquet(path, texts, mb)
             cmd = [sys.executable, os.path.abspath(__file__), "--_child", path, "--tokenizer", args.tokenizer,
-                   "--num_proc", str(args.num_proc)]
+                   "--num_proc", str(args.num_proc)] + ["--reader_only"] * args.reader_only
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-            print(f"{os.path.getsize(path) / 1e6:,.0f} MB Parquet ({rows:,} documents, "
-                  f"{text / 1e6:,.0f} MB of text): {result['tokens']:,} tokens in {result['seconds']:.0f}s "
-                  f"= {result['tokens'] / result['seconds'] / 1e6:.2f}M tok/s; peak RSS: main "
-                  f"{result['main_mib']:.0f} MiB, largest worker {result['worker_mib']:.0f} MiB", flush=True)
+            work = (f"read in {result['seconds']:.0f}s" if args.reader_only else
+                    f"{result['tokens']:,} tokens in {result['seconds']:.0f}s = "
+                    f"{result['tokens'] / result['seconds'] / 1e6:.2f}M tok/s")
+            print(f"{os.path.getsize(path) / 1e6:,.0f} MB Parquet ({rows:,} documents, {text / 1e6:,.0f} MB of "
+                  f"text): {work}; peak RSS: main {result['main_mib']:.0f} MiB ({result['start_mib']:.0f} "
+                  f"after imports), largest worker {result['worker_mib']:.0f} MiB", flush=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux's VmHWM, not ru_maxrss: exec keeps the ru_maxrss of
+    the process it replaced (here the bench, which held the whole generated file's batches)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args):
-    """One preparation in this fresh process: its tokens, time and peak RSS as JSON."""
+    """One preparation (or, with --reader_only, one pass of the document reader) in this
+    fresh process: its tokens, time and peak RSS as JSON."""
+    start = peak_rss_mib()
     out = os.path.join(os.path.dirname(args._child), "out")
     t0 = time.perf_counter()
-    meta = prepare_data.prepare([args._child], out, "ds", args.tokenizer, num_proc=args.num_proc,
-                                progress=False)
+    if args.reader_only:
+        sum(1 for _ in corpus.iter_documents(corpus.resolve_inputs([args._child]), corpus.TEXT_FIELD,
+                                             corpus.ReadStats()))
+        tokens = 0
+    else:
+        meta = prepare_data.prepare([args._child], out, "ds", args.tokenizer, num_proc=args.num_proc,
+                                    progress=False)
+        tokens = meta["train_tokens"] + meta["val_tokens"]
     seconds = time.perf_counter() - t0
-    kib = {who: resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)}
-    print(json.dumps({"tokens": meta["train_tokens"] + meta["val_tokens"], "seconds": seconds,
-                      "main_mib": kib[resource.RUSAGE_SELF] / 1024,
-                      "worker_mib": kib[resource.RUSAGE_CHILDREN] / 1024}))
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # forked, never exec'd
+    print(json.dumps({"tokens": tokens, "seconds": seconds, "start_mib": start, "main_mib": peak_rss_mib(),
+                      "worker_mib": workers}))
 
 
 def main():
@@ -245,13 +264,16 @@ def main():
     p.add_argument("--num_proc", type=int, default=prepare_data.default_num_proc(),
                    help="--formats and --peak_rss: tokenizer processes (all cores)")
     p.add_argument("--tmp", default=None, help="where the generated corpora go (the system's temp folder)")
+    p.add_argument("--reader_only", action="store_true",
+                   help="--peak_rss: only read the documents (the main process's reader), no tokenizing")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.tokenizer != "char":  # char is built from each corpus
-        get_tokenizer(args.tokenizer)  # build once so no timed run pays for it
     if args._child:
         child(args)
-    elif args.formats:
+        return
+    if args.tokenizer != "char":  # char is built from each corpus
+        get_tokenizer(args.tokenizer)  # build once so no timed run pays for it
+    if args.formats:
         bench_formats(args)
     elif args.peak_rss:
         bench_peak_rss(args)
