@@ -80,12 +80,16 @@ def _parquet_batches(pf: pq.ParquetFile, text_field: str):
 
 # ---------------------------------------------------------------- save_to_disk folders
 
-def _read_json(path: str):
+def _read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            obj = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({one_line(e)}); save the dataset again") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not the object save_to_disk writes; "
+                         f"save the dataset again")
+    return obj
 
 
 def saved_dataset_files(folder: str, split: str) -> list | None:
@@ -101,9 +105,10 @@ def saved_dataset_files(folder: str, split: str) -> list | None:
     if not os.path.isfile(state):
         return None
     entries = _read_json(state).get("_data_files")
-    if not isinstance(entries, list) or not entries:
+    names = [e.get("filename") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    if not names or not all(isinstance(name, str) for name in names):
         raise ValueError(f"{state} lists no _data_files; is {folder} a folder written by save_to_disk?")
-    files = [os.path.join(folder, entry["filename"]) for entry in entries]
+    files = [os.path.join(folder, name) for name in names]
     for path in files:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}, listed in {state}, is missing; save the dataset again")
