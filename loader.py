@@ -283,20 +283,124 @@ class TokenWindows:
         their copy is done) and sent with one non-blocking copy, so the next batch travels
         while the GPU computes."""
         starts = self.starts(step, global_batch, stream)[first:first + count]
-        cuda = torch.device(device).type == "cuda"
-        xy = torch.empty((len(starts), self.block_size + 1), dtype=torch.int64, pin_memory=cuda)
-        windows = xy.numpy()
+        xy = _host_batch(len(starts), self.block_size, device)
+        self.read_into(xy.numpy(), np.arange(len(starts)), starts)
+        return _to_device(xy, device)
+
+    def read_into(self, windows: np.ndarray, rows: np.ndarray, starts: np.ndarray):
+        """windows[rows[i]] = the block_size + 1 tokens from starts[i], checked against vocab_limit."""
         # A fresh memmap per batch: a long-lived one keeps every page it ever touched
         # counted in resident memory, which grows without bound over a long run.
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        for row, s in enumerate(starts):
+        for row, s in zip(rows, starts):
             windows[row] = data[s:s + self.block_size + 1]
         del data
-        if windows.max() >= self.vocab_limit:  # one pass over a few thousand ids per batch
-            row, col = np.unravel_index(windows.argmax(), windows.shape)
-            raise ValueError(f"{self.path} holds token id {windows[row, col]:,} at token "
+        read = windows[rows]
+        if read.size and read.max() >= self.vocab_limit:  # one pass over a few thousand ids per batch
+            row, col = np.unravel_index(read.argmax(), read.shape)
+            raise ValueError(f"{self.path} holds token id {read[row, col]:,} at token "
                              f"{starts[row] + col:,}, at or above the model's vocab "
                              f"{self.vocab_limit:,}; {self.fix}")
-        if cuda:
-            xy = xy.to(device, non_blocking=True)
-        return xy[:, :-1], xy[:, 1:]
+
+
+def _host_batch(count: int, block_size: int, device) -> torch.Tensor:
+    """An empty (count, block_size + 1) int64 tensor, pinned when it is bound for a GPU."""
+    cuda = torch.device(device).type == "cuda"
+    return torch.empty((count, block_size + 1), dtype=torch.int64, pin_memory=cuda)
+
+
+def _to_device(xy: torch.Tensor, device):
+    if torch.device(device).type == "cuda":
+        xy = xy.to(device, non_blocking=True)
+    return xy[:, :-1], xy[:, 1:]
+
+
+# ---------------------------------------------------------------- mixtures
+
+TOKENIZER_KEYS = ("tokenizer", "vocab_size", "eot_id", "chars")  # what an id means
+MIX_TAG = 0x6D6978  # separates the draw of each sequence's dataset from the windows' draws
+
+
+def check_data_mix(data_mix: dict) -> dict:
+    """{data_dir: weight} -> {data_dir: weight / sum of weights}, refusing what cannot be a mixture."""
+    if not isinstance(data_mix, dict) or not data_mix:
+        raise ValueError(f"data_mix must name datasets and their weights, e.g. "
+                         f"{{'data/web': 0.7, 'data/code': 0.3}}; got {data_mix!r}")
+    seen = {}
+    for data_dir, weight in data_mix.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise ValueError(f"data_mix weight of {data_dir!r} is {weight!r}; every weight must be a "
+                             f"positive number (they are relative: 7 and 3 mean 0.7 and 0.3)")
+        key = os.path.realpath(data_dir)
+        if key in seen:
+            raise ValueError(f"data_mix names {seen[key]!r} and {data_dir!r}, the same folder; name it once "
+                             f"with the sum of their weights")
+        seen[key] = data_dir
+    total = sum(data_mix.values())
+    return {data_dir: weight / total for data_dir, weight in data_mix.items()}
+
+
+def read_mixture_metas(data_mix: dict) -> dict:
+    """{data_dir: checked meta} of a mixture's datasets, which must share one tokenizer: an
+    id must mean the same text in every one of them."""
+    metas = {data_dir: read_meta(data_dir) for data_dir in check_data_mix(data_mix)}
+    (first, ref), *rest = metas.items()
+    for data_dir, meta in rest:
+        for key in TOKENIZER_KEYS:
+            if meta.get(key) != ref.get(key):
+                shown = [m.get(key) if key != "chars" else f"{len(m.get(key) or '')} characters"
+                         for m in (ref, meta)]
+                raise ValueError(f"data_mix: {first} and {data_dir} have different tokenizers ({key} "
+                                 f"{shown[0]!r} vs {shown[1]!r}); prepare every dataset of a mixture "
+                                 f"with the same --tokenizer")
+    return metas
+
+
+class TokenMixture:
+    """TokenWindows over several prepared datasets: each sequence of a step's global batch
+    comes from dataset k with probability weight k, and its window is the one that
+    dataset's TokenWindows draws for that sequence. Both draws are pure functions of
+    (seed, split, step, index of the sequence), so resume, world-size independence and
+    batch order hold as for one dataset, and one dataset gives exactly its TokenWindows'
+    batches. metas: read_mixture_metas(data_mix)."""
+
+    def __init__(self, data_mix: dict, split: str, block_size: int, metas: dict, seed: int,
+                 vocab_limit: int | None = None):
+        weights = check_data_mix(data_mix)
+        self.data_dirs = list(weights)
+        self.weights = np.array([weights[d] for d in self.data_dirs])
+        self.sources = [TokenWindows(d, split, block_size, metas[d], seed, vocab_limit) for d in self.data_dirs]
+        self.block_size, self.split_id, self.seed = block_size, SPLITS[split], seed
+        self.n_tokens = sum(source.n_tokens for source in self.sources)
+        self._bounds = np.cumsum(self.weights)
+        self._bounds[-1] = 1.0  # a draw just under 1 must not fall past the last dataset
+
+    def choices(self, step: int, global_batch: int, stream: int = 0) -> np.ndarray:
+        """The dataset index of every sequence of the global batch at this step."""
+        if len(self.sources) == 1:
+            return np.zeros(global_batch, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, self.split_id, stream, step, MIX_TAG])
+        return np.searchsorted(self._bounds, rng.random(global_batch), side="right")
+
+    def batch(self, step: int, global_batch: int, first: int, count: int, device="cpu", stream: int = 0):
+        """As TokenWindows.batch: sequences first..first+count-1 of the global batch of `step`."""
+        which = self.choices(step, global_batch, stream)[first:first + count]
+        xy = _host_batch(count, self.block_size, device)
+        for k, source in enumerate(self.sources):
+            rows = np.flatnonzero(which == k)
+            if rows.size:
+                starts = source.starts(step, global_batch, stream)[first + rows]
+                source.read_into(xy.numpy(), rows, starts)
+        return _to_device(xy, device)
+
+    def mean(self, losses: dict) -> float:
+        """The mixture's loss from each dataset's {data_dir: loss}: their weighted mean."""
+        return float(sum(losses[d] * w for d, w in zip(self.data_dirs, self.weights)))
+
+    def drawn(self, total_tokens: int) -> list:
+        """For the planner and the report: each dataset's expected tokens and epochs of
+        a run that trains on total_tokens."""
+        return [{"data_dir": d, "weight": float(w), "tokens": total_tokens * float(w),
+                 "epochs": total_tokens * float(w) / source.n_tokens}
+                for d, w, source in zip(self.data_dirs, self.weights, self.sources)]
+

