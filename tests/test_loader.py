@@ -376,10 +376,11 @@ def test_mixture_refuses_datasets_with_other_tokenizers(two_datasets, tmp_path):
     a, _ = two_datasets
     ids = np.arange(2000)
     other_vocab = write_dataset(str(tmp_path / "v"), ids, ids, 50257)
-    gpt2 = write_dataset(str(tmp_path / "g"), ids, ids, 60001, meta_extra={"tokenizer": "gpt2"})
-    other_chars = write_dataset(str(tmp_path / "c"), ids, ids, 60001, meta_extra={"chars": "abc"})
+    gpt2 = write_dataset(str(tmp_path / "g"), ids, ids, 50257, meta_extra={"tokenizer": "gpt2", "chars": None})
+    other_chars = write_dataset(str(tmp_path / "c"), ids, ids, 60001,
+                                meta_extra={"chars": alphabet(60001)[1:]})  # as many characters, not the same
     for folder, key in ((other_vocab, "vocab_size 60001 vs 50257"), (gpt2, "tokenizer 'char' vs 'gpt2'"),
-                        (other_chars, "chars '.* characters' vs '3 characters'")):
+                        (other_chars, "chars '60000 characters' vs '60000 characters'")):
         with pytest.raises(ValueError, match=f"{re.escape(a)} and {re.escape(folder)} have different "
                                              f"tokenizers \\({key}\\); .*same --tokenizer"):
             loader.read_mixture_metas({a: 1, folder: 1})
