@@ -28,13 +28,10 @@ from devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
 from tokenizer import load_tokenizer
 from weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 
-TASK_NAME = re.compile(r"[A-Za-z][\w-]*")
-
-
 def task_spec(value: str) -> tuple:
     """(name, path) from NAME:PATH or PATH (named after the file's stem)."""
     name, sep, path = value.partition(":")
-    if sep and TASK_NAME.fullmatch(name) and path:
+    if sep and mc.TASK_NAME.fullmatch(name) and path:
         return name, path
     stem = os.path.splitext(os.path.basename(value))[0]
     return re.sub(r"\W", "_", stem) or "task", value

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ METRICS = ("acc", "acc_norm")
 SUBSET_SEED = 0  # which examples a fixed subset holds; changing it changes every subset's scores
 BATCH_TOKENS = 16_384  # rows x longest row per forward, standalone (train.py: a micro-batch's tokens)
 HELLASWAG_SOURCE = "data/hellaswag_val.jsonl of github.com/rowanz/hellaswag"
+TASK_NAME = re.compile(r"[A-Za-z][\w-]*")  # a task's name: its metrics are NAME_acc and NAME_acc_norm
 
 
 def metric_key(task: str, metric: str) -> str:
@@ -163,17 +165,29 @@ def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
     return Encoded(index, example.label, tuple(rows), tuple(scored))
 
 
-def load_task(name: str, path: str, tokenizer, block_size: int, limit: int = 0, subset: int = 0) -> Task:
-    """Read a task file (every line is checked) and encode the chosen examples."""
-    examples = read_task(path)
+def encode_task(name: str, path: str, examples: list, tokenizer, block_size: int, limit: int = 0,
+                subset: int = 0) -> Task:
+    """The chosen examples of a task (pick), encoded."""
     chosen = pick(len(examples), limit, subset)
     return Task(name, path, len(examples), [encode(tokenizer, examples[i], i, block_size) for i in chosen])
 
 
-def load_tasks(tasks: dict, tokenizer, block_size: int, subset: int) -> list:
-    """TrainConfig.eval_tasks (name -> path), each a fixed subset of `subset` examples (0: all),
-    read and encoded before training starts, so a bad file stops the run at once."""
-    return [load_task(name, path, tokenizer, block_size, subset=subset) for name, path in tasks.items()]
+def load_task(name: str, path: str, tokenizer, block_size: int, limit: int = 0, subset: int = 0) -> Task:
+    """Read a task file (every line is checked) and encode the chosen examples."""
+    return encode_task(name, path, read_task(path), tokenizer, block_size, limit, subset)
+
+
+def read_tasks(tasks: dict) -> dict:
+    """{name: examples} for TrainConfig.eval_tasks (name -> path), every line of every file
+    checked. It needs neither tokenizer nor model, so train.py can call it before anything
+    slow and a bad file stops the run at once."""
+    return {name: read_task(path) for name, path in tasks.items()}
+
+
+def prepare_tasks(tasks: dict, read: dict, tokenizer, block_size: int, subset: int) -> list:
+    """Each task's fixed subset of `subset` examples (0: all), encoded for the model: the
+    Tasks that score_tasks scores at every evaluation."""
+    return [encode_task(name, path, read[name], tokenizer, block_size, subset=subset) for name, path in tasks.items()]
 
 
 # ---- scoring --------------------------------------------------------------------------------

@@ -227,7 +227,8 @@ from tokenizer import get_tokenizer
 env = distributed.setup("cpu", 60)
 torch.manual_seed(0)
 model = GPT(GPTConfig(**{shape!r}))
-tasks = mc.load_tasks({{"t": {path!r}}}, get_tokenizer("char", {alphabet!r}), 64, subset=17)
+paths = {{"t": {path!r}}}
+tasks = mc.prepare_tasks(paths, mc.read_tasks(paths), get_tokenizer("char", {alphabet!r}), 64, subset=17)
 fields = mc.score_tasks(model, tasks, env, torch.autocast("cpu", enabled=False), max_tokens=100)
 if env.rank == 0:
     print("RESULT", json.dumps(fields))
@@ -254,7 +255,7 @@ def test_two_ranks_sum_their_counts_to_one_process_s_figures(tmp_path):
     got = json.loads(outs[0][0].split("RESULT ", 1)[1])
     torch.manual_seed(0)
     model = GPT(GPTConfig(**SHAPE))
-    task = mc.load_tasks({"t": path}, TOK, 64, subset=17)[0]
+    task = mc.load_task("t", path, TOK, 64, subset=17)
     want = mc.accuracy(mc.score_examples(model, task.examples, "cpu"))
     assert len(task.examples) == 17 and want["examples"] == 17
     assert got == {"t_acc": want["acc"], "t_acc_norm": want["acc_norm"]}
