@@ -39,9 +39,22 @@ HELLASWAG_SOURCE = "data/hellaswag_val.jsonl of github.com/rowanz/hellaswag"
 TASK_NAME = re.compile(r"[A-Za-z][\w-]*")  # a task's name: its metrics are NAME_acc and NAME_acc_norm
 
 
+# GPT-2's published checkpoints on HellaSwag's 10,042 validation examples, scored as here (llm.c)
+GPT2_HELLASWAG_ACC_NORM = {"124M": 0.2955, "350M": 0.375, "774M": 0.432, "1.5B": 0.489}
+
+
 def metric_key(task: str, metric: str) -> str:
     """The name a task's metric has in metrics.jsonl, TensorBoard and the report: hellaswag_acc_norm."""
     return f"{task}_{metric}"
+
+
+def split_metric_key(key: str) -> tuple | None:
+    """(task, metric) of a name metric_key made, else None."""
+    for metric in sorted(METRICS, key=len, reverse=True):  # acc_norm before acc
+        task = key.removesuffix(f"_{metric}")
+        if task != key and TASK_NAME.fullmatch(task):
+            return task, metric
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
