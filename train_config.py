@@ -99,7 +99,7 @@ class TrainConfig:
     eval_tasks: dict[str, str] = F({}, "multiple-choice tasks scored at every evaluation, NAME:PATH of a jsonl "
                                        "(HellaSwag's, or context/choices/label): "
                                        "--eval_tasks=hellaswag:data/hellaswag_val.jsonl")
-    eval_task_examples: int = F(1_000, "examples of each eval_tasks task scored per evaluation: a fixed subset, "
+    eval_task_examples: int = F(250, "examples of each eval_tasks task scored per evaluation: a fixed subset, "
                                        "the same every time, split over the ranks (0: all)")
     tensorboard: bool = F(True, "write TensorBoard scalars to the run folder")
     wandb_project: str = F("", "also log TensorBoard's scalars to this Weights & Biases project (needs "

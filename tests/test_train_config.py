@@ -177,7 +177,7 @@ def test_eval_tasks_from_the_command_line_and_from_a_file(tmp_path):
     cfg = load_config(["--eval_tasks=hellaswag:data/hellaswag_val.jsonl, mine:/abs/path:with colon.jsonl",
                        "--early_stopping_metric=hellaswag_acc_norm"])
     assert cfg.eval_tasks == {"hellaswag": "data/hellaswag_val.jsonl", "mine": "/abs/path:with colon.jsonl"}
-    assert cfg.early_stopping_metric == "hellaswag_acc_norm" and cfg.eval_task_examples == 1_000
+    assert cfg.early_stopping_metric == "hellaswag_acc_norm" and cfg.eval_task_examples == 250
     f = tmp_path / "c.py"
     f.write_text('eval_tasks = {"hellaswag": "data/hellaswag_val.jsonl"}\neval_task_examples = 0\n')
     cfg = load_config([str(f)])
