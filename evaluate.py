@@ -26,6 +26,7 @@ import multiple_choice as mc
 from atomic_files import write_json
 from devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
 from tokenizer import load_tokenizer
+from train_config import LOSS_CHUNK
 from weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 
 def task_spec(value: str) -> tuple:
@@ -113,6 +114,8 @@ def main(argv=None) -> dict:
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = build_model(ckpt, device)
     check_tokenizer(model.config, tok)
+    # the head runs in chunks of choice tokens, as in an eager training run (a compiled run saves 0)
+    model.config.loss_chunk = model.config.loss_chunk or LOSS_CHUNK
     step = ckpt.get("step")
     del ckpt  # the optimizer state can be as large as the model again
     print(f"evaluating {path} (step {step}), {model.num_params() / 1e6:.2f}M params, {tok.name} tokenizer, "

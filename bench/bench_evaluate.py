@@ -28,6 +28,7 @@ from atomic_files import write_json  # noqa: E402
 from devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype  # noqa: E402
 from model import PRESETS, GPT, GPTConfig  # noqa: E402
 from tokenizer import get_tokenizer  # noqa: E402
+from train_config import LOSS_CHUNK  # noqa: E402
 
 WORDS = ("the a man woman person is are was then he she they it on in at to of and with his her their "
          "table room water car ball dog kitchen street field house door window hand head camera video "
@@ -66,7 +67,7 @@ def main(argv=None) -> dict:
     shape = {**PRESETS[args.preset], **{k: v for k in ("n_layer", "n_embd", "n_head")
                                         if (v := getattr(args, k)) is not None}}
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**shape)).to(device).eval()
+    model = GPT(GPTConfig(**shape, loss_chunk=LOSS_CHUNK)).to(device).eval()  # as evaluate.py runs it
     tok = get_tokenizer("gpt2")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.task or write_synthetic(os.path.join(tmp, "synthetic.jsonl"), args.examples)
