@@ -78,7 +78,8 @@ def main(argv=None) -> dict:
         seconds = time.perf_counter() - start
     tokens = sum(len(r) - 1 for e in task.examples for r in e.rows)
     out = dict(preset=args.preset, shape=shape, params=model.num_params(), device=str(device),
-               device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores",
+               device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else f"CPU, {os.cpu_count()} cores"),
                threads=torch.get_num_threads(), dtype=dtype_name(dtype), torch=torch.__version__,
                task=args.task or "synthetic", examples=len(scored), rows_tokens=tokens, seconds=seconds,
                encode_seconds=encoded_s, examples_per_s=len(scored) / seconds, batch_tokens=args.batch_tokens)

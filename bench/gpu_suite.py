@@ -361,7 +361,8 @@ def markdown(suite: dict, rows: list[dict]) -> str:
         lines += [f"## Multiple-choice scoring: bench/bench_evaluate.py {r['args']}", "",
                   "| model | examples | dtype | seconds | examples/s | status |", "|---|---|---|---|---|---|",
                   f"| {r.get('preset', '-')} | {_num(r.get('examples'), ',')} | {r.get('dtype', '-')} | "
-                  f"{_num(r.get('seconds'), '.1f')} | {_num(r.get('examples_per_s'), ',.1f')} | {cell(r['status'])} |", ""]
+                  f"{_num(r.get('seconds'), '.1f')} | {_num(r.get('examples_per_s'), ',.1f')} | "
+                  f"{cell(r['status'])} |", ""]
     for r in (r for r in rows if r["part"] == "bench_memory"):
         lines += ["## bench/bench_memory.py " + " ".join(BENCH_MEMORY_ARGS), "", f"status: {r['status']}", ""]
         if r.get("table"):

@@ -93,8 +93,9 @@ def test_the_table_and_json_with_limit_and_subset(tmp_path, capsys):
 
 
 def test_a_bad_task_file_is_an_error_before_the_checkpoint_loads(tmp_path):
-    proc = subprocess.run([sys.executable, "evaluate.py", "--checkpoint=/nonexistent",
-                           f"--task={tmp_path / 'missing.jsonl'}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    missing = tmp_path / "missing.jsonl"
+    proc = subprocess.run([sys.executable, "evaluate.py", "--checkpoint=/nonexistent", f"--task={missing}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert re.fullmatch(r"error: task file '.*missing.jsonl' not found; HellaSwag's validation set is "
                         r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(README: Evaluating models\)\n",
