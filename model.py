@@ -276,10 +276,14 @@ class GPT(nn.Module):
         # documented run does (10.82 = ln 50,257).
         nn.init.normal_(self.wte.weight, 0.0, min(0.02, 0.3 / math.sqrt(model_cfg.n_embd)))
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
+    def forward(self, idx, targets=None, cache: KVCache | None = None, reduction: str = "mean"):
         """Logits over the real vocabulary (padding columns dropped) and, with targets,
         the mean cross-entropy (targets of -1 are ignored). Without targets only the last
-        position's logits are computed, (B, 1, vocab): all that generation needs."""
+        position's logits are computed, (B, 1, vocab): all that generation needs.
+        reduction="none" (with targets): no logits, and each position's loss (B, T) in fp32,
+        0 where the target is -1; the head runs only at the other positions (scoring)."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -297,6 +301,8 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if targets is None:
             x = x[:, -1:]  # generation needs only the last position
+        elif reduction == "none":
+            return None, self.position_losses(x, targets)
         elif 0 < self.config.loss_chunk < x.shape[0] * x.shape[1]:
             # the logits of a long micro-batch are the largest tensor of a step (43 GiB for
             # 32 x 2,048 x 50,257 in fp32): never hold them all; no logits are returned
@@ -309,6 +315,20 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1)
         return logits, loss
+
+    def position_losses(self, x, targets):
+        """Cross-entropy at each position whose target is not -1 (0 elsewhere), from the final
+        hidden states x (B, T, C). Only those positions go through the head, loss_chunk of
+        them at a time, so scoring a few tokens per row never builds (B, T, vocab) logits."""
+        scored = targets != -1
+        hidden, wanted = x[scored], targets[scored]
+        chunk = self.config.loss_chunk or max(1, hidden.size(0))
+        vocab = self.config.vocab_size
+        losses = [F.cross_entropy(F.linear(hidden[i:i + chunk], self.wte.weight)[:, :vocab].float(),
+                                  wanted[i:i + chunk], reduction="none") for i in range(0, hidden.size(0), chunk)]
+        out = torch.zeros(targets.shape, device=x.device, dtype=torch.float32)
+        out[scored] = torch.cat(losses) if losses else out.new_zeros(0)
+        return out
 
     # ---- bookkeeping -------------------------------------------------------------
 

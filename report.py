@@ -11,11 +11,13 @@ import math
 import os
 from datetime import datetime, timezone
 
-from atomic_files import write_text
+from atomic_files import atomic_path, write_text
 from checkpoint import is_step_file
+from multiple_choice import split_metric_key
 from stopping import Stop
 
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
+PICTURE = "report.png"  # beside report.md: loss (and task accuracy) against tokens
 # end reasons after which the run can go on: all but those that finish it (exit status 0)
 _UNFINISHED = tuple(stop.value for stop in Stop if stop.exit_code != 0)
 
@@ -154,15 +156,20 @@ def _timeline_table(rows: list[dict]) -> list[str]:
 
 
 def _val_table(evals: list[dict]) -> list[str]:
+    """Val loss and perplexity at each evaluation, and a column per task metric the run scored."""
     if not evals:
         return ["No evaluations logged."]
     finite = [e for e in evals if e.get("val_loss") is not None and math.isfinite(e["val_loss"])]
     best = min(finite, key=lambda e: e["val_loss"])["step"] if finite else None
-    lines = ["| Step | Val Loss | Val Perplexity |", "|------|----------|----------------|"]
+    tasks = sorted({k for e in evals for k in e if split_metric_key(k)}, key=split_metric_key)
+    names = ["{} {}".format(*split_metric_key(k)) for k in tasks]
+    lines = ["| Step | Val Loss | Val Perplexity |" + "".join(f" {n} |" for n in names),
+             "|------|----------|----------------|" + "---|" * len(names)]
     for e in evals:
         loss = e.get("val_loss")
         mark = " (best)" if e["step"] == best else ""
-        lines.append(f"| {e['step']:,} | {fmt_loss(loss)}{mark} | {fmt_ppl(loss)} |")
+        scores = "".join(f" {e[k]:.4f} |" if isinstance(e.get(k), (int, float)) else " — |" for k in tasks)
+        lines.append(f"| {e['step']:,} | {fmt_loss(loss)}{mark} | {fmt_ppl(loss)} |{scores}")
     return lines
 
 
@@ -265,8 +272,10 @@ def _event_lines(records: list[dict], last_train: dict) -> list[str]:
     return lines
 
 
-def render_report(records: list[dict], config: dict | None = None, skipped_lines: int = 0) -> str:
-    """Markdown report from metrics records (file order) and the run's config.json."""
+def render_report(records: list[dict], config: dict | None = None, skipped_lines: int = 0,
+                  picture: list[str] | None = None) -> str:
+    """Markdown report from metrics records (file order) and the run's config.json.
+    picture: lines under the title about report.png (draw_picture)."""
     train = latest_by_step(records, "train")
     if not train:
         raise ValueError("no train records in metrics.jsonl; the run has not logged a step yet")
@@ -288,6 +297,8 @@ def render_report(records: list[dict], config: dict | None = None, skipped_lines
     if starts and starts[0].get("time"):
         began = datetime.fromtimestamp(starts[0]["time"], tz=timezone.utc)
         out += [f"Started {began:%Y-%m-%d %H:%M} UTC; {len(starts)} launch(es).", ""]
+    if picture:
+        out += [*picture, ""]
     out += ["## Training Timeline", "", *_timeline_table(rows), "",
             "Loss is the train loss at that step: the mean over the evaluation's fixed train "
             "batches where an evaluation ran there, else the loss of the step's batch before "
@@ -337,5 +348,23 @@ def write_report(run_dir: str) -> str:
         with open(config_path) as fh:
             config = json.load(fh)
     path = os.path.join(run_dir, "report.md")
-    write_text(path, render_report(records, config, skipped_lines=bad))
+    picture = draw_picture(run_dir, records, config)
+    write_text(path, render_report(records, config, skipped_lines=bad, picture=picture))
     return path
+
+
+def draw_picture(run_dir: str, records: list[dict], config: dict | None) -> list[str]:
+    """report.png in run_dir (written whole or not at all) and report.md's lines about it.
+    Without matplotlib the report goes on without a picture and says how to get one."""
+    train = latest_by_step(records, "train")
+    if not train:
+        return []  # render_report says why there is no report
+    try:
+        import report_plot
+    except ImportError:
+        return [f"No picture: matplotlib is not installed (`pip install matplotlib`, then "
+                f"`python train.py --report={run_dir}`)."]
+    with atomic_path(os.path.join(run_dir, PICTURE)) as tmp:
+        notes = report_plot.draw(tmp, train, latest_by_step(records, "eval"), _train_config(records, config),
+                                 _derived(records, config))
+    return [f"![Loss against tokens]({PICTURE})", *([""] + notes if notes else [])]

@@ -28,7 +28,8 @@ class Reporter:
         self.writes = env.master
         self.peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
         self.meter = Throughput()
-        self.log = RunLog(cfg.run_dir, cfg.tensorboard, purge_step=start_step + 1 if resumed else None) \
+        self.log = RunLog(cfg.run_dir, cfg.tensorboard, purge_step=start_step + 1 if resumed else None,
+                          wandb_project=cfg.wandb_project, run_name=cfg.run_name, config=cfg.to_dict()) \
             if self.writes else None
         self.bar = None
         if self.writes and cfg.progress_bar and sys.stderr.isatty():  # in a log file, redraws bury the lines
@@ -81,11 +82,13 @@ class Reporter:
              f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a", f"mem {mem:.2f} GiB"]
             + ([f"scale {scale:.0f}, skipped {skipped_steps}"] if scale else [])))
 
-    def evaluation(self, step: int, val: float, train: float, improved: bool, elapsed_s: float):
+    def evaluation(self, step: int, val: float, train: float, improved: bool, elapsed_s: float, extra: dict):
+        """extra: more numbers of the evaluation (each dataset's val loss, task accuracies)."""
         ppl = math.exp(min(val, 50))
-        self.record(dict(kind="eval", step=step, val_loss=val, val_ppl=ppl, train_loss=train, elapsed_s=elapsed_s))
+        self.record(dict(kind="eval", step=step, val_loss=val, val_ppl=ppl, train_loss=train, elapsed_s=elapsed_s,
+                         **extra))
         self.print(f"step {step:,}: val loss {val:.4f} (ppl {ppl:.2f}) | train loss {train:.4f}"
-                   + (" | best" if improved else ""))
+                   + "".join(f" | {k} {v:.4f}" for k, v in extra.items()) + (" | best" if improved else ""))
 
     def checkpoint(self, step: int, path: str, best: bool, elapsed_s: float):
         self.record(dict(kind="checkpoint", step=step, path=path, best=best, elapsed_s=elapsed_s))

@@ -17,7 +17,7 @@ import torch
 from devices import DTYPES, autocast, pick_device, pick_dtype
 from model import KVCache
 from tokenizer import load_tokenizer
-from weights import build_model, load_weights, resolve_checkpoint, tokenizer_meta
+from weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 
 # ---- sampling -------------------------------------------------------------------------
 
@@ -191,10 +191,7 @@ def main(argv=None):
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = build_model(ckpt, device)
     step = ckpt.get("step")
-    if not model.config.vocab_size <= tok.n_vocab <= model.config.padded_vocab:
-        raise ValueError(f"the model has {model.config.vocab_size} ids but the {tok.name} tokenizer has "
-                         f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "
-                         f"checkpoint's data_dir its own meta.json (prepare_data.py writes it)")
+    check_tokenizer(model.config, tok)
     del ckpt  # the optimizer state can be as large as the model again
     print(f"sampling from {path} (step {step}), {model.num_params() / 1e6:.2f}M params, "
           f"{tok.name} tokenizer, {device}", file=sys.stderr)

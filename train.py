@@ -27,12 +27,14 @@ import torch
 
 import checkpoint as ckpt
 import distributed
+import multiple_choice as mc
 import run_lock
 import sharding
 import stopping
 from atomic_files import write_json
 from devices import autocast, torch_dtype
-from loader import GPT2_META, TokenWindows, check_vocab, load_meta, read_meta
+from loader import (GPT2_META, TokenMixture, TokenWindows, check_data_mix, check_vocab, load_meta,
+                    read_mixture_metas)
 from memory import checkpoint_bytes
 from model import GPT, GPTConfig, compile_model, count_params, flops_per_token, shape_differences
 from plan import format_plan, make_plan
@@ -44,6 +46,7 @@ from schedule import lr_at
 from step_stats import HostCopies, StepValues, StepWatch
 from stopping import Stop
 from train_config import ConfigError, TrainConfig, help_text, load_config
+from tokenizer import load_tokenizer
 from train_state import TrainState
 from weights import load_resume, load_weights, resolve_checkpoint
 
@@ -62,16 +65,16 @@ def main(argv=None) -> int:
         print(format_plan(make_plan(cfg, cfg.plan_gpus or distributed.world_size_from_env(),
                                     meta["vocab_size"], meta.get("train_tokens"))))
         return 0
-    meta = read_meta(cfg.data_dir)  # a dataset that cannot be used is refused before the run folder exists
+    metas = read_mixture_metas(cfg.datasets())  # data that cannot be used is refused before the run folder exists
     check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
     writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
     with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
-        return launch(cfg, meta, writer)
+        return launch(cfg, metas, writer)
 
 
-def launch(cfg: TrainConfig, meta: dict, writer: bool) -> int:
+def launch(cfg: TrainConfig, metas: dict, writer: bool) -> int:
     """Prepare (alone), join the other processes, build, train; the exit status."""
-    start = prepare(cfg, meta, distributed.local_device(cfg.device), writer)
+    start = prepare(cfg, metas, distributed.local_device(cfg.device), writer)
     env = distributed.setup(start.device, cfg.collective_timeout_s, join=start.resolved.joins_process_group)
     clean, run = False, None
     try:
@@ -214,15 +217,30 @@ def evaluate(model, windows: TokenWindows, cfg: TrainConfig, env: distributed.Di
 
 
 def evaluate_and_track(run) -> tuple[bool, bool]:
-    """Evaluate val and train loss and report them; (a new best, early stopping's patience
-    spent)."""
+    """Evaluate: val loss on each dataset and their weighted mean (what best_model.pt and
+    early stopping follow), an estimate of the train loss, and eval_tasks' accuracies; report
+    them. (a new best, early stopping's patience spent)."""
     cfg, state = run.cfg, run.state
     inner = sharding.unwrapped(run.model)  # no backward: no DDP hooks
-    val = evaluate(inner, run.val_data, cfg, run.env, run.autocast)
+    losses = {d: evaluate(inner, source, cfg, run.env, run.autocast)
+              for d, source in zip(run.val_data.data_dirs, run.val_data.sources)}
+    val = run.val_data.mean(losses)
     train_estimate = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
-    improved = state.record_eval(val)
-    run.reporter.evaluation(state.step, val, train_estimate, improved, state.elapsed_s)
+    # the eager model: each task batch has its own shape, which a compiled model would recompile for
+    scores = mc.score_tasks(run.raw_model, run.tasks, run.env, run.autocast,
+                            cfg.micro_batch_size * run.model_cfg.block_size) if run.tasks else {}
+    improved = state.record_eval(val, cfg.early_stopping_metric, scores.get(cfg.early_stopping_metric))
+    per_dataset = {f"val_loss_{name}": loss for name, loss in zip(dataset_names(run.val_data.data_dirs),
+                                                                   losses.values())} if len(losses) > 1 else {}
+    run.reporter.evaluation(state.step, val, train_estimate, improved, state.elapsed_s, {**per_dataset, **scores})
     return improved, 0 < cfg.early_stopping_patience <= state.evals_without_improvement
+
+
+def dataset_names(data_dirs: list) -> list:
+    """Short names of a mixture's datasets for metrics: their folder names (with their index
+    where two share a name)."""
+    names = [os.path.basename(os.path.normpath(d)) for d in data_dirs]
+    return names if len(set(names)) == len(names) else [f"{i}_{n}" for i, n in enumerate(names)]
 
 
 def save(run, name: str) -> str:
@@ -308,8 +326,9 @@ class Start:
     resolved: Resolved
     device: torch.device
     meta: dict
-    train_data: TokenWindows
-    val_data: TokenWindows
+    train_data: TokenMixture
+    val_data: TokenMixture
+    tasks: list  # multiple_choice.Task: each of eval_tasks' fixed subset, encoded
     source: dict | None  # the checkpoint resumed or started from (weights, optimizer, state)
     source_path: str
     resumed: bool
@@ -323,8 +342,9 @@ class Run:
     model_cfg: GPTConfig
     env: distributed.Dist
     meta: dict
-    train_data: TokenWindows
-    val_data: TokenWindows
+    train_data: TokenMixture
+    val_data: TokenMixture
+    tasks: list
     accumulation: int
     raw_model: GPT
     model: torch.nn.Module  # raw_model, compiled and/or wrapped in DDP
@@ -339,22 +359,29 @@ class Run:
         return self.cfg.global_batch_size * self.model_cfg.block_size
 
 
-def prepare(cfg: TrainConfig, meta: dict, device: torch.device, writer: bool) -> Start:
+def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -> Start:
     """Every check that can fail, and every setting resolved, before any long work: data,
-    the checkpoint to resume or start from, the model's shape, how the run runs. writer:
-    this process writes the run folder (rank 0): it alone sets corrupt checkpoints aside
-    and warns about disk space."""
+    tasks, the checkpoint to resume or start from, the model's shape, how the run runs.
+    metas: each dataset's (one tokenizer). writer: this process writes the run folder (rank
+    0): it alone sets corrupt checkpoints aside and warns about disk space."""
+    meta = next(iter(metas.values()))
+    task_examples = mc.read_tasks(cfg.eval_tasks)  # every line of every task file, before anything slow
     world = distributed.world_size_from_env()
     cfg.accumulation(world)  # refuses a batch that does not split over the ranks
     resume_path, source = find_resume(cfg, writer)
     source_path = resume_path or cfg.init_from
     if cfg.init_from:
         source = load_weights(resolve_checkpoint(cfg.init_from))
+    if resume_path:
+        check_same_data(cfg, source, resume_path)
     resolved = resolve(cfg, Machine.of(device, world), model_shape(cfg, meta, source, resume_path))
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
-    check_vocab(meta, model_cfg.vocab_size, cfg.data_dir)
-    train_data, val_data = (TokenWindows(cfg.data_dir, split, model_cfg.block_size, meta, cfg.seed,
+    for data_dir, data_meta in metas.items():
+        check_vocab(data_meta, model_cfg.vocab_size, data_dir)
+    train_data, val_data = (TokenMixture(cfg.datasets(), split, model_cfg.block_size, metas, cfg.seed,
                                          vocab_limit=model_cfg.vocab_size) for split in ("train", "val"))
+    tasks = mc.prepare_tasks(cfg.eval_tasks, task_examples, load_tokenizer(meta), model_cfg.block_size,
+                             cfg.eval_task_examples)
     state = TrainState.from_checkpoint(source) if resume_path else TrainState()
     if state.step > cfg.max_steps:
         raise ConfigError(f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
@@ -365,7 +392,7 @@ def prepare(cfg: TrainConfig, meta: dict, device: torch.device, writer: bool) ->
         warning = ckpt.space_warning(cfg.run_dir, checkpoint_bytes(model_cfg), cfg.keep_last, new_saves)
         if warning:
             print(warning)
-    return Start(resolved, device, meta, train_data, val_data, source, source_path, bool(resume_path), state)
+    return Start(resolved, device, meta, train_data, val_data, tasks, source, source_path, bool(resume_path), state)
 
 
 def find_resume(cfg: TrainConfig, writer: bool) -> tuple[str | None, dict | None]:
@@ -380,6 +407,17 @@ def find_resume(cfg: TrainConfig, writer: bool) -> tuple[str | None, dict | None
         raise ConfigError(f"{cfg.run_dir} already holds checkpoints; add --resume to continue it "
                           f"or pick a new --run_name")
     return None, None
+
+
+def check_same_data(cfg: TrainConfig, source: dict, resume_path: str):
+    """A resumed run draws the batches it would have drawn: refuse another data mixture."""
+    saved = (source.get("config") or {}).get("data_mix") or {}
+    if saved or cfg.data_mix:
+        before, now = (check_data_mix(m) if m else {} for m in (saved, cfg.data_mix))
+        if before != now:
+            raise ConfigError(f"{resume_path} was trained on data_mix={saved or {}} but this run sets "
+                              f"data_mix={cfg.data_mix or {}}; a resume must draw the same batches: keep its "
+                              f"data_mix, or start a new run from its weights with --init_from")
 
 
 def check_output_dir(run_dir: str):
@@ -453,7 +491,7 @@ def build(start: Start, env: distributed.Dist) -> Run:
         model = sharding.replicate(model, env)
     reporter = Reporter(cfg, env, cfg.global_batch_size * model_cfg.block_size, flops_per_token(model_cfg),
                         scaler, start.state.step, start.resumed)
-    run = Run(cfg, model_cfg, env, start.meta, start.train_data, start.val_data, cfg.accumulation(env.world),
+    run = Run(cfg, model_cfg, env, start.meta, start.train_data, start.val_data, start.tasks, cfg.accumulation(env.world),
               raw_model, model, optimizer, scaler, autocast(env.device, dtype), start.state, reporter)
     if env.master:
         ckpt.remove_stale_temp_files(cfg.run_dir)
@@ -469,12 +507,13 @@ def announce(run: Run, start: Start):
     derived = dict(world_size=env.world, accumulation=run.accumulation, device=str(env.device),
                    tokens_per_step=tokens_per_step, params=count_params(model_cfg),
                    model_config=dataclasses.asdict(model_cfg), resolved=start.resolved.to_dict())
+    derived["datasets"] = run.train_data.drawn(tokens_per_step * cfg.max_steps)  # tokens and epochs of each
     write_json(os.path.join(cfg.run_dir, "config.json"), dict(config=cfg.to_dict(), derived=derived))
-    epochs = tokens_per_step * cfg.max_steps / run.train_data.n_tokens
+    epochs, source_list = max(d["epochs"] for d in derived["datasets"]), run.train_data.sources
     if cfg.dtype == "float16" and env.device.type == "cpu":
         say("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
     if epochs > 20:
-        say(f"warning: {epochs:,.0f} epochs over train.bin: the model will memorize it; "
+        say(f"warning: {epochs:,.0f} epochs over a train.bin: the model will memorize it; "
             f"lower max_steps or prepare more data")
     if cfg.warmup_steps >= cfg.lr_decay_steps:
         say(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {cfg.lr_decay_steps}: "
@@ -483,8 +522,11 @@ def announce(run: Run, start: Start):
         f"parallelism {cfg.parallelism}{' + offload' if cfg.offload else ''} ({start.resolved.why})\n"
         f"micro-batch {cfg.micro_batch_size} x accumulation {run.accumulation} x {env.world} "
         f"{env.device_kind} = {cfg.global_batch_size} sequences = {tokens_per_step:,} tokens per step\n"
-        f"{cfg.max_steps:,} steps = {tokens_per_step * cfg.max_steps:,} tokens = {epochs:.2f} epochs "
-        f"of train.bin ({run.train_data.n_tokens:,} tokens)\nparameters {count_params(model_cfg):,} | "
+        f"{cfg.max_steps:,} steps = {tokens_per_step * cfg.max_steps:,} tokens = "
+        + "; ".join(f"{d['epochs']:.2f} epochs of {os.path.join(d['data_dir'], 'train.bin')} "
+                    f"({source.n_tokens:,} tokens" + (f", weight {d['weight']:.2f})" if len(source_list) > 1 else ")")
+                    for d, source in zip(derived["datasets"], source_list))
+        + f"\nparameters {count_params(model_cfg):,} | "
         f"{flops_per_token(model_cfg) * tokens_per_step:.3e} FLOPs per step"
         + (f" | resuming from {start.source_path} at step {state.step:,}" if start.resumed
            else f" | weights and shape from {start.source_path}" if start.source_path else ""))

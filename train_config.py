@@ -18,7 +18,10 @@ import typing
 from dataclasses import dataclass, fields
 
 from devices import check_device_name, check_dtype_name
+from loader import check_data_mix
+from metrics import check_wandb
 from model import GPTConfig, check_preset, preset_config
+from multiple_choice import METRICS, TASK_NAME, metric_key
 from stopping import Stop
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
@@ -29,8 +32,11 @@ LOSS_CHUNK = 1024
 
 
 def setting(default, doc: str):
-    """A field with its one-line doc (shown by --help)."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
+    """A field with its one-line doc (shown by --help). A dict default is copied for each
+    config (dataclasses refuse a shared mutable default)."""
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata={"doc": doc, "default": default})
+    return dataclasses.field(default=default, metadata={"doc": doc, "default": default})
 
 
 class ConfigError(ValueError):
@@ -43,6 +49,8 @@ class TrainConfig:
     run_name: str = setting("run", "folder under out_dir for checkpoints, logs and the report")
     out_dir: str = setting("checkpoints", "root of all runs")
     data_dir: str = setting("data/shakespeare", "folder made by prepare_data.py (train.bin, val.bin, meta.json)")
+    data_mix: dict[str, float] = setting({}, "several prepared datasets and their weights, used instead of "
+                                             "data_dir: --data_mix=data/web:0.7,data/code:0.3")
     seed: int = setting(1337, "seeds init, dropout and which windows each step draws")
     # ---- model: a preset, then the non-None fields below replace its values
     model: str = setting("gpt2-124m", "model preset: one of model.PRESETS (ignored with --init_from: the source's shape)")
@@ -88,8 +96,18 @@ class TrainConfig:
                                    "a step checkpoint, for benchmarks")
     save_steps: tuple[int, ...] = setting((), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200")
     keep_last: int = setting(0, "keep only the newest N step checkpoints (0 keeps all)")
-    early_stopping_patience: int = setting(0, "stop after N evaluations without a val improvement (0: never)")
+    early_stopping_patience: int = setting(0, "stop after N evaluations without an improvement of early_stopping_metric "
+                                        "(0: never)")
+    early_stopping_metric: str = setting("val_loss", "what early stopping watches: val_loss (lower is better), or "
+                                               "TASK_acc / TASK_acc_norm of an eval_tasks task (higher is better)")
+    eval_tasks: dict[str, str] = setting({}, "multiple-choice tasks scored at every evaluation, NAME:PATH of a jsonl "
+                                       "(HellaSwag's, or context/choices/label): "
+                                       "--eval_tasks=hellaswag:data/hellaswag_val.jsonl")
+    eval_task_examples: int = setting(250, "examples of each eval_tasks task scored per evaluation: a fixed subset, "
+                                       "the same every time, split over the ranks (0: all)")
     tensorboard: bool = setting(True, "write TensorBoard scalars to the run folder")
+    wandb_project: str = setting("", "also log TensorBoard's scalars to this Weights & Biases project (needs "
+                               "`pip install wandb`; WANDB_MODE=offline logs without network)")
     progress_bar: bool = setting(True, "tqdm bar over steps with ETA on rank 0, when stderr is a terminal")
     # ---- faults
     max_nonfinite_steps: int = setting(10, "stop the run after this many steps in a row with a non-finite loss or "
@@ -164,6 +182,10 @@ class TrainConfig:
         log_interval, and where the report has a row (the end of warmup, every save)."""
         return step % self.log_interval == 0 or step == self.warmup_steps or self.should_save(step)
 
+    def datasets(self) -> dict:
+        """{data_dir: weight} of the data this run trains on: data_mix, else data_dir alone."""
+        return dict(self.data_mix) if self.data_mix else {self.data_dir: 1.0}
+
     @property
     def run_dir(self) -> str:
         return os.path.join(self.out_dir, self.run_name)
@@ -185,7 +207,7 @@ class TrainConfig:
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
         for k in ("warmup_steps", "keep_last", "early_stopping_patience", "weight_decay", "grad_clip", "plan_gpus",
-                  "loss_chunk", "eval_batches", "save_interval"):
+                  "loss_chunk", "eval_batches", "save_interval", "eval_task_examples"):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not self.learning_rate > 0:
@@ -212,10 +234,35 @@ class TrainConfig:
         if self.offload and self.parallelism == "ddp":
             raise ConfigError("--offload keeps FSDP's shards in CPU memory: use it with --parallelism=fsdp "
                               "(or auto), not ddp")
+        self._validate_tasks_and_loggers()
+        if self.data_mix:
+            try:
+                check_data_mix(self.data_mix)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.resume and self.init_from:
             raise ConfigError("--resume and --init_from cannot be used together: --resume continues this run "
                               "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
                               "weights. Drop one of them")
+
+
+    def _validate_tasks_and_loggers(self):
+        bad = [name for name in self.eval_tasks if not TASK_NAME.fullmatch(name)]
+        if bad:
+            raise ConfigError(f"eval_tasks name {bad[0]!r}: a name is a letter, then letters, digits, _ or -, "
+                              f"e.g. --eval_tasks=hellaswag:data/hellaswag_val.jsonl")
+        if self.eval_tasks and self.eval_batches == 0:
+            raise ConfigError("eval_tasks are scored at each evaluation, and eval_batches=0 turns evaluation off; "
+                              "set eval_batches or drop eval_tasks")
+        metrics = ["val_loss"] + [metric_key(t, m) for t in self.eval_tasks for m in METRICS]
+        if self.early_stopping_metric not in metrics:
+            raise ConfigError(f"early_stopping_metric must be one of {', '.join(metrics)} (a task's metrics exist "
+                              f"when eval_tasks names it), got {self.early_stopping_metric!r}")
+        if self.wandb_project:
+            try:
+                check_wandb()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -252,14 +299,33 @@ def parse_value(key: str, raw):
     except (TypeError, ValueError, OverflowError):
         pass
     raise ConfigError(f"{key} expects {_type_name(base)}{' or None' if optional else ''}, "
-                      f"got {raw!r} (e.g. --{key}={FIELDS[key].default!r})")
+                      f"got {raw!r} (e.g. --{key}={_example(key)})")
+
+
+def _example(key: str) -> str:
+    default = FIELDS[key].metadata["default"]
+    return "name:value" if isinstance(default, dict) else repr(default)
 
 
 def _type_name(t) -> str:
-    return f"comma-separated {typing.get_args(t)[0].__name__}s" if typing.get_origin(t) is tuple else t.__name__
+    if typing.get_origin(t) is tuple:
+        return f"comma-separated {typing.get_args(t)[0].__name__}s"
+    if typing.get_origin(t) is dict:
+        return "comma-separated name:value pairs"
+    return t.__name__
 
 
 def _convert(base, raw):
+    if typing.get_origin(base) is dict:  # "a:x,b:y" on the command line, a dict in a file
+        if isinstance(raw, str):
+            pairs = [item.split(":", 1) for item in raw.split(",") if item.strip()]
+            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+                raise ValueError
+            raw = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(raw, dict):
+            raise ValueError
+        key_type, value_type = typing.get_args(base)
+        return {_convert(key_type, k): _convert(value_type, v) for k, v in raw.items()}
     if typing.get_origin(base) is tuple:  # "20,100" on the command line, a list or tuple in a file
         items = raw.replace(" ", "").split(",") if isinstance(raw, str) else list(raw)
         return tuple(_convert(typing.get_args(base)[0], x) for x in items if x != "")
@@ -339,7 +405,7 @@ def help_text() -> str:
     lines = ["usage: python train.py [config/FILE.py] [--key=value ...]", "",
              "Every key, its default and what it does:"]
     for name, f in FIELDS.items():
-        lines.append(f"  --{name}={f.default!r}".ljust(40) + f" {f.metadata['doc']}")
+        lines.append(f"  --{name}={f.metadata['default']!r}".ljust(40) + f" {f.metadata['doc']}")
     return "\n".join(lines)
 
 

@@ -16,23 +16,38 @@ class TrainState:
     evals_without_improvement: int = 0  # for early stopping
     elapsed_s: float = 0.0  # training time, carried across resumes (not wall time between launches)
     skipped_steps: int = 0  # updates not applied: a non-finite loss or gradient, or an fp16 overflow
+    watched: str = "val_loss"  # the metric early stopping watches (TrainConfig.early_stopping_metric)
+    best_watched: float = math.inf  # its best so far, as a loss: accuracies are negated
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainState":
-        return cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+        state = cls(**{f.name: saved[f.name] for f in dataclasses.fields(cls) if f.name in saved})
+        if "best_watched" not in saved:  # saved before early stopping could watch anything but the val loss
+            state.best_watched = state.best_val_loss
+        return state
 
-    def record_eval(self, val_loss: float) -> bool:
-        """Count an evaluation after `step` updates; True when it is the best so far. The
-        weights a run starts from (untrained, or --init_from's) are its baseline, never a
-        best model, and a best must beat them; a NaN or inf loss is never best."""
-        if self.step == 0:
+    def record_eval(self, val_loss: float, metric: str = "val_loss", value: float | None = None) -> bool:
+        """Count an evaluation after `step` updates; True when its val loss is the best so far
+        (best_model.pt follows the val loss). The weights a run starts from (untrained, or
+        --init_from's) are its baseline, never a best model, and a best must beat them; a NaN
+        or inf is never best. Early stopping's patience follows `metric`, whose value this
+        evaluation measured (None: the val loss), from its value at the baseline: lower is
+        better for a *_loss, higher for an accuracy; a new metric starts its count afresh."""
+        value = val_loss if value is None else value if metric.endswith("_loss") else -value  # lower is better
+        if self.step == 0:  # the baseline: of the best model, and of early stopping's metric
             self.baseline_val_loss = val_loss if math.isfinite(val_loss) else math.inf
+            self.watched, self.best_watched = metric, value if math.isfinite(value) else math.inf
             return False
         improved = math.isfinite(val_loss) and val_loss < min(self.best_val_loss, self.baseline_val_loss)
         if improved:
             self.best_val_loss = val_loss
-        self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
+        if metric != self.watched:
+            self.watched, self.best_watched, self.evals_without_improvement = metric, math.inf, 0
+        better = math.isfinite(value) and value < self.best_watched
+        if better:
+            self.best_watched = value
+        self.evals_without_improvement = 0 if better else self.evals_without_improvement + 1
         return improved

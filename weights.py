@@ -89,3 +89,12 @@ def build_model(ckpt: dict, device) -> GPT:
     model = GPT(GPTConfig(**ckpt["model_config"]))
     model.load_state_dict(clean_state_dict(ckpt["model"]))
     return model.to(device).eval()
+
+
+def check_tokenizer(cfg: GPTConfig, tok):
+    """Refuse a tokenizer whose ids are not the model's: the model predicts vocab_size ids,
+    and every id the tokenizer makes must have an embedding row."""
+    if not cfg.vocab_size <= tok.n_vocab <= cfg.padded_vocab:
+        raise ValueError(f"the model has {cfg.vocab_size} ids but the {tok.name} tokenizer has "
+                         f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "
+                         f"checkpoint's data_dir its own meta.json (prepare_data.py writes it)")

@@ -15,6 +15,8 @@ that part, and suite.json / suite.md in --out are rewritten after every part:
   124m_fp16         as 124m_bf16 in fp16 with the GradScaler
   124m_bf16_chunked as 124m_bf16 with --loss_chunk=1024 (compiled runs default to all logits at once)
   1.2b_bf16_ckpt    as 1.2b_bf16 with activation checkpointing
+  hellaswag         bench/bench_evaluate.py: gpt2-124m scores 10,042 HellaSwag-format examples (synthetic
+                    text of HellaSwag's shape: no data leaves the suite's machine), bf16
   bench_memory      bench/bench_memory.py --steps=50 (its table, a 16 GiB card emulated)
 Each train.py run trains on random GPT-2 token ids (bench_train.write_random_tokens) for a
 fixed number of steps; tokens/s and MFU are over the logged intervals after the first two
@@ -26,8 +28,9 @@ train.py run. Exit status 1 when a CUDA test failed, or a part crashed or ran pa
 
 --smoke runs the same parts on the CPU (CUDA hidden from every process) with a 2-layer,
 64-wide model, 1 x 32 tokens per step and no compile: the suite's own plumbing, in CI.
-There the CUDA tests are skipped, bench_memory too (on a CPU it takes over 5 minutes), and
-"peak" is the process's max RSS, not comparable with the planner.
+There the CUDA tests are skipped, bench_memory too (on a CPU it takes over 5 minutes),
+"peak" is the process's max RSS, not comparable with the planner, and hellaswag scores 20
+examples with the smoke's model.
 """
 import argparse
 import dataclasses
@@ -93,7 +96,11 @@ WARM_INTERVALS = 2  # logged intervals left out: step 0 (compiles) and the first
 TESTS_CAP_S = 240
 MIN_START_S = 30  # less than this left: a part could not even start up and compile
 BENCH_MEMORY_ARGS = ("--steps=50",)
-PARTS = ("tests",) + tuple(c.key for c in CASES) + ("bench_memory",)
+# HellaSwag's validation set is 10,042 examples; the goal is to score them in under 60 s.
+HELLASWAG_ARGS = ("--preset=gpt2-124m", "--examples=10042", "--device=cuda")
+HELLASWAG_SMOKE_ARGS = ("--preset=tiny", "--n_layer=2", "--n_head=2", "--n_embd=64", "--examples=20", "--device=cpu")
+HELLASWAG_CAP_S, HELLASWAG_GOAL_S = 150, 60
+PARTS = ("tests",) + tuple(c.key for c in CASES) + ("hellaswag", "bench_memory")
 GOALS = (("1.2b_bf16", "mfu", 0.50, "1.2b bf16 at >= 50% MFU on one H100"),
          ("124m_bf16", "tokens_per_s", 450_000, "gpt2-124m at >= 450k tokens/s per H100"))
 PLANNER_GOAL = 0.10  # the planner within 10% of the measured peak
@@ -281,6 +288,29 @@ def bench_memory(out: str, slot: Slot, env: dict) -> dict:
     return dict(part="bench_memory", name="bench_memory", table=table, status=status)
 
 
+def hellaswag_args(smoke: bool) -> tuple:
+    return HELLASWAG_SMOKE_ARGS if smoke else HELLASWAG_ARGS
+
+
+def hellaswag_row(smoke: bool) -> dict:
+    return dict(part="hellaswag", name="hellaswag", args=" ".join(hellaswag_args(smoke)))
+
+
+def hellaswag(out: str, slot: Slot, env: dict, smoke: bool) -> dict:
+    """bench_evaluate.py's figures: examples, seconds, examples/s."""
+    log, figures = os.path.join(out, "logs", "hellaswag.log"), os.path.join(out, "logs", "hellaswag.json")
+    rc = run_process([sys.executable, os.path.join("bench", "bench_evaluate.py"), *hellaswag_args(smoke),
+                      f"--json={figures}"], slot.seconds, log, env)
+    row = hellaswag_row(smoke)
+    if rc == 0 and os.path.exists(figures):
+        with open(figures) as fh:
+            row.update({k: v for k, v in json.load(fh).items()
+                        if k in ("preset", "examples", "seconds", "examples_per_s", "dtype", "rows_tokens")})
+        return dict(row, status="ok")
+    stopped = rc is None and slot.by_limit
+    return dict(row, status="skipped: --time_limit_s stopped it" if stopped else failure(rc, log, slot.seconds))
+
+
 # ---- the report ----------------------------------------------------------------------
 
 def _num(value, fmt: str) -> str:
@@ -303,6 +333,10 @@ def goal_lines(suite: dict, rows: list[dict]) -> list[str]:
     verdict = " (met)" if all(abs(x - 1) <= PLANNER_GOAL for x in ratios.values()) else " (not met)"
     lines.append(f"- planner within {PLANNER_GOAL:.0%} of the measured peak (peak / planner): "
                  + (shown + verdict if ratios else "not measured"))
+    seconds = next((r.get("seconds") for r in rows if r["part"] == "hellaswag"), None)
+    lines.append(f"- HellaSwag's 10,042 examples scored by gpt2-124m in under {HELLASWAG_GOAL_S} s: "
+                 + ("not measured" if seconds is None else
+                    f"{seconds:.1f} s" + (" (met)" if seconds < HELLASWAG_GOAL_S else " (not met)")))
     return lines
 
 
@@ -329,6 +363,12 @@ def markdown(suite: dict, rows: list[dict]) -> str:
                          f"{_num(r.get('mfu'), '.1%')} | {_num(r.get('peak_gib'), '.2f')} | {r['planner_gib']:.2f} | "
                          f"{_num(r.get('ratio'), '.2f')} | {cell(r['status'])} |")
         lines.append("")
+    for r in (r for r in rows if r["part"] == "hellaswag"):
+        lines += [f"## Multiple-choice scoring: bench/bench_evaluate.py {r['args']}", "",
+                  "| model | examples | dtype | seconds | examples/s | status |", "|---|---|---|---|---|---|",
+                  f"| {r.get('preset', '-')} | {_num(r.get('examples'), ',')} | {r.get('dtype', '-')} | "
+                  f"{_num(r.get('seconds'), '.1f')} | {_num(r.get('examples_per_s'), ',.1f')} | "
+                  f"{cell(r['status'])} |", ""]
     for r in (r for r in rows if r["part"] == "bench_memory"):
         lines += ["## bench/bench_memory.py " + " ".join(BENCH_MEMORY_ARGS), "", f"status: {r['status']}", ""]
         if r.get("table"):
@@ -346,6 +386,8 @@ def write_outputs(out: str, suite: dict, rows: list[dict]):
 
 def describe(row: dict) -> str:
     numbers = ""
+    if row.get("examples_per_s") is not None:
+        numbers = f" | {row['examples']:,} examples in {row['seconds']:.1f} s ({row['examples_per_s']:,.1f}/s)"
     if row.get("tokens_per_s") is not None:
         numbers = (f" | {row['tokens_per_s']:,.0f} tokens/s | MFU {_num(row['mfu'], '.1%')} | peak "
                    f"{row['peak_gib']:.2f} GiB vs planner {row['planner_gib']:.2f} GiB")
@@ -398,6 +440,9 @@ def main(argv=None) -> int:
         for case, train_argv, row in jobs:
             if slot := time_for(row, case.cap_s):
                 record(throughput(row, train_argv, args.out, slot, env))
+        if "hellaswag" in args.parts:
+            if slot := time_for(hellaswag_row(smoke), HELLASWAG_CAP_S):
+                record(hellaswag(args.out, slot, env, smoke))
         if "bench_memory" in args.parts:
             row = dict(part="bench_memory", name="bench_memory")
             if smoke:

@@ -64,12 +64,16 @@ def test_the_smoke_suite_writes_every_row_from_the_runs_own_logs(tmp_path):
         assert r["peak_gib"] == max(x["peak_mem_gib"] for x in logged[2:]) > 0
         assert r["planner_gib"] > 0 and r["ratio"] == pytest.approx(r["peak_gib"] / r["planner_gib"])
     assert rows["bench_memory"]["status"].startswith("skipped: --smoke")
+    scoring = rows["hellaswag"]  # bench_evaluate.py's own figures
+    assert scoring["status"] == "ok" and scoring["examples"] == 20, scoring
+    assert scoring["examples_per_s"] == pytest.approx(20 / scoring["seconds"])
 
     with open(os.path.join(out, "suite.md")) as fh:
         md = fh.read()
     assert md.startswith(f"# GPU suite: {suite['device']}\n") and f"torch {suite['torch']}" in md
     assert all(f"| {name} | tiny (2 x 64, context 32) |" in md for name in RUNS)
     assert "Not measured: a CPU smoke run." in md
+    assert "## Multiple-choice scoring: bench/bench_evaluate.py --preset=tiny" in md
     assert md.strip() in proc.stdout  # and the table is printed
 
 
@@ -88,7 +92,7 @@ def test_parts_the_time_limit_leaves_no_room_for_are_skipped_not_failed(tmp_path
     proc, suite = run_suite(out, "--time_limit_s=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = [r["name"] for r in suite["rows"]]
-    assert names == ["pytest -m cuda", *RUNS, "bench_memory"]
+    assert names == ["pytest -m cuda", *RUNS, "hellaswag", "bench_memory"]
     assert all(re.fullmatch(r"skipped: [01] s left of --time_limit_s=1", r["status"]) for r in suite["rows"][:-1])
     assert not os.path.exists(os.path.join(out, "logs"))  # nothing ran
 

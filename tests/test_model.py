@@ -185,3 +185,24 @@ def test_a_compiled_model_computes_the_chunked_loss_chunk_by_chunk_as_eager_does
     for name, p in model.named_parameters():
         scale = g_plain[name].abs().max().clamp(min=1e-12)
         assert ((g_plain[name] - p.grad).abs().max() / scale) < 1e-5, name
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_per_position_losses_are_the_plain_cross_entropy_where_scored_and_zero_elsewhere(chunk):
+    # reduction="none" is what multiple-choice scoring reads: each scored token's loss
+    torch.manual_seed(0)
+    model = GPT(tiny(loss_chunk=chunk)).eval()
+    x, y = torch.randint(0, 67, (3, 16)), torch.randint(0, 67, (3, 16))
+    y[:, :10] = -1
+    y[1, 12] = -1
+    plain = GPT(tiny()).eval()  # the chunked path returns no logits: an unchunked copy gives them
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        logits = plain(x, y.clamp(min=0))[0]
+        want = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none")
+        logits_out, got = model(x, y, reduction="none")
+    assert logits_out is None and got.shape == (3, 16) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got[:, :10] == 0).all() and got[1, 12] == 0 and (got[:, 10:].sum(1) > 0).all()
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'none'"):
+        model(x, y, reduction="sum")

@@ -1,6 +1,7 @@
-"""report.md: the documented step/loss table from synthetic metrics records."""
+"""report.md: the documented step/loss table from synthetic metrics records, and report.png."""
 import json
 import os
+import sys
 
 import pytest
 
@@ -152,7 +153,7 @@ def test_write_report_is_atomic(tmp_path):
     (run / "config.json").write_text(json.dumps(CONFIG))
     path = write_report(str(run))
     assert path == os.path.join(str(run), "report.md")
-    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "report.md"]
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "report.md", "report.png"]
     text = open(path).read()
     assert text.startswith("# Training report: train_300m")
     assert "1 unreadable line(s)" in text  # the partial line a kill mid-write leaves
@@ -161,7 +162,7 @@ def test_write_report_is_atomic(tmp_path):
     with pytest.raises(ValueError, match="no train records"):
         write_report(str(run))
     assert open(path).read() == text
-    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "report.md"]
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "report.md", "report.png"]
 
 
 def test_missing_or_empty_metrics_is_a_clear_error(tmp_path):
@@ -219,3 +220,63 @@ def test_a_preempted_or_stopped_run_is_latest_not_final_and_lists_bad_steps():
     assert [r[0] for r in rows] == ["Initial", "Latest"] and rows[-1][1] == "50†"
     assert "Non-finite steps (1): step 51" in text and "Loss spikes (1): step 60" in text
     assert "End: preempted at step 61" in text
+
+
+def png_size(path):
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def write_run(tmp_path, records, config):
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    write_lines(run / "metrics.jsonl", records)
+    (run / "config.json").write_text(json.dumps(config))
+    return str(run), open(write_report(str(run))).read()
+
+
+def with_tasks(records):
+    return [dict(r, hellaswag_acc=0.25 + r["step"] / 1e7, hellaswag_acc_norm=0.26 + r["step"] / 1e7)
+            if r["kind"] == "eval" else r for r in records]
+
+
+def test_the_picture_has_loss_task_accuracy_and_the_documented_run_s_losses(tmp_path):
+    run, text = write_run(tmp_path, with_tasks(documented_run()), CONFIG)
+    width, height = png_size(os.path.join(run, "report.png"))
+    assert "![Loss against tokens](report.png)" in text
+    assert "Marked: the documented 300M run's losses from docs/reference_runs.md (8 of 8" in text
+    assert "Dotted: GPT-2's HellaSwag acc_norm, scored the same way (llm.c): 124M 0.2955" in text
+    header, rows = table(text, "| Step | Val Loss |")
+    assert header == "| Step | Val Loss | Val Perplexity | hellaswag acc | hellaswag acc_norm |"
+    assert rows[-1] == ["100,000", "2.93", "18.73", "0.2600", "0.2700"]
+    # without tasks: one panel (a shorter picture), no GPT-2 lines, no task columns
+    plain, text = write_run(tmp_path, documented_run(), CONFIG)
+    assert png_size(os.path.join(plain, "report.png"))[1] < height and "GPT-2" not in text
+    assert table(text, "| Step | Val Loss |")[0] == "| Step | Val Loss | Val Perplexity |"
+
+
+def test_only_the_documented_losses_within_the_run_are_marked_and_only_for_its_config(tmp_path):
+    early = [r for r in documented_run() if r.get("step", 0) <= 10_000 and r["kind"] != "end"]
+    _, text = write_run(tmp_path, early, CONFIG)
+    assert "documented 300M run's losses from docs/reference_runs.md (3 of 8: those within" in text
+    _, text = write_run(tmp_path, documented_run(), dict(CONFIG, model="gpt2-124m"))
+    assert "Marked" not in text and "![Loss against tokens](report.png)" in text
+
+
+def test_the_documented_losses_drawn_are_the_ones_docs_reference_runs_md_gives():
+    from report_plot import REFERENCE_RUNS
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                           "reference_runs.md")) as fh:
+        _, rows = table(fh.read())  # the 300M document's step/loss table
+    assert REFERENCE_RUNS[0]["train"] == tuple((int(r[1].replace(",", "")), float(r[2])) for r in rows)
+
+
+def test_without_matplotlib_the_report_says_how_to_get_the_picture(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "report_plot", raising=False)
+    run, text = write_run(tmp_path, documented_run(), CONFIG)
+    assert "No picture: matplotlib is not installed (`pip install matplotlib`" in text
+    assert "report.png" not in os.listdir(run)

@@ -1,4 +1,5 @@
 import glob
+import json
 import math
 import os
 import re
@@ -11,7 +12,7 @@ import torch
 
 import checkpoint as ckpt
 import train
-from conftest import ROOT, WITH_FAULTS, flip_a_bit, records, run_dir_of, tmpfs, write_dataset
+from conftest import ROOT, TEXT, WITH_FAULTS, flip_a_bit, records, run_dir_of, tmpfs, write_dataset
 from loader import GPT2_META, load_meta
 from model import count_params
 from resolve import Machine, resolve
@@ -32,7 +33,7 @@ def test_a_run_logs_evaluates_saves_and_reports(tiny_args):
     assert steps == list(range(6))  # the loss of each step's batch; the final row is the final eval's
     assert [r["step"] for r in records(run, "eval")] == [0, 3, 6]
     assert sorted(os.listdir(run)) == sorted(["best_model.pt", "checkpoint_step_3.pt", "checkpoint_step_6.pt",
-                                              "config.json", "metrics.jsonl", "report.md", "run.lock"])
+                                              "config.json", "metrics.jsonl", "report.md", "report.png", "run.lock"])
     # the best, evaluated where a step checkpoint was saved, is that file under a second name
     best_step = ckpt.load_checkpoint(os.path.join(run, "best_model.pt"))["step"]
     assert os.path.samefile(os.path.join(run, "best_model.pt"), os.path.join(run, ckpt.step_file(best_step)))
@@ -430,3 +431,58 @@ def test_the_disk_full_advice_works_when_followed(tiny_args, tmp_path):
         assert records(run, "end")[-1]["reason"] == "max_steps"
         assert [s for s, _ in ckpt.step_checkpoints(run)][-1] == 12
         assert len(ckpt.step_checkpoints(run)) == int(keep.group(1))
+
+
+# ---- what an evaluation measures: a mixture of datasets, and multiple-choice tasks -----------
+
+def two_char_datasets(tmp_path):
+    """Two prepared datasets with one tokenizer: the fixture text, and its lines reversed."""
+    chars = "".join(sorted(set(TEXT)))
+    ids = [chars.index(c) for c in TEXT]
+    other = [chars.index(c) for c in "\n".join(reversed(TEXT.split("\n")))]
+    a = write_dataset(str(tmp_path / "data" / "a"), ids[:3000], ids[3000:], len(chars) + 1)
+    b = write_dataset(str(tmp_path / "data" / "b"), other[:3000], other[3000:], len(chars) + 1)
+    return a, b
+
+
+def test_a_mixture_reports_each_datasets_val_loss_and_follows_their_weighted_mean(tiny_args, tmp_path):
+    a, b = two_char_datasets(tmp_path)
+    args = tiny_args + [f"--data_mix={a}:0.7,{b}:0.3", "--run_name=mix"]
+    assert train.main(args) == 0
+    run = run_dir_of(args)
+    for e in records(run, "eval"):
+        assert e["val_loss"] == pytest.approx(0.7 * e["val_loss_a"] + 0.3 * e["val_loss_b"], rel=1e-6)
+    drawn = json.load(open(os.path.join(run, "config.json")))["derived"]["datasets"]
+    total = 6 * 4 * 16  # max_steps x global batch x block_size
+    assert [(d["data_dir"], d["weight"], d["tokens"]) for d in drawn] == [(a, 0.7, 0.7 * total), (b, 0.3, 0.3 * total)]
+    assert drawn[0]["epochs"] == pytest.approx(0.7 * total / 3000)
+    best = ckpt.load_checkpoint(os.path.join(run, "best_model.pt"))
+    assert best["best_val_loss"] == min(e["val_loss"] for e in records(run, "eval")[1:])
+    with pytest.raises(ConfigError, match="was trained on data_mix=.* a resume must draw the same batches"):
+        train.main(tiny_args + [f"--data_mix={a}:0.5,{b}:0.5", "--run_name=mix", "--resume", "--max_steps=8"])
+
+
+def test_one_dataset_as_a_mixture_trains_exactly_as_data_dir(tiny_args, tmp_path, char_data):
+    train.main(tiny_args + ["--run_name=plain"])
+    train.main(tiny_args + [f"--data_mix={char_data}:1", "--run_name=mixed"])
+    plain, mixed = (records(os.path.join(os.path.dirname(run_dir_of(tiny_args)), name), "train")
+                    for name in ("plain", "mixed"))
+    assert [r["loss"] for r in plain] == [r["loss"] for r in mixed]
+
+
+def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(tiny_args, tmp_path):
+    task = tmp_path / "task.jsonl"
+    with open(task, "w") as fh:
+        for i in range(6):
+            fh.write(json.dumps({"context": "First Citizen:\n", "choices": ["Speak, speak.", "All:\nfamish"],
+                                 "label": i % 2}) + "\n")
+    args = tiny_args + [f"--eval_tasks=toy:{task}", "--early_stopping_metric=toy_acc_norm",
+                        "--early_stopping_patience=1", "--max_steps=30", "--run_name=tasks"]
+    assert train.main(args) == 0
+    run = run_dir_of(args)
+    evals = records(run, "eval")
+    assert all(0 <= e["toy_acc"] <= 1 and 0 <= e["toy_acc_norm"] <= 1 for e in evals)
+    assert all(e["toy_acc"] * 6 == round(e["toy_acc"] * 6) for e in evals)  # counts over the 6 examples
+    # the two labels alternate, so one choice always wins half: accuracy never beats its value
+    # at step 0, and patience 1 stops the run at the first evaluation after it
+    assert records(run, "end")[-1]["reason"] == "early_stopping" and [e["step"] for e in evals] == [0, 3]

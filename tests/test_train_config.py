@@ -1,5 +1,6 @@
 import glob
 import os
+import sys
 
 import pytest
 
@@ -44,6 +45,12 @@ def test_file_then_overrides(tmp_path):
     (["--loss_spike_factor=0.5"], "loss_spike_factor must be > 1"),
     (["--save_steps=0,10"], "save_steps must be positive"),
     (["config/nope.py"], "not found"),
+    (["--eval_tasks=hellaswag"], "eval_tasks expects comma-separated name:value pairs"),
+    (["--eval_tasks=9x:a.jsonl"], "eval_tasks name '9x'"),
+    (["--eval_tasks=h:a.jsonl", "--eval_batches=0"], "eval_batches=0 turns evaluation off"),
+    (["--early_stopping_metric=hellaswag_acc_norm"], "must be one of val_loss .*got 'hellaswag_acc_norm'"),
+    (["--eval_tasks=h:a.jsonl", "--early_stopping_metric=h_accuracy"], "one of val_loss, h_acc, h_acc_norm"),
+    (["--eval_task_examples=-1"], "eval_task_examples must be >= 0"),
     (["stray"], "unexpected argument"),
 ])
 def test_bad_values_are_clear_errors(argv, match):
@@ -156,3 +163,26 @@ def test_stops_that_save_and_the_zero_settings_for_benchmarks():
     assert not cfg.should_save(7, Stop.NONFINITE) and not cfg.should_save(7)
     bench = TrainConfig(max_steps=100, save_interval=0, eval_batches=0)
     assert not any(bench.should_save(s, Stop.PREEMPTED) or bench.should_evaluate(s) for s in range(101))
+
+
+def test_eval_tasks_from_the_command_line_and_from_a_file(tmp_path):
+    cfg = load_config(["--eval_tasks=hellaswag:data/hellaswag_val.jsonl, mine:/abs/path:with colon.jsonl",
+                       "--early_stopping_metric=hellaswag_acc_norm"])
+    assert cfg.eval_tasks == {"hellaswag": "data/hellaswag_val.jsonl", "mine": "/abs/path:with colon.jsonl"}
+    assert cfg.early_stopping_metric == "hellaswag_acc_norm" and cfg.eval_task_examples == 250
+    f = tmp_path / "c.py"
+    f.write_text('eval_tasks = {"hellaswag": "data/hellaswag_val.jsonl"}\neval_task_examples = 0\n')
+    cfg = load_config([str(f)])
+    assert cfg.eval_tasks == {"hellaswag": "data/hellaswag_val.jsonl"} and cfg.eval_task_examples == 0
+    assert load_config([str(f), "--eval_tasks="]).eval_tasks == {}  # the command line empties it
+    a, b = TrainConfig(), TrainConfig()
+    a.eval_tasks["x"] = "y"
+    assert b.eval_tasks == {}  # each config has its own dict
+    assert "--eval_tasks={}" in help_text()
+
+
+def test_wandb_project_without_wandb_installed_is_a_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"^wandb_project is set but wandb is not installed: pip install wandb"):
+        load_config(["--wandb_project=gpt"])
+    assert load_config([]).wandb_project == ""  # not asked for: not needed

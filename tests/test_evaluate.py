@@ -1,0 +1,113 @@
+"""evaluate.py: the same choices as an independent scorer (transformers on the exported
+model), example by example; the table and JSON; --limit and --subset; one-line errors before
+the checkpoint loads."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate
+import multiple_choice as mc
+from conftest import ROOT
+from test_export import CASES, export_run, random_model, save_run
+
+CONTEXTS = ["A man is sitting on a roof. He", "A woman walks into the kitchen and", "The kids are playing in the snow,",
+            "How to cook rice: rinse the rice, then", "The dog runs across the field and", "She opens her laptop and"]
+ENDINGS = ["starts pulling up roofing on the roof.", "picks up a knife.", "laugh and throw snowballs at each other.",
+           "boil it in water for twenty minutes.", "catches the ball in its mouth.", "begins to type an email.",
+           "is dancing.", "falls asleep on the couch while the television plays quietly in the background."]
+
+
+def write_task(path, n=12):
+    """HellaSwag's format; endings of different lengths, labels at every position."""
+    with open(path, "w") as fh:
+        for i in range(n):
+            endings = [ENDINGS[(i + k) % len(ENDINGS)] for k in range(4)]
+            fh.write(json.dumps({"ind": i, "ctx": CONTEXTS[i % len(CONTEXTS)], "endings": endings,
+                                 "label": i % 4, "split": "val"}) + "\n")
+    return str(path)
+
+
+def transformers_choice_logprobs(folder, task_path):
+    """Each example's choices scored by transformers alone: its GPT-2 model and tokenizer read
+    from the exported folder, one choice per forward, nothing of ours in the loop."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    out = []
+    with open(task_path) as fh:
+        for line in fh:
+            ex = json.loads(line)
+            context = tok(ex["ctx"])["input_ids"]
+            scores = []
+            for ending in ex["endings"]:
+                cont = tok(" " + ending)["input_ids"]
+                ids = torch.tensor([context + cont])
+                with torch.no_grad():
+                    logp = torch.log_softmax(hf(ids).logits[0].double(), dim=-1)
+                scores.append(sum(logp[t - 1, ids[0, t]].item() for t in range(len(context), ids.size(1))))
+            out.append((scores, [len(tok(" " + e)["input_ids"]) for e in ex["endings"]]))
+    return out
+
+
+def test_choices_agree_with_transformers_example_by_example(tmp_path):
+    folder = export_run(tmp_path, random_model(**CASES["gpt2_vocab_padded"]))
+    task = write_task(tmp_path / "hellaswag_val.jsonl")
+    ours = evaluate.main([f"--checkpoint={folder}", f"--task=hellaswag:{task}", "--per_example", "--device=cpu",
+                          f"--out={tmp_path / 'r.json'}"])["tasks"]["hellaswag"]
+    theirs = transformers_choice_logprobs(folder, task)
+    assert len(ours["per_example"]) == len(theirs) == 12
+    right = right_norm = 0
+    for ex, (scores, tokens) in zip(ours["per_example"], theirs):
+        assert ex["logprobs"] == pytest.approx(scores, rel=1e-4, abs=1e-3) and ex["tokens"] == tokens
+        want = max(range(4), key=lambda k: scores[k])
+        want_norm = max(range(4), key=lambda k: scores[k] / tokens[k])
+        assert (ex["pred"], ex["pred_norm"]) == (want, want_norm)
+        right, right_norm = right + (want == ex["label"]), right_norm + (want_norm == ex["label"])
+    assert (ours["acc"], ours["acc_norm"]) == (right / 12, right_norm / 12)
+    assert len({ex["pred"] for ex in ours["per_example"]}) > 1  # a model with preferences, not one constant answer
+
+
+def test_the_table_and_json_with_limit_and_subset(tmp_path, capsys):
+    run = save_run(tmp_path, random_model(**CASES["mlp_not_4x"]))  # a run folder of ours, char-level
+    task = tmp_path / "t.jsonl"
+    with open(task, "w") as fh:
+        for i in range(30):
+            fh.write(json.dumps({"context": f"the {'ab'[i % 2]} is", "choices": ["a cat.", "no", "yes it is"],
+                                 "label": i % 3}) + "\n")
+    out = tmp_path / "results" / "r.json"
+    got = evaluate.main([f"--checkpoint={run}", f"--task={task}", "--limit=5", f"--out={out}", "--device=cpu"])
+    assert json.loads(out.read_text()) == got
+    r = got["tasks"]["t"]  # named after the file
+    assert (r["examples"], r["of"], r["selection"], r["path"]) == (5, 30, "the first 5", str(task))
+    assert got["step"] == 7 and got["tokenizer"] == "char" and got["dtype"] == "float32"
+    assert f"| t | 5 of 30 | {r['acc']:.4f} | {r['acc_norm']:.4f} |" in capsys.readouterr().out
+    got = evaluate.main([f"--checkpoint={run}", f"--task=mine:{task}", "--subset=7", f"--out={out}",
+                         "--per_example", "--device=cpu"])["tasks"]["mine"]
+    assert got["examples"] == 7 and [e["index"] for e in got["per_example"]] == mc.pick(30, subset=7)
+    assert got["selection"] == "a fixed subset of 7 (seed 0)"
+
+
+def test_a_bad_task_file_is_an_error_before_the_checkpoint_loads(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    proc = subprocess.run([sys.executable, "evaluate.py", "--checkpoint=/nonexistent", f"--task={missing}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert re.fullmatch(r"error: task file '.*missing.jsonl' not found; HellaSwag's validation set is "
+                        r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(README: Evaluating models\)\n",
+                        proc.stderr), proc.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "x", "choices": ["a", "b"], "label": 0}\n{"context": "x", "choices": ["a", "b"]}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: no label"):  # not the checkpoint's error
+        evaluate.main(["--checkpoint=/nonexistent", f"--task={bad}", f"--out={tmp_path / 'r.json'}"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args([f"--task={bad}", "--limit=3", "--subset=3"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args([f"--task=a:{bad}", f"--task=a:{bad}"])  # two tasks of one name
+    assert evaluate.task_spec("hellaswag:data/h.jsonl") == ("hellaswag", "data/h.jsonl")
+    assert evaluate.task_spec("data/hellaswag_val.jsonl") == ("hellaswag_val", "data/hellaswag_val.jsonl")
+    assert not os.path.exists(tmp_path / "r.json")
