@@ -17,6 +17,7 @@ from multiple_choice import split_metric_key
 from stopping import Stop
 
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
+DATASET_LOSS = "val_loss_"  # eval-record keys of each dataset's val loss in a mixture (train.py)
 PICTURE = "report.png"  # beside report.md: loss (and task accuracy) against tokens
 # end reasons after which the run can go on: all but those that finish it (exit status 0)
 _UNFINISHED = tuple(stop.value for stop in Stop if stop.exit_code != 0)
@@ -161,8 +162,10 @@ def _val_table(evals: list[dict]) -> list[str]:
         return ["No evaluations logged."]
     finite = [e for e in evals if e.get("val_loss") is not None and math.isfinite(e["val_loss"])]
     best = min(finite, key=lambda e: e["val_loss"])["step"] if finite else None
-    tasks = sorted({k for e in evals for k in e if split_metric_key(k)}, key=split_metric_key)
-    names = ["{} {}".format(*split_metric_key(k)) for k in tasks]
+    datasets = sorted({k for e in evals for k in e if k.startswith(DATASET_LOSS)})
+    tasks = datasets + sorted({k for e in evals for k in e if split_metric_key(k)}, key=split_metric_key)
+    names = [f"Val Loss {k.removeprefix(DATASET_LOSS)}" for k in datasets] + \
+        ["{} {}".format(*split_metric_key(k)) for k in tasks[len(datasets):]]
     lines = ["| Step | Val Loss | Val Perplexity |" + "".join(f" {n} |" for n in names),
              "|------|----------|----------------|" + "---|" * len(names)]
     for e in evals:
@@ -187,6 +190,9 @@ def _config_lines(cfg: dict, derived: dict) -> list[str]:
         lines.append(f"- Model: `{get('model')}`")
     if derived.get("params") is not None:
         lines.append(f"- Parameters: {derived['params']:,} (tied head counted once)")
+    for d in derived.get("datasets") or []:  # what the run draws from each dataset
+        lines.append(f"- Data: `{d['data_dir']}`, weight {d['weight']:.2f}: {d['tokens']:,.0f} tokens, "
+                     f"{d['epochs']:.2f} epochs")
     if get("global_batch_size") is not None:
         split = ""
         if derived.get("accumulation") is not None and derived.get("world_size") is not None:

@@ -39,7 +39,7 @@ from memory import checkpoint_bytes
 from model import GPT, GPTConfig, compile_model, count_params, flops_per_token, shape_differences
 from plan import format_plan, make_plan
 from preemption import EXIT_PREEMPTED, PreemptionSignal
-from report import write_report
+from report import DATASET_LOSS, write_report
 from reporter import Reporter
 from resolve import Machine, Resolved, resolve
 from schedule import lr_at
@@ -230,7 +230,7 @@ def evaluate_and_track(run) -> tuple[bool, bool]:
     scores = mc.score_tasks(run.raw_model, run.tasks, run.env, run.autocast,
                             cfg.micro_batch_size * run.model_cfg.block_size) if run.tasks else {}
     improved = state.record_eval(val, cfg.early_stopping_metric, scores.get(cfg.early_stopping_metric))
-    per_dataset = {f"val_loss_{name}": loss for name, loss in zip(dataset_names(run.val_data.data_dirs),
+    per_dataset = {DATASET_LOSS + name: loss for name, loss in zip(dataset_names(run.val_data.data_dirs),
                                                                    losses.values())} if len(losses) > 1 else {}
     run.reporter.evaluation(state.step, val, train_estimate, improved, state.elapsed_s, {**per_dataset, **scores})
     return improved, 0 < cfg.early_stopping_patience <= state.evals_without_improvement

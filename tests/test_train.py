@@ -458,6 +458,8 @@ def test_a_mixture_reports_each_datasets_val_loss_and_follows_their_weighted_mea
     assert drawn[0]["epochs"] == pytest.approx(0.7 * total / 3000)
     best = ckpt.load_checkpoint(os.path.join(run, "best_model.pt"))
     assert best["best_val_loss"] == min(e["val_loss"] for e in records(run, "eval")[1:])
+    report = open(os.path.join(run, "report.md")).read()
+    assert f"- Data: `{a}`, weight 0.70: {0.7 * total:,.0f} tokens" in report and "| Val Loss b |" in report
     with pytest.raises(ConfigError, match="was trained on data_mix=.* a resume must draw the same batches"):
         train.main(tiny_args + [f"--data_mix={a}:0.5,{b}:0.5", "--run_name=mix", "--resume", "--max_steps=8"])
 
