@@ -80,6 +80,12 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def native_fp8(device: torch.device) -> bool:
+    """Whether this device has float8 tensor cores: GPUs of compute capability 8.9+ (Ada:
+    L4, L40S, RTX 4090; Hopper: H100, H200; and later)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def auto_dtype_name(device_type: str, native_bf16: bool = True) -> str:
     """What dtype="auto" means: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on
     CPU."""

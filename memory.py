@@ -1,5 +1,6 @@
 """The memory model: what one GPU holds at a training step's peak, item by item, for each
-way to run a config (DDP or FSDP, with or without activation checkpointing and offload).
+way to run a config (DDP or FSDP; no, selective or full activation checkpointing; offload;
+and what --fp8 changes).
 The resolver (resolve.py) uses it to pick --parallelism=auto, and the planner (plan.py)
 to print every way; its terms were checked against measured peaks (docs/benchmarks.md,
 bench/bench_memory.py)."""
@@ -7,7 +8,7 @@ import dataclasses
 
 import torch
 
-from model import GPT, count_params
+from model import GPT, checkpointing_value, count_params, float8_layers
 
 GiB = 1024 ** 3
 # A way "fits" a card when its estimate leaves this much for what the estimate leaves out:
@@ -41,17 +42,40 @@ def block_activation_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> i
     return total
 
 
+def selective_block_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> int:
+    """Bytes selective checkpointing keeps per block besides its input (model.SELECTIVE_SAVE_OPS):
+    the four matmuls' outputs (q, k, v together; attention's projection; the MLP's two) and
+    the attention kernel's output and fp32 logsumexp, all in the compute dtype. No autocast
+    weight copy is kept: the casts are recomputed. (Checked against the storages a forward
+    leaves alive in tests/test_memory.py.)"""
+    sb, sbh = seq * batch, seq * batch * model_cfg.n_embd
+    return act_bytes * (6 * sbh + sb * model_cfg.mlp_dim) + 4 * model_cfg.n_head * sb
+
+
+# What a way calls each kind of recomputation (the planner's table and its costs).
+CHECKPOINTING_NAMES = {"full": "activation checkpointing", "selective": "selective checkpointing"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Way:
-    """One way to run a config: how the model is spread, and what trades compute for memory."""
+    """One way to run a config: how the model is spread, and what trades compute for memory.
+    checkpointing: one of model.ACTIVATION_CHECKPOINTING (True is taken as "full")."""
     parallelism: str  # "ddp" | "fsdp"
-    checkpointing: bool = False
+    checkpointing: bool | str = False
     offload: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "checkpointing", checkpointing_value(self.checkpointing))
+
+    @property
+    def parts(self) -> list[str]:
+        """What this way is made of, as the planner names each: FSDP, a checkpointing, offload."""
+        recompute = [CHECKPOINTING_NAMES[self.checkpointing]] if self.checkpointing else []
+        return ["FSDP"] * (self.parallelism == "fsdp") + recompute + ["offload"] * self.offload
 
     @property
     def name(self) -> str:
-        return " + ".join([self.parallelism.upper()] + ["activation checkpointing"] * self.checkpointing
-                          + ["offload"] * self.offload)
+        return " + ".join(["DDP"] * (self.parallelism == "ddp") + self.parts)
 
     @property
     def flags(self) -> str:
@@ -59,21 +83,24 @@ class Way:
                 + (" --offload=True" if self.offload else ""))
 
 
-# Fastest first: FSDP's extra traffic mostly overlaps compute; checkpointing recomputes every
-# block's forward (~+33% compute); offload moves every parameter and gradient over PCIe.
-WAYS = (Way("ddp"), Way("fsdp"), Way("ddp", True), Way("fsdp", True), Way("fsdp", False, True),
-        Way("fsdp", True, True))
+# Fastest first: FSDP's extra traffic mostly overlaps compute; selective checkpointing
+# recomputes only elementwise ops; full checkpointing recomputes every block's forward
+# (~+33% compute); offload moves every parameter and gradient over PCIe.
+WAYS = (Way("ddp"), Way("fsdp"), Way("ddp", "selective"), Way("fsdp", "selective"), Way("ddp", "full"),
+        Way("fsdp", "full"), Way("fsdp", False, True), Way("fsdp", "selective", True), Way("fsdp", "full", True))
 
 
 def memory_estimate(model_cfg, n_stored: int, n_matrix: int, micro_batch: int, dtype: str, world_size: int,
-                    way: Way, accumulation: int = 1, compiled: bool = False) -> dict:
+                    way: Way, accumulation: int = 1, compiled: bool = False, n_fp8: int = 0) -> dict:
     """Itemized per-GPU bytes at the peak: the larger of two moments. The end of forward
     holds every activation and the logits; the end of backward every gradient and the last
     block's activations. Gradients are freed between steps (zero_grad(set_to_none=True)), so
     the end of forward holds them only between micro-steps. n_stored counts every stored
     parameter element (padding rows included); n_matrix the elements of 2-D weights, which
-    16-bit compute casts. compiled: under torch.compile (only the unchunked loss differs).
-    "moment" says which one binds."""
+    16-bit compute casts; n_fp8 those of the weights in float8 layers (--fp8), which are
+    cast from fp32 to float8 when used and keep no 16-bit copy (torchao saves the fp32
+    weight itself for backward). compiled: under torch.compile (only the unchunked loss
+    differs). "moment" says which one binds."""
     half = dtype in ("bfloat16", "float16")
     act = 2 if half else 4
     s, b, h = model_cfg.block_size, micro_batch, model_cfg.n_embd
@@ -87,10 +114,12 @@ def memory_estimate(model_cfg, n_stored: int, n_matrix: int, micro_batch: int, d
         between_micro_steps = grads
         if half:
             # autocast's 16-bit weight copies live while backward needs them: all of them
-            # without checkpointing; with it, the tied head's plus one recomputed block's.
-            # (wpe is 2-D but only indexed, never cast.)
-            copies = (n_matrix - model_cfg.block_size * h if not way.checkpointing
-                      else model_cfg.padded_vocab * h + block_matrix)
+            # without checkpointing; with it (full or selective: the casts are recomputed),
+            # the tied head's plus one recomputed block's. (wpe is 2-D but only indexed,
+            # never cast.) Float8 layers keep none.
+            block_fp8 = n_fp8 // model_cfg.n_layer
+            copies = (n_matrix - model_cfg.block_size * h - n_fp8 if not way.checkpointing
+                      else model_cfg.padded_vocab * h + block_matrix - block_fp8)
             state["16-bit weight copies (autocast)"] = 2 * copies
     else:
         shard = -(-n_stored // world_size)
@@ -113,17 +142,21 @@ def memory_estimate(model_cfg, n_stored: int, n_matrix: int, micro_batch: int, d
     return {"items": items, "total": sum(items.values()), "moment": moment}
 
 
-def _activation_items(model_cfg, b: int, s: int, act: int, checkpointing: bool) -> dict:
+def _activation_items(model_cfg, b: int, s: int, act: int, checkpointing: bool | str) -> dict:
     h = model_cfg.n_embd
     one_block = block_activation_bytes(model_cfg, b, s, act)
     # Around the stack: embedding dropout mask, ln_f input (fp32) + stats, head input.
     edges = (s * b * h if model_cfg.dropout > 0 else 0) + 4 * s * b * h + 8 * s * b + act * s * b * h
-    if checkpointing:
-        # Each block keeps only its fp32 input; backward recomputes one block at a time.
-        # Summed with the logits this is an upper bound: they are freed before recompute.
-        return {"activations (block inputs)": model_cfg.n_layer * 4 * s * b * h + edges,
-                "activations (1 block recomputed)": one_block}
-    return {"activations (all blocks)": model_cfg.n_layer * one_block + edges}
+    if not checkpointing:
+        return {"activations (all blocks)": model_cfg.n_layer * one_block + edges}
+    # Each block keeps its fp32 input (and, selective, its matmuls' outputs); backward
+    # recomputes one block at a time. Summed with the logits this is an upper bound: they
+    # are freed before recompute.
+    items = {"activations (block inputs)": model_cfg.n_layer * 4 * s * b * h + edges}
+    if checkpointing == "selective":
+        items["activations (matmul outputs kept)"] = model_cfg.n_layer * selective_block_bytes(model_cfg, b, s, act)
+    items["activations (1 block recomputed)"] = one_block
+    return items
 
 
 def _logit_bytes(model_cfg, positions: int, act: int, weight_bytes: int, compiled: bool) -> int:
@@ -136,8 +169,8 @@ def _logit_bytes(model_cfg, positions: int, act: int, weight_bytes: int, compile
     compute dtype, their fp32 copy, the temporary of the same size logsumexp makes, and the
     padded gradient in the compute dtype (not all alive at once; the excess stands for
     backward's scaled copies of the kept gradients, as measured peaks bear out:
-    docs/benchmarks.md); plus what the loss keeps for backward: the
-    hidden states' gradient (fp32) and the head weight's (an fp32 sum, then the weight's
+    docs/benchmarks.md); plus what the loss keeps for backward: the hidden states' gradient
+    (fp32) and the head weight's (fp32, which backward scales, then casts to the weight's
     dtype)."""
     V, Vp, h = model_cfg.vocab_size, model_cfg.padded_vocab, model_cfg.n_embd
     if 0 < model_cfg.loss_chunk < positions:
@@ -159,12 +192,20 @@ def param_counts(model_cfg) -> tuple[int, int]:
     return n_stored, n_matrix
 
 
+def fp8_weight_count(model_cfg) -> int:
+    """Elements of the weights model.float8_layers converts (from the model on the meta device)."""
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    return sum(model.get_submodule(name).weight.numel() for name in float8_layers(model))
+
+
 def estimate(cfg, world_size: int, model_cfg, way: Way) -> dict:
     """memory_estimate for a resolved TrainConfig (resolve.py: a concrete dtype and compile)
     and its model config, run one way on world_size GPUs."""
     model_cfg = dataclasses.replace(model_cfg, activation_checkpointing=way.checkpointing)
     return memory_estimate(model_cfg, *param_counts(model_cfg), cfg.micro_batch_size, cfg.dtype, world_size, way,
-                           cfg.accumulation(world_size), cfg.compile)
+                           cfg.accumulation(world_size), cfg.compile,
+                           fp8_weight_count(model_cfg) if cfg.fp8 else 0)
 
 
 def checkpoint_bytes(model_cfg) -> int:

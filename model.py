@@ -1,15 +1,23 @@
 """GPT-2 style decoder in one file: config, presets, model, KV cache.
 
-Read top to bottom: GPTConfig and PRESETS, the blocks, then GPT with its
-bookkeeping (parameter counts, optimizer groups, FLOPs per token).
+Read top to bottom: GPTConfig and PRESETS, the blocks and how they are recomputed
+(activation checkpointing), the chunked loss and compile, float8 training (--fp8), then GPT
+with its bookkeeping (parameter counts, optimizer groups, FLOPs per token).
 """
+import functools
 import math
 from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+# What activation_checkpointing may be: False (keep every activation), "full" (keep each
+# block's input, recompute the block) or "selective" (keep the matmuls' and attention's
+# outputs too, recompute only the cheap ops between them). True, as older configs and
+# checkpoints say, means "full".
+ACTIVATION_CHECKPOINTING = (False, "full", "selective")
 
 
 @dataclass
@@ -24,10 +32,11 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
     gelu_approximate: str = "tanh"  # MLP GELU: "tanh" (GPT-2's form) or "none" (exact erf, as nanoGPT)
     pad_vocab_multiple: int = 64  # embedding rows padded up to this multiple for faster matmuls
-    activation_checkpointing: bool = False  # recompute each block in backward to save activation memory
+    activation_checkpointing: bool | str = False  # one of ACTIVATION_CHECKPOINTING (True: "full")
     loss_chunk: int = 0  # positions per chunk of the tied head + loss in training (0: all logits at once)
 
     def __post_init__(self):
+        self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                              f"pick n_head from the divisors of n_embd")
@@ -69,6 +78,16 @@ PRESETS = {
     # The documented 1.2B run: context 1,024; 22 x 2,048 with 16 heads of 128 is 1.213B.
     "1.2b": dict(n_layer=22, n_head=16, n_embd=2048, block_size=1024),
 }
+
+
+def checkpointing_value(value) -> bool | str:
+    """activation_checkpointing as one of ACTIVATION_CHECKPOINTING (True means "full"), or a
+    ValueError naming the choices."""
+    value = "full" if value is True else value
+    if isinstance(value, (bool, str)) and value in ACTIVATION_CHECKPOINTING:
+        return value
+    raise ValueError(f"activation_checkpointing must be one of {', '.join(map(repr, ACTIVATION_CHECKPOINTING))} "
+                     f"(True means 'full'), got {value!r}")
 
 
 def check_preset(name: str):
@@ -171,12 +190,41 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def cross_entropy_chunk(hidden, weight, targets, vocab_size: int, count, want_grads: bool):
+def _ops(*names: str) -> list:
+    """The aten ops of these names that this torch has (newer kernels are missing in older ones)."""
+    return [getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)]
+
+
+# What selective checkpointing keeps for backward: the outputs of the matmuls and of the fused
+# attention kernels (CUDA's and the CPU's), float8's scaled matmuls and their amax (a scalar,
+# whose reduction over a whole tensor need not run again); as torchtitan's op-level SAC does,
+# but keeping every matmul's output where it recomputes every other one.
+# Everything else a block computes (layer norms, GELU, dropout, casts, residual adds) is
+# recomputed in backward: elementwise work, cheap beside the matmuls it feeds.
+SELECTIVE_SAVE_OPS = _ops("mm", "addmm", "bmm", "_scaled_mm", "max", "_scaled_dot_product_flash_attention",
+                          "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+                          "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def checkpointed(block: nn.Module, x, how: str):
+    """block(x) with its activations recomputed in backward: all of them ("full"), or all but
+    the outputs of SELECTIVE_SAVE_OPS ("selective"). The RNG state is replayed, so dropout
+    draws the same masks."""
+    if how == "selective":
+        return checkpoint(block, x, use_reentrant=False,
+                          context_fn=functools.partial(create_selective_checkpoint_contexts, SELECTIVE_SAVE_OPS))
+    return checkpoint(block, x, use_reentrant=False)
+
+
+def cross_entropy_chunk(hidden, weight, targets, vocab_size: int, want_grads: bool):
     """One chunk of ChunkedCrossEntropy: its summed loss and, with want_grads, the gradients
-    of the mean loss (over `count` positions) with respect to the chunk's hidden states and
-    the head's weight. hidden and weight come in the compute dtype. The matmuls run over all
-    padded_vocab rows (aligned shapes, as the unchunked path); the softmax over the real
-    vocab only, so the padding columns' gradient is zero."""
+    of that sum with respect to the chunk's hidden states and the head's weight. hidden and
+    weight come in the compute dtype. The matmuls run over all padded_vocab rows (aligned
+    shapes, as the unchunked path); the softmax over the real vocab only, so the padding
+    columns' gradient is zero. The logits' gradient, softmax - onehot, lies in [-1, 1]
+    whatever the batch: in fp16 it neither underflows (divided by the positions first, most
+    of it would: no loss scale reaches a forward pass) nor, summed over one chunk's positions
+    into the weight's gradient, comes near fp16's 65,504 for layer-normed hidden states."""
     logits = F.linear(hidden, weight)[:, :vocab_size].float()
     valid = targets != -1
     safe = targets.clamp(min=0)[:, None]
@@ -184,11 +232,11 @@ def cross_entropy_chunk(hidden, weight, targets, vocab_size: int, count, want_gr
     loss_sum = ((lse - logits.gather(1, safe)[:, 0]) * valid).sum()
     if not want_grads:
         return loss_sum, None, None
-    # d(mean loss)/d logits = (softmax - onehot) / count, 0 where ignored
+    # d(summed loss)/d logits = softmax - onehot, 0 where ignored
     p = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' memory
     p.scatter_add_(1, safe, -torch.ones_like(safe, dtype=p.dtype))
     g = torch.zeros(hidden.size(0), weight.size(0), device=hidden.device, dtype=hidden.dtype)
-    g[:, :vocab_size] = p.mul_((valid / count)[:, None])
+    g[:, :vocab_size] = p.mul_(valid[:, None])
     return loss_sum, g @ weight, (g.t() @ hidden).float()
 
 
@@ -196,10 +244,12 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of the tied head, `chunk` positions at a time, so that one chunk's
     logits exist at a time in forward and in backward. The forward pass computes each
     chunk's gradients with respect to the hidden states and the head's weight while its
-    logits are at hand (the same matmuls backward would do, so no extra compute); backward
-    only scales them. Logits are computed as F.linear would under the active autocast and
-    upcast to fp32 for the softmax, as the unchunked path does. Targets of -1 are ignored.
-    `step` is cross_entropy_chunk, or a compiled copy of it (GPT.chunk_step)."""
+    logits are at hand (the same matmuls backward would do, so no extra compute), and keeps
+    them in fp32, divided by the count of positions; backward only scales them (by the loss
+    scale, the accumulation, ...) and casts them to their inputs' dtypes. Logits are
+    computed as F.linear would under the active autocast and upcast to fp32 for the softmax,
+    as the unchunked path does. Targets of -1 are ignored. `step` is cross_entropy_chunk, or
+    a compiled copy of it (GPT.chunk_step)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, vocab_size: int, chunk: int, step):
@@ -209,24 +259,30 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         count = (targets != -1).sum().clamp(min=1)
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden) if want_grads else None
+        grad_hidden = torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32) if want_grads else None
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grads else None
         w = weight.to(dtype)
         for start in range(0, hidden.size(0), chunk):
             end = start + chunk
             loss_sum, g_hidden, g_weight = step(hidden[start:end].to(dtype), w, targets[start:end],
-                                                vocab_size, count, want_grads)
+                                                vocab_size, want_grads)
             total += loss_sum
             if want_grads:
                 grad_hidden[start:end] = g_hidden
                 grad_weight += g_weight
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if want_grads else None)
+        if want_grads:
+            grad_hidden /= count
+            grad_weight /= count
+        ctx.dtypes = hidden.dtype, weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
         return total / count
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return ((grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype),
+                None, None, None, None)
 
 
 @torch.compiler.disable
@@ -243,6 +299,50 @@ def compile_model(model: "GPT") -> nn.Module:
     chunked loss's one chunk (see chunked_cross_entropy)."""
     model.chunk_step = torch.compile(cross_entropy_chunk)
     return torch.compile(model)
+
+
+# ---- float8 training (--fp8) -------------------------------------------------------------
+
+TORCHAO_MISSING = "--fp8 trains through torchao's float8, which is not installed: pip install -r requirements-fp8.txt"
+
+
+def float8_worth_it(module: nn.Module, name: str) -> bool:
+    """Whether --fp8 trains this layer in float8, as torchao advises for its tensorwise
+    recipe (torchao.float8's README, "Performance"; its _auto_filter_for_recipe): an
+    nn.Linear whose dimensions are multiples of 16 (float8 tensor cores need them), and not
+    a small one: with in_features <= 4096 and out_features <= 1024, torchao's H100 table has
+    the casts costing more than the faster matmul saves. The tied head is no nn.Linear (the
+    embedding matrix through F.linear), so it stays in the run's dtype, as do the embeddings
+    and norms."""
+    if not isinstance(module, nn.Linear):
+        return False
+    out_f, in_f = module.weight.shape
+    return in_f % 16 == 0 and out_f % 16 == 0 and not (in_f <= 4096 and out_f <= 1024)
+
+
+def float8_layers(model: nn.Module) -> list[str]:
+    """The names of the layers --fp8 trains in float8 (float8_worth_it)."""
+    return [name for name, module in model.named_modules() if float8_worth_it(module, name)]
+
+
+def n_linear(model: nn.Module) -> int:
+    """The model's nn.Linear layers, float8 ones included (the tied head is none)."""
+    return sum(isinstance(module, nn.Linear) for module in model.modules())
+
+
+def to_float8(model: nn.Module, layers: list[str] | None = None) -> list[str]:
+    """Swap the named layers (default: float8_layers) for torchao's Float8Linear, in place:
+    dynamic tensorwise scaling, inputs and weights cast to e4m3 and gradients to e5m2 at each
+    matmul, fused into neighbouring kernels by torch.compile. The parameters stay what they
+    were (the same names, plain fp32 tensors), so checkpoints, sampling and export see a
+    plain model. Call it before FSDP, compile and DDP wrap the model. Returns the names."""
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError as e:
+        raise ValueError(TORCHAO_MISSING) from e
+    chosen = float8_layers(model) if layers is None else list(layers)
+    convert_to_float8_training(model, config=Float8LinearConfig(), module_filter_fn=lambda m, fqn: fqn in chosen)
+    return chosen
 
 
 class GPT(nn.Module):
@@ -293,7 +393,7 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
             if self.config.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpointed(block, x, self.config.activation_checkpointing)
             else:
                 x = block(x, cache, i)
         if cache is not None:

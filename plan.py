@@ -5,30 +5,35 @@ so the 1.2B plan takes well under a second. Every figure is per the run's config
 batch split, FLOPs, an itemized per-GPU memory estimate and the wall time at an
 assumed MFU on A100 and H100.
 """
+import torch
+
 from devices import PEAK_FLOPS
-from memory import RESERVE_GIB, WAYS, GiB, Way, checkpoint_bytes, estimate, fits, param_counts
-from model import count_params, flops_per_token
+from memory import (CHECKPOINTING_NAMES, RESERVE_GIB, WAYS, GiB, Way, checkpoint_bytes, estimate, fits,
+                    fp8_weight_count, param_counts)
+from model import GPT, count_params, float8_layers, flops_per_token, n_linear
 from resolve import Machine, resolve
 from train_config import TrainConfig
 
 
-def way_costs(way: Way, n_stored: int, world_size: int, accumulation: int, half: bool) -> str:
-    """Extra compute or traffic per step, beyond DDP's all-reduce of the fp32 gradients."""
+def cost_parts(n_stored: int, world_size: int, accumulation: int, half: bool) -> dict:
+    """What each part of a way (Way.parts) costs per step, beyond DDP's all-reduce of the
+    fp32 gradients: {part: text}."""
     gb, p_bytes = 1e9, 2 if half else 4
-    parts = []
-    if way.parallelism == "fsdp" and world_size == 1:
-        parts.append("none on one process (FSDP's gathers are local copies)")
-    elif way.parallelism == "fsdp":
-        parts = [f"all-gather {2 * accumulation * p_bytes * n_stored / gb:.2f} GB of parameters and "
-                 f"reduce-scatter {4 * n_stored / gb:.2f} GB of gradients per step, mostly overlapped"]
-    if way.checkpointing:
-        parts.append("+1 forward of every block (~+33% compute)")
-    if way.offload:
-        shard = 4 * n_stored / world_size / gb
-        parts.append(f"PCIe: {2 * accumulation * shard:.2f} GB of parameters in and {shard:.2f} GB of "
-                     f"gradients out per step, AdamW on the CPU ({16 * n_stored / world_size / 2**30:.1f} GiB "
-                     f"of pinned CPU memory)")
-    return "; ".join(parts) or "none"
+    shard = 4 * n_stored / world_size / gb
+    return {
+        "FSDP": ("none on one process (FSDP's gathers are local copies)" if world_size == 1 else
+                 f"all-gather {2 * accumulation * p_bytes * n_stored / gb:.2f} GB of parameters and "
+                 f"reduce-scatter {4 * n_stored / gb:.2f} GB of gradients per step, mostly overlapped"),
+        CHECKPOINTING_NAMES["selective"]: "recomputes each block's layer norms, GELU, dropout and casts; no matmul",
+        CHECKPOINTING_NAMES["full"]: "+1 forward of every block (~+33% compute)",
+        "offload": (f"PCIe: {2 * accumulation * shard:.2f} GB of parameters in and {shard:.2f} GB of gradients out "
+                    f"per step, AdamW on the CPU ({16 * n_stored / world_size / 2**30:.1f} GiB of pinned CPU memory)"),
+    }
+
+
+def way_costs(way: Way, parts: dict) -> str:
+    """A way's extra compute or traffic per step (cost_parts), beyond DDP's."""
+    return "; ".join(parts[part] for part in way.parts) or "none"
 
 
 def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: int | None) -> dict:
@@ -47,14 +52,18 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
     total_tokens = tokens_per_step * cfg.max_steps
     fpt = flops_per_token(model_cfg)
     total_flops = fpt * total_tokens
+    with torch.device("meta"):
+        meta_model = GPT(model_cfg)
+    fp8_weights = fp8_weight_count(model_cfg)
     dtype = cfg.dtype
 
     cards = [gib * GiB for gib in cfg.plan_gpu_memory_gib]
+    costs = cost_parts(n_stored, world_size, accumulation, dtype != "float32")
     ways = []
     for way in WAYS:
         memory = estimate(cfg, world_size, model_cfg, way)
         ways.append(dict(way=way, memory=memory, fits=[fits(memory["total"], c) for c in cards],
-                         costs=way_costs(way, n_stored, world_size, accumulation, dtype != "float32")))
+                         costs=way_costs(way, costs)))
     fastest = [next((w["way"] for w in ways if w["fits"][i]), None) for i in range(len(cards))]
     this_way, why = resolved.way, resolved.why
 
@@ -75,7 +84,9 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
         "max_steps": cfg.max_steps, "total_tokens": total_tokens, "train_tokens": train_tokens,
         "epochs": total_tokens / train_tokens if train_tokens else None,
         "flops_per_token": fpt, "flops_per_step": fpt * tokens_per_step, "total_flops": total_flops,
-        "cards_gib": list(cfg.plan_gpu_memory_gib), "ways": ways, "fastest": fastest,
+        "cards_gib": list(cfg.plan_gpu_memory_gib), "ways": ways, "fastest": fastest, "costs": costs,
+        "fp8": cfg.fp8, "fp8_layers": len(float8_layers(meta_model)), "linear_layers": n_linear(meta_model),
+        "fp8_weights": fp8_weights, "fp8_flops": 6 * fp8_weights / fpt,  # 6 FLOPs per weight per token
         "this_way": this_way, "this_way_why": why,
         "memory": next(w["memory"] for w in ways if w["way"] == this_way),
         "checkpoint_bytes": checkpoint_bytes(model_cfg), "n_stored": n_stored,
@@ -107,7 +118,11 @@ def _memory_lines(plan: dict) -> list[str]:
     ddp_traffic = (f"DDP all-reduces {4 * plan['n_stored'] / 1e9:.2f} GB of gradients per step"
                    if plan["world_size"] > 1 else "one process: no traffic")
     lines.append(f"  Costs beyond DDP, per step ({ddp_traffic}):")
-    lines += [f"    {w['way'].name}: {w['costs']}" for w in plan["ways"] if w["way"] != Way("ddp")]
+    lines += [f"    {name}: {text}" for name, text in plan["costs"].items()]
+    lines.append(f"    FP8 (--fp8=True, H100/H200 and newer; {'on' if plan['fp8'] else 'off'} here): float8 matmuls in "
+                 f"{plan['fp8_layers']} of {plan['linear_layers']} linear layers, {plan['fp8_flops']:.0%} of the FLOPs; "
+                 f"no 16-bit copies of their weights under DDP ({2 * plan['fp8_weights'] / GiB:.2f} GiB less); "
+                 f"speed not yet measured")
     lines.append(f"  This config runs {plan['this_way'].name} ({plan['this_way_why']}); "
                  f"its peak, at the {plan['memory']['moment']}:")
     for label, value in plan["memory"]["items"].items():
@@ -120,7 +135,7 @@ def _memory_lines(plan: dict) -> list[str]:
 
 
 def format_plan(plan: dict) -> str:
-    """Aligned `label: value` lines, grouped, under 40 lines."""
+    """Aligned `label: value` lines, grouped, about 50 lines."""
     def row(label, value):
         return f"  {label + ':':22}{value}"
 
@@ -128,7 +143,8 @@ def format_plan(plan: dict) -> str:
     epochs = (f"{plan['epochs']:.3f} of {plan['train_tokens']:,} train tokens"
               if plan["epochs"] is not None else "unknown (data not prepared)")
     precision = ("float32" if plan["dtype"] == "float32"
-                 else f"{plan['dtype']} autocast, fp32 master weights")
+                 else f"{plan['dtype']} autocast, fp32 master weights"
+                 + (", float8 matmuls (--fp8)" if plan["fp8"] else ""))
     lines = [
         "Run",
         row("name", plan["run_name"]),
@@ -152,7 +168,8 @@ def format_plan(plan: dict) -> str:
         row("FLOPs / step", f"{plan['flops_per_step']:.4g}"),
         row("total FLOPs", f"{plan['total_flops']:.4g}"),
         *_memory_lines(plan),
-        f"Wall time at {plan['mfu']:.0%} MFU (total FLOPs / (peak x MFU x {gpus} GPUs))",
+        f"Wall time at {plan['mfu']:.0%} MFU (total FLOPs / (peak x MFU x {gpus} GPUs)"
+        + (", the bf16 peak with --fp8 too)" if plan["fp8"] else ")"),
     ]
     for name, w in plan["wall_time"].items():
         label = f"{gpus} x {name} ({w['peak'] / 1e12:.0f} TFLOP/s)"

@@ -1,17 +1,19 @@
 """How a run runs, decided once: resolve() turns a config and a machine into the settings
 the run takes. Its answer covers every "auto" and unset default that depends on where the
 run runs: the parallelism, whether the process joins a process group, the dtype, compile,
-the loss chunk and the schedule's defaults. train.py, the planner (plan.py) and
-bench/gpu_suite.py all call it; a run saves its answer in config.json.
+the loss chunk and the schedule's defaults; and it refuses what the machine cannot run
+(--offload without a GPU, --fp8 without float8 tensor cores or torchao). train.py, the
+planner (plan.py) and bench/gpu_suite.py all call it; a run saves its answer in config.json.
 """
 import dataclasses
+import importlib.util
 import math
 
 import torch
 
-from devices import auto_dtype_name, native_bf16
+from devices import auto_dtype_name, native_bf16, native_fp8
 from memory import GiB, Way, estimate, fits
-from model import TRAINING_FIELDS, GPTConfig
+from model import TORCHAO_MISSING, TRAINING_FIELDS, GPTConfig
 from train_config import LOSS_CHUNK, ConfigError, TrainConfig
 
 
@@ -22,21 +24,25 @@ class Machine:
     world_size: int  # processes (one per GPU)
     memory_bytes: float = math.inf  # per device; inf: no limit to plan for (a CPU)
     native_bf16: bool = True  # bf16 is fast here (GPUs from Ampere on; not CPUs)
+    fp8: bool = False  # float8 tensor cores (compute capability 8.9+), for --fp8
+    torchao: bool = True  # torchao is installed, for --fp8
 
     @classmethod
     def of(cls, device: torch.device, world_size: int) -> "Machine":
         """The machine this process runs on."""
+        torchao = importlib.util.find_spec("torchao") is not None
         if device.type != "cuda":
-            return cls("cpu", world_size, native_bf16=False)
-        return cls("cuda", world_size, torch.cuda.get_device_properties(device).total_memory, native_bf16(device))
+            return cls("cpu", world_size, native_bf16=False, torchao=torchao)
+        return cls("cuda", world_size, torch.cuda.get_device_properties(device).total_memory, native_bf16(device),
+                   native_fp8(device), torchao)
 
     @classmethod
     def planned(cls, device: str, world_size: int, memory_gib: float) -> "Machine":
-        """A machine the planner plans for: GPUs of memory_gib with bf16, unless the config
-        names the CPU."""
+        """A machine the planner plans for: GPUs of memory_gib with bf16 and float8, unless
+        the config names the CPU."""
         if device == "cpu":
             return cls("cpu", world_size, native_bf16=False)
-        return cls("cuda", world_size, memory_gib * GiB)
+        return cls("cuda", world_size, memory_gib * GiB, fp8=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +64,7 @@ class Resolved:
         m = self.machine
         return dict(way=self.way.name, why=self.why, joins_process_group=self.joins_process_group,
                     machine=dict(device_type=m.device_type, world_size=m.world_size, native_bf16=m.native_bf16,
-                                 memory_gib=None if m.memory_bytes == math.inf else m.memory_bytes / GiB))
+                                 fp8=m.fp8, memory_gib=None if m.memory_bytes == math.inf else m.memory_bytes / GiB))
 
 
 def resolve(cfg: TrainConfig, machine: Machine, shape: GPTConfig) -> Resolved:
@@ -67,12 +73,18 @@ def resolve(cfg: TrainConfig, machine: Machine, shape: GPTConfig) -> Resolved:
     if cfg.offload and machine.device_type != "cuda":
         raise ConfigError("--offload moves FSDP's shards from a GPU to CPU memory; on a CPU run there is "
                           "nothing to free: drop --offload")
+    if cfg.fp8 and not machine.fp8:
+        where = "a CPU has none" if machine.device_type == "cpu" else "this GPU has none (compute capability < 8.9)"
+        raise ConfigError(f"--fp8 needs float8 tensor cores (H100, H200, L4, L40S and newer); {where}: drop --fp8")
+    if cfg.fp8 and not machine.torchao:
+        raise ConfigError(TORCHAO_MISSING)
     compile = cfg.compile if cfg.compile is not None else machine.device_type == "cuda"
     cfg = dataclasses.replace(
         cfg,
         min_lr=cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10,
         lr_decay_steps=cfg.lr_decay_steps or cfg.max_steps,
-        dtype=cfg.dtype if cfg.dtype != "auto" else auto_dtype_name(machine.device_type, machine.native_bf16),
+        dtype=(cfg.dtype if cfg.dtype != "auto" else "bfloat16" if cfg.fp8  # bf16 around the float8 matmuls
+               else auto_dtype_name(machine.device_type, machine.native_bf16)),
         compile=compile,
         loss_chunk=cfg.loss_chunk if cfg.loss_chunk is not None else 0 if compile else LOSS_CHUNK)
     model_cfg = dataclasses.replace(shape, **{k: getattr(cfg, k) for k in TRAINING_FIELDS})

@@ -36,7 +36,8 @@ from devices import autocast, torch_dtype
 from loader import (GPT2_META, TokenMixture, TokenWindows, check_data_mix, check_vocab, load_meta,
                     read_mixture_metas)
 from memory import checkpoint_bytes
-from model import GPT, GPTConfig, compile_model, count_params, flops_per_token, shape_differences
+from model import (GPT, GPTConfig, compile_model, count_params, float8_layers, flops_per_token, n_linear,
+                   shape_differences, to_float8)
 from plan import format_plan, make_plan
 from preemption import EXIT_PREEMPTED, PreemptionSignal
 from report import DATASET_LOSS, write_report
@@ -474,6 +475,8 @@ def build(start: Start, env: distributed.Dist) -> Run:
     dtype = torch_dtype(cfg.dtype)
     torch.manual_seed(cfg.seed)
     raw_model = GPT(model_cfg).to("cpu" if cfg.offload else env.device)  # offload: never whole on the GPU
+    if cfg.fp8:  # before FSDP, compile and DDP wrap the layers it swaps (torchtitan's order)
+        to_float8(raw_model)
     if cfg.parallelism == "fsdp":
         sharding.shard(raw_model, env, dtype, cfg.offload)
     optimizer = torch.optim.AdamW(raw_model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
@@ -504,14 +507,18 @@ def announce(run: Run, start: Start):
     the start record."""
     cfg, env, model_cfg, state, say = run.cfg, run.env, run.model_cfg, run.state, run.reporter.print
     tokens_per_step = run.tokens_per_step
+    fp8_layers = float8_layers(run.raw_model) if cfg.fp8 else []
     derived = dict(world_size=env.world, accumulation=run.accumulation, device=str(env.device),
                    tokens_per_step=tokens_per_step, params=count_params(model_cfg),
-                   model_config=dataclasses.asdict(model_cfg), resolved=start.resolved.to_dict())
+                   model_config=dataclasses.asdict(model_cfg), resolved=start.resolved.to_dict(),
+                   fp8_layers=fp8_layers)
     derived["datasets"] = run.train_data.drawn(tokens_per_step * cfg.max_steps)  # tokens and epochs of each
     write_json(os.path.join(cfg.run_dir, "config.json"), dict(config=cfg.to_dict(), derived=derived))
     epochs, source_list = max(d["epochs"] for d in derived["datasets"]), run.train_data.sources
     if cfg.dtype == "float16" and env.device.type == "cpu":
         say("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
+    if cfg.fp8 and not cfg.compile:
+        say("warning: --fp8 without compile: the float8 casts run unfused, slower than bf16; drop --compile=False")
     if epochs > 20:
         say(f"warning: {epochs:,.0f} epochs over a train.bin: the model will memorize it; "
             f"lower max_steps or prepare more data")
@@ -529,7 +536,9 @@ def announce(run: Run, start: Start):
         + f"\nparameters {count_params(model_cfg):,} | "
         f"{flops_per_token(model_cfg) * tokens_per_step:.3e} FLOPs per step"
         + (f" | resuming from {start.source_path} at step {state.step:,}" if start.resumed
-           else f" | weights and shape from {start.source_path}" if start.source_path else ""))
+           else f" | weights and shape from {start.source_path}" if start.source_path else "")
+        + (f"\nfp8: float8 matmuls in {len(fp8_layers)} of {n_linear(run.raw_model)} linear layers (torchao; "
+           f"the tied head and the rest in bf16); MFU is counted against the bf16 peak" if cfg.fp8 else ""))
     run.reporter.record(dict(kind="start", step=state.step, config=cfg.to_dict(), dtype=cfg.dtype, **derived))
 
 

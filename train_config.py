@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from devices import check_device_name, check_dtype_name
 from loader import check_data_mix
 from metrics import check_wandb
-from model import GPTConfig, check_preset, preset_config
+from model import GPTConfig, check_preset, checkpointing_value, preset_config
 from multiple_choice import METRICS, TASK_NAME, metric_key
 from stopping import Stop
 
@@ -61,7 +61,10 @@ class TrainConfig:
     mlp_hidden: typing.Optional[int] = setting(None, "MLP inner width, 0 = 4 x n_embd (None: the preset's)")
     bias: typing.Optional[bool] = setting(None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)")
     dropout: float = setting(0.0, "dropout in training (the documented 300M run used 0.1)")
-    activation_checkpointing: bool = setting(False, "recompute blocks in backward: less memory, ~30% more compute")
+    activation_checkpointing: typing.Union[bool, str] = setting(
+        False, "recompute activations in backward to save memory: full (keep each block's input, recompute the "
+               "block: ~30% more compute), selective (keep the matmuls' outputs too, recompute the cheap ops "
+               "between them), or False (True means full)")
     loss_chunk: typing.Optional[int] = setting(None, "positions per chunk of the tied head + loss: one chunk's logits "
                                                "exist at a time, no extra compute; 0: all logits at once (None: "
                                                f"{LOSS_CHUNK:,} in eager runs, 0 when compiled: the faster of each)")
@@ -85,6 +88,8 @@ class TrainConfig:
     compile: typing.Optional[bool] = setting(None, "torch.compile the model (None: on for CUDA, off on CPU)")
     parallelism: str = setting("auto", "ddp | fsdp | auto: a full copy per rank, or parameters, gradients and AdamW "
                                  "state sharded (FSDP2); auto: DDP when the planner says it fits the GPU")
+    fp8: bool = setting(False, "float8 matmuls in the blocks' large linear layers (torchao; bf16 around them; needs a "
+                         "GPU of compute capability 8.9+: H100, H200, L4, L40S; MFU still counts the bf16 peak)")
     offload: bool = setting(False, "FSDP only: keep parameters, gradients and AdamW state in pinned CPU memory "
                              "and step AdamW on the CPU (fits ~1B on one 16 GB GPU)")
     # ---- evaluation, logging, checkpoints
@@ -200,6 +205,7 @@ class TrainConfig:
             check_preset(self.model)
             check_device_name(self.device)
             check_dtype_name(self.dtype)
+            self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         for k in ("global_batch_size", "micro_batch_size", "max_steps", "eval_interval", "log_interval",
@@ -231,6 +237,9 @@ class TrainConfig:
             raise ConfigError(f"plan_gpu_memory_gib must be GPU memory sizes in GiB, got {self.plan_gpu_memory_gib}")
         if self.parallelism not in PARALLELISMS:
             raise ConfigError(f"parallelism must be one of {', '.join(PARALLELISMS)}, got {self.parallelism!r}")
+        if self.fp8 and self.dtype not in ("auto", "bfloat16"):
+            raise ConfigError(f"--fp8 runs bf16 autocast around its float8 matmuls, not {self.dtype}: "
+                              f"use --dtype=bfloat16 (or auto)")
         if self.offload and self.parallelism == "ddp":
             raise ConfigError("--offload keeps FSDP's shards in CPU memory: use it with --parallelism=fsdp "
                               "(or auto), not ddp")
@@ -271,7 +280,7 @@ TYPES = typing.get_type_hints(TrainConfig)
 MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name in FIELDS)
 # Bare flags: `--resume` means the newest checkpoint, `--dry_run` means True.
 BARE_FLAG_VALUES = {"resume": "latest", **{k: "True" for k, t in TYPES.items()
-                                           if t in (bool, typing.Optional[bool])}}
+                                           if t is bool or bool in typing.get_args(t)}}
 
 
 def _divisors(n: int) -> list[int]:
@@ -289,11 +298,11 @@ def parse_value(key: str, raw):
     type of field `key`."""
     typ = TYPES[key]
     optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
-    base = next(t for t in typing.get_args(typ) if t is not type(None)) if optional else typ
+    base = typing.Union[tuple(t for t in typing.get_args(typ) if t is not type(None))] if optional else typ
     if raw is None or (isinstance(raw, str) and raw in ("None", "none", "null")):
         if optional:
             return None
-        raise ConfigError(f"{key} cannot be None; give a {_type_name(base)}")
+        raise ConfigError(f"{key} cannot be None; give a {_type_name(base)} (e.g. --{key}={FIELDS[key].default!r})")
     try:
         return _convert(base, raw)
     except (TypeError, ValueError, OverflowError):
@@ -308,6 +317,8 @@ def _example(key: str) -> str:
 
 
 def _type_name(t) -> str:
+    if typing.get_origin(t) is typing.Union:
+        return " or ".join(map(_type_name, typing.get_args(t)))
     if typing.get_origin(t) is tuple:
         return f"comma-separated {typing.get_args(t)[0].__name__}s"
     if typing.get_origin(t) is dict:
@@ -316,6 +327,13 @@ def _type_name(t) -> str:
 
 
 def _convert(base, raw):
+    if typing.get_origin(base) is typing.Union:  # the first type that takes the value
+        for t in typing.get_args(base):
+            try:
+                return _convert(t, raw)
+            except (TypeError, ValueError, OverflowError):
+                pass
+        raise ValueError
     if typing.get_origin(base) is dict:  # "a:x,b:y" on the command line, a dict in a file
         if isinstance(raw, str):
             pairs = [item.split(":", 1) for item in raw.split(",") if item.strip()]

@@ -2,7 +2,8 @@
 
 For GPT-2 small (124M), medium (350M) and the XL-shaped ~1B model, at 8 x 512 tokens per
 step: the fp32 baseline, each optimization alone (bf16 autocast, half the micro-batch with
-twice the accumulation, activation checkpointing, FSDP, FSDP + offload) and all combined.
+twice the accumulation, full and selective activation checkpointing, FSDP, FSDP + offload)
+and all combined.
 
     python bench/bench_memory.py                  # on a GPU: measured peaks, a 16 GiB card emulated
     python bench/bench_memory.py --steps=50       # ... and the combined 1B run trains 50 steps
@@ -38,10 +39,11 @@ CASES = {  # name: (dtype, micro-batch divisor, way)
     "fp32 baseline": ("float32", 1, Way("ddp")),
     "bf16 autocast": ("bfloat16", 1, Way("ddp")),
     "half micro-batch, 2x accumulation": ("float32", 2, Way("ddp")),
-    "activation checkpointing": ("float32", 1, Way("ddp", True)),
+    "activation checkpointing": ("float32", 1, Way("ddp", "full")),
+    "selective checkpointing": ("float32", 1, Way("ddp", "selective")),
     "FSDP (one GPU)": ("float32", 1, Way("fsdp")),
     "FSDP + offload": ("float32", 1, Way("fsdp", False, True)),
-    "all combined": ("bfloat16", 2, Way("fsdp", True, True)),
+    "all combined": ("bfloat16", 2, Way("fsdp", "full", True)),
 }
 MODELS = {"gpt2-124m": "gpt2-124m", "gpt2-350m": "gpt2-350m", "~1B (GPT-2 XL shape)": "gpt2-1.5b"}
 

@@ -1,7 +1,10 @@
 """The CUDA paths, on a GPU: bf16 and fp16 autocast, the GradScaler, torch.compile, fused
 AdamW, flash attention, pinned host copies, the KV cache, GPU checkpoints on a CPU, FSDP
-with offload on one GPU, NCCL. Every test is marked `cuda` and skipped without a GPU;
-`python bench/gpu_suite.py` runs them first (`pytest -m cuda tests`)."""
+with offload on one GPU, selective checkpointing's memory, float8 matmuls, NCCL. Every test
+is marked `cuda` and skipped without a GPU; `python bench/gpu_suite.py` runs them first
+(`pytest -m cuda tests`)."""
+import dataclasses
+import importlib.util
 import math
 import os
 import subprocess
@@ -17,7 +20,8 @@ from conftest import ROOT, records, run_dir_of, torchrun
 from devices import autocast, peak_flops
 from loader import read_meta
 from distributed import Dist
-from model import GPT, CausalSelfAttention, GPTConfig
+from memory import selective_block_bytes
+from model import GPT, CausalSelfAttention, GPTConfig, to_float8
 from step_stats import HostCopies, StepValues
 from test_sample import prompt, tiny_model
 from train_config import load_config
@@ -267,6 +271,64 @@ def test_fsdp_with_offload_trains_as_one_plain_gpu_does(tiny_args):
     wa = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir_of(plain)))["model"]
     wb = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir_of(offload)))["model"]
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+# ---- what trades compute for memory, and float8 --------------------------------------------
+
+@native_bf16
+def test_selective_checkpointing_keeps_the_matmul_outputs_the_planner_counts_and_the_same_gradients():
+    """bf16 on the GPU, where attention is a fused kernel: after forward, selective
+    checkpointing holds, beyond full checkpointing, the matmuls' and attention's outputs that
+    memory.selective_block_bytes counts (within 5%), and its gradients are no checkpointing's."""
+    model_cfg = GPTConfig(vocab_size=96, block_size=512, n_layer=4, n_head=8, n_embd=512)
+    x, y = torch.randint(0, 96, (2, 4, 512), device=CUDA)
+    kept, grads = {}, {}
+    for how in (False, "selective", "full"):
+        torch.manual_seed(0)
+        model = GPT(dataclasses.replace(model_cfg, activation_checkpointing=how)).to(CUDA)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with autocast(CUDA, torch.bfloat16):  # autocast's cached weight copies go when it exits
+            loss = model(x, y)[1]
+        kept[how] = torch.cuda.memory_allocated() - before
+        loss.backward()
+        grads[how] = {n: p.grad for n, p in model.named_parameters()}
+        del model, loss
+    expected = model_cfg.n_layer * selective_block_bytes(model_cfg, 4, 512, 2)
+    assert kept["selective"] - kept["full"] == pytest.approx(expected, rel=0.05)
+    assert kept[False] > kept["selective"]
+    for name, want in grads[False].items():
+        assert (grads["selective"][name] - want).abs().max() <= 1e-2 * want.abs().max(), name
+
+
+fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9)
+                             or importlib.util.find_spec("torchao") is None,
+                             reason="needs float8 tensor cores (compute capability 8.9+) and torchao")
+
+
+@fp8_gpu
+def test_fp8_runs_float8_matmuls_on_the_gpu_and_tracks_bf16():
+    """model.to_float8 on the GPU: the converted layers' matmuls run as float8 scaled matmuls
+    (profiler), and the loss and gradients stay close to bf16's (within 3% of the largest)."""
+    model_cfg = GPTConfig(vocab_size=96, block_size=256, n_layer=2, n_head=6, n_embd=384)  # c_attn, c_fc: float8
+    x, y = torch.randint(0, 96, (2, 8, 256), device=CUDA)
+    results = []
+    for fp8 in (False, True):
+        torch.manual_seed(0)
+        model = GPT(model_cfg).to(CUDA)
+        if fp8:
+            assert len(to_float8(model)) == 4
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            with autocast(CUDA, torch.bfloat16):
+                loss = model(x, y)[1]
+            loss.backward()
+        ops = {e.key for e in prof.key_averages()}
+        assert ("aten::_scaled_mm" in ops) == fp8
+        results.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+    (bf16_loss, bf16), (fp8_loss, fp8_grads) = results
+    assert fp8_loss == pytest.approx(bf16_loss, rel=0.01)
+    for name, want in bf16.items():
+        assert (fp8_grads[name] - want).abs().max() <= 0.03 * want.abs().max(), name
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs 2 GPUs: two ranks cannot share one device")

@@ -56,17 +56,22 @@ def demo_model(tiny_args, **overrides):
 
 
 def test_every_parallelism_trains_the_same_and_leaves_no_gloo_thread(tiny_args):
-    """One process with accumulation 4, DDP over 2 ranks, FSDP over 2 ranks and FSDP over one:
-    the same loss at every step (dropout on), the same evaluations, the same weights. FSDP
-    stopped and resumed equals FSDP that ran on. And when a DDP rank exits no gloo worker
-    thread is left: one alive into interpreter shutdown can abort a process whose run
-    succeeded. (fully_shard itself keeps a reference to the process group, so under FSDP
-    the threads outlive it; the final barrier leaves them idle.)"""
-    single = demo_model(tiny_args, run_name="single")
+    """One process with accumulation 4, all logits at once and no checkpointing; DDP over 2
+    ranks (with full activation checkpointing), FSDP over 2 ranks and FSDP over one (with
+    selective checkpointing), each with the loss in chunks (of 96 positions: five and a short
+    one per micro-batch of 512), its gradients reduced across ranks as any other's: the same
+    loss at every step (dropout on, its masks replayed in recomputation), the same
+    evaluations, the same weights. FSDP stopped and resumed equals FSDP that ran on. And
+    when a DDP rank exits no gloo worker thread is left: one alive into interpreter shutdown
+    can abort a process whose run succeeded. (fully_shard itself keeps a reference to the
+    process group, so under FSDP the threads outlive it; the final barrier leaves them idle.)"""
+    single = demo_model(tiny_args, run_name="single", loss_chunk=0)
     train.main(single)
     threads = []
-    for name, nproc, parallelism in (("ddp2", 2, "ddp"), ("fsdp2", 2, "fsdp"), ("fsdp1", 1, "fsdp")):
-        args = demo_model(tiny_args, run_name=name, parallelism=parallelism)
+    for name, nproc, parallelism, recompute in (("ddp2", 2, "ddp", "full"), ("fsdp2", 2, "fsdp", False),
+                                                ("fsdp1", 1, "fsdp", "selective")):
+        args = demo_model(tiny_args, run_name=name, parallelism=parallelism, loss_chunk=96,
+                          activation_checkpointing=recompute)
         proc = torchrun(args, nproc=nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
         same_run(run_dir_of(single), run_dir_of(args))
@@ -75,7 +80,7 @@ def test_every_parallelism_trains_the_same_and_leaves_no_gloo_thread(tiny_args):
             (nproc, 4 // nproc, parallelism)
         threads += thread_lists(proc.stdout) if parallelism == "ddp" else []
     assert len(threads) == 2 and not any("gloo" in name for names in threads for name in names), threads
-    halves = demo_model(tiny_args, run_name="fsdp2_halves", parallelism="fsdp")
+    halves = demo_model(tiny_args, run_name="fsdp2_halves", parallelism="fsdp", loss_chunk=96)
     for part in (["--max_steps=10"], ["--resume"]):
         assert torchrun(halves + part).returncode == 0
     whole = {r["step"]: r["loss"] for r in records(run_dir_of(demo_model(tiny_args, run_name="fsdp2")), "train")}

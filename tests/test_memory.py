@@ -5,8 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from memory import GiB, Way, block_activation_bytes, estimate, memory_estimate, param_counts
-from model import GPT, Block, GPTConfig, preset_config
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from memory import (GiB, Way, block_activation_bytes, estimate, fp8_weight_count, memory_estimate, param_counts,
+                    selective_block_bytes)
+from model import GPT, Block, GPTConfig, checkpointed, preset_config
 from resolve import Machine, resolve
 from train_config import TrainConfig
 
@@ -76,6 +81,65 @@ def test_block_formula_matches_saved_tensors(autocast):
     measured = _saved_bytes(block, (torch.randn(B, T, 64),), autocast)
     weight_copies = 2 * sum(p.numel() for p in block.parameters() if p.dim() == 2) if autocast else 0
     assert measured - weight_copies == block_activation_bytes(model_cfg, B, T, 2 if autocast else 4)
+
+
+class _Made(TorchDispatchMode):
+    """Every storage an op makes while active, weakly held: what is still alive afterwards
+    is what the forward kept (for backward, or for selective checkpointing's recompute)."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                self.storages[st.data_ptr()] = (StorageWeakRef(st), st.nbytes())
+        return out
+
+    def alive_bytes(self, leave_out) -> int:
+        skip = {t.untyped_storage().data_ptr() for t in leave_out}
+        return sum(n for ptr, (ref, n) in self.storages.items() if ptr not in skip and not ref.expired())
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_what_a_block_keeps_for_backward_under_each_checkpointing(autocast):
+    """The bytes a block's forward leaves alive, its input and output aside: all its
+    activations (and autocast's weight copies) without checkpointing; nothing with full
+    checkpointing; with selective, the matmuls' and attention's outputs that
+    selective_block_bytes counts, and no weight copy (the casts are recomputed)."""
+    B, T = 3, 40
+    model_cfg = GPTConfig(n_layer=1, n_head=4, n_embd=64, block_size=64, vocab_size=100, mlp_hidden=96)
+    block = Block(model_cfg).train()
+    x = torch.randn(B, T, 64, requires_grad=True)
+    act = 2 if autocast else 4
+    kept = {}
+    for how in (False, "full", "selective"):
+        made = _Made()
+        with made, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = checkpointed(block, x, how) if how else block(x)
+        kept[how] = made.alive_bytes([out, x, *block.parameters()])
+    weight_copies = 2 * sum(p.numel() for p in block.parameters() if p.dim() == 2) if autocast else 0
+    input_bytes = 4 * B * T * 64  # block_activation_bytes counts the block's input (ln_1's)
+    assert kept[False] == block_activation_bytes(model_cfg, B, T, act) - input_bytes + weight_copies
+    assert kept["full"] == 0
+    assert kept["selective"] == selective_block_bytes(model_cfg, B, T, act)
+
+
+def test_selective_checkpointing_sits_between_none_and_full_and_fp8_keeps_only_the_heads_copy():
+    """For the 1.2B in bf16 (DDP, one GPU): the activations selective checkpointing keeps are
+    fewer than none's and more than full's; with --fp8 every block matmul is float8, so of
+    autocast's 16-bit weight copies only the tied head's remains."""
+    cfg = TrainConfig(model="1.2b", micro_batch_size=8, global_batch_size=8, loss_chunk=1024)
+    r = resolve(cfg, Machine("cuda", 1, 141 * GiB), cfg.model_config(VOCAB))
+    totals = {how: estimate(r.cfg, 1, r.model_cfg, Way("ddp", how))["total"] for how in (False, "selective", "full")}
+    assert totals[False] > totals["selective"] > totals["full"]
+    fp8 = resolve(dataclasses.replace(cfg, fp8=True), Machine("cuda", 1, 141 * GiB, fp8=True), cfg.model_config(VOCAB))
+    items = estimate(fp8.cfg, 1, fp8.model_cfg, Way("ddp"))["items"]
+    assert items["16-bit weight copies (autocast)"] == 2 * fp8.model_cfg.padded_vocab * fp8.model_cfg.n_embd
+    assert fp8_weight_count(fp8.model_cfg) == 22 * 12 * 2048 ** 2  # 4 matmuls per block: 3 + 1 + 4 + 4 x 2048^2
 
 
 def test_model_formula_matches_saved_tensors():

@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
-from model import (GPT, PRESETS, GPTConfig, KVCache, compile_model, count_params, cross_entropy_chunk,
-                   flops_per_token, preset_config)
+import torch.nn.functional as F
+
+from model import (GPT, PRESETS, ChunkedCrossEntropy, GPTConfig, KVCache, compile_model, count_params,
+                   cross_entropy_chunk, float8_layers, flops_per_token, preset_config)
 
 
 def tiny(**kw):
@@ -84,16 +86,49 @@ def test_init_std_and_zero_biases():
     assert all(b.abs().sum() == 0 for n, b in model.named_parameters() if n.endswith("bias"))
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
-    torch.manual_seed(0)
-    a = GPT(tiny())
-    b = GPT(tiny(activation_checkpointing=True))
-    b.load_state_dict(a.state_dict())
+@pytest.mark.parametrize("how", ["full", "selective", True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(how, autocast):
+    """Recomputing in backward changes nothing a step computes: the loss and every gradient
+    equal no checkpointing's, dropout included (its masks are replayed), in fp32 and under
+    bf16 autocast. True is an older config's "full"."""
     x = torch.randint(0, 67, (2, 16))
-    for m in (a, b):
-        m(x, x)[1].backward()
-    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n
+    results = []
+    for checkpointing in (False, how):
+        torch.manual_seed(0)
+        model = GPT(tiny(dropout=0.1, activation_checkpointing=checkpointing))
+        assert model.config.activation_checkpointing == ("full" if checkpointing is True else checkpointing)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(x, x)[1]
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+    (plain_loss, plain), (loss, grads) = results
+    assert loss == plain_loss
+    for name in plain:
+        assert torch.allclose(plain[name], grads[name], atol=1e-6), name
+
+
+def test_activation_checkpointing_takes_full_selective_or_false():
+    assert [tiny(activation_checkpointing=v).activation_checkpointing for v in (False, True, "full", "selective")] == \
+        [False, "full", "full", "selective"]
+    with pytest.raises(ValueError, match=r"must be one of False, 'full', 'selective' \(True means 'full'\), got 'some'"):
+        tiny(activation_checkpointing="some")
+
+
+def test_fp8_trains_the_large_block_layers_and_never_the_head():
+    """--fp8's layers (torchao's advice for its tensorwise recipe: dimensions multiples of 16,
+    small layers left in bf16): all four of each 1.2B block; in the 124M the two whose output
+    is over 1,024 wide (attention's and the MLP's 768-wide projections are too small); the
+    tied head, an embedding matrix through F.linear, never."""
+    def layers(name):
+        with torch.device("meta"):
+            return float8_layers(GPT(preset_config(name)))
+    big = layers("1.2b")
+    assert len(big) == 4 * 22 and {n.split(".", 2)[2] for n in big} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                        "mlp.c_proj"}
+    assert layers("gpt2-124m") == [f"h.{i}.{n}" for i in range(12) for n in ("attn.c_attn", "mlp.c_fc")]
+    assert not any("wte" in n or "wpe" in n or "ln" in n for n in big)
 
 
 def test_kv_cache_matches_full_forward():
@@ -206,3 +241,64 @@ def test_per_position_losses_are_the_plain_cross_entropy_where_scored_and_zero_e
     assert (got[:, :10] == 0).all() and got[1, 12] == 0 and (got[:, 10:].sum(1) > 0).all()
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'none'"):
         model(x, y, reduction="sum")
+
+
+def _relative_error(got, want) -> float:
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def test_chunked_loss_under_a_grad_scaler_with_accumulation_equals_the_plain_loss():
+    """As train_step runs it: two micro-batches, each loss / 2 scaled by a GradScaler before
+    backward, then unscaled. Chunked and all at once give the same losses and gradients
+    (fp32: to 1e-5 of the largest), the padded vocab and ignored positions included."""
+    model_cfg = GPTConfig(vocab_size=301, block_size=32, n_layer=2, n_head=2, n_embd=32)  # 301: padded to 320
+    batches = [(torch.randint(0, 301, (2, 32)), torch.randint(0, 301, (2, 32))) for _ in range(2)]
+    batches[1][1][0, 5:20] = -1
+    runs = []
+    for chunk in (0, 24):
+        torch.manual_seed(0)
+        model = GPT(dataclasses.replace(model_cfg, loss_chunk=chunk))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        losses = []
+        for x, y in batches:
+            loss = model(x, y)[1]
+            losses.append(loss.item())
+            scaler.scale(loss / len(batches)).backward()
+        scaler.unscale_(optimizer)
+        runs.append((losses, {n: p.grad for n, p in model.named_parameters()}))
+    (plain_losses, plain), (losses, chunked) = runs
+    assert losses == pytest.approx(plain_losses, rel=1e-6)
+    for name in plain:
+        assert _relative_error(chunked[name], plain[name]) < 1e-5, name
+
+
+def test_chunked_loss_in_fp16_keeps_gradients_that_loss_scaling_keeps():
+    """fp16 under a loss scale of 2^16, 8,192 positions over a 3,001-word vocab: with the
+    logits' gradient divided by the positions before the fp16 matmuls (as this loss once
+    did), most of it would fall below fp16's smallest value, 6e-8, because a forward pass
+    sees no loss scale. Kept in [-1, 1] it stays as close to the fp32 gradients as the
+    unchunked path's, whose backward the loss scale reaches."""
+    torch.manual_seed(0)
+    n, vocab = 8192, 3001
+    hidden0, weight0 = torch.randn(n, 16), torch.randn(3008, 16) * 0.1  # near-uniform logits: small softmax
+    targets = torch.randint(0, vocab, (n,))
+    targets[:100] = -1
+
+    def grads(loss_fn, fp16, scale=2.0 ** 16):
+        hidden, weight = hidden0.clone().requires_grad_(), weight0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
+            loss = loss_fn(hidden, weight)
+        (loss * scale).backward()
+        return hidden.grad / scale, weight.grad / scale
+
+    def plain(hidden, weight):
+        return F.cross_entropy(F.linear(hidden, weight)[:, :vocab].float(), targets, ignore_index=-1)
+
+    def chunked(hidden, weight):
+        return ChunkedCrossEntropy.apply(hidden, weight, targets, vocab, 1024, cross_entropy_chunk)
+
+    truth = grads(plain, fp16=False)
+    chunked_fp16, plain_fp16 = grads(chunked, fp16=True), grads(plain, fp16=True)
+    for got, reference, want in zip(chunked_fp16, plain_fp16, truth):
+        assert _relative_error(got, want) < max(2e-3, 1.5 * _relative_error(reference, want))

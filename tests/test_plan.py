@@ -110,6 +110,24 @@ def test_the_fastest_way_that_fits_each_card_is_marked_with_its_flags():
     assert none["fastest"] == [None] and "none; lower micro_batch_size" in format_plan(none)
 
 
+def test_the_table_lists_selective_checkpointing_and_fp8():
+    plan = make_plan(production_8gpu(), 8, VOCAB, None)
+    order = [w["way"] for w in plan["ways"]]
+    for parallelism in ("ddp", "fsdp"):  # fastest first: selective recomputes no matmul, full every block
+        assert order.index(Way(parallelism)) < order.index(Way(parallelism, "selective")) < \
+            order.index(Way(parallelism, "full"))
+    text = format_plan(plan)
+    assert "  FSDP + selective checkpointing    " in text and "    selective checkpointing: recomputes" in text
+    assert "FP8 (--fp8=True, H100/H200 and newer; off here): float8 matmuls in 88 of 88 linear layers" in text
+    on = make_plan(production_8gpu(fp8=True), 8, VOCAB, None)
+    assert "float8 matmuls (--fp8)" in format_plan(on) and "; on here)" in format_plan(on)
+    assert on["memory"]["total"] < plan["memory"]["total"]  # no 16-bit copies of the float8 weights
+    # a card FSDP misses by a little: selective checkpointing is the fastest way that fits
+    between = make_plan(production_8gpu(plan_gpu_memory_gib=(22,)), 8, VOCAB, None)
+    assert between["fastest"] == [Way("fsdp", "selective")]
+    assert "* fastest that fits 22 GiB: --parallelism=fsdp --activation_checkpointing=selective" in format_plan(between)
+
+
 def test_the_16_gb_plan_fits_under_14_gib_as_configured():
     from train_config import load_config
     cfg = load_config([os.path.join(ROOT, "config", "gpt2_1b_16gb.py")])

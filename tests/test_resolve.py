@@ -43,9 +43,9 @@ def test_derived_settings_follow_the_machine_and_what_the_config_says_stays():
 
 def test_the_model_config_carries_the_resolved_training_fields_onto_the_given_shape():
     shape = dataclasses.replace(TrainConfig(model="tiny").model_config(100), n_layer=3)  # e.g. a checkpoint's
-    r = resolve(TrainConfig(model="tiny", dropout=0.1, activation_checkpointing=True), CPU, shape)
+    r = resolve(TrainConfig(model="tiny", dropout=0.1, activation_checkpointing="selective"), CPU, shape)
     assert (r.model_cfg.n_layer, r.model_cfg.dropout, r.model_cfg.activation_checkpointing,
-            r.model_cfg.loss_chunk) == (3, 0.1, True, LOSS_CHUNK)
+            r.model_cfg.loss_chunk) == (3, 0.1, "selective", LOSS_CHUNK)
 
 
 def test_auto_runs_ddp_when_it_fits_and_fsdp_when_it_does_not():
@@ -76,3 +76,22 @@ def test_the_answer_is_what_a_run_records():
     assert answer["way"] == "FSDP" and answer["joins_process_group"] and "FSDP needs" in answer["why"]
     assert answer["machine"]["world_size"] == 8 and answer["machine"]["memory_gib"] == 24
     assert resolved(TrainConfig(model="tiny"), CPU).to_dict()["machine"]["memory_gib"] is None  # JSON has no inf
+
+
+def test_fp8_needs_float8_tensor_cores_and_torchao_and_runs_bf16_around_them():
+    """--fp8 is refused in one line, naming the fix, where it cannot run: a CPU, a GPU older
+    than compute capability 8.9, a machine without torchao. Where it runs, dtype=auto means
+    bf16 (autocast around the float8 matmuls); the planner plans for cards that have it."""
+    cfg = TrainConfig(model="tiny", fp8=True)
+    with pytest.raises(ConfigError, match=r"^--fp8 needs float8 tensor cores .*; a CPU has none: drop --fp8$"):
+        resolved(cfg, CPU)
+    with pytest.raises(ConfigError, match=r"this GPU has none \(compute capability < 8.9\): drop --fp8$"):
+        resolved(cfg, gpu())  # an A100: bf16, no float8
+    with pytest.raises(ConfigError, match=r"not installed: pip install -r requirements-fp8.txt$"):
+        resolved(cfg, Machine("cuda", 1, 80 * GiB, fp8=True, torchao=False))
+    r = resolved(cfg, Machine("cuda", 1, 80 * GiB, fp8=True))
+    assert (r.cfg.fp8, r.cfg.dtype, r.cfg.compile) == (True, "bfloat16", True)
+    assert r.to_dict()["machine"]["fp8"]
+    assert Machine.planned("cuda", 8, 80).fp8 and not Machine.planned("cpu", 8, 80).fp8
+    with pytest.raises(ConfigError, match=r"use --dtype=bfloat16 \(or auto\)"):
+        TrainConfig(fp8=True, dtype="float16")
