@@ -22,12 +22,12 @@ import time
 
 import torch
 
-import multiple_choice as mc
-from atomic_files import write_json
-from devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
-from tokenizer import load_tokenizer
-from train_config import LOSS_CHUNK
-from weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from text import multiple_choice as mc
+from storage.atomic_files import write_json
+from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
+from text.tokenizer import load_tokenizer
+from training.config import LOSS_CHUNK
+from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 
 def task_spec(value: str) -> tuple:
     """(name, path) from NAME:PATH or PATH (named after the file's stem)."""

@@ -30,12 +30,12 @@ import sys
 
 import torch
 
-from atomic_files import atomic_path
-from checkpoint import KIND
-from interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
+from storage.atomic_files import atomic_path
+from storage.checkpoint import KIND
+from storage.interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
 from model import TRAINING_FIELDS, GPTConfig
-from tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
-from weights import load_weights, resolve_checkpoint, tokenizer_meta
+from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
+from storage.weights import load_weights, resolve_checkpoint, tokenizer_meta
 
 SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -173,7 +173,7 @@ def write_folder(out: str, files: dict, tensors: dict):
 
 def source_record(ckpt: dict, path: str | None) -> dict:
     """Where an export came from: the checkpoint, its step, and the digest it was verified
-    against (checkpoint.digest's "content", which `python checkpoint.py RUN` lists)."""
+    against (checkpoint.digest's "content", which `python -m storage.checkpoint RUN` lists)."""
     digest = ckpt.get("digest")
     record = {"checkpoint": os.path.abspath(path) if path else None,
               "format": (ckpt.get("source") or {}).get("format", KIND), "step": ckpt.get("step"),

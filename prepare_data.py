@@ -31,11 +31,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from atomic_files import atomic_path, write_json
-from loader import DTYPES, INCOMPLETE_MARKER, MORE_DOCUMENTS
-from corpus import (DEFAULT_SPLIT, JSONL_EXTS, PARQUET_EXTS, TEXT_EXTS, TEXT_FIELD, ReadStats, Source,
+from storage.atomic_files import atomic_path, write_json
+from text.loader import DTYPES, INCOMPLETE_MARKER, MORE_DOCUMENTS
+from text.corpus import (DEFAULT_SPLIT, JSONL_EXTS, PARQUET_EXTS, TEXT_EXTS, TEXT_FIELD, ReadStats, Source,
                     check_sources, fetch_shakespeare, iter_documents, resolve_inputs)
-from tokenizer import get_tokenizer, load_tokenizer
+from text.tokenizer import get_tokenizer, load_tokenizer
 
 
 CHUNK_CHARS = 1 << 18  # per task: amortises IPC, and keeps the last (lone) task short

@@ -14,10 +14,10 @@ import sys
 
 import torch
 
-from devices import DTYPES, autocast, pick_device, pick_dtype
+from parallel.devices import DTYPES, autocast, pick_device, pick_dtype
 from model import KVCache
-from tokenizer import load_tokenizer
-from weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from text.tokenizer import load_tokenizer
+from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 
 # ---- sampling -------------------------------------------------------------------------
 

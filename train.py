@@ -25,31 +25,31 @@ import time
 import numpy as np
 import torch
 
-import checkpoint as ckpt
-import distributed
-import multiple_choice as mc
-import run_lock
-import sharding
-import stopping
-from atomic_files import write_json
-from devices import autocast, torch_dtype
-from loader import (GPT2_META, TokenMixture, TokenWindows, check_data_mix, check_vocab, load_meta,
+from storage import checkpoint as ckpt
+from parallel import distributed
+from text import multiple_choice as mc
+from storage import run_lock
+from parallel import sharding
+from training import stopping
+from storage.atomic_files import write_json
+from parallel.devices import autocast, torch_dtype
+from text.loader import (GPT2_META, TokenMixture, TokenWindows, check_data_mix, check_vocab, load_meta,
                     read_mixture_metas)
-from memory import checkpoint_bytes
+from training.memory import checkpoint_bytes
 from model import (GPT, GPTConfig, compile_model, count_params, float8_layers, flops_per_token, n_linear,
                    shape_differences, to_float8)
-from plan import format_plan, make_plan
-from preemption import EXIT_PREEMPTED, PreemptionSignal
-from report import DATASET_LOSS, write_report
-from reporter import Reporter
-from resolve import Machine, Resolved, resolve
-from schedule import lr_at
-from step_stats import HostCopies, StepValues, StepWatch
-from stopping import Stop
-from train_config import ConfigError, TrainConfig, help_text, load_config
-from tokenizer import load_tokenizer
-from train_state import TrainState
-from weights import load_resume, load_weights, resolve_checkpoint
+from training.plan import format_plan, make_plan
+from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
+from training.report import DATASET_LOSS, write_report
+from training.reporter import Reporter
+from training.resolve import Machine, Resolved, resolve
+from training.schedule import lr_at
+from training.step_stats import HostCopies, StepValues, StepWatch
+from training.stopping import Stop
+from training.config import ConfigError, TrainConfig, help_text, load_config
+from text.tokenizer import load_tokenizer
+from training.state import TrainState
+from storage.weights import load_resume, load_weights, resolve_checkpoint
 
 
 def main(argv=None) -> int:
@@ -61,10 +61,12 @@ def main(argv=None) -> int:
     if cfg.report:
         print(f"wrote {write_report(cfg.report)}")
         return 0
-    if cfg.dry_run:
-        meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
+    if cfg.dry_run:  # data not prepared yet: planned as GPT-2 tokens of unknown count
+        metas = {d: load_meta(d) if os.path.isdir(d) else GPT2_META for d in cfg.datasets()}
+        data = {d: (w, metas[d].get("train_tokens") if os.path.isdir(d) else None)
+                for d, w in check_data_mix(cfg.datasets()).items()}
         print(format_plan(make_plan(cfg, cfg.plan_gpus or distributed.world_size_from_env(),
-                                    meta["vocab_size"], meta.get("train_tokens"))))
+                                    next(iter(metas.values()))["vocab_size"], data)))
         return 0
     metas = read_mixture_metas(cfg.datasets())  # data that cannot be used is refused before the run folder exists
     check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import checkpoint as ckpt  # noqa: E402
+from storage import checkpoint as ckpt  # noqa: E402
 from model import GPT, PRESETS, preset_config  # noqa: E402
 
 

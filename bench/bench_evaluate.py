@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import multiple_choice as mc  # noqa: E402
-from atomic_files import write_json  # noqa: E402
-from devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype  # noqa: E402
+from text import multiple_choice as mc  # noqa: E402
+from storage.atomic_files import write_json  # noqa: E402
+from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype  # noqa: E402
 from model import PRESETS, GPT, GPTConfig  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
-from train_config import LOSS_CHUNK  # noqa: E402
+from text.tokenizer import get_tokenizer  # noqa: E402
+from training.config import LOSS_CHUNK  # noqa: E402
 
 WORDS = ("the a man woman person is are was then he she they it on in at to of and with his her their "
          "table room water car ball dog kitchen street field house door window hand head camera video "

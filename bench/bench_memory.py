@@ -26,13 +26,13 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import distributed  # noqa: E402
-import sharding  # noqa: E402
+from parallel import distributed  # noqa: E402
+from parallel import sharding  # noqa: E402
 import train  # noqa: E402
-from devices import autocast  # noqa: E402
+from parallel.devices import autocast  # noqa: E402
 from model import GPT, GPTConfig, preset_config  # noqa: E402
-from memory import GiB, Way, estimate  # noqa: E402
-from train_config import TrainConfig  # noqa: E402
+from training.memory import GiB, Way, estimate  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 
 TOKENS = (8, 512)  # the plan's first milestone: 8 sequences of 512 tokens per step
 CASES = {  # name: (dtype, micro-batch divisor, way)
@@ -155,7 +155,7 @@ def main():
         total = torch.cuda.get_device_properties(env.device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, a.card_gib * GiB / total), env.device)
         print(f"{torch.cuda.get_device_name(env.device)}: emulating a {a.card_gib:g} GiB card")
-    print(f"tokens per step {TOKENS[0]} x {TOKENS[1]}; loss in chunks of 1,024 positions; planner: plan.estimate")
+    print(f"tokens per step {TOKENS[0]} x {TOKENS[1]}; loss in chunks of 1,024 positions; planner: training.memory.estimate")
     try:
         rows(env, max(2, a.steps), a.card_gib, env.device.type)
     finally:

@@ -32,9 +32,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import corpus  # noqa: E402
+from text import corpus  # noqa: E402
 import prepare_data  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
+from text.tokenizer import get_tokenizer  # noqa: E402
 
 
 def source_texts(cache_dir: str, seed: int) -> list:

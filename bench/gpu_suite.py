@@ -61,11 +61,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from atomic_files import write_json, write_text  # noqa: E402
+from storage.atomic_files import write_json, write_text  # noqa: E402
 from bench_train import write_random_tokens  # noqa: E402
-from memory import GiB, estimate  # noqa: E402
-from resolve import Machine, resolve  # noqa: E402
-from train_config import ConfigError, load_config  # noqa: E402
+from training.memory import GiB, estimate  # noqa: E402
+from training.resolve import Machine, resolve  # noqa: E402
+from training.config import ConfigError, load_config  # noqa: E402
 
 VOCAB = 50257  # write_random_tokens writes GPT-2 ids
 

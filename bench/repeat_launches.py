@@ -19,7 +19,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from atomic_files import write_json  # noqa: E402
+from storage.atomic_files import write_json  # noqa: E402
 
 
 def tiny_dataset(folder: str) -> str:

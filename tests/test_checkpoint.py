@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-import checkpoint as ckpt
+from storage import checkpoint as ckpt
 from conftest import flip_a_bit, flip_a_bit_in_member, tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def test_finding_runs_and_checkpoints(tmp_path):
 def test_a_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint_step_1.pt")
     ckpt.save_checkpoint({"step": 1, "model": {"w": torch.ones(3)}}, path)
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch, checkpoint as c\n"
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch; from storage import checkpoint as c\n"
             f"big = {{'step': 2, 'model': {{'w': torch.randn(64, 1024, 1024)}}}}\n"
             f"print('saving', flush=True)\n"
             f"while True: c.save_checkpoint(big, {path!r})\n")
@@ -86,7 +86,7 @@ def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe
     first, second = tmp_path / "checkpoint_step_1.pt", tmp_path / "checkpoint_step_2.pt"
     code = (f"import resource, signal, sys; sys.path.insert(0, {ROOT!r})\n"
             f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process\n"
-            f"import torch, checkpoint as c\n"
+            f"import torch; from storage import checkpoint as c\n"
             f"c.save_checkpoint({{'step': 1, 'model': {{'w': torch.ones(10)}}}}, {str(first)!r})\n"
             f"resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
             f"try:\n"
@@ -213,7 +213,7 @@ def test_the_listing_command_names_each_checkpoints_step_and_state(tmp_path):
     run.mkdir()
     corrupt_run(run, steps=(10, 20, 30), bad=(20,))
     torch.save({"kind": ckpt.KIND, "version": 1, **tiny_checkpoint(step=30)}, run / ckpt.BEST_FILE)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "checkpoint.py"), str(run)],
+    done = subprocess.run([sys.executable, "-m", "storage.checkpoint", str(run)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr  # one is corrupt: a script can act on it
     rows = {line.split()[0]: line.split()[1:4] for line in done.stdout.splitlines()[1:]}

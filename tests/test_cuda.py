@@ -13,19 +13,19 @@ import sys
 import pytest
 import torch
 
-import checkpoint as ckpt
+from storage import checkpoint as ckpt
 import sample
 import train
 from conftest import ROOT, records, run_dir_of, torchrun
-from devices import autocast, peak_flops
-from loader import read_meta
-from distributed import Dist
-from memory import selective_block_bytes
+from parallel.devices import autocast, peak_flops
+from text.loader import read_meta
+from parallel.distributed import Dist
+from training.memory import selective_block_bytes
 from model import GPT, CausalSelfAttention, GPTConfig, to_float8
-from step_stats import HostCopies, StepValues
+from training.step_stats import HostCopies, StepValues
 from test_sample import prompt, tiny_model
-from train_config import load_config
-from weights import build_model, load_weights
+from training.config import load_config
+from storage.weights import build_model, load_weights
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 # bf16 tensor cores and flash attention need compute capability 8.0 (Ampere) or later

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from devices import PEAK_FLOPS, autocast, peak_flops, pick_device, pick_dtype
+from parallel.devices import PEAK_FLOPS, autocast, peak_flops, pick_device, pick_dtype
 
 
 def test_cpu_defaults():

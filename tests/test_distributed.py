@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-import checkpoint as ckpt
+from storage import checkpoint as ckpt
 import train
 from conftest import records, run_dir_of, torchrun, torchrun_cmd, ROOT
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import evaluate
-import multiple_choice as mc
+from text import multiple_choice as mc
 from conftest import ROOT
 from test_export import CASES, export_run, random_model, save_run
 

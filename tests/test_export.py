@@ -13,12 +13,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import export  # noqa: E402
 import sample  # noqa: E402
-import checkpoint  # noqa: E402
-from checkpoint import save_checkpoint  # noqa: E402
+from storage import checkpoint  # noqa: E402
+from storage.checkpoint import save_checkpoint  # noqa: E402
 from conftest import flip_a_bit, flip_a_bit_in_member  # noqa: E402
-from interop import CONV1D_WEIGHTS  # noqa: E402
+from storage.interop import CONV1D_WEIGHTS  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from tokenizer import EOT_TEXT, get_tokenizer, gpt2_files  # noqa: E402
+from text.tokenizer import EOT_TEXT, get_tokenizer, gpt2_files  # noqa: E402
 
 CHARS = "".join(sorted("\n !',.:;?abcdefghijklmnopqrstuvwxyzAB"))  # 37 + eot: vocab 38, padded to 64
 CASES = {  # the three shapes the issue names, each a real export path

@@ -10,12 +10,12 @@ import os
 import pytest
 import torch
 
-import checkpoint as ckpt
+from storage import checkpoint as ckpt
 import export
 import train
 from conftest import records, run_dir_of
 from model import GPT, GPTConfig, to_float8
-from resolve import Machine
+from training.resolve import Machine
 
 pytest.importorskip("torchao.float8")
 

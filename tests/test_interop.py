@@ -18,11 +18,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import export  # noqa: E402
 import train  # noqa: E402
 import sample  # noqa: E402
-import weights  # noqa: E402
-from checkpoint import KIND, load_checkpoint, save_checkpoint  # noqa: E402
-from interop import load_external  # noqa: E402
+from storage import weights  # noqa: E402
+from storage.checkpoint import KIND, load_checkpoint, save_checkpoint  # noqa: E402
+from storage.interop import load_external  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from tokenizer import get_tokenizer  # noqa: E402
+from text.tokenizer import get_tokenizer  # noqa: E402
 
 GEN = 30  # greedy tokens compared, after a 5-token prompt, inside a 64-token context
 

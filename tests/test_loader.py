@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import loader
+from text import loader
 from conftest import TEXT, alphabet, write_dataset
-from loader import TokenWindows, check_vocab, load_meta, read_meta
-from tokenizer import load_tokenizer
+from text.loader import TokenWindows, check_vocab, load_meta, read_meta
+from text.tokenizer import load_tokenizer
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from memory import (GiB, Way, block_activation_bytes, estimate, fp8_weight_count, memory_estimate, param_counts,
+from training.memory import (GiB, Way, block_activation_bytes, estimate, fp8_weight_count, memory_estimate, param_counts,
                     selective_block_bytes)
 from model import GPT, Block, GPTConfig, checkpointed, preset_config
-from resolve import Machine, resolve
-from train_config import TrainConfig
+from training.resolve import Machine, resolve
+from training.config import TrainConfig
 
 VOCAB = 50257
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from metrics import RunLog
+from training.metrics import RunLog
 
 
 def test_records_go_to_jsonl_and_tensorboard(tmp_path):
@@ -29,7 +29,7 @@ def test_a_resumed_run_appends(tmp_path):
 
 
 def test_scalars_are_the_finite_numbers_of_train_and_eval_records():
-    from metrics import scalars
+    from training.metrics import scalars
     assert scalars({"kind": "eval", "step": 5, "time": 1.0, "val_loss": 2.5, "hellaswag_acc_norm": 0.3,
                     "train_loss": None, "applied": True, "val_ppl": math.inf}) == \
         {"eval/val_loss": 2.5, "eval/hellaswag_acc_norm": 0.3}

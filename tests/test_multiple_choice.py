@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-import multiple_choice as mc
+from text import multiple_choice as mc
 from conftest import ROOT
 from model import GPT, GPTConfig
-from tokenizer import get_tokenizer
+from text.tokenizer import get_tokenizer
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz."
 TOK = get_tokenizer("char", ALPHABET)
@@ -221,10 +221,11 @@ SCRIPT = """
 import os, sys, json
 sys.path.insert(0, {root!r})
 import torch
-import distributed, multiple_choice as mc
+from parallel import distributed
+from text import multiple_choice as mc
 from model import GPT, GPTConfig
-from tokenizer import get_tokenizer
-env = distributed.setup("cpu", 60)
+from text.tokenizer import get_tokenizer
+env = distributed.setup(distributed.local_device("cpu"), 60, join=True)
 torch.manual_seed(0)
 model = GPT(GPTConfig(**{shape!r}))
 paths = {{"t": {path!r}}}

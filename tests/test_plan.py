@@ -6,9 +6,9 @@ import os
 import pytest
 
 from model import count_params, flops_per_token, preset_config
-from memory import RESERVE_GIB, GiB, Way
-from plan import format_plan, make_plan
-from train_config import TrainConfig
+from training.memory import RESERVE_GIB, GiB, Way
+from training.plan import format_plan, make_plan
+from training.config import TrainConfig
 
 VOCAB = 50257
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_the_table_lists_selective_checkpointing_and_fp8():
 
 
 def test_the_16_gb_plan_fits_under_14_gib_as_configured():
-    from train_config import load_config
+    from training.config import load_config
     cfg = load_config([os.path.join(ROOT, "config", "gpt2_1b_16gb.py")])
     plan = make_plan(cfg, 1, VOCAB, None)
     assert plan["params"] == 1_557_611_200
@@ -153,3 +153,13 @@ def test_indivisible_batch_raises_helpful_error():
         make_plan(production_8gpu(micro_batch_size=12), 8, VOCAB, None)
 
 
+
+
+def test_a_mixture_plan_shows_what_each_dataset_gives():
+    plan = make_plan(production_8gpu(), 8, VOCAB, {"data/web": (0.75, 10**11), "data/code": (0.25, None)})
+    web, code = plan["datasets"]
+    assert web["tokens"] == 0.75 * 154_828_800_000 and web["epochs"] == pytest.approx(1.161216)
+    assert code["tokens"] == 0.25 * 154_828_800_000 and code["epochs"] is None
+    text = format_plan(plan)
+    assert "data/web: weight 0.75, 116,121,600,000 tokens, 1.161 epochs of 100,000,000,000" in text
+    assert "data/code: weight 0.25, 38,707,200,000 tokens, epochs unknown (not prepared)" in text

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-import checkpoint as ckpt
+from storage import checkpoint as ckpt
 import train
 from conftest import WITH_FAULTS, ROOT, records, run_dir_of, torchrun_cmd
-from preemption import EXIT_PREEMPTED, PreemptionSignal
+from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
 
 
 def test_the_handler_records_the_signal_and_restores_the_previous_one():

@@ -14,10 +14,10 @@ import tiktoken
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import corpus as C  # noqa: E402
-import loader  # noqa: E402
+from text import corpus as C  # noqa: E402
+from text import loader  # noqa: E402
 import prepare_data as P  # noqa: E402
-from tokenizer import load_tokenizer  # noqa: E402
+from text.tokenizer import load_tokenizer  # noqa: E402
 
 DOCS = ["First document.\nTwo lines.", "Ünïcödé — 日本語 🎭", "   \n  ", "x",
         "a literal <|endoftext|> inside", "tabs\tand\r\nCRLF\n\n\nend"]
@@ -343,7 +343,7 @@ def test_a_long_text_file_streams_in_pieces_with_identical_ids(tmp_path, monkeyp
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-import columnar  # noqa: E402
+from text import columnar  # noqa: E402
 
 MANY_DOCS = DOCS + [f"row {i}: " + "some words " * (i % 5) for i in range(30)]
 

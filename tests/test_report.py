@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-from report import fmt_elapsed, fmt_ppl, render_report, write_report
+import training
+
+from training.report import fmt_elapsed, fmt_ppl, render_report, write_report
 
 CONFIG = dict(run_name="train_300m", model="300m", warmup_steps=2_000, max_steps=100_000,
               learning_rate=6e-4, min_lr=6e-5, lr_decay_steps=100_000, weight_decay=0.1,
@@ -266,7 +268,7 @@ def test_only_the_documented_losses_within_the_run_are_marked_and_only_for_its_c
 
 
 def test_the_documented_losses_drawn_are_the_ones_docs_reference_runs_md_gives():
-    from report_plot import REFERENCE_RUNS
+    from training.report_plot import REFERENCE_RUNS
     with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                            "reference_runs.md")) as fh:
         _, rows = table(fh.read())  # the 300M document's step/loss table
@@ -276,7 +278,8 @@ def test_the_documented_losses_drawn_are_the_ones_docs_reference_runs_md_gives()
 def test_without_matplotlib_the_report_says_how_to_get_the_picture(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    monkeypatch.delitem(sys.modules, "report_plot", raising=False)
+    monkeypatch.delitem(sys.modules, "training.report_plot", raising=False)
+    monkeypatch.delattr(training, "report_plot", raising=False)  # imported before: the package holds it too
     run, text = write_run(tmp_path, documented_run(), CONFIG)
     assert "No picture: matplotlib is not installed (`pip install matplotlib`" in text
     assert "report.png" not in os.listdir(run)

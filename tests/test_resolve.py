@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from memory import GiB, Way
-from resolve import Machine, resolve
-from train_config import LOSS_CHUNK, ConfigError, TrainConfig
+from training.memory import GiB, Way
+from training.resolve import Machine, resolve
+from training.config import LOSS_CHUNK, ConfigError, TrainConfig
 
 VOCAB = 50257
 CPU = Machine("cpu", 1, native_bf16=False)

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-import run_lock
+from storage import run_lock
 from conftest import ROOT
 
-HOLD = ("import sys, time; sys.path.insert(0, {root!r}); import run_lock\n"
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from storage import run_lock\n"
         "lock = run_lock.acquire({run!r})\n"
         "print('held', flush=True)\n"
         "time.sleep(float(sys.argv[1]))\n")

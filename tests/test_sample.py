@@ -8,11 +8,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from checkpoint import save_checkpoint  # noqa: E402
+from storage.checkpoint import save_checkpoint  # noqa: E402
 from model import GPT, GPTConfig, KVCache  # noqa: E402
 from sample import IncrementalDecoder, generate, main, sample_next  # noqa: E402
-from tokenizer import EOT_TEXT, load_tokenizer  # noqa: E402
-from weights import resolve_checkpoint  # noqa: E402
+from text.tokenizer import EOT_TEXT, load_tokenizer  # noqa: E402
+from storage.weights import resolve_checkpoint  # noqa: E402
 
 CHARS = "".join(sorted("\n !',.:;?abcdefghijklmnopqrstuvwxyzAB"))  # 37; eot is id 37
 VOCAB = len(CHARS) + 1  # not a multiple of 64, so the embedding has padding rows

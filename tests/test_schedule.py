@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from schedule import lr_at
+from training.schedule import lr_at
 
 
 def test_warmup_starts_above_zero_and_reaches_peak():

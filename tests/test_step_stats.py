@@ -3,8 +3,8 @@ import time
 
 import torch
 
-from stopping import Stop
-from step_stats import HostCopies, StepResult, StepValues, StepWatch, Throughput, describe_event
+from training.stopping import Stop
+from training.step_stats import HostCopies, StepResult, StepValues, StepWatch, Throughput, describe_event
 
 
 def values(loss, grad_norm, applied):

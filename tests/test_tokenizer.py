@@ -9,8 +9,8 @@ import pytest
 import tiktoken
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tokenizer as T  # noqa: E402
-from tokenizer import get_tokenizer, load_tokenizer  # noqa: E402
+from text import tokenizer as T  # noqa: E402
+from text.tokenizer import get_tokenizer, load_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,15 @@ import time
 import pytest
 import torch
 
-import checkpoint as ckpt
+from storage import checkpoint as ckpt
 import train
 from conftest import ROOT, TEXT, WITH_FAULTS, flip_a_bit, records, run_dir_of, tmpfs, write_dataset
-from loader import GPT2_META, load_meta
+from text.loader import GPT2_META, load_meta
 from model import count_params
-from resolve import Machine, resolve
-from run_lock import RunFolderBusy
-from stopping import Stop
-from train_config import ConfigError, load_config
+from training.resolve import Machine, resolve
+from storage.run_lock import RunFolderBusy
+from training.stopping import Stop
+from training.config import ConfigError, load_config
 
 
 
@@ -243,7 +243,7 @@ def test_stale_temp_files_are_removed(tiny_args):
 # ---- train_step on its own ----------------------------------------------------------------
 
 def _tiny_step_setup(seed=0):
-    from distributed import Dist
+    from parallel.distributed import Dist
     from model import GPT, GPTConfig
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16))

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-import checkpoint as ckpt
-import weights
+from storage import checkpoint as ckpt
+from storage import weights
 from conftest import flip_a_bit, flip_a_bit_in_member
 from model import GPT, GPTConfig
 

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import torch
 
-from tokenizer import GPT2_EOT_ID, get_tokenizer
+from text.tokenizer import GPT2_EOT_ID, get_tokenizer
 
 SPLITS = {"train": 0, "val": 1}
 INCOMPLETE_MARKER = ".incomplete"  # prepare_data.py holds it while it writes a dataset

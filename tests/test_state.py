@@ -1,6 +1,6 @@
 import math
 
-from train_state import TrainState
+from training.state import TrainState
 
 
 def test_evaluations_track_the_best_and_patience():

@@ -3,7 +3,7 @@ run saves a checkpoint where it stopped. decide() is the one place a step's outc
 a reason; train.py acts on it and TrainConfig.should_save reads it."""
 import enum
 
-from preemption import EXIT_PREEMPTED
+from parallel.preemption import EXIT_PREEMPTED
 
 
 class Stop(enum.Enum):

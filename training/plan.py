@@ -7,12 +7,12 @@ assumed MFU on A100 and H100.
 """
 import torch
 
-from devices import PEAK_FLOPS
-from memory import (CHECKPOINTING_NAMES, RESERVE_GIB, WAYS, GiB, Way, checkpoint_bytes, estimate, fits,
+from parallel.devices import PEAK_FLOPS
+from training.memory import (CHECKPOINTING_NAMES, RESERVE_GIB, WAYS, GiB, Way, checkpoint_bytes, estimate, fits,
                     fp8_weight_count, param_counts)
 from model import GPT, count_params, float8_layers, flops_per_token, n_linear
-from resolve import Machine, resolve
-from train_config import TrainConfig
+from training.resolve import Machine, resolve
+from training.config import TrainConfig
 
 
 def cost_parts(n_stored: int, world_size: int, accumulation: int, half: bool) -> dict:
@@ -36,7 +36,15 @@ def way_costs(way: Way, parts: dict) -> str:
     return "; ".join(parts[part] for part in way.parts) or "none"
 
 
-def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: int | None) -> dict:
+def _drawn(train_tokens, total_tokens: int) -> list:
+    """What a run draws from each dataset: train_tokens is one dataset's count (None:
+    unknown), or {data_dir: (weight, its train tokens or None)} of a mixture."""
+    data = train_tokens if isinstance(train_tokens, dict) else {"": (1.0, train_tokens)}
+    return [dict(data_dir=d, weight=w, tokens=total_tokens * w, train_tokens=n,
+                 epochs=total_tokens * w / n if n else None) for d, (w, n) in data.items()]
+
+
+def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) -> dict:
     """Everything --dry_run prints, as plain numbers (format_plan renders it). The config is
     resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it."""
     if world_size < 1:
@@ -47,6 +55,7 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
                        cfg.model_config(vocab_size))
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
     n_stored, _ = param_counts(model_cfg)
+    datasets = _drawn(train_tokens, cfg.global_batch_size * model_cfg.block_size * cfg.max_steps)
     accumulation = cfg.accumulation(world_size)
     tokens_per_step = cfg.global_batch_size * model_cfg.block_size
     total_tokens = tokens_per_step * cfg.max_steps
@@ -81,8 +90,9 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens: 
         "params": count_params(model_cfg), "params_non_embedding": count_params(model_cfg, non_embedding=True),
         "global_batch_size": cfg.global_batch_size, "micro_batch_size": cfg.micro_batch_size,
         "accumulation": accumulation, "tokens_per_step": tokens_per_step,
-        "max_steps": cfg.max_steps, "total_tokens": total_tokens, "train_tokens": train_tokens,
-        "epochs": total_tokens / train_tokens if train_tokens else None,
+        "max_steps": cfg.max_steps, "total_tokens": total_tokens, "datasets": datasets,
+        "train_tokens": datasets[0]["train_tokens"] if len(datasets) == 1 else None,
+        "epochs": datasets[0]["epochs"] if len(datasets) == 1 else None,
         "flops_per_token": fpt, "flops_per_step": fpt * tokens_per_step, "total_flops": total_flops,
         "cards_gib": list(cfg.plan_gpu_memory_gib), "ways": ways, "fastest": fastest, "costs": costs,
         "fp8": cfg.fp8, "fp8_layers": len(float8_layers(meta_model)), "linear_layers": n_linear(meta_model),
@@ -140,8 +150,8 @@ def format_plan(plan: dict) -> str:
         return f"  {label + ':':22}{value}"
 
     gpus = plan["world_size"]
-    epochs = (f"{plan['epochs']:.3f} of {plan['train_tokens']:,} train tokens"
-              if plan["epochs"] is not None else "unknown (data not prepared)")
+    epochs = (f"{plan['epochs']:.3f} of {plan['train_tokens']:,} train tokens" if plan["epochs"] is not None
+              else "per dataset:" if len(plan["datasets"]) > 1 else "unknown (data not prepared)")
     precision = ("float32" if plan["dtype"] == "float32"
                  else f"{plan['dtype']} autocast, fp32 master weights"
                  + (", float8 matmuls (--fp8)" if plan["fp8"] else ""))
@@ -163,6 +173,9 @@ def format_plan(plan: dict) -> str:
         row("steps", f"{plan['max_steps']:,}"),
         row("total tokens", f"{plan['total_tokens']:,} ({plan['total_tokens'] / 1e9:,.1f}B)"),
         row("epochs", epochs),
+        *[f"    {d['data_dir']}: weight {d['weight']:.2f}, {d['tokens']:,.0f} tokens, "
+          + (f"{d['epochs']:.3f} epochs of {d['train_tokens']:,}" if d["epochs"] is not None
+             else "epochs unknown (not prepared)") for d in plan["datasets"] if len(plan["datasets"]) > 1],
         "Compute",
         row("FLOPs / token", f"{plan['flops_per_token']:,} (6N + attention)"),
         row("FLOPs / step", f"{plan['flops_per_step']:.4g}"),

@@ -29,7 +29,7 @@ import re
 import numpy as np
 import torch
 
-from distributed import Dist, all_reduce_sum
+from parallel.distributed import Dist, all_reduce_sum
 
 FORMATS = {"hellaswag": ("ctx", "endings"), "generic": ("context", "choices")}  # (context key, choices key)
 METRICS = ("acc", "acc_norm")

@@ -105,6 +105,11 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch_dtype's inverse: the name a config and a record use."""
+    return str(dtype).removeprefix("torch.")
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision for the forward pass; float32 runs without autocast."""
     if dtype == torch.float32:

@@ -17,12 +17,12 @@ import traceback
 import typing
 from dataclasses import dataclass, fields
 
-from devices import check_device_name, check_dtype_name
-from loader import check_data_mix
-from metrics import check_wandb
+from parallel.devices import check_device_name, check_dtype_name
+from text.loader import check_data_mix
+from training.metrics import check_wandb
 from model import GPTConfig, check_preset, checkpointing_value, preset_config
-from multiple_choice import METRICS, TASK_NAME, metric_key
-from stopping import Stop
+from text.multiple_choice import METRICS, TASK_NAME, metric_key
+from training.stopping import Stop
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
 # The loss chunk of an eager run: there chunks were as fast or faster, while under

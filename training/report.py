@@ -11,10 +11,10 @@ import math
 import os
 from datetime import datetime, timezone
 
-from atomic_files import atomic_path, write_text
-from checkpoint import is_step_file
-from multiple_choice import split_metric_key
-from stopping import Stop
+from storage.atomic_files import atomic_path, write_text
+from storage.checkpoint import is_step_file
+from text.multiple_choice import split_metric_key
+from training.stopping import Stop
 
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
 DATASET_LOSS = "val_loss_"  # eval-record keys of each dataset's val loss in a mixture (train.py)
@@ -366,7 +366,7 @@ def draw_picture(run_dir: str, records: list[dict], config: dict | None) -> list
     if not train:
         return []  # render_report says why there is no report
     try:
-        import report_plot
+        from training import report_plot
     except ImportError:
         return [f"No picture: matplotlib is not installed (`pip install matplotlib`, then "
                 f"`python train.py --report={run_dir}`)."]

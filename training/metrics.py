@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 
-from atomic_files import write_text
+from storage.atomic_files import write_text
 
 SCALAR_KINDS = ("train", "eval")
 WANDB_ID_FILE = "wandb_run_id"  # in the run folder: a resumed launch continues the same W&B run

@@ -24,10 +24,10 @@ from dataclasses import asdict, replace
 
 import torch
 
-from checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
-from loader import read_meta_pkl
+from storage.checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
+from text.loader import read_meta_pkl
 from model import GPT, GPTConfig
-from tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
+from text.tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
 
 HF_PREFIX = "transformer."
 # nn.Linear weights (out, in) that Hugging Face's Conv1D stores as (in, out).

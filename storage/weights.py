@@ -4,10 +4,10 @@ our checkpoints (checkpoint.py), a Hugging Face GPT-2 folder or a nanoGPT ckpt.p
 """
 import os
 
-from checkpoint import (best_or_latest, clean_state_dict, load_checkpoint, newest_intact, newest_run,
+from storage.checkpoint import (best_or_latest, clean_state_dict, load_checkpoint, newest_intact, newest_run,
                         nonfinite_weights, step_checkpoints)
-from interop import HF_WEIGHTS, is_hf_folder, load_external
-from loader import load_meta
+from storage.interop import HF_WEIGHTS, is_hf_folder, load_external
+from text.loader import load_meta
 from model import GPT, GPTConfig
 
 

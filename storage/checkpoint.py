@@ -11,7 +11,7 @@ so a resumed run needs none.
 Files in a run folder: checkpoint_step_N.pt (every save_interval and at the end) and
 best_model.pt (whenever val loss improves); the names are written here only.
 
-    python checkpoint.py checkpoints/<run>    # every checkpoint: step, intact / corrupt / no digest
+    python -m storage.checkpoint checkpoints/<run>    # every checkpoint: step, intact / corrupt / no digest
 """
 import contextlib
 import glob
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from atomic_files import atomic_path
+from storage.atomic_files import atomic_path
 
 KIND = "gpt-checkpoint"
 VERSION = 1
@@ -63,7 +63,7 @@ class CorruptCheckpoint(ValueError):
 
     def __init__(self, path: str, what: str, fix: str | None = None):
         self.path, self.what = path, what
-        fix = fix or (f"use another checkpoint (`python checkpoint.py {os.path.dirname(path) or '.'}` "
+        fix = fix or (f"use another checkpoint (`python -m storage.checkpoint {os.path.dirname(path) or '.'}` "
                       f"lists which are intact)")
         super().__init__(f"{path} is corrupt: {what}; {fix}")
 
@@ -435,7 +435,7 @@ def space_warning(run_dir: str, checkpoint_bytes: int, keep_last: int, new_saves
 def main(argv=None) -> int:
     folders = sys.argv[1:] if argv is None else argv
     if not folders or any(a.startswith("-") for a in folders):
-        print("usage: python checkpoint.py RUN_FOLDER [RUN_FOLDER ...]\n"
+        print("usage: python -m storage.checkpoint RUN_FOLDER [RUN_FOLDER ...]\n"
               "lists each checkpoint with its step and state (intact, corrupt, no digest); "
               "exit status 1 when one is corrupt")
         return 0 if folders and folders[0] in ("-h", "--help") else 2

@@ -11,10 +11,10 @@ import math
 
 import torch
 
-from devices import auto_dtype_name, native_bf16, native_fp8
-from memory import GiB, Way, estimate, fits
+from parallel.devices import auto_dtype_name, native_bf16, native_fp8
+from training.memory import GiB, Way, estimate, fits
 from model import TORCHAO_MISSING, TRAINING_FIELDS, GPTConfig
-from train_config import LOSS_CHUNK, ConfigError, TrainConfig
+from training.config import LOSS_CHUNK, ConfigError, TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

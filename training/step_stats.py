@@ -17,7 +17,7 @@ import typing
 
 import torch
 
-from stopping import Stop
+from training.stopping import Stop
 
 SPIKE_WINDOW = 100  # steps whose mean loss a spike is compared with
 SPIKE_MIN_HISTORY = 10  # a mean over fewer steps is too noisy to call anything a spike

@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from multiple_choice import GPT2_HELLASWAG_ACC_NORM, split_metric_key
+from text.multiple_choice import GPT2_HELLASWAG_ACC_NORM, split_metric_key
 
 # The documented runs' loss figures (docs/reference_runs.md, which gives their source and
 # what is wrong with them), by optimizer step. A run is one of them when its model preset,

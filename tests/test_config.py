@@ -5,8 +5,8 @@ import sys
 import pytest
 
 import model
-from stopping import Stop
-from train_config import (MODEL_FIELDS, ConfigError, TrainConfig, help_text, load_config, parse_value,
+from training.stopping import Stop
+from training.config import (MODEL_FIELDS, ConfigError, TrainConfig, help_text, load_config, parse_value,
                           read_config_file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ def test_documented_runs_value_for_value():
 
 
 def test_shipped_documented_configs_plan_as_documented():
-    from plan import make_plan
+    from training.plan import make_plan
     p = load_config([os.path.join(ROOT, "config", "production_8gpu.py")])
     plan = make_plan(p, p.plan_gpus, 50257, None)
     assert (plan["accumulation"], plan["tokens_per_step"], plan["total_tokens"]) == (4, 262_144, 154_828_800_000)

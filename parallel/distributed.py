@@ -17,7 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from devices import configure, pick_device
+from parallel.devices import configure, pick_device
 
 # These torch modules bind `group.WORLD` as a default argument when first imported. Imported
 # after init_process_group they keep the process group, and with it gloo's worker threads,

@@ -20,7 +20,7 @@ def block_activation_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> i
 
     Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
     Models", eq. 1) itemize s*b*h*(34 + 5*a*s/h) bytes for 16-bit activations. Adapted
-    to this model (checked against saved_tensors_hooks in tests/test_plan.py):
+    to this model (checked against saved_tensors_hooks in tests/test_memory.py):
     - no 5*a*s/h term: flash/efficient SDPA keep q, k, v, the output and a logsumexp, never
       the T x T scores; attention-prob dropout is replayed from an RNG seed, no mask;
     - the two LayerNorm inputs are the residual stream, which stays fp32 under autocast

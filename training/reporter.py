@@ -11,10 +11,10 @@ import sys
 
 import torch
 
-from devices import peak_flops
-from metrics import RunLog
-from report import write_report
-from step_stats import StepResult, Throughput, describe_event
+from parallel.devices import peak_flops
+from training.metrics import RunLog
+from training.report import write_report
+from training.step_stats import StepResult, Throughput, describe_event
 
 
 class Reporter:

