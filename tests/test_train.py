@@ -24,7 +24,7 @@ def test_a_run_logs_evaluates_saves_and_reports(tiny_args):
     assert steps == list(range(6))  # the loss of each step's batch; the final row is the final eval's
     assert [r["step"] for r in records(run, "eval")] == [0, 3, 6]
     assert sorted(os.listdir(run)) == sorted(["best_model.pt", "checkpoint_step_3.pt", "checkpoint_step_6.pt",
-                                              "config.json", "metrics.jsonl", "report.md"])
+                                              "config.json", "metrics.jsonl", "report.md", "report.png"])
     losses = [r["loss"] for r in records(run, "train")]
     assert losses[-1] < losses[0]
     saved = ckpt.load_checkpoint(os.path.join(run, "checkpoint_step_6.pt"))
