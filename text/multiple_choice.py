@@ -8,7 +8,7 @@ How a choice is scored, as llm.c and build-nanogpt score HellaSwag (GPT-2 124M: 
 tokens, each given everything before it, is summed: acc counts the examples whose highest
 sum is the label's; acc_norm divides each sum by the choice's token count first.
 Where lm-evaluation-harness's `hellaswag` differs (its GPT-2 124M figures, acc 0.2892 and
-acc_norm 0.3114, are not comparable with these):
+acc_norm 0.3114 as build-nanogpt's hellaswag.py quotes them, are not comparable with these):
 - it rewrites the text: the context becomes activity_label + ": " + ctx_a + " " +
   ctx_b.capitalize(), and WikiHow's "[title]"-style markers and double spaces are removed
   from context and endings; here "ctx" and "endings" are scored as the file has them;
