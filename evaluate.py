@@ -14,6 +14,7 @@ autocast (--dtype). Prints a table and writes --out (JSON: each task's acc, acc_
 examples and speed; --per_example adds every example's scores). How choices are scored,
 and where that differs from lm-evaluation-harness: multiple_choice.py.
 """
+
 import argparse
 import os
 import re
@@ -22,12 +23,13 @@ import time
 
 import torch
 
-from text import multiple_choice as mc
-from storage.atomic_files import write_json
 from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
+from storage.atomic_files import write_json
+from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from text import multiple_choice as mc
 from text.tokenizer import load_tokenizer
 from training.config import LOSS_CHUNK
-from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+
 
 def task_spec(value: str) -> tuple:
     """(name, path) from NAME:PATH or PATH (named after the file's stem)."""
@@ -39,22 +41,49 @@ def task_spec(value: str) -> tuple:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Score a checkpoint on multiple-choice tasks (HellaSwag and the like).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT ckpt.pt "
-                        "(default: best of the newest run in checkpoints/)")
-    p.add_argument("--task", action="append", required=True, type=task_spec, metavar="[NAME:]PATH",
-                   help="a jsonl task file: HellaSwag's (ctx, endings, label) or (context, choices, label); repeatable")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N examples of each task (0: all)")
-    p.add_argument("--subset", type=int, default=0,
-                   help="score a fixed subset of N examples spread over each file (0: all)")
-    p.add_argument("--batch_tokens", type=int, default=mc.BATCH_TOKENS,
-                   help="tokens per forward (rows x longest row); lower it if memory runs out")
+    p = argparse.ArgumentParser(
+        description="Score a checkpoint on multiple-choice tasks (HellaSwag and the like).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT ckpt.pt "
+        "(default: best of the newest run in checkpoints/)",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        type=task_spec,
+        metavar="[NAME:]PATH",
+        help="a jsonl task file: HellaSwag's (ctx, endings, label) or (context, choices, label); repeatable",
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="score only the first N examples of each task (0: all)"
+    )
+    p.add_argument(
+        "--subset",
+        type=int,
+        default=0,
+        help="score a fixed subset of N examples spread over each file (0: all)",
+    )
+    p.add_argument(
+        "--batch_tokens",
+        type=int,
+        default=mc.BATCH_TOKENS,
+        help="tokens per forward (rows x longest row); lower it if memory runs out",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 autocast on a GPU, fp32 on a CPU")
-    p.add_argument("--out", default="evaluation.json", help="the JSON results file (written whole or not at all)")
-    p.add_argument("--per_example", action="store_true", help="add each example's log-likelihoods to the JSON")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="auto: bf16 autocast on a GPU, fp32 on a CPU"
+    )
+    p.add_argument(
+        "--out", default="evaluation.json", help="the JSON results file (written whole or not at all)"
+    )
+    p.add_argument(
+        "--per_example", action="store_true", help="add each example's log-likelihoods to the JSON"
+    )
     p.add_argument("--out_dir", default="checkpoints", help="where to look for runs without --checkpoint")
     args = p.parse_args(argv)
     if args.limit < 0 or args.subset < 0:
@@ -65,7 +94,9 @@ def parse_args(argv=None):
         p.error(f"--batch_tokens must be >= 1, got {args.batch_tokens}")
     names = [name for name, _ in args.task]
     if len(set(names)) < len(names):
-        p.error(f"two tasks are named {next(n for n in names if names.count(n) > 1)!r}; name them: --task=NAME:PATH")
+        p.error(
+            f"two tasks are named {next(n for n in names if names.count(n) > 1)!r}; name them: --task=NAME:PATH"
+        )
     return args
 
 
@@ -86,11 +117,26 @@ def run_task(model, examples: list, args, tok, device, ctx) -> dict:
     start = time.perf_counter()
     scored = mc.score_examples(model, encoded, device, ctx, args.batch_tokens)
     seconds = time.perf_counter() - start
-    result = dict(mc.accuracy(scored), of=len(examples), selection=selection(args, len(examples)),
-                  seconds=seconds, examples_per_s=len(scored) / seconds if seconds else None, encode_s=encode_s)
+    result = dict(
+        mc.accuracy(scored),
+        of=len(examples),
+        selection=selection(args, len(examples)),
+        seconds=seconds,
+        examples_per_s=len(scored) / seconds if seconds else None,
+        encode_s=encode_s,
+    )
     if args.per_example:
-        result["per_example"] = [dict(index=s.index, label=s.label, pred=s.pred, pred_norm=s.pred_norm,
-                                      logprobs=list(s.logprobs), tokens=list(s.tokens)) for s in scored]
+        result["per_example"] = [
+            dict(
+                index=s.index,
+                label=s.label,
+                pred=s.pred,
+                pred_norm=s.pred_norm,
+                logprobs=list(s.logprobs),
+                tokens=list(s.tokens),
+            )
+            for s in scored
+        ]
     return result
 
 
@@ -98,8 +144,10 @@ def table(results: dict) -> str:
     lines = ["| task | examples | acc | acc_norm | seconds | examples/s |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         speed = f"{r['examples_per_s']:,.1f}" if r["examples_per_s"] else "-"
-        lines.append(f"| {name} | {r['examples']:,} of {r['of']:,} | {r['acc']:.4f} | {r['acc_norm']:.4f} | "
-                     f"{r['seconds']:.1f} | {speed} |")
+        lines.append(
+            f"| {name} | {r['examples']:,} of {r['of']:,} | {r['acc']:.4f} | {r['acc_norm']:.4f} | "
+            f"{r['seconds']:.1f} | {speed} |"
+        )
     return "\n".join(lines)
 
 
@@ -118,15 +166,28 @@ def main(argv=None) -> dict:
     model.config.loss_chunk = model.config.loss_chunk or LOSS_CHUNK
     step = ckpt.get("step")
     del ckpt  # the optimizer state can be as large as the model again
-    print(f"evaluating {path} (step {step}), {model.num_params() / 1e6:.2f}M params, {tok.name} tokenizer, "
-          f"{device}, {dtype_name(dtype)}", file=sys.stderr)
-    results = {name: dict(path=task_path, **run_task(model, tasks[name], args, tok, device, autocast(device, dtype)))
-               for name, task_path in args.task}
-    out = dict(checkpoint=path, step=step, params=model.num_params(), tokenizer=tok.name, device=str(device),
-               dtype=dtype_name(dtype), torch=torch.__version__, batch_tokens=args.batch_tokens,
-               scoring="completion style, as llm.c and build-nanogpt: context tokens, then the tokens of "
-                       "' ' + choice; acc: highest summed log-likelihood, acc_norm: highest per token",
-               tasks=results)
+    print(
+        f"evaluating {path} (step {step}), {model.num_params() / 1e6:.2f}M params, {tok.name} tokenizer, "
+        f"{device}, {dtype_name(dtype)}",
+        file=sys.stderr,
+    )
+    results = {
+        name: dict(path=task_path, **run_task(model, tasks[name], args, tok, device, autocast(device, dtype)))
+        for name, task_path in args.task
+    }
+    out = dict(
+        checkpoint=path,
+        step=step,
+        params=model.num_params(),
+        tokenizer=tok.name,
+        device=str(device),
+        dtype=dtype_name(dtype),
+        torch=torch.__version__,
+        batch_tokens=args.batch_tokens,
+        scoring="completion style, as llm.c and build-nanogpt: context tokens, then the tokens of "
+        "' ' + choice; acc: highest summed log-likelihood, acc_norm: highest per token",
+        tasks=results,
+    )
     print(table(results))
     write_json(args.out, out)
     print(f"wrote {args.out}", file=sys.stderr)

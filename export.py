@@ -21,6 +21,7 @@ GPT-2-tokenized models, AutoTokenizer.from_pretrained(folder). It holds:
                           in text is text, as in training
 The folder appears complete or not at all (written beside it, then renamed).
 """
+
 import argparse
 import contextlib
 import json
@@ -30,32 +31,45 @@ import sys
 
 import torch
 
+from model import TRAINING_FIELDS, GPTConfig
 from storage.atomic_files import atomic_path
 from storage.checkpoint import KIND
 from storage.interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
-from model import TRAINING_FIELDS, GPTConfig
-from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
 from storage.weights import load_weights, resolve_checkpoint, tokenizer_meta
+from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
 
 SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GPTConfig fields and what GPT-2's format does with them; any other field is an error,
 # because a field export.py does not know may change what the model computes.
-KNOWN_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden",
-                "bias",  # bias=False exports zero biases: the same function
-                "gelu_approximate", "pad_vocab_multiple", *TRAINING_FIELDS}
+KNOWN_FIELDS = {
+    "vocab_size",
+    "block_size",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "mlp_hidden",
+    "bias",  # bias=False exports zero biases: the same function
+    "gelu_approximate",
+    "pad_vocab_multiple",
+    *TRAINING_FIELDS,
+}
 
 
 def model_config(saved: dict) -> GPTConfig:
     """The checkpoint's GPTConfig, refusing fields GPT-2's format cannot express."""
     unknown = sorted(set(saved) - KNOWN_FIELDS)
     if unknown:
-        raise ValueError(f"model field {unknown[0]}={saved[unknown[0]]!r} has no GPT-2 equivalent; "
-                         f"export.py cannot express it in Hugging Face's GPT-2 format")
+        raise ValueError(
+            f"model field {unknown[0]}={saved[unknown[0]]!r} has no GPT-2 equivalent; "
+            f"export.py cannot express it in Hugging Face's GPT-2 format"
+        )
     gelu = saved.get("gelu_approximate", "tanh")
     if gelu not in GELU_TO_HF:
-        raise ValueError(f"model field gelu_approximate={gelu!r} has no GPT-2 activation; "
-                         f"export supports {sorted(GELU_TO_HF)}")
+        raise ValueError(
+            f"model field gelu_approximate={gelu!r} has no GPT-2 activation; "
+            f"export supports {sorted(GELU_TO_HF)}"
+        )
     return GPTConfig(**saved)
 
 
@@ -63,18 +77,30 @@ def hf_config(cfg: GPTConfig, eot_id: int | None, dtype: str) -> dict:
     mlp = cfg.mlp_dim
     gelu = cfg.gelu_approximate
     return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
         "n_ctx": cfg.block_size,  # older readers (llama.cpp's converter) take the context from n_ctx
-        "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
         "n_inner": None if mlp == 4 * cfg.n_embd else mlp,
-        "activation_function": GELU_TO_HF[gelu], "layer_norm_epsilon": LAYER_NORM_EPS,
-        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
-        "initializer_range": 0.02, "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True, "use_cache": True,
-        "bos_token_id": eot_id, "eos_token_id": eot_id,
-        "torch_dtype": dtype, "dtype": dtype,  # transformers 4 reads the first, 5 the second
+        "activation_function": GELU_TO_HF[gelu],
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": dtype,
+        "dtype": dtype,  # transformers 4 reads the first, 5 the second
     }
 
 
@@ -88,23 +114,34 @@ def tokenizer_files(tok, block_size: int) -> tuple[dict, str]:
             files["vocab.json"] = fh.read()
         with open(vocab_bpe, "rb") as fh:
             files["merges.txt"] = fh.read()
-        config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size,
-                  "bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT,
-                  "add_prefix_space": False, "add_bos_token": False, "errors": "replace",
-                  # Training data spells a literal "<|endoftext|>" out as text (tiktoken's
-                  # encode_ordinary); the end-of-text id only separates documents.
-                  "split_special_tokens": True,
-                  "clean_up_tokenization_spaces": False}  # decode gives back the text exactly
+        config = {
+            "tokenizer_class": "GPT2Tokenizer",
+            "model_max_length": block_size,
+            "bos_token": EOT_TEXT,
+            "eos_token": EOT_TEXT,
+            "unk_token": EOT_TEXT,
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            "errors": "replace",
+            # Training data spells a literal "<|endoftext|>" out as text (tiktoken's
+            # encode_ordinary); the end-of-text id only separates documents.
+            "split_special_tokens": True,
+            "clean_up_tokenization_spaces": False,
+        }  # decode gives back the text exactly
         files["tokenizer_config.json"] = _json_bytes(config)
         note = "tokenizer: GPT-2's (vocab.json, merges.txt, tokenizer_config.json)"
     elif tok.name == "char":
         meta["vocab"] = {c: i for i, c in enumerate(tok.chars)} | {EOT_TEXT: tok.eot_id}
-        note = (f"tokenizer: no Hugging Face tokenizer fits a character-level model, so none was "
-                f"written; the vocabulary is in {TOKENIZER_META} (\"vocab\": character -> id, "
-                f"{EOT_TEXT} is id {tok.eot_id})")
+        note = (
+            f"tokenizer: no Hugging Face tokenizer fits a character-level model, so none was "
+            f"written; the vocabulary is in {TOKENIZER_META} (\"vocab\": character -> id, "
+            f"{EOT_TEXT} is id {tok.eot_id})"
+        )
     else:
-        note = (f"tokenizer: no Hugging Face tokenizer files for tiktoken's {tok.name!r}; tokenize "
-                f"with tiktoken.get_encoding({tok.name!r}), whose ids the model uses")
+        note = (
+            f"tokenizer: no Hugging Face tokenizer files for tiktoken's {tok.name!r}; tokenize "
+            f"with tiktoken.get_encoding({tok.name!r}), whose ids the model uses"
+        )
     files[TOKENIZER_META] = _json_bytes(meta)
     return files, note
 
@@ -117,8 +154,10 @@ def hf_tensors(state: dict, cfg: GPTConfig, dtype_name: str) -> dict:
     tensors = to_hf_state_dict(state, cfg, DTYPES[dtype_name])
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
-            raise ValueError(f"{name} has values that overflow {dtype_name} (or were not finite in "
-                             f"the checkpoint); export with --dtype=bfloat16 or float32")
+            raise ValueError(
+                f"{name} has values that overflow {dtype_name} (or were not finite in "
+                f"the checkpoint); export with --dtype=bfloat16 or float32"
+            )
     return tensors
 
 
@@ -132,8 +171,10 @@ def check_out(out: str):
     if not os.path.isdir(parent):
         raise ValueError(f"cannot create {out}: {parent} is a file, not a folder; pick another --out")
     if not os.access(parent, os.W_OK):  # a read-only filesystem says so even to root
-        raise ValueError(f"cannot create {out}: {parent} is not writable (a read-only filesystem, or "
-                         f"its permissions); pick another --out")
+        raise ValueError(
+            f"cannot create {out}: {parent} is not writable (a read-only filesystem, or "
+            f"its permissions); pick another --out"
+        )
 
 
 class ExportWriteError(OSError):
@@ -161,8 +202,10 @@ def write_folder(out: str, files: dict, tensors: dict):
             shutil.copymode(os.path.join(tmp, "config.json"), path)
         os.replace(tmp, out)  # also replaces an empty folder of that name
     except OSError as e:
-        raise ExportWriteError(f"could not write {out} ({e.strerror or e}); nothing was left there: "
-                               f"make room, or pick another --out, and export again") from e
+        raise ExportWriteError(
+            f"could not write {out} ({e.strerror or e}); nothing was left there: "
+            f"make room, or pick another --out, and export again"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     with contextlib.suppress(OSError):  # make the rename durable
@@ -175,12 +218,18 @@ def source_record(ckpt: dict, path: str | None) -> dict:
     """Where an export came from: the checkpoint, its step, and the digest it was verified
     against (checkpoint.digest's "content", which `python -m storage.checkpoint RUN` lists)."""
     digest = ckpt.get("digest")
-    record = {"checkpoint": os.path.abspath(path) if path else None,
-              "format": (ckpt.get("source") or {}).get("format", KIND), "step": ckpt.get("step"),
-              "sha256": digest["content"] if digest else None}
+    record = {
+        "checkpoint": os.path.abspath(path) if path else None,
+        "format": (ckpt.get("source") or {}).get("format", KIND),
+        "step": ckpt.get("step"),
+        "sha256": digest["content"] if digest else None,
+    }
     if not digest:
-        record["note"] = ("a Hugging Face or nanoGPT source carries no digest of ours" if ckpt.get("source")
-                          else "the checkpoint was saved before checkpoints carried a digest")
+        record["note"] = (
+            "a Hugging Face or nanoGPT source carries no digest of ours"
+            if ckpt.get("source")
+            else "the checkpoint was saved before checkpoints carried a digest"
+        )
     return record
 
 
@@ -190,8 +239,10 @@ def export(ckpt: dict, out: str, dtype: str = "float32", source: str | None = No
     cfg = model_config(ckpt["model_config"])
     tok = load_tokenizer(tokenizer_meta(ckpt))
     if cfg.vocab_size > tok.n_vocab:
-        raise ValueError(f"the model predicts {cfg.vocab_size} ids but its {tok.name} tokenizer "
-                         f"has {tok.n_vocab}; the checkpoint's tokenizer entry does not belong to it")
+        raise ValueError(
+            f"the model predicts {cfg.vocab_size} ids but its {tok.name} tokenizer "
+            f"has {tok.n_vocab}; the checkpoint's tokenizer entry does not belong to it"
+        )
     # An end-of-text id the model cannot predict (a nanoGPT char model's) is no use as bos/eos.
     eot = tok.eot_id if tok.eot_id < cfg.vocab_size else None
     files, note = tokenizer_files(tok, cfg.block_size)
@@ -202,25 +253,37 @@ def export(ckpt: dict, out: str, dtype: str = "float32", source: str | None = No
     tensors = hf_tensors(ckpt["model"], cfg, dtype)
     write_folder(out, files, tensors)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
-    lines = [f"wrote {out}: GPT-2 {cfg.n_layer} x {cfg.n_embd}, MLP {cfg.mlp_dim}, "
-             f"context {cfg.block_size}, vocab {cfg.vocab_size:,}, {dtype} weights ({size / 2**20:,.1f} MiB)",
-             note, f"source: {record['checkpoint']}, step {record['step']}, "
-                   f"{'sha256 ' + record['sha256'] if record['sha256'] else 'no digest'} ({SOURCE_FILE})"]
+    lines = [
+        f"wrote {out}: GPT-2 {cfg.n_layer} x {cfg.n_embd}, MLP {cfg.mlp_dim}, "
+        f"context {cfg.block_size}, vocab {cfg.vocab_size:,}, {dtype} weights ({size / 2**20:,.1f} MiB)",
+        note,
+        f"source: {record['checkpoint']}, step {record['step']}, "
+        f"{'sha256 ' + record['sha256'] if record['sha256'] else 'no digest'} ({SOURCE_FILE})",
+    ]
     if cfg.mlp_dim != 4 * cfg.n_embd:
-        lines.append(f"note: n_inner={cfg.mlp_hidden}: transformers and vLLM read it; llama.cpp's "
-                     f"GPT-2 converter assumes a 4x MLP and needs a patch for this model")
+        lines.append(
+            f"note: n_inner={cfg.mlp_hidden}: transformers and vLLM read it; llama.cpp's "
+            f"GPT-2 converter assumes a 4x MLP and needs a patch for this model"
+        )
     if getattr(cfg, "gelu_approximate", "tanh") == "none":
-        lines.append("note: activation_function=gelu (exact, as nanoGPT): transformers computes it "
-                     "exactly; llama.cpp's GPT-2 uses the tanh form")
+        lines.append(
+            "note: activation_function=gelu (exact, as nanoGPT): transformers computes it "
+            "exactly; llama.cpp's GPT-2 uses the tanh form"
+        )
     return lines
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Export a checkpoint as a Hugging Face GPT-2 folder.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file, run folder, Hugging Face folder or nanoGPT ckpt.pt "
-                        "(default: best of the newest run in checkpoints/)")
+    p = argparse.ArgumentParser(
+        description="Export a checkpoint as a Hugging Face GPT-2 folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file, run folder, Hugging Face folder or nanoGPT ckpt.pt "
+        "(default: best of the newest run in checkpoints/)",
+    )
     p.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights' dtype in the file")
     p.add_argument("--out_dir", default="checkpoints", help="where to look for runs without --checkpoint")
@@ -235,8 +298,10 @@ def main(argv=None):
     print(f"exporting {path} (step {ckpt.get('step')})", file=sys.stderr)
     for line in export(ckpt, args.out, args.dtype, source=path):
         print(line)
-    print(f"check it: python -c \"from transformers import GPT2LMHeadModel; "
-          f"GPT2LMHeadModel.from_pretrained('{args.out}')\"")
+    print(
+        f"check it: python -c \"from transformers import GPT2LMHeadModel; "
+        f"GPT2LMHeadModel.from_pretrained('{args.out}')\""
+    )
 
 
 def cli(argv=None):

@@ -4,6 +4,7 @@ Read top to bottom: GPTConfig and PRESETS, the blocks and how they are recompute
 (activation checkpointing), the chunked loss and compile, float8 training (--fp8), then GPT
 with its bookkeeping (parameter counts, optimizer groups, FLOPs per token).
 """
+
 import functools
 import math
 from dataclasses import dataclass, fields, replace
@@ -38,11 +39,15 @@ class GPTConfig:
     def __post_init__(self):
         self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                             f"pick n_head from the divisors of n_embd")
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                f"pick n_head from the divisors of n_embd"
+            )
         if self.gelu_approximate not in ("tanh", "none"):
-            raise ValueError(f"gelu_approximate must be 'tanh' (GPT-2) or 'none' (exact GELU), "
-                             f"got {self.gelu_approximate!r}")
+            raise ValueError(
+                f"gelu_approximate must be 'tanh' (GPT-2) or 'none' (exact GELU), "
+                f"got {self.gelu_approximate!r}"
+            )
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -86,8 +91,10 @@ def checkpointing_value(value) -> bool | str:
     value = "full" if value is True else value
     if isinstance(value, (bool, str)) and value in ACTIVATION_CHECKPOINTING:
         return value
-    raise ValueError(f"activation_checkpointing must be one of {', '.join(map(repr, ACTIVATION_CHECKPOINTING))} "
-                     f"(True means 'full'), got {value!r}")
+    raise ValueError(
+        f"activation_checkpointing must be one of {', '.join(map(repr, ACTIVATION_CHECKPOINTING))} "
+        f"(True means 'full'), got {value!r}"
+    )
 
 
 def check_preset(name: str):
@@ -147,10 +154,10 @@ class CausalSelfAttention(nn.Module):
         mask, causal = None, True
         if cache is not None:
             start = cache.pos
-            cache.k[layer][:B, :, start:start + T] = k
-            cache.v[layer][:B, :, start:start + T] = v
-            k = cache.k[layer][:B, :, :start + T]
-            v = cache.v[layer][:B, :, :start + T]
+            cache.k[layer][:B, :, start : start + T] = k
+            cache.v[layer][:B, :, start : start + T] = v
+            k = cache.k[layer][:B, :, : start + T]
+            v = cache.v[layer][:B, :, : start + T]
             if start > 0:
                 # Queries sit at positions start..start+T-1: each sees every key up to its own
                 # position. SDPA's is_causal aligns top-left, which is wrong when T < keys.
@@ -159,8 +166,13 @@ class CausalSelfAttention(nn.Module):
                     qpos = torch.arange(start, start + T, device=x.device)[:, None]
                     mask = torch.arange(start + T, device=x.device)[None, :] <= qpos
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0)
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.c_proj(y))
 
@@ -201,9 +213,17 @@ def _ops(*names: str) -> list:
 # but keeping every matmul's output where it recomputes every other one.
 # Everything else a block computes (layer norms, GELU, dropout, casts, residual adds) is
 # recomputed in backward: elementwise work, cheap beside the matmuls it feeds.
-SELECTIVE_SAVE_OPS = _ops("mm", "addmm", "bmm", "_scaled_mm", "max", "_scaled_dot_product_flash_attention",
-                          "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-                          "_scaled_dot_product_flash_attention_for_cpu")
+SELECTIVE_SAVE_OPS = _ops(
+    "mm",
+    "addmm",
+    "bmm",
+    "_scaled_mm",
+    "max",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+)
 
 
 def checkpointed(block: nn.Module, x, how: str):
@@ -211,8 +231,12 @@ def checkpointed(block: nn.Module, x, how: str):
     the outputs of SELECTIVE_SAVE_OPS ("selective"). The RNG state is replayed, so dropout
     draws the same masks."""
     if how == "selective":
-        return checkpoint(block, x, use_reentrant=False,
-                          context_fn=functools.partial(create_selective_checkpoint_contexts, SELECTIVE_SAVE_OPS))
+        return checkpoint(
+            block,
+            x,
+            use_reentrant=False,
+            context_fn=functools.partial(create_selective_checkpoint_contexts, SELECTIVE_SAVE_OPS),
+        )
     return checkpoint(block, x, use_reentrant=False)
 
 
@@ -259,13 +283,18 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         count = (targets != -1).sum().clamp(min=1)
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32) if want_grads else None
-        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grads else None
+        grad_hidden = (
+            torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32) if want_grads else None
+        )
+        grad_weight = (
+            torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if want_grads else None
+        )
         w = weight.to(dtype)
         for start in range(0, hidden.size(0), chunk):
             end = start + chunk
-            loss_sum, g_hidden, g_weight = step(hidden[start:end].to(dtype), w, targets[start:end],
-                                                vocab_size, want_grads)
+            loss_sum, g_hidden, g_weight = step(
+                hidden[start:end].to(dtype), w, targets[start:end], vocab_size, want_grads
+            )
             total += loss_sum
             if want_grads:
                 grad_hidden[start:end] = g_hidden
@@ -281,8 +310,14 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
-        return ((grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype),
-                None, None, None, None)
+        return (
+            (grad_hidden * grad_loss).to(hidden_dtype),
+            (grad_weight * grad_loss).to(weight_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 @torch.compiler.disable
@@ -303,7 +338,10 @@ def compile_model(model: "GPT") -> nn.Module:
 
 # ---- float8 training (--fp8) -------------------------------------------------------------
 
-TORCHAO_MISSING = "--fp8 trains through torchao's float8, which is not installed: pip install -r requirements-fp8.txt"
+TORCHAO_MISSING = (
+    "--fp8 trains through torchao's float8, which is not installed: pip install torchao "
+    "(the release made for your torch, e.g. torchao==0.18.* for torch 2.13)"
+)
 
 
 def float8_worth_it(module: nn.Module, name: str) -> bool:
@@ -341,7 +379,9 @@ def to_float8(model: nn.Module, layers: list[str] | None = None) -> list[str]:
     except ImportError as e:
         raise ValueError(TORCHAO_MISSING) from e
     chosen = float8_layers(model) if layers is None else list(layers)
-    convert_to_float8_training(model, config=Float8LinearConfig(), module_filter_fn=lambda m, fqn: fqn in chosen)
+    convert_to_float8_training(
+        model, config=Float8LinearConfig(), module_filter_fn=lambda m, fqn: fqn in chosen
+    )
     return chosen
 
 
@@ -387,8 +427,10 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the context "
-                             f"block_size={self.config.block_size}")
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the context "
+                f"block_size={self.config.block_size}"
+            )
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
@@ -406,14 +448,21 @@ class GPT(nn.Module):
         elif 0 < self.config.loss_chunk < x.shape[0] * x.shape[1]:
             # the logits of a long micro-batch are the largest tensor of a step (43 GiB for
             # 32 x 2,048 x 50,257 in fp32): never hold them all; no logits are returned
-            loss = chunked_cross_entropy(x.reshape(-1, x.size(-1)), self.wte.weight, targets.reshape(-1),
-                                         self.config.vocab_size, self.config.loss_chunk, self.chunk_step)
+            loss = chunked_cross_entropy(
+                x.reshape(-1, x.size(-1)),
+                self.wte.weight,
+                targets.reshape(-1),
+                self.config.vocab_size,
+                self.config.loss_chunk,
+                self.chunk_step,
+            )
             return None, loss
-        logits = F.linear(x, self.wte.weight)[..., :self.config.vocab_size]
+        logits = F.linear(x, self.wte.weight)[..., : self.config.vocab_size]
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+        )
         return logits, loss
 
     def position_losses(self, x, targets):
@@ -424,8 +473,14 @@ class GPT(nn.Module):
         hidden, wanted = x[scored], targets[scored]
         chunk = self.config.loss_chunk or max(1, hidden.size(0))
         vocab = self.config.vocab_size
-        losses = [F.cross_entropy(F.linear(hidden[i:i + chunk], self.wte.weight)[:, :vocab].float(),
-                                  wanted[i:i + chunk], reduction="none") for i in range(0, hidden.size(0), chunk)]
+        losses = [
+            F.cross_entropy(
+                F.linear(hidden[i : i + chunk], self.wte.weight)[:, :vocab].float(),
+                wanted[i : i + chunk],
+                reduction="none",
+            )
+            for i in range(0, hidden.size(0), chunk)
+        ]
         out = torch.zeros(targets.shape, device=x.device, dtype=torch.float32)
         out[scored] = torch.cat(losses) if losses else out.new_zeros(0)
         return out

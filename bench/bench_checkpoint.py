@@ -10,19 +10,17 @@ dropped first with posix_fadvise, as a resume after a reboot or from a network d
 The optimizer state is AdamW's after one step with random gradients: the tensors a
 checkpoint really holds (their values do not change what hashing costs).
 """
+
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from storage import checkpoint as ckpt  # noqa: E402
-from model import GPT, PRESETS, preset_config  # noqa: E402
+from model import GPT, PRESETS, preset_config
+from storage import checkpoint as ckpt
 
 
 def state_of(preset: str) -> dict:
@@ -33,8 +31,13 @@ def state_of(preset: str) -> dict:
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     optimizer.step()
-    return {"step": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "model_config": vars(model.config), "config": {"model": preset}}
+    return {
+        "step": 1,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "model_config": vars(model.config),
+        "config": {"model": preset},
+    }
 
 
 def drop_from_page_cache(path: str):
@@ -78,26 +81,37 @@ def main(argv=None):
         rows["torch.save (no digest)"] = timed(lambda: torch.save(full, plain), args.repeats)
         for temp, drop in (("warm", None), ("cold", lambda: drop_from_page_cache(plain))):
             rows[f"read the file once, {temp}"] = timed(lambda: read_once(plain), args.repeats, drop)
-            rows[f"torch.load, {temp} (no check)"] = timed(lambda: torch.load(plain, weights_only=True),
-                                                           args.repeats, drop)
+            rows[f"torch.load, {temp} (no check)"] = timed(
+                lambda: torch.load(plain, weights_only=True), args.repeats, drop
+            )
         for algorithm in ckpt.HASHES:
             ckpt.DIGEST = algorithm  # what save_checkpoint writes
-            rows[f"{algorithm}: digest alone"] = timed(lambda: ckpt.digest(full, algorithm), args.repeats)
-            rows[f"{algorithm}: save_checkpoint"] = timed(lambda: ckpt.save_checkpoint(obj, ours), args.repeats)
+            rows[f"{algorithm}: digest alone"] = timed(lambda a=algorithm: ckpt.digest(full, a), args.repeats)
+            rows[f"{algorithm}: save_checkpoint"] = timed(
+                lambda: ckpt.save_checkpoint(obj, ours), args.repeats
+            )
             for temp, drop in (("warm", None), ("cold", lambda: drop_from_page_cache(ours))):
                 rows[f"{algorithm}: load_checkpoint, {temp} (verified)"] = timed(
-                    lambda: ckpt.load_checkpoint(ours), args.repeats, drop)
+                    lambda: ckpt.load_checkpoint(ours), args.repeats, drop
+                )
         size = os.path.getsize(plain)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{args.preset}: checkpoint {size / 1e9:.3f} GB, {len(ckpt.digest(full)['tensors'])} tensors, "
-          f"{threads} cores, torch {torch.__version__}; median of {args.repeats}")
+    print(
+        f"{args.preset}: checkpoint {size / 1e9:.3f} GB, {len(ckpt.digest(full)['tensors'])} tensors, "
+        f"{threads} cores, torch {torch.__version__}; median of {args.repeats}"
+    )
     for name, seconds in rows.items():
         print(f"  {name:42} {seconds:7.2f} s")
     for algorithm in ckpt.HASHES:
         for temp in ("warm", "cold"):
-            extra = rows[f"{algorithm}: load_checkpoint, {temp} (verified)"] - rows[f"torch.load, {temp} (no check)"]
+            extra = (
+                rows[f"{algorithm}: load_checkpoint, {temp} (verified)"]
+                - rows[f"torch.load, {temp} (no check)"]
+            )
             read = rows[f"read the file once, {temp}"]
-            print(f"  {algorithm}: verifying adds {extra:.2f} s to a {temp} load = {extra / read:.2f} {temp} reads")
+            print(
+                f"  {algorithm}: verifying adds {extra:.2f} s to a {temp} load = {extra / read:.2f} {temp} reads"
+            )
 
 
 if __name__ == "__main__":

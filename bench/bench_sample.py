@@ -6,17 +6,14 @@
 Random weights are enough: the work per token does not depend on what was learned.
 The goal is a >= 5x speedup for 500 new tokens on CPU; both outputs must be identical.
 """
+
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from model import GPT, GPTConfig, PRESETS  # noqa: E402
-from sample import generate  # noqa: E402
+from model import GPT, PRESETS, GPTConfig
+from sample import generate
 
 
 def timed_generate(model, idx, new_tokens, use_cache):
@@ -27,7 +24,9 @@ def timed_generate(model, idx, new_tokens, use_cache):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="model shape (overrides the fields below)")
+    p.add_argument(
+        "--preset", default=None, choices=sorted(PRESETS), help="model shape (overrides the fields below)"
+    )
     p.add_argument("--n_layer", type=int, default=6)
     p.add_argument("--n_head", type=int, default=6)
     p.add_argument("--n_embd", type=int, default=384)
@@ -46,9 +45,11 @@ def main(argv=None):
     model = GPT(GPTConfig(vocab_size=args.vocab_size, **shape)).to(args.device).eval()
     # A short random prompt: any ids do, and it keeps the bench free of tokenizer files.
     idx = torch.randint(0, args.vocab_size, (1, args.prompt_tokens), device=args.device)
-    print(f"model {shape}, vocab {args.vocab_size}, {model.num_params() / 1e6:.1f}M params; "
-          f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, greedy, "
-          f"{args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"model {shape}, vocab {args.vocab_size}, {model.num_params() / 1e6:.1f}M params; "
+        f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, greedy, "
+        f"{args.device}, {torch.get_num_threads()} threads"
+    )
 
     generate(model, idx, 4, temperature=0.0)  # warm-up: first-call allocations and kernels
     outs, secs = {}, {}
@@ -57,6 +58,7 @@ def main(argv=None):
         print(f"{name:>10}: {secs[name]:7.2f} s  {args.new_tokens / secs[name]:8.1f} new tokens/s")
     assert torch.equal(outs["with cache"], outs["no cache"]), "cached and uncached greedy outputs differ"
     print(f"   speedup: {secs['no cache'] / secs['with cache']:.1f}x (outputs identical)")
+
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ Trains on random GPT-2 token ids in a temp folder (throughput does not depend on
 and prints the mean over the logged steps after the first (which includes compilation).
 Any other --key=value is passed to train.py.
 """
+
 import json
 import os
 import sys
@@ -15,8 +16,7 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
+import train
 
 
 def write_random_tokens(folder: str, n_tokens: int = 20_000_000) -> str:
@@ -39,22 +39,42 @@ def main(argv):
     steps = int(opts.pop("steps", 300))
     with tempfile.TemporaryDirectory() as tmp:
         data = write_random_tokens(os.path.join(tmp, "data"))
-        args = {"data_dir": data, "out_dir": tmp, "run_name": "bench", "model": "gpt2-124m",
-                "max_steps": steps, "warmup_steps": 10, "micro_batch_size": 12, "log_interval": 10,
-                "eval_interval": 10 ** 9, "eval_batches": 0, "save_interval": 0,
-                "tensorboard": False, "progress_bar": False, **opts}
+        args = {
+            "data_dir": data,
+            "out_dir": tmp,
+            "run_name": "bench",
+            "model": "gpt2-124m",
+            "max_steps": steps,
+            "warmup_steps": 10,
+            "micro_batch_size": 12,
+            "log_interval": 10,
+            "eval_interval": 10**9,
+            "eval_batches": 0,
+            "save_interval": 0,
+            "tensorboard": False,
+            "progress_bar": False,
+            **opts,
+        }
         args.setdefault("global_batch_size", args["micro_batch_size"])
         train.main([f"--{k}={v}" for k, v in args.items()])
         with open(os.path.join(tmp, "bench", "metrics.jsonl")) as fh:
             recs = [r for r in map(json.loads, fh) if r["kind"] == "train"][2:-1]
-        start = next(r for r in map(json.loads, open(os.path.join(tmp, "bench", "metrics.jsonl")))
-                     if r["kind"] == "start")
+        start = next(
+            r
+            for r in map(json.loads, open(os.path.join(tmp, "bench", "metrics.jsonl")))
+            if r["kind"] == "start"
+        )
     tok = np.mean([r["tokens_per_s"] for r in recs])
     mfu = [r["mfu"] for r in recs if r["mfu"] is not None]
-    print(f"\n{args['model']} | {start['device']} | {start['dtype']} | compile {args.get('compile', 'auto')} | "
-          f"micro-batch {args['micro_batch_size']} x {start['model_config']['block_size']} tokens")
-    print(f"tokens/s {tok:,.0f} | MFU " + (f"{np.mean(mfu):.1%}" if mfu else "n/a")
-          + f" | peak memory {max(r['peak_mem_gib'] for r in recs):.2f} GiB | over {len(recs)} log intervals")
+    print(
+        f"\n{args['model']} | {start['device']} | {start['dtype']} | compile {args.get('compile', 'auto')} | "
+        f"micro-batch {args['micro_batch_size']} x {start['model_config']['block_size']} tokens"
+    )
+    print(
+        f"tokens/s {tok:,.0f} | MFU "
+        + (f"{np.mean(mfu):.1%}" if mfu else "n/a")
+        + f" | peak memory {max(r['peak_mem_gib'] for r in recs):.2f} GiB | over {len(recs)} log intervals"
+    )
 
 
 if __name__ == "__main__":

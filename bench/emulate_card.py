@@ -8,13 +8,14 @@ The cap counts what PyTorch allocates, not the CUDA context (a few hundred MiB o
 card): the emulated card is a little larger than the real one. Without a GPU the script
 runs uncapped (bench/gpu_suite.py's CPU smoke runs its plumbing).
 """
+
 import os
 import runpy
 import sys
 
 import torch
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def main(argv: list[str]):

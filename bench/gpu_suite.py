@@ -42,6 +42,7 @@ on a CPU (tests/test_fp8.py runs the fp8 wiring on one). The CUDA tests are skip
 bench_memory too (on a CPU it takes over 5 minutes), and "peak" is the process's max RSS,
 not comparable with the planner; hellaswag scores 20 examples with the smoke's model.
 """
+
 import argparse
 import dataclasses
 import datetime
@@ -57,15 +58,15 @@ import time
 import xml.etree.ElementTree as ET
 
 import torch
+from bench_train import write_random_tokens
+
+from storage.atomic_files import write_json, write_text
+from training.config import ConfigError, load_config
+from training.memory import GiB, estimate
+from training.resolve import Machine, resolve
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-from storage.atomic_files import write_json, write_text  # noqa: E402
-from bench_train import write_random_tokens  # noqa: E402
-from training.memory import GiB, estimate  # noqa: E402
-from training.resolve import Machine, resolve  # noqa: E402
-from training.config import ConfigError, load_config  # noqa: E402
 
 VOCAB = 50257  # write_random_tokens writes GPT-2 ids
 
@@ -73,6 +74,7 @@ VOCAB = 50257  # write_random_tokens writes GPT-2 ids
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One throughput run: train.py for `steps` steps, logging every `log_interval`."""
+
     key: str
     model: str | None  # None: the config file's
     micro_batch: int | None  # None: the config file's
@@ -103,7 +105,17 @@ CASES = (
     Case("1.2b_bf16_selective", "1.2b", 8, "bfloat16", 60, 5, 240, activation_checkpointing="selective"),
     Case("1.2b_fp8", "1.2b", 8, "bfloat16", 60, 5, 240, fp8=True),
     Case("124m_fp8", "gpt2-124m", 32, "bfloat16", 120, 10, 150, fp8=True),
-    Case("1b_16gb", None, None, None, 12, 2, 300, config=os.path.join(ROOT, "config", "gpt2_1b_16gb.py"), card_gib=16),
+    Case(
+        "1b_16gb",
+        None,
+        None,
+        None,
+        12,
+        2,
+        300,
+        config=os.path.join(ROOT, "config", "gpt2_1b_16gb.py"),
+        card_gib=16,
+    ),
     Case("124m_fp16", "gpt2-124m", 32, "float16", 120, 10, 150),
     Case("1.2b_bf16_ckpt", "1.2b", 8, "bfloat16", 60, 5, 240, activation_checkpointing="full"),
 )
@@ -113,30 +125,44 @@ CASES = (
 SMOKE_CASE = dict(model="tiny", micro_batch=1, steps=5, log_interval=1, cap_s=90)
 SMOKE_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, block_size=32)
 SMOKE_LOSS_CHUNK = 8  # the smoke's 32 positions in 4 chunks, where the GPU run chunks
-SMOKE_FP8 = "skipped: --smoke: a CPU has no float8 tensor cores (tests/test_fp8.py runs the fp8 wiring on one)"
+SMOKE_FP8 = (
+    "skipped: --smoke: a CPU has no float8 tensor cores (tests/test_fp8.py runs the fp8 wiring on one)"
+)
 WARM_INTERVALS = 2  # logged intervals left out: step 0 (compiles) and the first log_interval steps
 TESTS_CAP_S = 240
 MIN_START_S = 30  # less than this left: a part could not even start up and compile
 BENCH_MEMORY_ARGS = ("--steps=50",)
 # HellaSwag's validation set is 10,042 examples; the goal is to score them in under 60 s.
 HELLASWAG_ARGS = ("--preset=gpt2-124m", "--examples=10042", "--device=cuda")
-HELLASWAG_SMOKE_ARGS = ("--preset=tiny", "--n_layer=2", "--n_head=2", "--n_embd=64", "--examples=20", "--device=cpu")
+HELLASWAG_SMOKE_ARGS = (
+    "--preset=tiny",
+    "--n_layer=2",
+    "--n_head=2",
+    "--n_embd=64",
+    "--examples=20",
+    "--device=cpu",
+)
 HELLASWAG_CAP_S, HELLASWAG_GOAL_S = 150, 60
 PARTS = ("tests",) + tuple(c.key for c in CASES) + ("hellaswag", "bench_memory")
 # (run, field, target, text): each measured against its target, never asserted
-GOALS = (("1.2b_bf16", "mfu", 0.52, "1.2b bf16 (all logits at once) at >= 52% MFU on one H100"),
-         ("124m_bf16", "tokens_per_s", 500_000, "gpt2-124m at >= 500k tokens/s per H100"))
+GOALS = (
+    ("1.2b_bf16", "mfu", 0.52, "1.2b bf16 (all logits at once) at >= 52% MFU on one H100"),
+    ("124m_bf16", "tokens_per_s", 500_000, "gpt2-124m at >= 500k tokens/s per H100"),
+)
 # (run, against, least ratio of their tokens/s, text)
-SPEED_GOALS = (("124m_bf16_chunked", "124m_bf16", 0.95, "124M: the chunked loss at >= 0.95x all at once"),
-               ("1.2b_bf16_chunked", "1.2b_bf16", 0.95, "1.2B: the chunked loss at >= 0.95x all at once"),
-               ("1.2b_bf16_selective", "1.2b_bf16", 0.93, "1.2B: selective checkpointing at most 7% slower"),
-               ("1.2b_fp8", "1.2b_bf16", 1.2, "1.2B: fp8 at >= 1.2x bf16"))
+SPEED_GOALS = (
+    ("124m_bf16_chunked", "124m_bf16", 0.95, "124M: the chunked loss at >= 0.95x all at once"),
+    ("1.2b_bf16_chunked", "1.2b_bf16", 0.95, "1.2B: the chunked loss at >= 0.95x all at once"),
+    ("1.2b_bf16_selective", "1.2b_bf16", 0.93, "1.2B: selective checkpointing at most 7% slower"),
+    ("1.2b_fp8", "1.2b_bf16", 1.2, "1.2B: fp8 at >= 1.2x bf16"),
+)
 PLANNER_GOAL = 0.10  # the planner within 10% of the measured peak
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                epilog="Any other --key=value is passed to every train.py run.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog="Any other --key=value is passed to every train.py run."
+    )
     p.add_argument("--out", required=True, help="folder for suite.json, suite.md and logs/")
     p.add_argument("--smoke", action="store_true", help="the CPU with tiny sizes (CI)")
     p.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
@@ -153,16 +179,20 @@ def parse_args(argv):
     if not args.smoke and not torch.cuda.is_available():
         p.error("no CUDA GPU here; --smoke runs the suite on the CPU with tiny sizes")
     args.out = os.path.abspath(args.out)  # pytest, in ROOT, writes its report there
-    args.parts = [x for x in (args.only.split(",") if args.only else PARTS) if x and x not in args.skip.split(",")]
+    args.parts = [
+        x for x in (args.only.split(",") if args.only else PARTS) if x and x not in args.skip.split(",")
+    ]
     return args, extra
 
 
 # ---- running a part: its own process group, a log file, a time limit ----------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Slot:
     """The seconds a part may run: its own cap, or what is left of --time_limit_s when that
     comes first. A part stopped by its cap failed; one stopped by the suite's limit did not."""
+
     seconds: float
     by_limit: bool
 
@@ -172,8 +202,9 @@ def run_process(cmd: list, timeout_s: float, log_path: str, env: dict) -> int | 
     process it started: compile workers, torchrun's ranks). Its output goes to log_path."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             return proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -198,14 +229,33 @@ def failure(rc: int | None, log_path: str, timeout_s: float) -> str:
 
 # ---- the parts -------------------------------------------------------------------------
 
+
 def cuda_tests(out: str, slot: Slot, env: dict) -> list[dict]:
     """pytest -m cuda: one row per test, from pytest's JUnit XML report."""
     log, xml = os.path.join(out, "logs", "cuda_tests.log"), os.path.join(out, "logs", "cuda_tests.xml")
-    rc = run_process([sys.executable, "-m", "pytest", "-m", "cuda", "-rA", "-p", "no:cacheprovider",
-                      f"--junitxml={xml}", "tests"], slot.seconds, log, env)
+    rc = run_process(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "cuda",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+            "tests",
+        ],
+        slot.seconds,
+        log,
+        env,
+    )
     if rc is None or not os.path.exists(xml):  # the report is written only at the end
-        status = ("skipped: --time_limit_s stopped pytest before it finished" if rc is None and slot.by_limit
-                  else failure(rc, log, slot.seconds))
+        status = (
+            "skipped: --time_limit_s stopped pytest before it finished"
+            if rc is None and slot.by_limit
+            else failure(rc, log, slot.seconds)
+        )
         return [dict(part="tests", name="pytest -m cuda", status=status)]
     rows = []
     for case in ET.parse(xml).getroot().iter("testcase"):
@@ -223,12 +273,28 @@ def cuda_tests(out: str, slot: Slot, env: dict) -> list[dict]:
 
 
 def train_args(case: Case, data: str, runs: str, smoke: bool, extra: list) -> list[str]:
-    values = dict(data_dir=data, out_dir=runs, run_name=case.key, model=case.model,
-                  micro_batch_size=case.micro_batch, global_batch_size=case.micro_batch, dtype=case.dtype,
-                  compile=not smoke, activation_checkpointing=case.activation_checkpointing, fp8=case.fp8,
-                  max_steps=case.steps, warmup_steps=case.log_interval, log_interval=case.log_interval,
-                  eval_interval=10 ** 9, eval_batches=0, save_interval=0, tensorboard=False,
-                  progress_bar=False, device="cpu" if smoke else "cuda", **(SMOKE_SHAPE if smoke else {}))
+    values = dict(
+        data_dir=data,
+        out_dir=runs,
+        run_name=case.key,
+        model=case.model,
+        micro_batch_size=case.micro_batch,
+        global_batch_size=case.micro_batch,
+        dtype=case.dtype,
+        compile=not smoke,
+        activation_checkpointing=case.activation_checkpointing,
+        fp8=case.fp8,
+        max_steps=case.steps,
+        warmup_steps=case.log_interval,
+        log_interval=case.log_interval,
+        eval_interval=10**9,
+        eval_batches=0,
+        save_interval=0,
+        tensorboard=False,
+        progress_bar=False,
+        device="cpu" if smoke else "cuda",
+        **(SMOKE_SHAPE if smoke else {}),
+    )
     values = {k: v for k, v in values.items() if v is not None}  # None: the config file's
     config = [case.config] if case.config else []
     if case.loss_chunk is not None:
@@ -236,8 +302,12 @@ def train_args(case: Case, data: str, runs: str, smoke: bool, extra: list) -> li
     if smoke:
         # the smoke runs eager on 32 positions: it takes the loss the GPU run takes (all at once,
         # or in chunks, then chunks small enough to chunk 32 positions), and no offload
-        as_on_gpu = load_config(config + [f"--{k}={v}" for k, v in {**values, "compile": True, "device": "cuda"}.items()])
-        gpu_chunk = resolve(as_on_gpu, Machine("cuda", 1, fp8=True), as_on_gpu.model_config(VOCAB)).cfg.loss_chunk
+        as_on_gpu = load_config(
+            config + [f"--{k}={v}" for k, v in {**values, "compile": True, "device": "cuda"}.items()]
+        )
+        gpu_chunk = resolve(
+            as_on_gpu, Machine("cuda", 1, fp8=True), as_on_gpu.model_config(VOCAB)
+        ).cfg.loss_chunk
         values.update(loss_chunk=SMOKE_LOSS_CHUNK if gpu_chunk else 0, offload=False)
     return config + [f"--{k}={v}" for k, v in values.items()] + extra
 
@@ -248,16 +318,33 @@ def case_row(case: Case, args: list[str], card_bytes: float) -> dict:
     the CPU, with float8 for the FP8 rows, which it does not run)."""
     cfg = load_config(args)
     card = case.card_gib * GiB if case.card_gib else card_bytes
-    machine = (Machine("cpu", 1, native_bf16=False, fp8=cfg.fp8) if cfg.device == "cpu"
-               else Machine("cuda", 1, card, fp8=cfg.fp8))
+    machine = (
+        Machine("cpu", 1, native_bf16=False, fp8=cfg.fp8)
+        if cfg.device == "cpu"
+        else Machine("cuda", 1, card, fp8=cfg.fp8)
+    )
     r = resolve(cfg, machine, cfg.model_config(VOCAB))
     cfg, model_cfg = r.cfg, r.model_cfg
-    return dict(part="throughput", name=case.key, config=dict(
-        model=cfg.model, shape=f"{model_cfg.n_layer} x {model_cfg.n_embd}, context {model_cfg.block_size}" if cfg.n_layer else None,
-        micro_batch=cfg.micro_batch_size, dtype=cfg.dtype + (" + fp8" if cfg.fp8 else ""), compile=cfg.compile,
-        loss_chunk=cfg.loss_chunk, activation_checkpointing=cfg.activation_checkpointing, way=r.way.name,
-        card_gib=case.card_gib, steps=cfg.max_steps),
-        planner_gib=estimate(cfg, 1, model_cfg, r.way)["total"] / GiB, planner_way=r.way.name)
+    return dict(
+        part="throughput",
+        name=case.key,
+        config=dict(
+            model=cfg.model,
+            shape=f"{model_cfg.n_layer} x {model_cfg.n_embd}, context {model_cfg.block_size}"
+            if cfg.n_layer
+            else None,
+            micro_batch=cfg.micro_batch_size,
+            dtype=cfg.dtype + (" + fp8" if cfg.fp8 else ""),
+            compile=cfg.compile,
+            loss_chunk=cfg.loss_chunk,
+            activation_checkpointing=cfg.activation_checkpointing,
+            way=r.way.name,
+            card_gib=case.card_gib,
+            steps=cfg.max_steps,
+        ),
+        planner_gib=estimate(cfg, 1, model_cfg, r.way)["total"] / GiB,
+        planner_way=r.way.name,
+    )
 
 
 def read_records(path: str) -> list[dict]:
@@ -277,17 +364,21 @@ def steady_numbers(recs: list[dict]) -> dict:
     """Tokens/s, MFU and peak memory over the logged intervals after the first WARM_INTERVALS:
     each interval's seconds are its tokens over its rate, so the mean is tokens over time."""
     train = [r for r in recs if r["kind"] == "train"]
-    pairs = list(zip(train[WARM_INTERVALS - 1:], train[WARM_INTERVALS:]))
+    pairs = list(zip(train[WARM_INTERVALS - 1 :], train[WARM_INTERVALS:]))
     if not pairs:
         return {}
     tokens = [b["tokens"] - a["tokens"] for a, b in pairs]
     rate = sum(tokens) / sum(t / b["tokens_per_s"] for t, (_, b) in zip(tokens, pairs))
     last = pairs[-1][1]
     start = next(r for r in recs if r["kind"] == "start")
-    return dict(tokens_per_s=rate, mfu=rate * last["mfu"] / last["tokens_per_s"] if last["mfu"] is not None else None,
-                peak_gib=max(b["peak_mem_gib"] for _, b in pairs), measured_steps=last["step"] - pairs[0][0]["step"],
-                first_step_s=start["tokens_per_step"] / train[0]["tokens_per_s"],  # compilation included
-                parallelism=start["config"]["parallelism"])
+    return dict(
+        tokens_per_s=rate,
+        mfu=rate * last["mfu"] / last["tokens_per_s"] if last["mfu"] is not None else None,
+        peak_gib=max(b["peak_mem_gib"] for _, b in pairs),
+        measured_steps=last["step"] - pairs[0][0]["step"],
+        first_step_s=start["tokens_per_step"] / train[0]["tokens_per_s"],  # compilation included
+        parallelism=start["config"]["parallelism"],
+    )
 
 
 def throughput(row: dict, case: Case, args: list[str], out: str, slot: Slot, env: dict) -> dict:
@@ -299,29 +390,46 @@ def throughput(row: dict, case: Case, args: list[str], out: str, slot: Slot, env
     rc = run_process([sys.executable, *within, "train.py", *args], slot.seconds, log, env)
     recs = read_records(os.path.join(run_dir, "metrics.jsonl"))
     if recs:
-        write_text(os.path.join(out, "logs", f"{row['name']}.metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in recs))
+        write_text(
+            os.path.join(out, "logs", f"{row['name']}.metrics.jsonl"),
+            "".join(json.dumps(r) + "\n" for r in recs),
+        )
     shutil.rmtree(run_dir, ignore_errors=True)  # a 1.2B checkpoint is 14.6 GB
     row = dict(row, **steady_numbers(recs))
     row["ratio"] = row["peak_gib"] / row["planner_gib"] if "peak_gib" in row else None
     measured = "tokens_per_s" in row
     if rc is None and slot.by_limit:  # its numbers stand if they were logged before
-        row["status"] = (f"ok: --time_limit_s stopped it after {row['measured_steps']} measured steps" if measured
-                         else "skipped: --time_limit_s stopped it before a measured interval")
+        row["status"] = (
+            f"ok: --time_limit_s stopped it after {row['measured_steps']} measured steps"
+            if measured
+            else "skipped: --time_limit_s stopped it before a measured interval"
+        )
     else:
-        row["status"] = ("ok" if rc == 0 and measured else failure(rc, log, slot.seconds) if rc != 0
-                         else "failed: no interval was logged after the warmup ones; raise the case's steps")
+        row["status"] = (
+            "ok"
+            if rc == 0 and measured
+            else failure(rc, log, slot.seconds)
+            if rc != 0
+            else "failed: no interval was logged after the warmup ones; raise the case's steps"
+        )
     return row
 
 
 def bench_memory(out: str, slot: Slot, env: dict) -> dict:
     """bench_memory.py's table, as far as it got in the time left."""
     log = os.path.join(out, "logs", "bench_memory.log")
-    rc = run_process([sys.executable, os.path.join("bench", "bench_memory.py"), *BENCH_MEMORY_ARGS],
-                     slot.seconds, log, env)
+    rc = run_process(
+        [sys.executable, os.path.join("bench", "bench_memory.py"), *BENCH_MEMORY_ARGS], slot.seconds, log, env
+    )
     with open(log, errors="replace") as fh:
         table = [line.rstrip("\n") for line in fh if line.startswith("| ")]
-    status = ("ok" if rc == 0 else f"ok: --time_limit_s stopped it after {len(table)} rows"
-              if rc is None and slot.by_limit else failure(rc, log, slot.seconds))
+    status = (
+        "ok"
+        if rc == 0
+        else f"ok: --time_limit_s stopped it after {len(table)} rows"
+        if rc is None and slot.by_limit
+        else failure(rc, log, slot.seconds)
+    )
     return dict(part="bench_memory", name="bench_memory", table=table, status=status)
 
 
@@ -336,19 +444,36 @@ def hellaswag_row(smoke: bool) -> dict:
 def hellaswag(out: str, slot: Slot, env: dict, smoke: bool) -> dict:
     """bench_evaluate.py's figures: examples, seconds, examples/s."""
     log, figures = os.path.join(out, "logs", "hellaswag.log"), os.path.join(out, "logs", "hellaswag.json")
-    rc = run_process([sys.executable, os.path.join("bench", "bench_evaluate.py"), *hellaswag_args(smoke),
-                      f"--json={figures}"], slot.seconds, log, env)
+    rc = run_process(
+        [
+            sys.executable,
+            os.path.join("bench", "bench_evaluate.py"),
+            *hellaswag_args(smoke),
+            f"--json={figures}",
+        ],
+        slot.seconds,
+        log,
+        env,
+    )
     row = hellaswag_row(smoke)
     if rc == 0 and os.path.exists(figures):
         with open(figures) as fh:
-            row.update({k: v for k, v in json.load(fh).items()
-                        if k in ("preset", "examples", "seconds", "examples_per_s", "dtype", "rows_tokens")})
+            row.update(
+                {
+                    k: v
+                    for k, v in json.load(fh).items()
+                    if k in ("preset", "examples", "seconds", "examples_per_s", "dtype", "rows_tokens")
+                }
+            )
         return dict(row, status="ok")
     stopped = rc is None and slot.by_limit
-    return dict(row, status="skipped: --time_limit_s stopped it" if stopped else failure(rc, log, slot.seconds))
+    return dict(
+        row, status="skipped: --time_limit_s stopped it" if stopped else failure(rc, log, slot.seconds)
+    )
 
 
 # ---- the report ----------------------------------------------------------------------
+
 
 def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
@@ -362,7 +487,11 @@ def goal_lines(suite: dict, rows: list[dict]) -> list[str]:
     lines = []
     for key, field, target, text in GOALS:
         value = runs.get(key, {}).get(field)
-        shown = "not measured" if value is None else (f"{value:.1%}" if field == "mfu" else f"{value:,.0f} tokens/s")
+        shown = (
+            "not measured"
+            if value is None
+            else (f"{value:.1%}" if field == "mfu" else f"{value:,.0f} tokens/s")
+        )
         verdict = "" if value is None else " (met)" if value >= target else " (not met)"
         lines.append(f"- {text}: {shown}{verdict}")
     for key, against, target, text in SPEED_GOALS:
@@ -373,20 +502,31 @@ def goal_lines(suite: dict, rows: list[dict]) -> list[str]:
     ratios = {name: r["ratio"] for name, r in runs.items() if r.get("ratio") is not None}
     shown = ", ".join(f"{name} {ratio:.2f}" for name, ratio in ratios.items())
     verdict = " (met)" if all(abs(x - 1) <= PLANNER_GOAL for x in ratios.values()) else " (not met)"
-    lines.append(f"- planner within {PLANNER_GOAL:.0%} of the measured peak (peak / planner): "
-                 + (shown + verdict if ratios else "not measured"))
+    lines.append(
+        f"- planner within {PLANNER_GOAL:.0%} of the measured peak (peak / planner): "
+        + (shown + verdict if ratios else "not measured")
+    )
     seconds = next((r.get("seconds") for r in rows if r["part"] == "hellaswag"), None)
-    lines.append(f"- HellaSwag's 10,042 examples scored by gpt2-124m in under {HELLASWAG_GOAL_S} s: "
-                 + ("not measured" if seconds is None else
-                    f"{seconds:.1f} s" + (" (met)" if seconds < HELLASWAG_GOAL_S else " (not met)")))
+    lines.append(
+        f"- HellaSwag's 10,042 examples scored by gpt2-124m in under {HELLASWAG_GOAL_S} s: "
+        + (
+            "not measured"
+            if seconds is None
+            else f"{seconds:.1f} s" + (" (met)" if seconds < HELLASWAG_GOAL_S else " (not met)")
+        )
+    )
     return lines
 
 
 def markdown(suite: dict, rows: list[dict]) -> str:
     cell = lambda s: str(s).replace("|", "/")  # noqa: E731  (a status may quote a "|")
-    lines = [f"# GPU suite: {suite['device']}", "",
-             f"torch {suite['torch']} | {suite['date']} | {suite['seconds']:.0f} s of a {suite['time_limit_s']:.0f} s "
-             f"limit | `{suite['command']}`", ""]
+    lines = [
+        f"# GPU suite: {suite['device']}",
+        "",
+        f"torch {suite['torch']} | {suite['date']} | {suite['seconds']:.0f} s of a {suite['time_limit_s']:.0f} s "
+        f"limit | `{suite['command']}`",
+        "",
+    ]
     tests = [r for r in rows if r["part"] == "tests"]
     if tests:
         lines += ["## CUDA tests", "", "| test | status | seconds |", "|---|---|---|"]
@@ -394,30 +534,45 @@ def markdown(suite: dict, rows: list[dict]) -> str:
         lines.append("")
     runs = [r for r in rows if r["part"] == "throughput"]
     if runs:
-        lines += ["## Throughput and memory", "",
-                  "| run | model | micro-batch | dtype | compile | loss_chunk | act. ckpt | way | tokens/s | MFU | "
-                  "peak GiB | planner GiB | peak / planner | status |", "|---|" + "---|" * 13]
+        lines += [
+            "## Throughput and memory",
+            "",
+            "| run | model | micro-batch | dtype | compile | loss_chunk | act. ckpt | way | tokens/s | MFU | "
+            "peak GiB | planner GiB | peak / planner | status |",
+            "|---|" + "---|" * 13,
+        ]
         for r in runs:
             c = r["config"]
             model = c["model"] + (f" ({c['shape']})" if c["shape"] else "")
             way = c["way"] + (f", within {c['card_gib']:g} GiB" if c["card_gib"] else "")
-            lines.append(f"| {r['name']} | {model} | {c['micro_batch']} | {c['dtype']} | {c['compile']} | "
-                         f"{c['loss_chunk']} | {c['activation_checkpointing']} | {way} | "
-                         f"{_num(r.get('tokens_per_s'), ',.0f')} | {_num(r.get('mfu'), '.1%')} | "
-                         f"{_num(r.get('peak_gib'), '.2f')} | {r['planner_gib']:.2f} | "
-                         f"{_num(r.get('ratio'), '.2f')} | {cell(r['status'])} |")
+            lines.append(
+                f"| {r['name']} | {model} | {c['micro_batch']} | {c['dtype']} | {c['compile']} | "
+                f"{c['loss_chunk']} | {c['activation_checkpointing']} | {way} | "
+                f"{_num(r.get('tokens_per_s'), ',.0f')} | {_num(r.get('mfu'), '.1%')} | "
+                f"{_num(r.get('peak_gib'), '.2f')} | {r['planner_gib']:.2f} | "
+                f"{_num(r.get('ratio'), '.2f')} | {cell(r['status'])} |"
+            )
         lines.append("")
     for r in (r for r in rows if r["part"] == "hellaswag"):
-        lines += [f"## Multiple-choice scoring: bench/bench_evaluate.py {r['args']}", "",
-                  "| model | examples | dtype | seconds | examples/s | status |", "|---|---|---|---|---|---|",
-                  f"| {r.get('preset', '-')} | {_num(r.get('examples'), ',')} | {r.get('dtype', '-')} | "
-                  f"{_num(r.get('seconds'), '.1f')} | {_num(r.get('examples_per_s'), ',.1f')} | "
-                  f"{cell(r['status'])} |", ""]
+        lines += [
+            f"## Multiple-choice scoring: bench/bench_evaluate.py {r['args']}",
+            "",
+            "| model | examples | dtype | seconds | examples/s | status |",
+            "|---|---|---|---|---|---|",
+            f"| {r.get('preset', '-')} | {_num(r.get('examples'), ',')} | {r.get('dtype', '-')} | "
+            f"{_num(r.get('seconds'), '.1f')} | {_num(r.get('examples_per_s'), ',.1f')} | "
+            f"{cell(r['status'])} |",
+            "",
+        ]
     for r in (r for r in rows if r["part"] == "bench_memory"):
         lines += ["## bench/bench_memory.py " + " ".join(BENCH_MEMORY_ARGS), "", f"status: {r['status']}", ""]
         if r.get("table"):
-            lines += ["| model | case | planner (GiB) | measured (GiB) | measured / planner |",
-                      "|---|---|---|---|---|", *r["table"], ""]
+            lines += [
+                "| model | case | planner (GiB) | measured (GiB) | measured / planner |",
+                "|---|---|---|---|---|",
+                *r["table"],
+                "",
+            ]
     return "\n".join(lines + ["## Goals", "", *goal_lines(suite, rows), ""])
 
 
@@ -431,14 +586,19 @@ def write_outputs(out: str, suite: dict, rows: list[dict]):
 def describe(row: dict) -> str:
     numbers = ""
     if row.get("examples_per_s") is not None:
-        numbers = f" | {row['examples']:,} examples in {row['seconds']:.1f} s ({row['examples_per_s']:,.1f}/s)"
+        numbers = (
+            f" | {row['examples']:,} examples in {row['seconds']:.1f} s ({row['examples_per_s']:,.1f}/s)"
+        )
     if row.get("tokens_per_s") is not None:
-        numbers = (f" | {row['tokens_per_s']:,.0f} tokens/s | MFU {_num(row['mfu'], '.1%')} | peak "
-                   f"{row['peak_gib']:.2f} GiB vs planner {row['planner_gib']:.2f} GiB")
+        numbers = (
+            f" | {row['tokens_per_s']:,.0f} tokens/s | MFU {_num(row['mfu'], '.1%')} | peak "
+            f"{row['peak_gib']:.2f} GiB vs planner {row['planner_gib']:.2f} GiB"
+        )
     return f"{row['name']}: {row['status']}{numbers}"
 
 
 # ---- the suite ---------------------------------------------------------------------------
+
 
 def main(argv=None) -> int:
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
@@ -446,10 +606,15 @@ def main(argv=None) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1", **({"CUDA_VISIBLE_DEVICES": ""} if smoke else {}))
     device = f"CPU ({os.cpu_count()} cores), --smoke" if smoke else torch.cuda.get_device_name(0)
     card_bytes = float("inf") if smoke else torch.cuda.get_device_properties(0).total_memory
-    suite = dict(device=device, torch=torch.__version__ + (f", CUDA {torch.version.cuda}" if torch.version.cuda else ""),
-                 smoke=smoke, command=" ".join(["python bench/gpu_suite.py", *(argv or sys.argv[1:])]),
-                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                 started=started, time_limit_s=args.time_limit_s)
+    suite = dict(
+        device=device,
+        torch=torch.__version__ + (f", CUDA {torch.version.cuda}" if torch.version.cuda else ""),
+        smoke=smoke,
+        command=" ".join(["python bench/gpu_suite.py", *(argv or sys.argv[1:])]),
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        started=started,
+        time_limit_s=args.time_limit_s,
+    )
     rows = []
 
     def record(*part_rows):
@@ -463,7 +628,9 @@ def main(argv=None) -> int:
         left = args.time_limit_s - (time.time() - started)
         if left >= MIN_START_S:
             return Slot(min(cap_s, left), by_limit=left < cap_s)
-        record(dict(row, status=f"skipped: {max(left, 0):.0f} s left of --time_limit_s={args.time_limit_s:g}"))
+        record(
+            dict(row, status=f"skipped: {max(left, 0):.0f} s left of --time_limit_s={args.time_limit_s:g}")
+        )
         return None
 
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:

@@ -8,6 +8,7 @@ A clean launch exits 0 and prints neither "terminate called" (a C++ thread abort
 process at exit) nor a traceback. With --restart, rank 1 dies at step 3 of every launch
 and `torchrun --max_restarts=1 ... --resume=auto` must bring the run to its end.
 """
+
 import argparse
 import os
 import subprocess
@@ -17,9 +18,9 @@ import time
 
 import numpy as np
 
+from storage.atomic_files import write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from storage.atomic_files import write_json  # noqa: E402
 
 
 def tiny_dataset(folder: str) -> str:
@@ -27,22 +28,59 @@ def tiny_dataset(folder: str) -> str:
     os.makedirs(folder)
     for split, n in (("train", 20_000), ("val", 2_000)):
         rng.integers(0, 64, n, dtype=np.uint16).tofile(os.path.join(folder, f"{split}.bin"))
-    write_json(os.path.join(folder, "meta.json"), {"tokenizer": "char", "chars": "".join(chr(48 + i) for i in range(63)),
-                                                   "vocab_size": 64, "dtype": "uint16", "eot_id": 63})
+    write_json(
+        os.path.join(folder, "meta.json"),
+        {
+            "tokenizer": "char",
+            "chars": "".join(chr(48 + i) for i in range(63)),
+            "vocab_size": 64,
+            "dtype": "uint16",
+            "eot_id": 63,
+        },
+    )
     return folder
 
 
 def launch(data: str, out: str, restart: bool) -> tuple[int, str, float]:
-    args = [f"--data_dir={data}", f"--out_dir={out}", "--run_name=r", "--model=tiny", "--n_layer=2", "--n_head=2",
-            "--n_embd=32", "--block_size=16", "--global_batch_size=8", "--micro_batch_size=2", "--max_steps=6",
-            "--warmup_steps=2", "--eval_interval=3", "--eval_batches=2", "--log_interval=1", "--save_interval=2",
-            "--device=cpu", "--dtype=float32", "--compile=False", "--tensorboard=False", "--progress_bar=False",
-            "--dropout=0.1", "--resume=auto"]
+    args = [
+        f"--data_dir={data}",
+        f"--out_dir={out}",
+        "--run_name=r",
+        "--model=tiny",
+        "--n_layer=2",
+        "--n_head=2",
+        "--n_embd=32",
+        "--block_size=16",
+        "--global_batch_size=8",
+        "--micro_batch_size=2",
+        "--max_steps=6",
+        "--warmup_steps=2",
+        "--eval_interval=3",
+        "--eval_batches=2",
+        "--log_interval=1",
+        "--save_interval=2",
+        "--device=cpu",
+        "--dtype=float32",
+        "--compile=False",
+        "--tensorboard=False",
+        "--progress_bar=False",
+        "--dropout=0.1",
+        "--resume=auto",
+    ]
     script = os.path.join(ROOT, "tests", "run_with_faults.py") if restart else os.path.join(ROOT, "train.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           *(["--max_restarts=1"] if restart else []), script, *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               FAULT=f"die_once:1:3:{os.path.join(out, 'died')}" if restart else "")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *(["--max_restarts=1"] if restart else []),
+        script,
+        *args,
+    ]
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", FAULT=f"die_once:1:3:{os.path.join(out, 'died')}" if restart else ""
+    )
     t = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout + proc.stderr, time.time() - t
@@ -65,9 +103,15 @@ def main():
             if not (clean and ended):
                 bad.append(i)
                 print(f"launch {i}: exit {code}\n" + text[-2000:], flush=True)
-            print(f"launch {i}/{a.launches}: {'clean' if clean and ended else 'FAILED'} in {seconds:.1f} s", flush=True)
-    print(f"\n{a.launches - len(bad)} of {a.launches} launches clean"
-          + (f"; failed: {bad}" if bad else "") + f"; median {np.median(times):.1f} s per launch")
+            print(
+                f"launch {i}/{a.launches}: {'clean' if clean and ended else 'FAILED'} in {seconds:.1f} s",
+                flush=True,
+            )
+    print(
+        f"\n{a.launches - len(bad)} of {a.launches} launches clean"
+        + (f"; failed: {bad}" if bad else "")
+        + f"; median {np.median(times):.1f} s per launch"
+    )
     sys.exit(1 if bad else 0)
 
 

@@ -22,7 +22,9 @@ dtype = "auto"  # bf16 where the GPU has it, fp16 with loss scaling on older 16 
 parallelism = "fsdp"
 offload = True
 activation_checkpointing = "full"  # each block recomputed in backward: the least activation memory
-loss_chunk = 1024  # memory first: one chunk of logits at a time, compiled or not (1.07 GiB vs 2.30 all at once)
+loss_chunk = (
+    1024  # memory first: one chunk of logits at a time, compiled or not (1.07 GiB vs 2.30 all at once)
+)
 
 log_interval = 10
 eval_interval = 100

@@ -1,5 +1,6 @@
 """Which device and precision a process uses, and what a GPU can do: one rule for
 train.py, sample.py and the planner."""
+
 import contextlib
 import re
 
@@ -61,8 +62,10 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
         raise ValueError(f"--device={name} but CUDA is not available; use --device=cpu")
     index = local_rank if local_rank is not None else (device.index or 0)
     if index >= torch.cuda.device_count():
-        raise ValueError(f"--device={name}: there is no cuda:{index} ({torch.cuda.device_count()} GPUs); "
-                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise ValueError(
+            f"--device={name}: there is no cuda:{index} ({torch.cuda.device_count()} GPUs); "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return torch.device("cuda", index)
 
 

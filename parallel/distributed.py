@@ -8,6 +8,7 @@
 - any_rank() tells every rank whether any rank asked to stop (a preemption signal).
 - teardown() leaves no communication thread running into interpreter shutdown.
 """
+
 import dataclasses
 import datetime
 import importlib
@@ -79,8 +80,13 @@ def setup(device: torch.device, timeout_s: int, join: bool) -> Dist:
     timeout = datetime.timedelta(seconds=timeout_s)
     store = _attempt_store(rank, world, timeout) if world > 1 else dist.HashStore()
     if device.type == "cuda":
-        dist.init_process_group("nccl", store=store, rank=rank, world_size=world,
-                                timeout=timeout + datetime.timedelta(seconds=NCCL_EXTRA_TIMEOUT_S))
+        dist.init_process_group(
+            "nccl",
+            store=store,
+            rank=rank,
+            world_size=world,
+            timeout=timeout + datetime.timedelta(seconds=NCCL_EXTRA_TIMEOUT_S),
+        )
         control = dist.new_group(backend="gloo", timeout=timeout)
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
@@ -95,8 +101,14 @@ def _attempt_store(rank: int, world: int, timeout: datetime.timedelta):
     restarts, and a process group joining under the keys of the attempt before reads the
     addresses of processes that are gone ("Gloo connectFullMesh failed ... Connection refused")."""
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=world,
-                         is_master=not agent and rank == 0, timeout=timeout, multi_tenant=True)
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size=world,
+        is_master=not agent and rank == 0,
+        timeout=timeout,
+        multi_tenant=True,
+    )
     return dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", base)
 
 
@@ -115,8 +127,18 @@ def is_collective_failure(error: Exception, env: Dist) -> bool:
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
     text = str(error).lower()
-    return any(s in text for s in ("timed out", "timeout", "connection closed", "connection reset",
-                                   "broken pipe", "gloo", "nccl"))
+    return any(
+        s in text
+        for s in (
+            "timed out",
+            "timeout",
+            "connection closed",
+            "connection reset",
+            "broken pipe",
+            "gloo",
+            "nccl",
+        )
+    )
 
 
 def all_reduce_sum(t: torch.Tensor, env: Dist) -> torch.Tensor:
@@ -159,8 +181,10 @@ def describe_stuck_ranks(env: Dist, grace_s: float = FAILURE_GRACE_S) -> str:
                 break
             time.sleep(0.2)
         stuck = [r for r in range(env.world) if r not in failed]
-        done = {r: int(env.heartbeats.get(str(r)).decode()) if env.heartbeats.check([str(r)]) else 0
-                for r in stuck}
+        done = {
+            r: int(env.heartbeats.get(str(r)).decode()) if env.heartbeats.check([str(r)]) else 0
+            for r in stuck
+        }
     except Exception:  # the store itself is gone (its host died): nothing more to learn
         return ""
     if not stuck:
@@ -174,10 +198,15 @@ def explain_failure(env: Dist, error: Exception, stopping: bool) -> str:
     it does not wait to learn which rank is stuck."""
     first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
     timed_out = "timed out" in first.lower() or "timeout" in first.lower()
-    stuck = describe_stuck_ranks(env, min(FAILURE_GRACE_S, env.timeout_s)) if timed_out and not stopping else ""
-    return (f"rank {env.rank}: a collective failed ({first})" + (f"; {stuck}" if stuck else "")
-            + f". Collectives wait collective_timeout_s={env.timeout_s} s. Resume from the last "
-              f"checkpoint with --resume (torchrun --max_restarts=N does it unattended)")
+    stuck = (
+        describe_stuck_ranks(env, min(FAILURE_GRACE_S, env.timeout_s)) if timed_out and not stopping else ""
+    )
+    return (
+        f"rank {env.rank}: a collective failed ({first})"
+        + (f"; {stuck}" if stuck else "")
+        + f". Collectives wait collective_timeout_s={env.timeout_s} s. Resume from the last "
+        f"checkpoint with --resume (torchrun --max_restarts=N does it unattended)"
+    )
 
 
 def teardown(env: Dist, clean: bool):

@@ -4,6 +4,7 @@ its step, every rank agrees, a checkpoint is written, and the process exits with
 EXIT_PREEMPTED so a wrapper or scheduler knows to requeue (torchrun restarts on any
 non-zero status when --max_restarts allows).
 """
+
 import signal
 import sys
 
@@ -31,6 +32,10 @@ class PreemptionSignal:
 
     def _handle(self, signum, frame):
         if self.received is None:
-            print(f"received {signal.Signals(signum).name}: finishing this step, then saving a "
-                  f"checkpoint and exiting", file=sys.stderr, flush=True)
+            print(
+                f"received {signal.Signals(signum).name}: finishing this step, then saving a "
+                f"checkpoint and exiting",
+                file=sys.stderr,
+                flush=True,
+            )
         self.received = signum

@@ -11,18 +11,28 @@ whichever way it was.
 Checkpoints hold full, unsharded state gathered to rank 0's CPU memory, keyed by parameter
 name, so any run resumes under any parallelism and world size.
 """
+
 import contextlib
 import warnings
 
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 try:  # torch >= 2.6
     from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 except ImportError:  # torch 2.5
-    from torch.distributed._composable.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+    from torch.distributed._composable.fsdp import (
+        CPUOffloadPolicy,
+        FSDPModule,
+        MixedPrecisionPolicy,
+        fully_shard,
+    )
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -32,10 +42,13 @@ def shard(model, env, dtype: torch.dtype, offload: bool):
     norm). 16-bit runs compute with 16-bit parameters and reduce gradients in fp32; the
     sharded fp32 parameters are the optimizer's master weights."""
     from torch.distributed.device_mesh import init_device_mesh
+
     mesh = init_device_mesh(env.device.type, (env.world,))
     half = dtype in (torch.bfloat16, torch.float16)
-    options = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=dtype if half else None,
-                                                             reduce_dtype=torch.float32))
+    options = dict(
+        mesh=mesh,
+        mp_policy=MixedPrecisionPolicy(param_dtype=dtype if half else None, reduce_dtype=torch.float32),
+    )
     if offload:
         options["offload_policy"] = CPUOffloadPolicy()
     for block in model.h:
@@ -52,8 +65,11 @@ def replicate(model, env):
     averaged; DDP's gradient buckets are the gradients themselves (no second copy)."""
     if env.world == 1:
         return model
-    return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-               gradient_as_bucket_view=True)
+    return DDP(
+        model,
+        device_ids=[env.device.index] if env.device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+    )
 
 
 def unwrapped(model):
@@ -95,5 +111,6 @@ def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict |
         model.load_state_dict(model_state)  # a checkpoint from before state was keyed by name
         optimizer.load_state_dict(optimizer_state)
     else:
-        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
-                       options=options)
+        set_state_dict(
+            model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options
+        )

@@ -3,6 +3,7 @@
 Write to a temp file in the same folder, fsync, then os.replace, so a kill at any
 moment leaves either the previous file or nothing, never half a file.
 """
+
 import contextlib
 import json
 import os

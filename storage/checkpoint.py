@@ -13,6 +13,7 @@ best_model.pt (whenever val loss improves); the names are written here only.
 
     python -m storage.checkpoint checkpoints/<run>    # every checkpoint: step, intact / corrupt / no digest
 """
+
 import contextlib
 import glob
 import hashlib
@@ -37,7 +38,10 @@ _STEP_FILE = re.compile(r"checkpoint_step_(\d+)\.pt$")
 # Hashes of a tensor's bytes a digest may use; a checkpoint names its own, so either verifies.
 # Saves use CRC-32 (zip's, ext4's): it catches every burst of flipped bits up to 32 long, and
 # it is the one whose check fits the cost of one more read of the file (docs/benchmarks.md).
-HASHES = {"crc32": lambda buf: f"{zlib.crc32(buf):08x}", "sha256": lambda buf: hashlib.sha256(buf).hexdigest()}
+HASHES = {
+    "crc32": lambda buf: f"{zlib.crc32(buf):08x}",
+    "sha256": lambda buf: hashlib.sha256(buf).hexdigest(),
+}
 DIGEST = "crc32"
 # At its peak a run folder holds its kept step checkpoints, best_model.pt and one more file being
 # written: an atomic save writes beside the file it replaces, and best_model.pt is rewritten
@@ -63,8 +67,10 @@ class CorruptCheckpoint(ValueError):
 
     def __init__(self, path: str, what: str, fix: str | None = None):
         self.path, self.what = path, what
-        fix = fix or (f"use another checkpoint (`python -m storage.checkpoint {os.path.dirname(path) or '.'}` "
-                      f"lists which are intact)")
+        fix = fix or (
+            f"use another checkpoint (`python -m storage.checkpoint {os.path.dirname(path) or '.'}` "
+            f"lists which are intact)"
+        )
         super().__init__(f"{path} is corrupt: {what}; {fix}")
 
 
@@ -101,22 +107,35 @@ def _write_failure(path: str, obj: dict, error: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     reason = cause.strerror if cause is not None else str(error).strip().splitlines()[-1][:160]
     full = free < need * 1.05
-    previous = (os.path.join(folder, BEST_FILE) if os.path.basename(path) == BEST_FILE
-                else latest_checkpoint(folder))
-    safe = (f"The previous checkpoint, {previous}, is intact" if previous and os.path.isfile(previous)
-            else "No earlier checkpoint was touched")
+    previous = (
+        os.path.join(folder, BEST_FILE) if os.path.basename(path) == BEST_FILE else latest_checkpoint(folder)
+    )
+    safe = (
+        f"The previous checkpoint, {previous}, is intact"
+        if previous and os.path.isfile(previous)
+        else "No earlier checkpoint was touched"
+    )
     if full:
         older = [p for _, p in step_checkpoints(folder)][:-1]  # the newest stays: it is the resume point
-        held = (f" (this run's {len(older)} older step checkpoints hold {_size(sum(map(os.path.getsize, older)))}: "
-                f"{os.path.basename(older[0])} to {os.path.basename(older[-1])})" if older else "")
+        held = (
+            f" (this run's {len(older)} older step checkpoints hold {_size(sum(map(os.path.getsize, older)))}: "
+            f"{os.path.basename(older[0])} to {os.path.basename(older[-1])})"
+            if older
+            else ""
+        )
         fits = _keep_last_that_fits(folder, need)
-        rotate = f", or set --keep_last={fits} (older step checkpoints are then deleted before each save)" \
-            if fits else ""
+        rotate = (
+            f", or set --keep_last={fits} (older step checkpoints are then deleted before each save)"
+            if fits
+            else ""
+        )
         fix = f"free at least {_size(need * 1.05 - free)} there{held}{rotate}, then continue with --resume"
     else:
         fix = f"remove the cause ({reason}), then continue with --resume"
-    return (f"could not write {path} ({'the disk is full: ' if full else ''}{reason}); it needs about "
-            f"{_size(need)} and {_size(free)} is free there. {safe}: {fix}")
+    return (
+        f"could not write {path} ({'the disk is full: ' if full else ''}{reason}); it needs about "
+        f"{_size(need)} and {_size(free)} is free there. {safe}: {fix}"
+    )
 
 
 def _keep_last_that_fits(folder: str, checkpoint_bytes: int) -> int | None:
@@ -153,8 +172,11 @@ def tensor_bytes(obj) -> int:
 
 def nonfinite_weights(state: dict) -> list[str]:
     """Names of floating-point tensors in a state dict that hold NaN or inf."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
 
 
 # ---- digests ------------------------------------------------------------------------
@@ -169,8 +191,12 @@ def digest(obj: dict, algorithm: str = DIGEST) -> dict:
     shapes = {key: _skeleton(value, key, tensors) for key, value in obj.items() if key != "digest"}
     hashes = _hash_tensors(tensors, HASHES[algorithm])
     entries = {key: _sha256_text(json.dumps(s, allow_nan=True, default=repr)) for key, s in shapes.items()}
-    return {"algorithm": algorithm, "tensors": hashes, "entries": entries,
-            "content": _sha256_text(json.dumps([hashes, entries]))}
+    return {
+        "algorithm": algorithm,
+        "tensors": hashes,
+        "entries": entries,
+        "content": _sha256_text(json.dumps([hashes, entries])),
+    }
 
 
 def _skeleton(value, path: str, tensors: dict):
@@ -189,7 +215,9 @@ def _hash_tensors(tensors: dict, hash_bytes) -> dict:
     """{path: hash_bytes(the tensor's bytes)} in tensors' order, on every core (hashlib and
     zlib let go of the GIL), largest first so that the cores finish together."""
     order = sorted(tensors, key=lambda k: -tensors[k].numel() * tensors[k].element_size())
-    threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    threads = min(
+        8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     with ThreadPoolExecutor(threads) as pool:
         hashes = dict(zip(order, pool.map(lambda k: hash_bytes(_tensor_bytes(tensors[k])), order)))
     return {k: hashes[k] for k in tensors}
@@ -211,8 +239,12 @@ def check_digest(obj: dict, path: str):
     """Raise CorruptCheckpoint naming the first tensor (or entry) whose bytes differ from
     the digest written with it. obj must carry a digest."""
     stored = obj["digest"]
-    if not isinstance(stored, dict) or stored.get("algorithm") not in HASHES \
-            or not isinstance(stored.get("tensors"), dict) or not isinstance(stored.get("entries"), dict):
+    if (
+        not isinstance(stored, dict)
+        or stored.get("algorithm") not in HASHES
+        or not isinstance(stored.get("tensors"), dict)
+        or not isinstance(stored.get("entries"), dict)
+    ):
         raise CorruptCheckpoint(path, "its digest entry is damaged")
     fresh = digest(obj, stored["algorithm"])
     for kind, table in (("tensor", "tensors"), ("entry", "entries")):
@@ -244,30 +276,40 @@ def load_checkpoint(path: str) -> dict:
     if "digest" in obj:
         check_digest(obj, path)
     else:
-        print(f"note: {path} carries no digest (saved before checkpoints had one); loaded unverified",
-              file=sys.stderr)
+        print(
+            f"note: {path} carries no digest (saved before checkpoints had one); loaded unverified",
+            file=sys.stderr,
+        )
     return obj
 
 
 def _read(path: str, mmap: bool = False) -> dict:
     """The checkpoint dict of a file train.py wrote, unverified; a one-line error otherwise."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r}; give the path of a checkpoint_step_N.pt "
-                                f"or best_model.pt (train one with `python train.py CONFIG`)")
+        raise FileNotFoundError(
+            f"no checkpoint at {path!r}; give the path of a checkpoint_step_N.pt "
+            f"or best_model.pt (train one with `python train.py CONFIG`)"
+        )
     if not zipfile.is_zipfile(path):  # every torch.save file since torch 1.6 is a zip archive
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint file; pass a checkpoint_step_N.pt "
-                         f"or best_model.pt written by train.py")
+        raise ValueError(
+            f"{path!r} is not a PyTorch checkpoint file; pass a checkpoint_step_N.pt "
+            f"or best_model.pt written by train.py"
+        )
     try:
         obj = _torch_load(path, mmap)
     except Exception as e:  # truncated archive, a damaged pickle, or objects a weights-only load refuses
         with contextlib.suppress(OSError):
             pickle_bytes(path)  # a pickle that fails its CRC is corruption: say so
         first_line = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise ValueError(f"{path!r} is not a readable checkpoint ({type(e).__name__}: {first_line}); "
-                         f"pass a checkpoint_step_N.pt or best_model.pt written by train.py") from None
+        raise ValueError(
+            f"{path!r} is not a readable checkpoint ({type(e).__name__}: {first_line}); "
+            f"pass a checkpoint_step_N.pt or best_model.pt written by train.py"
+        ) from None
     if not isinstance(obj, dict) or obj.get("kind") != KIND:
-        raise ValueError(f"{path!r} is not a checkpoint written by train.py "
-                         f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt")
+        raise ValueError(
+            f"{path!r} is not a checkpoint written by train.py "
+            f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt"
+        )
     return obj
 
 
@@ -366,9 +408,13 @@ def newest_intact(run_dir: str, say=print, set_aside: bool = True) -> tuple[str 
             say(f"resuming from {path}, the newest intact checkpoint (step {obj.get('step')})")
         return path, obj
     if failed:
-        raise CorruptCheckpoint(failed[0][0], failed[0][1], f"no older step checkpoint in {run_dir} is intact "
-                                                            f"either ({len(failed)} checked): restore one from a "
-                                                            f"copy, or start over under a new --run_name")
+        raise CorruptCheckpoint(
+            failed[0][0],
+            failed[0][1],
+            f"no older step checkpoint in {run_dir} is intact "
+            f"either ({len(failed)} checked): restore one from a "
+            f"copy, or start over under a new --run_name",
+        )
     return None, None
 
 
@@ -407,8 +453,10 @@ def list_checkpoints(run_dir: str) -> tuple[list[str], bool]:
         return [f"{run_dir}: no checkpoints"], False
     width = max(len(r[0]) for r in rows)
     lines = [f"{run_dir}: {len(rows)} checkpoint files"]
-    lines += [f"  {name:{width}}  step {'?' if step is None else step:<8} {state:10} {detail}"
-              for name, step, state, detail in rows]
+    lines += [
+        f"  {name:{width}}  step {'?' if step is None else step:<8} {state:10} {detail}"
+        for name, step, state, detail in rows
+    ]
     return lines, any(r[2] == "corrupt" for r in rows)
 
 
@@ -425,19 +473,26 @@ def space_warning(run_dir: str, checkpoint_bytes: int, keep_last: int, new_saves
     if need <= room:
         return None
     fits = int(room // checkpoint_bytes) - EXTRA_FILES_AT_PEAK  # the largest keep_last that fits
-    fix = (f"set --keep_last={fits} (it fits), free {_size(need - room)}, or pick another --out_dir" if fits >= 1
-           else f"free at least {_size((1 + EXTRA_FILES_AT_PEAK) * checkpoint_bytes - room)} or pick another --out_dir")
-    return (f"warning: {run_dir} has room for {_size(room)} of checkpoints but this run keeps {kept} step "
-            f"checkpoint{'s' * (kept != 1)}, best_model.pt and one being written, {_size(checkpoint_bytes)} "
-            f"each ({_size(need)}): a save will fail when the disk fills; {fix}")
+    fix = (
+        f"set --keep_last={fits} (it fits), free {_size(need - room)}, or pick another --out_dir"
+        if fits >= 1
+        else f"free at least {_size((1 + EXTRA_FILES_AT_PEAK) * checkpoint_bytes - room)} or pick another --out_dir"
+    )
+    return (
+        f"warning: {run_dir} has room for {_size(room)} of checkpoints but this run keeps {kept} step "
+        f"checkpoint{'s' * (kept != 1)}, best_model.pt and one being written, {_size(checkpoint_bytes)} "
+        f"each ({_size(need)}): a save will fail when the disk fills; {fix}"
+    )
 
 
 def main(argv=None) -> int:
     folders = sys.argv[1:] if argv is None else argv
     if not folders or any(a.startswith("-") for a in folders):
-        print("usage: python -m storage.checkpoint RUN_FOLDER [RUN_FOLDER ...]\n"
-              "lists each checkpoint with its step and state (intact, corrupt, no digest); "
-              "exit status 1 when one is corrupt")
+        print(
+            "usage: python -m storage.checkpoint RUN_FOLDER [RUN_FOLDER ...]\n"
+            "lists each checkpoint with its step and state (intact, corrupt, no digest); "
+            "exit status 1 when one is corrupt"
+        )
         return 0 if folders and folders[0] in ("-h", "--help") else 2
     any_corrupt = False
     for folder in folders:

@@ -16,6 +16,7 @@ All three are the same network under the same module names. What differs is book
                 after an import) and picks the GELU form with GPTConfig.gelu_approximate.
 Imports keep the source's GELU (nanoGPT: "none"), so logits agree to float rounding.
 """
+
 import json
 import os
 import re
@@ -24,17 +25,23 @@ from dataclasses import asdict, replace
 
 import torch
 
+from model import GPT, GPTConfig
 from storage.checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
 from text.loader import read_meta_pkl
-from model import GPT, GPTConfig
 from text.tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
 
 HF_PREFIX = "transformer."
 # nn.Linear weights (out, in) that Hugging Face's Conv1D stores as (in, out).
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Hugging Face activation_function -> GPTConfig.gelu_approximate, and back for export.
-HF_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh",
-           "gelu_python_tanh": "tanh", "gelu": "none", "gelu_python": "none"}
+HF_GELU = {
+    "gelu_new": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+    "gelu_fast": "tanh",
+    "gelu_python_tanh": "tanh",
+    "gelu": "none",
+    "gelu_python": "none",
+}
 GELU_TO_HF = {"tanh": "gelu_new", "none": "gelu"}
 # Our tokenizer meta (what load_tokenizer reads), written into every export folder.
 TOKENIZER_META = "tokenizer_meta.json"
@@ -61,8 +68,10 @@ def to_hf_state_dict(state: dict, cfg: GPTConfig, dtype=torch.float32) -> dict:
     full = model_shapes(replace(cfg, bias=True))
     extra = sorted(set(state) - set(full))
     if extra:
-        raise ValueError(f"the checkpoint has weights GPT-2's format cannot hold: {extra[:5]}; "
-                         f"export.py only knows model.py's GPT layout")
+        raise ValueError(
+            f"the checkpoint has weights GPT-2's format cannot hold: {extra[:5]}; "
+            f"export.py only knows model.py's GPT layout"
+        )
     out = {}
     for name, shape in full.items():
         t = state.get(name)
@@ -71,7 +80,7 @@ def to_hf_state_dict(state: dict, cfg: GPTConfig, dtype=torch.float32) -> dict:
                 raise ValueError(f"the checkpoint lacks {name}; it is incomplete, export another one")
             t = torch.zeros(shape)  # GPT-2 always has biases; zeros compute what bias=False does
         if name == "wte.weight":
-            t = t[:cfg.vocab_size]
+            t = t[: cfg.vocab_size]
         if name.endswith(CONV1D_WEIGHTS):
             t = t.t()
         out[HF_PREFIX + name] = t.detach().to("cpu", dtype).contiguous().clone()
@@ -91,13 +100,16 @@ def _strip_names(state: dict, source: str) -> dict:
             out[k] = v
     head = out.pop("lm_head.weight", None)
     if head is not None and "wte.weight" in out and not torch.equal(head, out["wte.weight"]):
-        raise ValueError(f"{source} has an output head (lm_head.weight) different from its token "
-                         f"embedding; this model ties them, so it cannot load an untied head")
+        raise ValueError(
+            f"{source} has an output head (lm_head.weight) different from its token "
+            f"embedding; this model ties them, so it cannot load an untied head"
+        )
     return out
 
 
-def to_our_state_dict(src: dict, cfg: GPTConfig, transposed: bool, source: str,
-                      src_vocab: int | None = None) -> dict:
+def to_our_state_dict(
+    src: dict, cfg: GPTConfig, transposed: bool, source: str, src_vocab: int | None = None
+) -> dict:
     """Our float32 state dict from names already stripped by _strip_names. transposed: the
     projection weights are Conv1D's (Hugging Face); src_vocab: the source's embedding rows
     (default cfg.vocab_size), of which the first vocab_size are kept. Every shape is checked."""
@@ -106,26 +118,36 @@ def to_our_state_dict(src: dict, cfg: GPTConfig, transposed: bool, source: str,
     missing = [k for k in want if k not in src]
     extra = [k for k in src if k not in want]
     if missing or extra:
-        raise ValueError(f"{source} does not hold a GPT-2 model of the shape its config says: "
-                         f"missing {missing[:4]}, unexpected {extra[:4]}")
+        raise ValueError(
+            f"{source} does not hold a GPT-2 model of the shape its config says: "
+            f"missing {missing[:4]}, unexpected {extra[:4]}"
+        )
     out = {}
     for name, shape in want.items():
         t = src[name].to(torch.float32, copy=True)  # never a view of a memory-mapped file
         if transposed and name.endswith(CONV1D_WEIGHTS):
             t = t.t()
         if tuple(t.shape) != want_src[name]:
-            raise ValueError(f"{source}: {name} has shape {tuple(t.shape)} but its config needs "
-                             f"{want_src[name]}; the config and the weights disagree")
+            raise ValueError(
+                f"{source}: {name} has shape {tuple(t.shape)} but its config needs "
+                f"{want_src[name]}; the config and the weights disagree"
+            )
         if name == "wte.weight":  # our padding rows are zero; the source's own padding goes
-            t = torch.cat([t[:cfg.vocab_size], t.new_zeros(shape[0] - cfg.vocab_size, shape[1])])
+            t = torch.cat([t[: cfg.vocab_size], t.new_zeros(shape[0] - cfg.vocab_size, shape[1])])
         out[name] = t.contiguous()
     return out
 
 
 def _checkpoint(state, cfg, tokenizer_meta, source, map_location) -> dict:
-    return {"kind": KIND, "version": VERSION, "step": 0,
-            "model": {k: v.to(map_location) for k, v in state.items()},
-            "model_config": asdict(cfg), "tokenizer": tokenizer_meta, "source": source}
+    return {
+        "kind": KIND,
+        "version": VERSION,
+        "step": 0,
+        "model": {k: v.to(map_location) for k, v in state.items()},
+        "model_config": asdict(cfg),
+        "tokenizer": tokenizer_meta,
+        "source": source,
+    }
 
 
 # ---- Hugging Face GPT-2 folders ---------------------------------------------------------
@@ -153,30 +175,42 @@ def _hf_config(hf: dict, where: str) -> GPTConfig:
     """Our GPTConfig for a Hugging Face GPT-2 config.json, or a ValueError naming the field
     that this model cannot compute the same way."""
     if hf.get("model_type") != "gpt2":
-        raise ValueError(f"{where} is model_type={hf.get('model_type')!r}; only gpt2 folders "
-                         f"can be imported (GPT-2's architecture is the one this model has)")
+        raise ValueError(
+            f"{where} is model_type={hf.get('model_type')!r}; only gpt2 folders "
+            f"can be imported (GPT-2's architecture is the one this model has)"
+        )
     act = hf.get("activation_function", "gelu_new")
-    must = {"activation_function": act in HF_GELU,
-            "layer_norm_epsilon": hf.get("layer_norm_epsilon", LAYER_NORM_EPS) == LAYER_NORM_EPS,
-            "scale_attn_weights": hf.get("scale_attn_weights", True) is True,
-            "scale_attn_by_inverse_layer_idx": not hf.get("scale_attn_by_inverse_layer_idx", False),
-            "add_cross_attention": not hf.get("add_cross_attention", False),
-            "tie_word_embeddings": hf.get("tie_word_embeddings", True) is True}
+    must = {
+        "activation_function": act in HF_GELU,
+        "layer_norm_epsilon": hf.get("layer_norm_epsilon", LAYER_NORM_EPS) == LAYER_NORM_EPS,
+        "scale_attn_weights": hf.get("scale_attn_weights", True) is True,
+        "scale_attn_by_inverse_layer_idx": not hf.get("scale_attn_by_inverse_layer_idx", False),
+        "add_cross_attention": not hf.get("add_cross_attention", False),
+        "tie_word_embeddings": hf.get("tie_word_embeddings", True) is True,
+    }
     bad = [k for k, ok in must.items() if not ok]
     if bad:
-        raise ValueError(f"{where}: {bad[0]}={hf.get(bad[0])!r} is not supported (this model "
-                         f"needs a GELU activation ({', '.join(HF_GELU)}), layer_norm_epsilon 1e-5, "
-                         f"scaled attention, no cross-attention, tied embeddings)")
+        raise ValueError(
+            f"{where}: {bad[0]}={hf.get(bad[0])!r} is not supported (this model "
+            f"needs a GELU activation ({', '.join(HF_GELU)}), layer_norm_epsilon 1e-5, "
+            f"scaled attention, no cross-attention, tied embeddings)"
+        )
     n_embd = hf.get("n_embd", 768)
     n_inner = hf.get("n_inner")
     if n_inner is not None and (not isinstance(n_inner, int) or n_inner <= 0):
-        raise ValueError(f"{where}: n_inner={n_inner!r} must be a positive whole number or null "
-                         f"(null means 4 x n_embd)")
-    return GPTConfig(vocab_size=hf.get("vocab_size", GPT2_VOCAB),
-                       block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-                       n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
-                       mlp_hidden=0 if n_inner in (None, 4 * n_embd) else n_inner, bias=True,
-                       gelu_approximate=HF_GELU[act])
+        raise ValueError(
+            f"{where}: n_inner={n_inner!r} must be a positive whole number or null (null means 4 x n_embd)"
+        )
+    return GPTConfig(
+        vocab_size=hf.get("vocab_size", GPT2_VOCAB),
+        block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=n_embd,
+        mlp_hidden=0 if n_inner in (None, 4 * n_embd) else n_inner,
+        bias=True,
+        gelu_approximate=HF_GELU[act],
+    )
 
 
 def _hf_weights(folder: str) -> dict:
@@ -196,10 +230,14 @@ def _hf_weights(folder: str) -> dict:
         try:
             return torch.load(binary, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{binary} is not a plain state dict ({type(e).__name__}); convert it "
-                             f"to model.safetensors with transformers' save_pretrained") from None
-    raise ValueError(f"{folder} has config.json but no model.safetensors or pytorch_model.bin; "
-                     f"copy the weights file into it")
+            raise ValueError(
+                f"{binary} is not a plain state dict ({type(e).__name__}); convert it "
+                f"to model.safetensors with transformers' save_pretrained"
+            ) from None
+    raise ValueError(
+        f"{folder} has config.json but no model.safetensors or pytorch_model.bin; "
+        f"copy the weights file into it"
+    )
 
 
 def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
@@ -218,15 +256,21 @@ def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as fh:
                     if get(json.load(fh)) != gpt2_vocab:
-                        raise ValueError(f"{path} is not GPT-2's vocabulary; only models with "
-                                         f"GPT-2's tokenizer (or exported by export.py) can be imported")
+                        raise ValueError(
+                            f"{path} is not GPT-2's vocabulary; only models with "
+                            f"GPT-2's tokenizer (or exported by export.py) can be imported"
+                        )
                 break
     else:
-        raise ValueError(f"{folder} has vocab_size={vocab_size}, not GPT-2's {GPT2_VOCAB}, and no "
-                         f"{TOKENIZER_META}; only GPT-2-tokenized models (or export.py's) can be imported")
+        raise ValueError(
+            f"{folder} has vocab_size={vocab_size}, not GPT-2's {GPT2_VOCAB}, and no "
+            f"{TOKENIZER_META}; only GPT-2-tokenized models (or export.py's) can be imported"
+        )
     if tok.n_vocab < vocab_size:
-        raise ValueError(f"{folder}: the model predicts {vocab_size} ids but its {tok.name} "
-                         f"tokenizer has {tok.n_vocab}; fix vocab_size in config.json")
+        raise ValueError(
+            f"{folder}: the model predicts {vocab_size} ids but its {tok.name} "
+            f"tokenizer has {tok.n_vocab}; fix vocab_size in config.json"
+        )
     return tok.meta()
 
 
@@ -241,8 +285,11 @@ def load_hf_folder(folder: str, map_location="cpu") -> dict:
     tok_meta = _hf_tokenizer_meta(folder, cfg.vocab_size)
     src = _strip_names(_hf_weights(folder), folder)
     state = to_our_state_dict(src, cfg, transposed=True, source=folder)
-    source = {"format": "huggingface-gpt2", "path": os.path.abspath(folder),
-              "activation_function": hf.get("activation_function", "gelu_new")}
+    source = {
+        "format": "huggingface-gpt2",
+        "path": os.path.abspath(folder),
+        "activation_function": hf.get("activation_function", "gelu_new"),
+    }
     return _checkpoint(state, cfg, tok_meta, source, map_location)
 
 
@@ -258,9 +305,11 @@ def _load_torch_file(path: str):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         if _pickle_mentions(path, b"model_args"):
-            raise ValueError(f"{path!r} looks like a nanoGPT checkpoint but holds objects a safe "
-                             f"(weights-only) load refuses ({type(e).__name__}); in nanoGPT, re-save "
-                             f"it as {{'model': ..., 'model_args': ...}} with plain values") from None
+            raise ValueError(
+                f"{path!r} looks like a nanoGPT checkpoint but holds objects a safe "
+                f"(weights-only) load refuses ({type(e).__name__}); in nanoGPT, re-save "
+                f"it as {{'model': ..., 'model_args': ...}} with plain values"
+            ) from None
         return None  # load_checkpoint gives the error for files that are not ours either
 
 
@@ -270,17 +319,25 @@ def _pickle_mentions(path: str, word: bytes) -> bool:
 
 
 def is_nanogpt(obj) -> bool:
-    return (isinstance(obj, dict) and obj.get("kind") != KIND
-            and isinstance(obj.get("model"), dict) and isinstance(obj.get("model_args"), dict))
+    return (
+        isinstance(obj, dict)
+        and obj.get("kind") != KIND
+        and isinstance(obj.get("model"), dict)
+        and isinstance(obj.get("model_args"), dict)
+    )
 
 
 def _nanogpt_chars(meta_path: str, vocab: int) -> dict:
     """Our char tokenizer from nanoGPT's meta.pkl (loader reads it), checked against the model."""
-    meta = read_meta_pkl(meta_path, fix="pass the meta.pkl of the model's own dataset, or remove it "
-                                        "to read the model as GPT-2-tokenized")
+    meta = read_meta_pkl(
+        meta_path,
+        fix="pass the meta.pkl of the model's own dataset, or remove it to read the model as GPT-2-tokenized",
+    )
     if len(meta["chars"]) != vocab:
-        raise ValueError(f"{meta_path} has {len(meta['chars'])} characters for a model of vocab {vocab}; "
-                         f"pass the meta.pkl of the model's own dataset")
+        raise ValueError(
+            f"{meta_path} has {len(meta['chars'])} characters for a model of vocab {vocab}; "
+            f"pass the meta.pkl of the model's own dataset"
+        )
     return get_tokenizer("char", meta["chars"]).meta()
 
 
@@ -300,8 +357,10 @@ def _nanogpt_tokenizer(path: str, obj: dict, vocab: int) -> tuple:
         return _nanogpt_chars(meta_path, vocab), vocab
     if vocab in (GPT2_VOCAB, NANOGPT_GPT2_VOCAB):
         return get_tokenizer("gpt2").meta(), GPT2_VOCAB
-    raise ValueError(f"{path!r} has vocab_size={vocab}, not GPT-2's, and no meta.pkl was found at "
-                     f"{candidates[-1]}; copy nanoGPT's data/<dataset>/meta.pkl next to the checkpoint")
+    raise ValueError(
+        f"{path!r} has vocab_size={vocab}, not GPT-2's, and no meta.pkl was found at "
+        f"{candidates[-1]}; copy nanoGPT's data/<dataset>/meta.pkl next to the checkpoint"
+    )
 
 
 def load_nanogpt(path: str, obj: dict, map_location="cpu") -> dict:
@@ -310,20 +369,33 @@ def load_nanogpt(path: str, obj: dict, map_location="cpu") -> dict:
         n_layer, n_head, n_embd = int(args["n_layer"]), int(args["n_head"]), int(args["n_embd"])
         block_size, vocab = int(args["block_size"]), int(args["vocab_size"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path!r}: model_args lacks a usable {e}; it needs n_layer, n_head, "
-                         f"n_embd, block_size, vocab_size (as nanoGPT's train.py saves)") from None
+        raise ValueError(
+            f"{path!r}: model_args lacks a usable {e}; it needs n_layer, n_head, "
+            f"n_embd, block_size, vocab_size (as nanoGPT's train.py saves)"
+        ) from None
     tok_meta, vocab_size = _nanogpt_tokenizer(path, obj, vocab)
     src = _strip_names(obj["model"], path)
     fc = src.get("h.0.mlp.c_fc.weight")
     mlp = fc.shape[0] if fc is not None else 4 * n_embd  # nanoGPT's is 4x; forks may differ
-    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd, mlp_hidden=0 if mlp == 4 * n_embd else mlp,
-                      bias=bool(args.get("bias", True)), gelu_approximate="none")
+    cfg = GPTConfig(
+        vocab_size=vocab_size,
+        block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        mlp_hidden=0 if mlp == 4 * n_embd else mlp,
+        bias=bool(args.get("bias", True)),
+        gelu_approximate="none",
+    )
     state = to_our_state_dict(src, cfg, transposed=False, source=path, src_vocab=vocab)
     best, dataset = obj.get("best_val_loss"), (obj.get("config") or {}).get("dataset")
-    source = {"format": "nanogpt", "path": os.path.abspath(path), "iter_num": int(obj.get("iter_num") or 0),
-              "best_val_loss": float(best) if best is not None else None,
-              "dataset": dataset if isinstance(dataset, str) else None}
+    source = {
+        "format": "nanogpt",
+        "path": os.path.abspath(path),
+        "iter_num": int(obj.get("iter_num") or 0),
+        "best_val_loss": float(best) if best is not None else None,
+        "dataset": dataset if isinstance(dataset, str) else None,
+    }
     return _checkpoint(state, cfg, tok_meta, source, map_location)
 
 
@@ -349,6 +421,8 @@ def safetensors_torch():
     try:
         import safetensors.torch
     except ImportError as e:
-        raise RuntimeError("reading and writing model.safetensors needs the safetensors package; "
-                           "run `pip install safetensors`") from e
+        raise RuntimeError(
+            "reading and writing model.safetensors needs the safetensors package; "
+            "run `pip install safetensors`"
+        ) from e
     return safetensors.torch

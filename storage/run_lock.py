@@ -15,6 +15,7 @@ default on NFSv4). Mounts with `nolock` or `local_lock=flock|all`, and Lustre wi
 `flock` option, lock per node only: a run on another node is not stopped. Where the
 filesystem refuses file locks, acquire() warns and goes on without one.
 """
+
 import contextlib
 import datetime
 import errno
@@ -65,9 +66,11 @@ def acquire(run_dir: str, wait_s: float = 0.0, say=print) -> RunLock:
             if time.monotonic() >= deadline:
                 holder = _describe(path)
                 os.close(fd)
-                raise RunFolderBusy(f"{run_dir} is in use by another run ({holder}); two runs writing one "
-                                    f"folder would mix their checkpoints: wait for it to end (or stop it), "
-                                    f"or pick another --run_name") from None
+                raise RunFolderBusy(
+                    f"{run_dir} is in use by another run ({holder}); two runs writing one "
+                    f"folder would mix their checkpoints: wait for it to end (or stop it), "
+                    f"or pick another --run_name"
+                ) from None
             time.sleep(0.2)
         except OSError as e:
             if e.errno not in _NO_LOCKS:
@@ -75,8 +78,10 @@ def acquire(run_dir: str, wait_s: float = 0.0, say=print) -> RunLock:
                 raise
             os.close(fd)
             if say:
-                say(f"warning: the filesystem of {run_dir} does not lock files ({e.strerror}); nothing "
-                    f"stops a second run from writing this folder at the same time")
+                say(
+                    f"warning: the filesystem of {run_dir} does not lock files ({e.strerror}); nothing "
+                    f"stops a second run from writing this folder at the same time"
+                )
             return RunLock(path, None)
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started}) + "\n"

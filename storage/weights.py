@@ -2,13 +2,21 @@
 our checkpoints (checkpoint.py), a Hugging Face GPT-2 folder or a nanoGPT ckpt.pt
 (interop.py, converted to our checkpoint format). One way to find, load and check them.
 """
+
 import os
 
-from storage.checkpoint import (best_or_latest, clean_state_dict, load_checkpoint, newest_intact, newest_run,
-                        nonfinite_weights, step_checkpoints)
+from model import GPT, GPTConfig
+from storage.checkpoint import (
+    best_or_latest,
+    clean_state_dict,
+    load_checkpoint,
+    newest_intact,
+    newest_run,
+    nonfinite_weights,
+    step_checkpoints,
+)
 from storage.interop import HF_WEIGHTS, is_hf_folder, load_external
 from text.loader import load_meta
-from model import GPT, GPTConfig
 
 
 def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
@@ -18,22 +26,29 @@ def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
     if path is None:
         run = newest_run(out_dir)
         if run is None:
-            raise FileNotFoundError(f"no run with checkpoints under {out_dir!r}; train one with "
-                                    f"`python train.py config/shakespeare_cpu.py` or pass --checkpoint")
+            raise FileNotFoundError(
+                f"no run with checkpoints under {out_dir!r}; train one with "
+                f"`python train.py config/shakespeare_cpu.py` or pass --checkpoint"
+            )
         path = run
     if is_hf_folder(path):
         return path
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-    if (os.path.isdir(path) or os.path.basename(path) in HF_WEIGHTS) and \
-            any(os.path.isfile(os.path.join(folder, name)) for name in HF_WEIGHTS):
-        raise FileNotFoundError(f"{folder} holds Hugging Face weights but no config.json, which says the "
-                                f"model's shape; copy the model's config.json into it")
+    if (os.path.isdir(path) or os.path.basename(path) in HF_WEIGHTS) and any(
+        os.path.isfile(os.path.join(folder, name)) for name in HF_WEIGHTS
+    ):
+        raise FileNotFoundError(
+            f"{folder} holds Hugging Face weights but no config.json, which says the "
+            f"model's shape; copy the model's config.json into it"
+        )
     if os.path.isdir(path):
         nanogpt = os.path.join(path, "ckpt.pt")
         found = best_or_latest(path) or (nanogpt if os.path.isfile(nanogpt) else None)
         if found is None:
-            raise FileNotFoundError(f"folder {path!r} has no best_model.pt or checkpoint_step_N.pt "
-                                    f"(nor config.json of a Hugging Face model, nor nanoGPT's ckpt.pt)")
+            raise FileNotFoundError(
+                f"folder {path!r} has no best_model.pt or checkpoint_step_N.pt "
+                f"(nor config.json of a Hugging Face model, nor nanoGPT's ckpt.pt)"
+            )
         return found
     return path  # load_checkpoint says clearly if it is missing or not a checkpoint
 
@@ -45,7 +60,9 @@ def load_weights(path: str) -> dict:
     return _finite(path, load_external(path) or load_checkpoint(path))
 
 
-def load_resume(resume: str, run_dir: str, say=print, set_aside: bool = True) -> tuple[str | None, dict | None]:
+def load_resume(
+    resume: str, run_dir: str, say=print, set_aside: bool = True
+) -> tuple[str | None, dict | None]:
     """(path, contents) of the checkpoint train.py --resume continues; (None, None) when
     "latest"/"auto" finds no step checkpoint in run_dir. "latest", "auto" and a run folder
     take the newest intact step checkpoint, passing over corrupt ones (checkpoint.newest_intact;
@@ -53,23 +70,29 @@ def load_resume(resume: str, run_dir: str, say=print, set_aside: bool = True) ->
     nanoGPT source is refused: it has no optimizer state or step to continue."""
     if resume in ("latest", "auto") or (os.path.isdir(resume) and step_checkpoints(resume)):
         folder = run_dir if resume in ("latest", "auto") else resume
-        path, ckpt = newest_intact(folder, say, set_aside and os.path.abspath(folder) == os.path.abspath(run_dir))
+        path, ckpt = newest_intact(
+            folder, say, set_aside and os.path.abspath(folder) == os.path.abspath(run_dir)
+        )
         return path, ckpt and _finite(path, ckpt)
     path = resolve_checkpoint(resume)
     external = load_external(path)
     if external is not None:
-        raise ValueError(f"--resume={resume} is a {external['source']['format']} checkpoint: it has no "
-                         f"optimizer state or step of this trainer to continue; start from its weights "
-                         f"with --init_from={resume}")
+        raise ValueError(
+            f"--resume={resume} is a {external['source']['format']} checkpoint: it has no "
+            f"optimizer state or step of this trainer to continue; start from its weights "
+            f"with --init_from={resume}"
+        )
     return path, _finite(path, load_checkpoint(path))
 
 
 def _finite(path: str, ckpt: dict) -> dict:
     bad = nonfinite_weights(ckpt["model"])
     if bad:
-        raise ValueError(f"{path} holds NaN or inf weights ({', '.join(bad[:3])}"
-                         f"{', ...' if len(bad) > 3 else ''}): the run diverged before this save; "
-                         f"use an earlier checkpoint")
+        raise ValueError(
+            f"{path} holds NaN or inf weights ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): the run diverged before this save; "
+            f"use an earlier checkpoint"
+        )
     return ckpt
 
 
@@ -79,8 +102,9 @@ def tokenizer_meta(ckpt: dict) -> dict:
         return ckpt["tokenizer"]
     data_dir = (ckpt.get("config") or {}).get("data_dir")
     if not data_dir:
-        raise ValueError("the checkpoint stores no tokenizer and no data_dir; sample from a "
-                         "checkpoint written by train.py")
+        raise ValueError(
+            "the checkpoint stores no tokenizer and no data_dir; sample from a checkpoint written by train.py"
+        )
     return load_meta(data_dir)
 
 
@@ -95,6 +119,8 @@ def check_tokenizer(cfg: GPTConfig, tok):
     """Refuse a tokenizer whose ids are not the model's: the model predicts vocab_size ids,
     and every id the tokenizer makes must have an embedding row."""
     if not cfg.vocab_size <= tok.n_vocab <= cfg.padded_vocab:
-        raise ValueError(f"the model has {cfg.vocab_size} ids but the {tok.name} tokenizer has "
-                         f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "
-                         f"checkpoint's data_dir its own meta.json (prepare_data.py writes it)")
+        raise ValueError(
+            f"the model has {cfg.vocab_size} ids but the {tok.name} tokenizer has "
+            f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "
+            f"checkpoint's data_dir its own meta.json (prepare_data.py writes it)"
+        )

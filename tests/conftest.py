@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny prepared dataset, a tiny training command line, torchrun, and
 damaged files and disks."""
+
 import contextlib
 import json
 import os
@@ -10,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 40
 
 
 def alphabet(n: int) -> str:
@@ -31,8 +32,15 @@ def write_dataset(folder, train_ids, val_ids, vocab_size, dtype="uint16", meta_e
     np.asarray(train_ids, dtype=dtype).tofile(os.path.join(folder, "train.bin"))
     np.asarray(val_ids, dtype=dtype).tofile(os.path.join(folder, "val.bin"))
     chars = alphabet(vocab_size - 1)
-    meta = {"tokenizer": "char", "chars": chars, "vocab_size": vocab_size, "dtype": dtype,
-            "eot_id": vocab_size - 1, "train_tokens": len(train_ids), "val_tokens": len(val_ids)}
+    meta = {
+        "tokenizer": "char",
+        "chars": chars,
+        "vocab_size": vocab_size,
+        "dtype": dtype,
+        "eot_id": vocab_size - 1,
+        "train_tokens": len(train_ids),
+        "val_tokens": len(val_ids),
+    }
     meta.update(meta_extra or {})
     with open(os.path.join(folder, "meta.json"), "w") as fh:
         json.dump(meta, fh)
@@ -51,15 +59,36 @@ def char_data(tmp_path):
 @pytest.fixture
 def tiny_args(tmp_path, char_data):
     """Command-line arguments for a seconds-long training run on char_data."""
-    return [f"--data_dir={char_data}", f"--out_dir={tmp_path / 'checkpoints'}", "--run_name=t",
-            "--model=tiny", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16",
-            "--global_batch_size=4", "--micro_batch_size=2", "--max_steps=6", "--warmup_steps=2",
-            "--learning_rate=3e-3", "--eval_interval=3", "--eval_batches=2", "--log_interval=1",
-            "--save_interval=3", "--device=cpu", "--dtype=float32", "--compile=False",
-            "--tensorboard=False", "--progress_bar=False"]
+    return [
+        f"--data_dir={char_data}",
+        f"--out_dir={tmp_path / 'checkpoints'}",
+        "--run_name=t",
+        "--model=tiny",
+        "--n_layer=2",
+        "--n_head=2",
+        "--n_embd=32",
+        "--block_size=16",
+        "--global_batch_size=4",
+        "--micro_batch_size=2",
+        "--max_steps=6",
+        "--warmup_steps=2",
+        "--learning_rate=3e-3",
+        "--eval_interval=3",
+        "--eval_batches=2",
+        "--log_interval=1",
+        "--save_interval=3",
+        "--device=cpu",
+        "--dtype=float32",
+        "--compile=False",
+        "--tensorboard=False",
+        "--progress_bar=False",
+    ]
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# pytest puts ROOT on this process's path (pyproject.toml); the scripts and `python -c` lines
+# the tests start need it too, whether or not the project is pip-installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 WITH_FAULTS = os.path.join(ROOT, "tests", "run_with_faults.py")
 
 
@@ -77,24 +106,39 @@ def run_dir_of(args):
 
 def torchrun_cmd(args, nproc=2, launcher=("--standalone",)):
     """train.py (through run_with_faults.py) under torchrun with nproc gloo processes."""
-    return [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc_per_node={nproc}",
-            WITH_FAULTS, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *launcher,
+        f"--nproc_per_node={nproc}",
+        WITH_FAULTS,
+        *args,
+    ]
 
 
 def torchrun(args, nproc=2, fault="", launcher=("--standalone",), timeout=240):
     """Run to completion; the CompletedProcess (stdout and stderr as text)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", FAULT=fault)
-    return subprocess.run(torchrun_cmd(args, nproc, launcher), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        torchrun_cmd(args, nproc, launcher),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---- damaged files and disks -----------------------------------------------------------
+
 
 def flip_a_bit(path, tensor):
     """Flip one bit in the middle of `tensor`'s bytes inside the saved file `path`, as a disk
     does: the tensor's values are found verbatim in the archive (torch.save writes each
     storage as it is)."""
     import torch
+
     data = bytearray(open(path, "rb").read())
     raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     at = data.find(raw)
@@ -109,10 +153,11 @@ def flip_a_bit_in_member(path, suffix, at=None):
     with suffix (e.g. "data.pkl"); the archive's CRC no longer matches it."""
     import struct
     import zipfile
+
     with zipfile.ZipFile(path) as z:
         info = next(i for i in z.infolist() if i.filename.endswith(suffix))
     data = bytearray(open(path, "rb").read())
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
     start = info.header_offset + 30 + name_len + extra_len
     data[start + (info.file_size // 2 if at is None else at)] ^= 0x01
     with open(path, "wb") as fh:
@@ -126,8 +171,9 @@ def tmpfs(folder, options):
     os.makedirs(folder, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:

@@ -8,15 +8,14 @@
 When the process exits it prints THREADS_AT_EXIT=<names of the threads still alive>, so
 a test can check that no communication thread outlives the run.
 """
+
 import atexit
 import json
 import os
 import signal
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
+import train
 
 
 def inject(spec: str):
@@ -30,13 +29,19 @@ def inject(spec: str):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             print(f"rank {rank}: hanging at step {step}", flush=True)
             time.sleep(3600)
-        if kind == "die_once" and rank == int(args[0]) and step == int(args[1]) and not os.path.exists(args[2]):
+        if (
+            kind == "die_once"
+            and rank == int(args[0])
+            and step == int(args[1])
+            and not os.path.exists(args[2])
+        ):
             open(args[2], "w").close()
             print(f"rank {rank}: dying at step {step}", flush=True)
             os._exit(1)
         if kind == "slow":
             time.sleep(float(args[0]))
         return real(run, step)
+
     train.micro_batches = micro_batches
 
 

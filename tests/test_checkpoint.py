@@ -8,17 +8,20 @@ import time
 
 import pytest
 import torch
+from conftest import flip_a_bit, flip_a_bit_in_member, tmpfs
 
 from storage import checkpoint as ckpt
-from conftest import flip_a_bit, flip_a_bit_in_member, tmpfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_clean_state_dict_strips_only_leading_wrapper_prefixes():
-    state = {"module._orig_mod.h.0.attn.c_attn.weight": 1, "_orig_mod.wte.weight": 2,
-             "h.0.submodule.w": 3}
-    assert ckpt.clean_state_dict(state) == {"h.0.attn.c_attn.weight": 1, "wte.weight": 2, "h.0.submodule.w": 3}
+    state = {"module._orig_mod.h.0.attn.c_attn.weight": 1, "_orig_mod.wte.weight": 2, "h.0.submodule.w": 3}
+    assert ckpt.clean_state_dict(state) == {
+        "h.0.attn.c_attn.weight": 1,
+        "wte.weight": 2,
+        "h.0.submodule.w": 3,
+    }
 
 
 def test_save_and_load_round_trip_with_weights_only(tmp_path):
@@ -67,10 +70,12 @@ def test_finding_runs_and_checkpoints(tmp_path):
 def test_a_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
     path = str(tmp_path / "checkpoint_step_1.pt")
     ckpt.save_checkpoint({"step": 1, "model": {"w": torch.ones(3)}}, path)
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import torch; from storage import checkpoint as c\n"
-            f"big = {{'step': 2, 'model': {{'w': torch.randn(64, 1024, 1024)}}}}\n"
-            f"print('saving', flush=True)\n"
-            f"while True: c.save_checkpoint(big, {path!r})\n")
+    code = (
+        "import sys; import torch; from storage import checkpoint as c\n"
+        f"big = {{'step': 2, 'model': {{'w': torch.randn(64, 1024, 1024)}}}}\n"
+        f"print('saving', flush=True)\n"
+        f"while True: c.save_checkpoint(big, {path!r})\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "saving"
     time.sleep(0.3)
@@ -84,15 +89,17 @@ def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe
     """A real write failure: the process may write files of at most 200 kB (as on a full
     disk, the write call fails); the error says what it needed and what is still intact."""
     first, second = tmp_path / "checkpoint_step_1.pt", tmp_path / "checkpoint_step_2.pt"
-    code = (f"import resource, signal, sys; sys.path.insert(0, {ROOT!r})\n"
-            f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process\n"
-            f"import torch; from storage import checkpoint as c\n"
-            f"c.save_checkpoint({{'step': 1, 'model': {{'w': torch.ones(10)}}}}, {str(first)!r})\n"
-            f"resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-            f"try:\n"
-            f"    c.save_checkpoint({{'step': 2, 'model': {{'w': torch.ones(1_000_000)}}}}, {str(second)!r})\n"
-            f"except c.CheckpointWriteError as e:\n"
-            f"    print(e)\n")
+    code = (
+        "import resource, signal, sys\n"
+        f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process\n"
+        f"import torch; from storage import checkpoint as c\n"
+        f"c.save_checkpoint({{'step': 1, 'model': {{'w': torch.ones(10)}}}}, {str(first)!r})\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        f"try:\n"
+        f"    c.save_checkpoint({{'step': 2, 'model': {{'w': torch.ones(1_000_000)}}}}, {str(second)!r})\n"
+        f"except c.CheckpointWriteError as e:\n"
+        f"    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert f"could not write {second}" in out and "File too large" in out
     assert "it needs about 4.0 MB" in out
@@ -103,20 +110,40 @@ def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe
 
 # ---- digests: nothing corrupt is used in silence ----------------------------------------
 
+
 def tiny_checkpoint(step=5, seed=0) -> dict:
     """What train.py saves, in miniature: weights, AdamW-like state keyed by name, config."""
     g = torch.Generator().manual_seed(seed)
-    model = {"wte.weight": torch.randn(16, 8, generator=g), "h.0.mlp.c_fc.weight": torch.randn(32, 8, generator=g),
-             "h.0.ln_1.bias": torch.randn(8, generator=g)}
-    state = {k: {"step": torch.tensor(float(step)), "exp_avg": torch.randn(v.shape, generator=g),
-                 "exp_avg_sq": torch.rand(v.shape, generator=g)} for k, v in model.items()}
-    return {"step": step, "model": model, "model_config": {"n_layer": 1, "n_embd": 8},
-            "optimizer": {"state": state, "param_groups": [{"lr": 3e-4, "betas": (0.9, 0.95), "params": list(model)}]},
-            "config": {"learning_rate": 3e-4, "run_name": "t"}, "best_val_loss": 4.25}
+    model = {
+        "wte.weight": torch.randn(16, 8, generator=g),
+        "h.0.mlp.c_fc.weight": torch.randn(32, 8, generator=g),
+        "h.0.ln_1.bias": torch.randn(8, generator=g),
+    }
+    state = {
+        k: {
+            "step": torch.tensor(float(step)),
+            "exp_avg": torch.randn(v.shape, generator=g),
+            "exp_avg_sq": torch.rand(v.shape, generator=g),
+        }
+        for k, v in model.items()
+    }
+    return {
+        "step": step,
+        "model": model,
+        "model_config": {"n_layer": 1, "n_embd": 8},
+        "optimizer": {
+            "state": state,
+            "param_groups": [{"lr": 3e-4, "betas": (0.9, 0.95), "params": list(model)}],
+        },
+        "config": {"learning_rate": 3e-4, "run_name": "t"},
+        "best_val_loss": 4.25,
+    }
 
 
 @pytest.mark.parametrize("algorithm", sorted(ckpt.HASHES))
-def test_a_flipped_bit_in_any_tensor_is_one_line_naming_the_file_and_the_tensor(tmp_path, monkeypatch, algorithm):
+def test_a_flipped_bit_in_any_tensor_is_one_line_naming_the_file_and_the_tensor(
+    tmp_path, monkeypatch, algorithm
+):
     monkeypatch.setattr(ckpt, "DIGEST", algorithm)  # a checkpoint names its hash: each one verifies
     path = str(tmp_path / "checkpoint_step_5.pt")
     obj = tiny_checkpoint()
@@ -157,8 +184,11 @@ def test_a_pickle_that_fails_its_crc_is_one_line(tmp_path):
     path = str(tmp_path / "checkpoint_step_5.pt")
     ckpt.save_checkpoint(tiny_checkpoint(), path)
     flip_a_bit_in_member(path, "data.pkl", at=0)  # the pickle's first opcode: it no longer loads
-    with pytest.raises(ckpt.CorruptCheckpoint, match=r"is corrupt: its zip archive fails its own check "
-                                                     r"\(Bad CRC-32 for file '.*data.pkl'\)") as e:
+    with pytest.raises(
+        ckpt.CorruptCheckpoint,
+        match=r"is corrupt: its zip archive fails its own check "
+        r"\(Bad CRC-32 for file '.*data.pkl'\)",
+    ) as e:
         ckpt.load_checkpoint(path)
     assert "\n" not in str(e.value)
 
@@ -185,7 +215,9 @@ def test_resume_passes_over_a_corrupt_newest_checkpoint_and_says_so(tmp_path):
     corrupt_run(tmp_path, bad=(2, 3))
     path, obj = ckpt.newest_intact(str(tmp_path), say=said.append)
     assert path == str(tmp_path / "checkpoint_step_1.pt") and obj["step"] == 1
-    assert said[0].startswith(f"warning: passing over {tmp_path / 'checkpoint_step_3.pt'}: tensor model/wte.weight")
+    assert said[0].startswith(
+        f"warning: passing over {tmp_path / 'checkpoint_step_3.pt'}: tensor model/wte.weight"
+    )
     assert "moved it to checkpoint_step_3.pt.corrupt" in said[0] and "checkpoint_step_2.pt" in said[1]
     assert said[2] == f"resuming from {path}, the newest intact checkpoint (step 1)"
     # set aside: a later resume, and keep_last's rotation, see the intact one only
@@ -201,8 +233,11 @@ def test_a_reader_that_is_not_the_writer_passes_over_without_moving_anything(tmp
 
 def test_when_no_checkpoint_is_intact_resume_refuses_and_moves_nothing(tmp_path):
     corrupt_run(tmp_path, steps=(1, 2), bad=(1, 2))
-    with pytest.raises(ckpt.CorruptCheckpoint, match=r"checkpoint_step_2.pt is corrupt: tensor model/wte.weight "
-                                                     r".*no older step checkpoint in .* is intact either \(2 checked\)"):
+    with pytest.raises(
+        ckpt.CorruptCheckpoint,
+        match=r"checkpoint_step_2.pt is corrupt: tensor model/wte.weight "
+        r".*no older step checkpoint in .* is intact either \(2 checked\)",
+    ):
         ckpt.newest_intact(str(tmp_path), say=None)
     assert [s for s, _ in ckpt.step_checkpoints(str(tmp_path))] == [1, 2]
     assert ckpt.newest_intact(str(tmp_path / "empty"), say=None) == (None, None)
@@ -213,19 +248,29 @@ def test_the_listing_command_names_each_checkpoints_step_and_state(tmp_path):
     run.mkdir()
     corrupt_run(run, steps=(10, 20, 30), bad=(20,))
     torch.save({"kind": ckpt.KIND, "version": 1, **tiny_checkpoint(step=30)}, run / ckpt.BEST_FILE)
-    done = subprocess.run([sys.executable, "-m", "storage.checkpoint", str(run)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "storage.checkpoint", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr  # one is corrupt: a script can act on it
     rows = {line.split()[0]: line.split()[1:4] for line in done.stdout.splitlines()[1:]}
     digest = ckpt.load_checkpoint(str(run / "checkpoint_step_10.pt"))["digest"]["content"]
-    assert rows == {"checkpoint_step_10.pt": ["step", "10", "intact"], "checkpoint_step_20.pt": ["step", "20", "corrupt"],
-                    "checkpoint_step_30.pt": ["step", "30", "intact"], "best_model.pt": ["step", "30", "no"]}
+    assert rows == {
+        "checkpoint_step_10.pt": ["step", "10", "intact"],
+        "checkpoint_step_20.pt": ["step", "20", "corrupt"],
+        "checkpoint_step_30.pt": ["step", "30", "intact"],
+        "best_model.pt": ["step", "30", "no"],
+    }
     assert f"sha256:{digest}" in done.stdout and "tensor model/wte.weight does not match" in done.stdout
     os.remove(run / "checkpoint_step_20.pt")
     assert ckpt.main([str(run)]) == 0
 
 
 # ---- disk space ---------------------------------------------------------------------
+
 
 def test_space_warning_names_a_keep_last_that_fits(tmp_path):
     """The folder holds one 1/5-of-free-space checkpoint already: it counts as room, as
@@ -250,9 +295,12 @@ def test_a_full_disk_names_what_to_free_and_following_it_works(tmp_path):
                 ckpt.save_checkpoint({**obj, "step": step}, os.path.join(disk, ckpt.step_file(step)))
         message = str(e.value)
         assert "the disk is full: No space left on device" in message and "\n" not in message
-        m = re.search(r"free at least ([\d.]+) MB there \(this run's (\d+) older step checkpoints hold [\d.]+ MB: "
-                      r"checkpoint_step_(\d+)\.pt to checkpoint_step_(\d+)\.pt\), or set --keep_last=\d+ \(older step "
-                      r"checkpoints are then deleted before each save\), then continue with --resume", message)
+        m = re.search(
+            r"free at least ([\d.]+) MB there \(this run's (\d+) older step checkpoints hold [\d.]+ MB: "
+            r"checkpoint_step_(\d+)\.pt to checkpoint_step_(\d+)\.pt\), or set --keep_last=\d+ \(older step "
+            r"checkpoints are then deleted before each save\), then continue with --resume",
+            message,
+        )
         assert m, message
         first, last = int(m.group(3)), int(m.group(4))
         assert last == step - 2 and ckpt.latest_checkpoint(disk).endswith(ckpt.step_file(step - 1))

@@ -3,6 +3,7 @@ AdamW, flash attention, pinned host copies, the KV cache, GPU checkpoints on a C
 with offload on one GPU, selective checkpointing's memory, float8 matmuls, NCCL. Every test
 is marked `cuda` and skipped without a GPU; `python bench/gpu_suite.py` runs them first
 (`pytest -m cuda tests`)."""
+
 import dataclasses
 import importlib.util
 import math
@@ -12,25 +13,27 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, records, run_dir_of, torchrun
+from test_sample import prompt, tiny_model
 
-from storage import checkpoint as ckpt
 import sample
 import train
-from conftest import ROOT, records, run_dir_of, torchrun
-from parallel.devices import autocast, peak_flops
-from text.loader import read_meta
-from parallel.distributed import Dist
-from training.memory import selective_block_bytes
 from model import GPT, CausalSelfAttention, GPTConfig, to_float8
-from training.step_stats import HostCopies, StepValues
-from test_sample import prompt, tiny_model
-from training.config import load_config
+from parallel.devices import autocast, peak_flops
+from parallel.distributed import Dist
+from storage import checkpoint as ckpt
 from storage.weights import build_model, load_weights
+from text.loader import read_meta
+from training.config import load_config
+from training.memory import selective_block_bytes
+from training.step_stats import HostCopies, StepValues
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 # bf16 tensor cores and flash attention need compute capability 8.0 (Ampere) or later
-native_bf16 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
-                                 reason="needs a GPU with native bf16 (compute capability 8.0+)")
+native_bf16 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+    reason="needs a GPU with native bf16 (compute capability 8.0+)",
+)
 CUDA = torch.device("cuda", 0)
 
 
@@ -61,6 +64,7 @@ def small_model(seed=0):
 
 # ---- precision -------------------------------------------------------------------------------
 
+
 @native_bf16
 def test_a_bf16_step_computes_in_bf16_and_updates_fp32_weights():
     model, opt = small_model()
@@ -68,10 +72,19 @@ def test_a_bf16_step_computes_in_bf16_and_updates_fp32_weights():
     model.h[0].mlp.c_fc.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     x, y = torch.randint(0, 96, (2, 4, 32), device=CUDA)
     before = [p.detach().clone() for p in model.parameters()]
-    loss, norm, applied = train.train_step(model, opt, torch.amp.GradScaler("cuda", enabled=False), [(x, y, 1)],
-                                           1.0, autocast(CUDA, torch.bfloat16), Dist(device=CUDA)).tolist()
+    loss, norm, applied = train.train_step(
+        model,
+        opt,
+        torch.amp.GradScaler("cuda", enabled=False),
+        [(x, y, 1)],
+        1.0,
+        autocast(CUDA, torch.bfloat16),
+        Dist(device=CUDA),
+    ).tolist()
     assert seen == [torch.bfloat16]
-    assert loss == pytest.approx(math.log(96), abs=0.1) and math.isfinite(norm) and applied == 1.0  # the init's loss
+    assert (
+        loss == pytest.approx(math.log(96), abs=0.1) and math.isfinite(norm) and applied == 1.0
+    )  # the init's loss
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the master weights stay fp32
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.grad is None for p in model.parameters())
@@ -87,27 +100,29 @@ def test_a_bf16_run_trains_and_logs_gpu_memory_and_mfu(tiny_args):
     assert (start["device"], start["dtype"]) == ("cuda:0", "bfloat16")
     assert all(math.isfinite(r["loss"]) for r in recs) and recs[-1]["loss"] < recs[0]["loss"]
     # the GPU's allocated peak (a process with torch loaded has more than that in RSS alone)
-    assert 0 < recs[-1]["peak_mem_gib"] <= torch.cuda.max_memory_allocated() / 2 ** 30
+    assert 0 < recs[-1]["peak_mem_gib"] <= torch.cuda.max_memory_allocated() / 2**30
     assert all((r["mfu"] is not None) == (peak_flops(torch.cuda.get_device_name()) is not None) for r in recs)
 
 
 def test_an_fp16_overflow_skips_the_update_and_halves_the_scale():
     model, opt = small_model()
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
     x = torch.randint(0, 96, (4, 32), device=CUDA)
 
     def step(seed):
-        return train.train_step(model, opt, scaler, [(x, x, seed)], 1.0, autocast(CUDA, torch.float16),
-                                Dist(device=CUDA)).tolist()
+        return train.train_step(
+            model, opt, scaler, [(x, x, seed)], 1.0, autocast(CUDA, torch.float16), Dist(device=CUDA)
+        ).tolist()
+
     assert step(1)[2] == 1.0  # a scale of 1,024 fits fp16: applied
     weights = [p.detach().clone() for p in model.parameters()]
     state = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()}
-    scaler.update(new_scale=2.0 ** 40)  # the loss x 2^40 overflows fp16 (max 65,504) in backward
+    scaler.update(new_scale=2.0**40)  # the loss x 2^40 overflows fp16 (max 65,504) in backward
     loss, norm, applied = step(2)
     assert math.isfinite(loss) and not math.isfinite(norm) and applied == 0.0
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
     assert all(torch.equal(state[id(p)][k], v) for p in model.parameters() for k, v in opt.state[p].items())
-    assert scaler.get_scale() == 2.0 ** 39
+    assert scaler.get_scale() == 2.0**39
 
 
 def test_an_fp16_run_counts_and_logs_its_overflowed_steps_then_trains(tiny_args, monkeypatch):
@@ -115,8 +130,11 @@ def test_an_fp16_run_counts_and_logs_its_overflowed_steps_then_trains(tiny_args,
     huge initial scale overflows, each overflow is skipped, counted, logged and halves the
     scale, until the scale fits and steps are applied."""
     real = torch.amp.GradScaler
-    monkeypatch.setattr(train.torch.amp, "GradScaler",
-                        lambda device, enabled: real(device, init_scale=2.0 ** 40, enabled=enabled))
+    monkeypatch.setattr(
+        train.torch.amp,
+        "GradScaler",
+        lambda device, enabled: real(device, init_scale=2.0**40, enabled=enabled),
+    )
     args = on_gpu(tiny_args, dtype="float16", max_steps=40, eval_interval=40, save_interval=40)
     assert train.main(args) == 0
     run = run_dir_of(args)
@@ -129,6 +147,7 @@ def test_an_fp16_run_counts_and_logs_its_overflowed_steps_then_trains(tiny_args,
 
 
 # ---- compile, optimizer, attention, host copies -----------------------------------------------
+
 
 @native_bf16
 def test_compiled_losses_equal_eager_over_20_steps(tiny_args):
@@ -155,8 +174,15 @@ def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
     try:
         assert isinstance(run.optimizer, torch.optim.AdamW) and run.optimizer.defaults["fused"] is True
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            train.train_step(run.model, run.optimizer, run.scaler, train.micro_batches(run, 0), cfg.grad_clip,
-                             run.autocast, env)
+            train.train_step(
+                run.model,
+                run.optimizer,
+                run.scaler,
+                train.micro_batches(run, 0),
+                cfg.grad_clip,
+                run.autocast,
+                env,
+            )
             torch.cuda.synchronize()
     finally:
         run.reporter.close()
@@ -166,26 +192,34 @@ def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
 
 # SDPA's fused backends: none keeps the T x T scores (the planner counts none). Which one
 # PyTorch picks depends on the card and version: cuDNN's on an H200 with torch 2.11.
-FUSED_ATTENTION = {"aten::_scaled_dot_product_flash_attention": "flash",
-                   "aten::_scaled_dot_product_cudnn_attention": "cudnn",
-                   "aten::_scaled_dot_product_efficient_attention": "mem_efficient"}
+FUSED_ATTENTION = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_efficient_attention": "mem_efficient",
+}
 
 
 @native_bf16
 def test_attention_takes_a_fused_kernel_never_the_math_path():
     from torch.autograd import DeviceType
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     torch.manual_seed(0)
-    attn = CausalSelfAttention(GPTConfig(vocab_size=64, block_size=256, n_layer=1, n_head=4, n_embd=256)).to(CUDA)
+    attn = CausalSelfAttention(GPTConfig(vocab_size=64, block_size=256, n_layer=1, n_head=4, n_embd=256)).to(
+        CUDA
+    )
     x = torch.randn(2, 256, 256, device=CUDA)
     with autocast(CUDA, torch.bfloat16):  # as training runs it: fp32 weights, bf16 q, k, v
         with sdpa_kernel(SDPBackend.MATH):
             want = attn(x)
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # with only flash allowed, PyTorch raises if it cannot run
+        with sdpa_kernel(
+            SDPBackend.FLASH_ATTENTION
+        ):  # with only flash allowed, PyTorch raises if it cannot run
             got = attn(x)
         torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        ) as prof:
             attn(x).float().sum().backward()  # the default choice, forward and backward
             torch.cuda.synchronize()
     events = prof.events()
@@ -210,11 +244,14 @@ def test_step_results_reach_the_host_through_pinned_memory_once_the_gpu_has_them
     last = copies.pop(wait_for_all=True)
     want = (x @ x).norm().item()
     assert [r.step for r in last] == [2] and all(r.applied for r in early + last)
-    assert all(r.loss == pytest.approx(want, rel=1e-3) and r.grad_norm == pytest.approx(2 * want, rel=1e-3)
-               for r in early + last)
+    assert all(
+        r.loss == pytest.approx(want, rel=1e-3) and r.grad_norm == pytest.approx(2 * want, rel=1e-3)
+        for r in early + last
+    )
 
 
 # ---- sampling and checkpoints -------------------------------------------------------------------
+
 
 def test_greedy_sampling_with_the_kv_cache_on_cuda_equals_without():
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 as the CPU test has it: equal greedy picks
@@ -223,21 +260,33 @@ def test_greedy_sampling_with_the_kv_cache_on_cuda_equals_without():
     cached = sample.generate(model, idx, new, temperature=0.0, use_cache=True)
     plain = sample.generate(model, idx, new, temperature=0.0, use_cache=False)
     assert torch.equal(cached, plain)
-    assert len(set(cached[:, idx.size(1):].flatten().tolist())) > 3  # not one repeated token
+    assert len(set(cached[:, idx.size(1) :].flatten().tolist())) > 3  # not one repeated token
     if torch.cuda.get_device_capability()[0] >= 8:  # and the bf16 cache (sample.py's default on a GPU) runs
         with autocast(CUDA, torch.bfloat16):
             bf16 = sample.generate(model, idx, new, temperature=0.0, use_cache=True)
-        assert bf16.shape == cached.shape and torch.equal(bf16[:, :idx.size(1)], idx)
+        assert bf16.shape == cached.shape and torch.equal(bf16[:, : idx.size(1)], idx)
 
 
 def test_a_checkpoint_saved_on_the_gpu_samples_on_a_machine_without_one(tiny_args):
     args = on_gpu(tiny_args, compile=True)  # a GPU run's defaults: compiled, bf16
     assert train.main(args) == 0
     path = ckpt.latest_checkpoint(run_dir_of(args))
-    cmd = ["--checkpoint=" + path, "--prompt=First Citizen:", "--temperature=0", "--max_new_tokens=30",
-           "--num_samples=1", "--dtype=float32"]
-    cpu = subprocess.run([sys.executable, "sample.py", *cmd], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))  # no GPU in that process
+    cmd = [
+        "--checkpoint=" + path,
+        "--prompt=First Citizen:",
+        "--temperature=0",
+        "--max_new_tokens=30",
+        "--num_samples=1",
+        "--dtype=float32",
+    ]
+    cpu = subprocess.run(
+        [sys.executable, "sample.py", *cmd],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+    )  # no GPU in that process
     assert cpu.returncode == 0, cpu.stderr[-2000:]
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both: the same greedy text
     gpu = sample.main([*cmd, "--device=cuda"])
@@ -246,6 +295,7 @@ def test_a_checkpoint_saved_on_the_gpu_samples_on_a_machine_without_one(tiny_arg
 
 # ---- FSDP on one GPU, NCCL ---------------------------------------------------------------------
 
+
 def test_fsdp_with_offload_on_one_gpu_trains_and_its_checkpoint_loads_on_the_cpu(tiny_args):
     args = on_gpu(tiny_args, parallelism="fsdp", offload=True, run_name="offload")
     assert train.main(args) == 0
@@ -253,7 +303,7 @@ def test_fsdp_with_offload_on_one_gpu_trains_and_its_checkpoint_loads_on_the_cpu
     config = records(run, "start")[0]["config"]
     assert (config["parallelism"], config["offload"]) == ("fsdp", True)
     got = losses(args)
-    assert all(math.isfinite(l) for l in got) and got[-1] < got[0]
+    assert all(math.isfinite(v) for v in got) and got[-1] < got[0]
     model = build_model(load_weights(ckpt.latest_checkpoint(run)), "cpu")
     x = torch.randint(0, model.config.vocab_size, (2, model.config.block_size))
     with torch.no_grad():
@@ -274,6 +324,7 @@ def test_fsdp_with_offload_trains_as_one_plain_gpu_does(tiny_args):
 
 
 # ---- what trades compute for memory, and float8 --------------------------------------------
+
 
 @native_bf16
 def test_selective_checkpointing_keeps_the_matmul_outputs_the_planner_counts_and_the_same_gradients():
@@ -301,16 +352,21 @@ def test_selective_checkpointing_keeps_the_matmul_outputs_the_planner_counts_and
         assert (grads["selective"][name] - want).abs().max() <= 1e-2 * want.abs().max(), name
 
 
-fp8_gpu = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9)
-                             or importlib.util.find_spec("torchao") is None,
-                             reason="needs float8 tensor cores (compute capability 8.9+) and torchao")
+fp8_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available()
+    or torch.cuda.get_device_capability() < (8, 9)
+    or importlib.util.find_spec("torchao") is None,
+    reason="needs float8 tensor cores (compute capability 8.9+) and torchao",
+)
 
 
 @fp8_gpu
 def test_fp8_runs_float8_matmuls_on_the_gpu_and_tracks_bf16():
     """model.to_float8 on the GPU: the converted layers' matmuls run as float8 scaled matmuls
     (profiler), and the loss and gradients stay close to bf16's (within 3% of the largest)."""
-    model_cfg = GPTConfig(vocab_size=96, block_size=256, n_layer=2, n_head=6, n_embd=384)  # c_attn, c_fc: float8
+    model_cfg = GPTConfig(
+        vocab_size=96, block_size=256, n_layer=2, n_head=6, n_embd=384
+    )  # c_attn, c_fc: float8
     x, y = torch.randint(0, 96, (2, 8, 256), device=CUDA)
     results = []
     for fp8 in (False, True):
@@ -331,7 +387,9 @@ def test_fp8_runs_float8_matmuls_on_the_gpu_and_tracks_bf16():
         assert (fp8_grads[name] - want).abs().max() <= 0.03 * want.abs().max(), name
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs 2 GPUs: two ranks cannot share one device")
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="NCCL needs 2 GPUs: two ranks cannot share one device"
+)
 def test_two_gpus_over_nccl_train_as_one_process_does(tiny_args):
     common = on_gpu(tiny_args, dtype="float32", global_batch_size=8, micro_batch_size=2, max_steps=4)
     single, ddp = common + ["--run_name=single"], common + ["--run_name=nccl2"]

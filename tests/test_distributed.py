@@ -1,5 +1,6 @@
 """Processes training together (torchrun, gloo on CPU): equal to one process, clean exits,
 a hung rank named, a crashed rank restarted, two nodes. Each test launches real processes."""
+
 import json
 import os
 import re
@@ -8,10 +9,10 @@ import subprocess
 
 import pytest
 import torch
+from conftest import ROOT, records, run_dir_of, torchrun, torchrun_cmd
 
-from storage import checkpoint as ckpt
 import train
-from conftest import records, run_dir_of, torchrun, torchrun_cmd, ROOT
+from storage import checkpoint as ckpt
 
 
 def common(tiny_args, **overrides):
@@ -39,7 +40,7 @@ def without_key_bias(name, weight):
     if not name.endswith("attn.c_attn.bias"):
         return weight
     n = weight.numel() // 3  # q, k, v
-    return torch.cat([weight[:n], weight[2 * n:]])
+    return torch.cat([weight[:n], weight[2 * n :]])
 
 
 def thread_lists(output: str) -> list:
@@ -49,9 +50,23 @@ def thread_lists(output: str) -> list:
 
 def demo_model(tiny_args, **overrides):
     """The demo's model (4 x 128, context 64) on the tiny data, global batch 32, dropout on."""
-    values = {**dict(model="tiny", n_layer=4, n_head=4, n_embd=128, block_size=64, global_batch_size=32,
-                     micro_batch_size=8, max_steps=20, lr_decay_steps=20, dropout=0.1, eval_interval=10,
-                     save_interval=10), **overrides}
+    values = {
+        **dict(
+            model="tiny",
+            n_layer=4,
+            n_head=4,
+            n_embd=128,
+            block_size=64,
+            global_batch_size=32,
+            micro_batch_size=8,
+            max_steps=20,
+            lr_decay_steps=20,
+            dropout=0.1,
+            eval_interval=10,
+            save_interval=10,
+        ),
+        **overrides,
+    }
     return tiny_args + [f"--{k}={v}" for k, v in values.items()]
 
 
@@ -68,22 +83,35 @@ def test_every_parallelism_trains_the_same_and_leaves_no_gloo_thread(tiny_args):
     single = demo_model(tiny_args, run_name="single", loss_chunk=0)
     train.main(single)
     threads = []
-    for name, nproc, parallelism, recompute in (("ddp2", 2, "ddp", "full"), ("fsdp2", 2, "fsdp", False),
-                                                ("fsdp1", 1, "fsdp", "selective")):
-        args = demo_model(tiny_args, run_name=name, parallelism=parallelism, loss_chunk=96,
-                          activation_checkpointing=recompute)
+    for name, nproc, parallelism, recompute in (
+        ("ddp2", 2, "ddp", "full"),
+        ("fsdp2", 2, "fsdp", False),
+        ("fsdp1", 1, "fsdp", "selective"),
+    ):
+        args = demo_model(
+            tiny_args,
+            run_name=name,
+            parallelism=parallelism,
+            loss_chunk=96,
+            activation_checkpointing=recompute,
+        )
         proc = torchrun(args, nproc=nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
         same_run(run_dir_of(single), run_dir_of(args))
         start = records(run_dir_of(args), "start")[0]
-        assert (start["world_size"], start["accumulation"], start["config"]["parallelism"]) == \
-            (nproc, 4 // nproc, parallelism)
+        assert (start["world_size"], start["accumulation"], start["config"]["parallelism"]) == (
+            nproc,
+            4 // nproc,
+            parallelism,
+        )
         threads += thread_lists(proc.stdout) if parallelism == "ddp" else []
     assert len(threads) == 2 and not any("gloo" in name for names in threads for name in names), threads
     halves = demo_model(tiny_args, run_name="fsdp2_halves", parallelism="fsdp", loss_chunk=96)
     for part in (["--max_steps=10"], ["--resume"]):
         assert torchrun(halves + part).returncode == 0
-    whole = {r["step"]: r["loss"] for r in records(run_dir_of(demo_model(tiny_args, run_name="fsdp2")), "train")}
+    whole = {
+        r["step"]: r["loss"] for r in records(run_dir_of(demo_model(tiny_args, run_name="fsdp2")), "train")
+    }
     assert {r["step"]: r["loss"] for r in records(run_dir_of(halves), "train")} == whole  # bit for bit
 
 
@@ -99,8 +127,12 @@ def test_a_run_resumes_under_any_parallelism_and_world_size(tiny_args):
         assert proc.returncode == 0, proc.stderr[-3000:]
     train.main(chain + ["--max_steps=8", "--parallelism=ddp", "--resume"])
     starts = records(run_dir_of(chain), "start")
-    assert [(r["step"], r["world_size"], r["config"]["parallelism"]) for r in starts] == \
-        [(0, 2, "ddp"), (2, 2, "fsdp"), (4, 1, "fsdp"), (6, 1, "ddp")]
+    assert [(r["step"], r["world_size"], r["config"]["parallelism"]) for r in starts] == [
+        (0, 2, "ddp"),
+        (2, 2, "fsdp"),
+        (4, 1, "fsdp"),
+        (6, 1, "ddp"),
+    ]
     same_run(run_dir_of(reference), run_dir_of(chain), kinds=(("train", "loss"),))
 
 
@@ -138,11 +170,28 @@ def test_two_nodes_on_one_machine_match_one_process(tiny_args):
     nodes = common(tiny_args, run_name="nodes")
     endpoint = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="")
-    agents = [subprocess.Popen(
-        torchrun_cmd(nodes, nproc=1, launcher=("--nnodes=2", f"--node_rank={i}", "--rdzv_backend=c10d",
-                                               f"--rdzv_endpoint={endpoint}", "--rdzv_id=two_nodes",
-                                               f"--rdzv_conf=is_host={int(i == 0)}")),
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    agents = [
+        subprocess.Popen(
+            torchrun_cmd(
+                nodes,
+                nproc=1,
+                launcher=(
+                    "--nnodes=2",
+                    f"--node_rank={i}",
+                    "--rdzv_backend=c10d",
+                    f"--rdzv_endpoint={endpoint}",
+                    "--rdzv_id=two_nodes",
+                    f"--rdzv_conf=is_host={int(i == 0)}",
+                ),
+            ),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     outputs = [a.communicate(timeout=240)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     start = records(run_dir_of(nodes), "start")[0]

@@ -1,6 +1,7 @@
 """evaluate.py: the same choices as an independent scorer (transformers on the exported
 model), example by example; the table and JSON; --limit and --subset; one-line errors before
 the checkpoint loads."""
+
 import json
 import os
 import re
@@ -9,17 +10,30 @@ import sys
 
 import pytest
 import torch
-
-import evaluate
-from text import multiple_choice as mc
 from conftest import ROOT
 from test_export import CASES, export_run, random_model, save_run
 
-CONTEXTS = ["A man is sitting on a roof. He", "A woman walks into the kitchen and", "The kids are playing in the snow,",
-            "How to cook rice: rinse the rice, then", "The dog runs across the field and", "She opens her laptop and"]
-ENDINGS = ["starts pulling up roofing on the roof.", "picks up a knife.", "laugh and throw snowballs at each other.",
-           "boil it in water for twenty minutes.", "catches the ball in its mouth.", "begins to type an email.",
-           "is dancing.", "falls asleep on the couch while the television plays quietly in the background."]
+import evaluate
+from text import multiple_choice as mc
+
+CONTEXTS = [
+    "A man is sitting on a roof. He",
+    "A woman walks into the kitchen and",
+    "The kids are playing in the snow,",
+    "How to cook rice: rinse the rice, then",
+    "The dog runs across the field and",
+    "She opens her laptop and",
+]
+ENDINGS = [
+    "starts pulling up roofing on the roof.",
+    "picks up a knife.",
+    "laugh and throw snowballs at each other.",
+    "boil it in water for twenty minutes.",
+    "catches the ball in its mouth.",
+    "begins to type an email.",
+    "is dancing.",
+    "falls asleep on the couch while the television plays quietly in the background.",
+]
 
 
 def write_task(path, n=12):
@@ -27,8 +41,18 @@ def write_task(path, n=12):
     with open(path, "w") as fh:
         for i in range(n):
             endings = [ENDINGS[(i + k) % len(ENDINGS)] for k in range(4)]
-            fh.write(json.dumps({"ind": i, "ctx": CONTEXTS[i % len(CONTEXTS)], "endings": endings,
-                                 "label": i % 4, "split": "val"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "ind": i,
+                        "ctx": CONTEXTS[i % len(CONTEXTS)],
+                        "endings": endings,
+                        "label": i % 4,
+                        "split": "val",
+                    }
+                )
+                + "\n"
+            )
     return str(path)
 
 
@@ -57,8 +81,15 @@ def transformers_choice_logprobs(folder, task_path):
 def test_choices_agree_with_transformers_example_by_example(tmp_path):
     folder = export_run(tmp_path, random_model(**CASES["gpt2_vocab_padded"]))
     task = write_task(tmp_path / "hellaswag_val.jsonl")
-    ours = evaluate.main([f"--checkpoint={folder}", f"--task=hellaswag:{task}", "--per_example", "--device=cpu",
-                          f"--out={tmp_path / 'r.json'}"])["tasks"]["hellaswag"]
+    ours = evaluate.main(
+        [
+            f"--checkpoint={folder}",
+            f"--task=hellaswag:{task}",
+            "--per_example",
+            "--device=cpu",
+            f"--out={tmp_path / 'r.json'}",
+        ]
+    )["tasks"]["hellaswag"]
     theirs = transformers_choice_logprobs(folder, task)
     assert len(ours["per_example"]) == len(theirs) == 12
     right = right_norm = 0
@@ -69,7 +100,9 @@ def test_choices_agree_with_transformers_example_by_example(tmp_path):
         assert (ex["pred"], ex["pred_norm"]) == (want, want_norm)
         right, right_norm = right + (want == ex["label"]), right_norm + (want_norm == ex["label"])
     assert (ours["acc"], ours["acc_norm"]) == (right / 12, right_norm / 12)
-    assert len({ex["pred"] for ex in ours["per_example"]}) > 1  # a model with preferences, not one constant answer
+    assert (
+        len({ex["pred"] for ex in ours["per_example"]}) > 1
+    )  # a model with preferences, not one constant answer
 
 
 def test_the_table_and_json_with_limit_and_subset(tmp_path, capsys):
@@ -77,31 +110,58 @@ def test_the_table_and_json_with_limit_and_subset(tmp_path, capsys):
     task = tmp_path / "t.jsonl"
     with open(task, "w") as fh:
         for i in range(30):
-            fh.write(json.dumps({"context": f"the {'ab'[i % 2]} is", "choices": ["a cat.", "no", "yes it is"],
-                                 "label": i % 3}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "context": f"the {'ab'[i % 2]} is",
+                        "choices": ["a cat.", "no", "yes it is"],
+                        "label": i % 3,
+                    }
+                )
+                + "\n"
+            )
     out = tmp_path / "results" / "r.json"
-    got = evaluate.main([f"--checkpoint={run}", f"--task={task}", "--limit=5", f"--out={out}", "--device=cpu"])
+    got = evaluate.main(
+        [f"--checkpoint={run}", f"--task={task}", "--limit=5", f"--out={out}", "--device=cpu"]
+    )
     assert json.loads(out.read_text()) == got
     r = got["tasks"]["t"]  # named after the file
     assert (r["examples"], r["of"], r["selection"], r["path"]) == (5, 30, "the first 5", str(task))
     assert got["step"] == 7 and got["tokenizer"] == "char" and got["dtype"] == "float32"
     assert f"| t | 5 of 30 | {r['acc']:.4f} | {r['acc_norm']:.4f} |" in capsys.readouterr().out
-    got = evaluate.main([f"--checkpoint={run}", f"--task=mine:{task}", "--subset=7", f"--out={out}",
-                         "--per_example", "--device=cpu"])["tasks"]["mine"]
+    got = evaluate.main(
+        [
+            f"--checkpoint={run}",
+            f"--task=mine:{task}",
+            "--subset=7",
+            f"--out={out}",
+            "--per_example",
+            "--device=cpu",
+        ]
+    )["tasks"]["mine"]
     assert got["examples"] == 7 and [e["index"] for e in got["per_example"]] == mc.pick(30, subset=7)
     assert got["selection"] == "a fixed subset of 7 (seed 0)"
 
 
 def test_a_bad_task_file_is_an_error_before_the_checkpoint_loads(tmp_path):
     missing = tmp_path / "missing.jsonl"
-    proc = subprocess.run([sys.executable, "evaluate.py", "--checkpoint=/nonexistent", f"--task={missing}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", "--checkpoint=/nonexistent", f"--task={missing}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert re.fullmatch(r"error: task file '.*missing.jsonl' not found; HellaSwag's validation set is "
-                        r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(README: Evaluating models\)\n",
-                        proc.stderr), proc.stderr
+    assert re.fullmatch(
+        r"error: task file '.*missing.jsonl' not found; HellaSwag's validation set is "
+        r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(README: Evaluating models\)\n",
+        proc.stderr,
+    ), proc.stderr
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"context": "x", "choices": ["a", "b"], "label": 0}\n{"context": "x", "choices": ["a", "b"]}\n')
+    bad.write_text(
+        '{"context": "x", "choices": ["a", "b"], "label": 0}\n{"context": "x", "choices": ["a", "b"]}\n'
+    )
     with pytest.raises(ValueError, match="bad.jsonl:2: no label"):  # not the checkpoint's error
         evaluate.main(["--checkpoint=/nonexistent", f"--task={bad}", f"--out={tmp_path / 'r.json'}"])
     with pytest.raises(SystemExit):

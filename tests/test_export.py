@@ -1,24 +1,24 @@
 """export.py: our checkpoints as Hugging Face GPT-2 folders that transformers loads offline
 and runs to the same logits, the same greedy text, and the same token ids."""
+
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything here is local files; never reach for the Hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import export  # noqa: E402
-import sample  # noqa: E402
-from storage import checkpoint  # noqa: E402
-from storage.checkpoint import save_checkpoint  # noqa: E402
-from conftest import flip_a_bit, flip_a_bit_in_member  # noqa: E402
-from storage.interop import CONV1D_WEIGHTS  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
-from text.tokenizer import EOT_TEXT, get_tokenizer, gpt2_files  # noqa: E402
+from conftest import flip_a_bit, flip_a_bit_in_member
+
+import export
+import sample
+from model import GPT, GPTConfig
+from storage import checkpoint
+from storage.checkpoint import save_checkpoint
+from storage.interop import CONV1D_WEIGHTS
+from text.tokenizer import EOT_TEXT, get_tokenizer, gpt2_files
 
 CHARS = "".join(sorted("\n !',.:;?abcdefghijklmnopqrstuvwxyzAB"))  # 37 + eot: vocab 38, padded to 64
 CASES = {  # the three shapes the issue names, each a real export path
@@ -51,8 +51,15 @@ def save_run(tmp_path, model, step=7) -> str:
     """A run folder as train.py writes it: best_model.pt, and the TrainConfig as config.json
     (which must not make it look like a Hugging Face folder)."""
     run = tmp_path / "checkpoints" / "run"
-    save_checkpoint({"step": step, "model": model.state_dict(), "model_config": vars(model.config),
-                     "tokenizer": tokenizer_for(model.config).meta()}, str(run / "best_model.pt"))
+    save_checkpoint(
+        {
+            "step": step,
+            "model": model.state_dict(),
+            "model_config": vars(model.config),
+            "tokenizer": tokenizer_for(model.config).meta(),
+        },
+        str(run / "best_model.pt"),
+    )
     (run / "config.json").write_text(json.dumps({"run_name": "run", "model": "tiny", "n_layer": 2}))
     return str(run)
 
@@ -71,8 +78,9 @@ def all_logits(model, idx):
 def hf_greedy(hf, idx, n):
     hf.generation_config.eos_token_id = None  # run all n steps, as sample.py without --stop_at_eot
     with torch.no_grad():
-        return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n,
-                           do_sample=False, pad_token_id=0)
+        return hf.generate(
+            idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, do_sample=False, pad_token_id=0
+        )
 
 
 # ---- ours -> export -> transformers -----------------------------------------------------
@@ -102,8 +110,17 @@ def test_sample_cli_greedy_text_equals_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     model = random_model(**CASES["mlp_not_4x"])
     out = export_run(tmp_path, model)
-    texts = sample.main([f"--checkpoint={tmp_path / 'checkpoints' / 'run'}", "--prompt=the ", "--temperature=0",
-                         "--max_new_tokens=30", "--num_samples=1", "--device=cpu", "--dtype=float32"])
+    texts = sample.main(
+        [
+            f"--checkpoint={tmp_path / 'checkpoints' / 'run'}",
+            "--prompt=the ",
+            "--temperature=0",
+            "--max_new_tokens=30",
+            "--num_samples=1",
+            "--device=cpu",
+            "--dtype=float32",
+        ]
+    )
     tok = get_tokenizer("char", CHARS)
     ids = torch.tensor([tok.encode("the ")])
     hf = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
@@ -144,9 +161,16 @@ def test_folder_contents_config_and_weights_layout(tmp_path):
     safetensors = pytest.importorskip("safetensors")
     model = random_model(**CASES["gpt2_vocab_padded"], mlp_hidden=88)
     out = export_run(tmp_path, model)
-    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "merges.txt",
-                                       "model.safetensors", "source_checkpoint.json", "tokenizer_config.json",
-                                       "tokenizer_meta.json", "vocab.json"]
+    assert sorted(os.listdir(out)) == [
+        "config.json",
+        "generation_config.json",
+        "merges.txt",
+        "model.safetensors",
+        "source_checkpoint.json",
+        "tokenizer_config.json",
+        "tokenizer_meta.json",
+        "vocab.json",
+    ]
     with open(os.path.join(out, "config.json")) as fh:
         cfg = json.load(fh)
     assert cfg["model_type"] == "gpt2" and cfg["activation_function"] == "gelu_new"
@@ -165,13 +189,15 @@ def test_folder_contents_config_and_weights_layout(tmp_path):
         assert "lm_head.weight" not in keys and "transformer.wte.weight" in keys  # tied: stored once
         sd = model.state_dict()
         torch.testing.assert_close(f.get_tensor("transformer.wte.weight"), sd["wte.weight"][:50257])
-        torch.testing.assert_close(f.get_tensor("transformer.h.1.mlp.c_fc.weight"),
-                                   sd["h.1.mlp.c_fc.weight"].t())  # Conv1D: (in, out)
+        torch.testing.assert_close(
+            f.get_tensor("transformer.h.1.mlp.c_fc.weight"), sd["h.1.mlp.c_fc.weight"].t()
+        )  # Conv1D: (in, out)
     assert len(keys) == len(sd)  # every weight once, no extras
 
 
 def test_300m_preset_config_uses_n_inner():
     from model import preset_config
+
     cfg = export.hf_config(preset_config("300m"), 50256, "bfloat16")
     assert (cfg["n_inner"], cfg["n_positions"], cfg["n_embd"], cfg["n_layer"]) == (2944, 2048, 1024, 24)
     assert export.hf_config(preset_config("gpt2-124m"), 50256, "float32")["n_inner"] is None
@@ -208,7 +234,7 @@ def test_half_precision_export(tmp_path, dtype):
         if name.endswith(CONV1D_WEIGHTS):
             ours = ours.t()
         if ours.shape != p.shape:
-            ours = ours[:p.shape[0]]
+            ours = ours[: p.shape[0]]
         assert torch.equal(p, ours.to(getattr(torch, dtype)).float()), name
     with open(os.path.join(out, "config.json")) as fh:
         assert json.load(fh)["torch_dtype"] == dtype
@@ -228,8 +254,11 @@ def test_float16_overflow_is_an_error_naming_the_tensor(tmp_path):
 
 def test_field_gpt2_cannot_express_is_an_error_naming_it(tmp_path):
     model = random_model(**CASES["bias_false"])
-    ckpt = {"model": model.state_dict(), "model_config": {**vars(model.config), "rotary": True},
-            "tokenizer": get_tokenizer("char", CHARS).meta()}
+    ckpt = {
+        "model": model.state_dict(),
+        "model_config": {**vars(model.config), "rotary": True},
+        "tokenizer": get_tokenizer("char", CHARS).meta(),
+    }
     with pytest.raises(ValueError, match="model field rotary=True has no GPT-2 equivalent"):
         export.export(ckpt, str(tmp_path / "x"))
     ckpt["model_config"] = {**vars(model.config), "gelu_approximate": "sigmoid"}
@@ -270,7 +299,9 @@ def test_an_export_records_the_digest_of_the_checkpoint_it_came_from(tmp_path):
         record = json.load(fh)
     digest = checkpoint.load_checkpoint(best)["digest"]["content"]
     assert record == {"checkpoint": best, "format": checkpoint.KIND, "step": 7, "sha256": digest}
-    assert f"sha256:{digest}" in "\n".join(checkpoint.list_checkpoints(os.path.dirname(best))[0])  # the same id
+    assert f"sha256:{digest}" in "\n".join(
+        checkpoint.list_checkpoints(os.path.dirname(best))[0]
+    )  # the same id
 
 
 def cli_error(*args) -> str:
@@ -287,26 +318,32 @@ def test_a_corrupt_checkpoint_is_one_line_naming_the_file_and_the_tensor(tmp_pat
     run = save_run(tmp_path, model)
     best = os.path.join(run, "best_model.pt")
     flip_a_bit(best, model.state_dict()["h.0.mlp.c_fc.weight"])
-    assert f"{best} is corrupt: tensor model/h.0.mlp.c_fc.weight does not match" in \
-        cli_error(f"--checkpoint={run}", f"--out={tmp_path / 'x'}")
+    assert f"{best} is corrupt: tensor model/h.0.mlp.c_fc.weight does not match" in cli_error(
+        f"--checkpoint={run}", f"--out={tmp_path / 'x'}"
+    )
     save_run(tmp_path, model)
     flip_a_bit_in_member(best, "data.pkl", at=0)
-    assert f"{best} is corrupt: its zip archive fails its own check (Bad CRC-32" in \
-        cli_error(f"--checkpoint={run}", f"--out={tmp_path / 'x'}")
+    assert f"{best} is corrupt: its zip archive fails its own check (Bad CRC-32" in cli_error(
+        f"--checkpoint={run}", f"--out={tmp_path / 'x'}"
+    )
     assert not os.path.exists(tmp_path / "x")
 
 
 def test_out_under_a_file_is_one_line_before_loading(tmp_path):
     (tmp_path / "a_file").write_text("x")
     out = tmp_path / "a_file" / "sub" / "m"
-    assert cli_error("--checkpoint=does/not/exist.pt", f"--out={out}") == \
-        f"error: cannot create {out}: {tmp_path / 'a_file'} is a file, not a folder; pick another --out"
+    assert (
+        cli_error("--checkpoint=does/not/exist.pt", f"--out={out}")
+        == f"error: cannot create {out}: {tmp_path / 'a_file'} is a file, not a folder; pick another --out"
+    )
 
 
 def test_a_read_only_destination_is_one_line(tmp_path, read_only_dir, monkeypatch):
     run = save_run(tmp_path, random_model(**CASES["bias_false"]))
     out = os.path.join(read_only_dir, "exports", "m")
-    assert f"cannot create {out}: {read_only_dir} is not writable" in cli_error(f"--checkpoint={run}", f"--out={out}")
+    assert f"cannot create {out}: {read_only_dir} is not writable" in cli_error(
+        f"--checkpoint={run}", f"--out={out}"
+    )
     monkeypatch.setattr(export, "check_out", lambda out: None)  # as if it turned read-only after the check
     with pytest.raises(export.ExportWriteError, match=f"could not write {out} .*nothing was left there") as e:
         export.write_folder(out, {"config.json": b"{}"}, {})

@@ -3,18 +3,19 @@ is a slow reference kernel), so a run can be checked end to end on a CPU that st
 machine with float8 tensor cores. A real CPU refuses --fp8 (tests/test_resolve.py); its
 speed and its loss against bf16 are GPU measurements (bench/gpu_suite.py). Skipped without
 torchao (requirements-fp8.txt)."""
+
 import dataclasses
 import math
 import os
 
 import pytest
 import torch
+from conftest import records, run_dir_of
 
-from storage import checkpoint as ckpt
 import export
 import train
-from conftest import records, run_dir_of
 from model import GPT, GPTConfig, to_float8
+from storage import checkpoint as ckpt
 from training.resolve import Machine
 
 pytest.importorskip("torchao.float8")
@@ -28,8 +29,11 @@ SHAPE = dict(n_embd=16, n_head=2, mlp_hidden=1040)
 def float8_machine(monkeypatch):
     """This CPU, as train.py sees it, has float8 tensor cores."""
     real = Machine.of
-    monkeypatch.setattr(Machine, "of", classmethod(lambda cls, device, world: dataclasses.replace(
-        real(device, world), fp8=True)))
+    monkeypatch.setattr(
+        Machine,
+        "of",
+        classmethod(lambda cls, device, world: dataclasses.replace(real(device, world), fp8=True)),
+    )
 
 
 def test_to_float8_swaps_the_chosen_layers_and_leaves_the_parameters_as_they_were():
@@ -52,13 +56,17 @@ def test_to_float8_swaps_the_chosen_layers_and_leaves_the_parameters_as_they_wer
 
 
 def fp8_args(tiny_args, name, *extra):
-    return tiny_args + [f"--{k}={v}" for k, v in SHAPE.items()] + [
-        "--max_steps=3", "--dtype=bfloat16", f"--run_name={name}", *extra]
+    return (
+        tiny_args
+        + [f"--{k}={v}" for k, v in SHAPE.items()]
+        + ["--max_steps=3", "--dtype=bfloat16", f"--run_name={name}", *extra]
+    )
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
-def test_an_fp8_run_trains_and_its_checkpoint_and_export_hold_plain_weights(tiny_args, tmp_path, float8_machine,
-                                                                            parallelism):
+def test_an_fp8_run_trains_and_its_checkpoint_and_export_hold_plain_weights(
+    tiny_args, tmp_path, float8_machine, parallelism
+):
     """train.py converts the model (before FSDP shards it), trains, and says so; the
     checkpoint holds the plain model's state (same names, plain fp32 tensors), which a plain
     GPT loads and export.py exports."""

@@ -1,6 +1,7 @@
 """bench/gpu_suite.py on the CPU (--smoke): every row written, the numbers read from the
 runs' own logs, a crashed run failing the suite, the time limit skipping what it must.
 The suite runs as the user runs it, in a process of its own."""
+
 import json
 import os
 import re
@@ -8,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 SUITE = os.path.join(ROOT, "bench", "gpu_suite.py")
@@ -16,20 +16,30 @@ SUITE = os.path.join(ROOT, "bench", "gpu_suite.py")
 # checkpointing, way). The smoke runs eager on 32 positions, but each row's loss is its GPU
 # run's: all logits at once where a compiled run resolves to that, in chunks where the GPU run
 # takes chunks (then of 8 positions, so that the smoke's 32 are chunked too).
-RUNS = {"124m_bf16": ("bfloat16", 0, False, "DDP"), "1.2b_bf16": ("bfloat16", 0, False, "DDP"),
-        "124m_bf16_chunked": ("bfloat16", 8, False, "DDP"), "1.2b_bf16_chunked": ("bfloat16", 8, False, "DDP"),
-        "1.2b_bf16_selective": ("bfloat16", 0, "selective", "DDP + selective checkpointing"),
-        "1.2b_fp8": ("bfloat16 + fp8", 0, False, "DDP"), "124m_fp8": ("bfloat16 + fp8", 0, False, "DDP"),
-        # config/gpt2_1b_16gb.py's way, offload left out (it needs a GPU), its loss in chunks
-        "1b_16gb": ("float32", 8, "full", "FSDP + activation checkpointing"),
-        "124m_fp16": ("float16", 0, False, "DDP"),
-        "1.2b_bf16_ckpt": ("bfloat16", 0, "full", "DDP + activation checkpointing")}
+RUNS = {
+    "124m_bf16": ("bfloat16", 0, False, "DDP"),
+    "1.2b_bf16": ("bfloat16", 0, False, "DDP"),
+    "124m_bf16_chunked": ("bfloat16", 8, False, "DDP"),
+    "1.2b_bf16_chunked": ("bfloat16", 8, False, "DDP"),
+    "1.2b_bf16_selective": ("bfloat16", 0, "selective", "DDP + selective checkpointing"),
+    "1.2b_fp8": ("bfloat16 + fp8", 0, False, "DDP"),
+    "124m_fp8": ("bfloat16 + fp8", 0, False, "DDP"),
+    # config/gpt2_1b_16gb.py's way, offload left out (it needs a GPU), its loss in chunks
+    "1b_16gb": ("float32", 8, "full", "FSDP + activation checkpointing"),
+    "124m_fp16": ("float16", 0, False, "DDP"),
+    "1.2b_bf16_ckpt": ("bfloat16", 0, "full", "DDP + activation checkpointing"),
+}
 NOT_RUN_IN_SMOKE = {"1.2b_fp8", "124m_fp8"}  # a CPU has no float8: planned, not run
 
 
 def run_suite(out, *args):
-    proc = subprocess.run([sys.executable, SUITE, "--smoke", f"--out={out}", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, SUITE, "--smoke", f"--out={out}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     suite = None
     if os.path.exists(os.path.join(out, "suite.json")):
         with open(os.path.join(out, "suite.json")) as fh:
@@ -59,11 +69,15 @@ def test_the_smoke_suite_writes_every_row_from_the_runs_own_logs(tmp_path):
     assert [r["name"] for r in runs] == list(RUNS)
     for r in runs:
         c = r["config"]
-        assert (c["dtype"], c["loss_chunk"], c["activation_checkpointing"], c["way"], c["compile"]) == \
-            RUNS[r["name"]] + (False,), r["name"]
+        assert (c["dtype"], c["loss_chunk"], c["activation_checkpointing"], c["way"], c["compile"]) == RUNS[
+            r["name"]
+        ] + (False,), r["name"]
         assert r["planner_gib"] > 0
         if r["name"] in NOT_RUN_IN_SMOKE:
-            assert r["status"].startswith("skipped: --smoke: a CPU has no float8 tensor cores") and "tokens_per_s" not in r
+            assert (
+                r["status"].startswith("skipped: --smoke: a CPU has no float8 tensor cores")
+                and "tokens_per_s" not in r
+            )
             continue
         assert r["status"] == "ok", r
         logged = train_records(os.path.join(out, "logs", f"{r['name']}.metrics.jsonl"))
@@ -76,8 +90,10 @@ def test_the_smoke_suite_writes_every_row_from_the_runs_own_logs(tmp_path):
         assert r["peak_gib"] == max(x["peak_mem_gib"] for x in logged[2:]) > 0
         assert r["ratio"] == pytest.approx(r["peak_gib"] / r["planner_gib"])
     # the chunked row ran the chunked loss: the same losses up to rounding, not the same bits
-    plain, chunked = (train_records(os.path.join(out, "logs", f"{n}.metrics.jsonl"))
-                      for n in ("124m_bf16", "124m_bf16_chunked"))
+    plain, chunked = (
+        train_records(os.path.join(out, "logs", f"{n}.metrics.jsonl"))
+        for n in ("124m_bf16", "124m_bf16_chunked")
+    )
     assert [x["loss"] for x in chunked] != [x["loss"] for x in plain]
     assert [x["loss"] for x in chunked] == pytest.approx([x["loss"] for x in plain], rel=1e-3)
     assert rows["1b_16gb"]["config"]["card_gib"] == 16  # run through bench/emulate_card.py: uncapped on a CPU
@@ -113,8 +129,11 @@ def test_parts_the_time_limit_leaves_no_room_for_are_skipped_not_failed(tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = [r["name"] for r in suite["rows"]]
     assert names == ["pytest -m cuda", *RUNS, "hellaswag", "bench_memory"]
-    assert all(re.fullmatch(r"skipped: [01] s left of --time_limit_s=1", r["status"])
-               for r in suite["rows"][:-1] if r["name"] not in NOT_RUN_IN_SMOKE)
+    assert all(
+        re.fullmatch(r"skipped: [01] s left of --time_limit_s=1", r["status"])
+        for r in suite["rows"][:-1]
+        if r["name"] not in NOT_RUN_IN_SMOKE
+    )
     assert not os.path.exists(os.path.join(out, "logs"))  # nothing ran
 
 

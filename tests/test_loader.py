@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import TEXT, alphabet, write_dataset
 
 from text import loader
-from conftest import TEXT, alphabet, write_dataset
 from text.loader import TokenWindows, check_vocab, load_meta, read_meta
 from text.tokenizer import load_tokenizer
 
@@ -60,7 +60,9 @@ def test_nanogpt_data_without_meta_is_gpt2(tmp_path, capsys):
     assert "assuming GPT-2 token ids" in capsys.readouterr().err
     check_vocab(meta, 50257, folder)
     np.array([5, 60000, 7], dtype=np.uint16).tofile(os.path.join(folder, "val.bin"))
-    with pytest.raises(ValueError, match=re.escape(os.path.join(folder, "val.bin")) + " holds token id 60,000"):
+    with pytest.raises(
+        ValueError, match=re.escape(os.path.join(folder, "val.bin")) + " holds token id 60,000"
+    ):
         check_vocab(read_meta(folder), 50257, folder)
 
 
@@ -77,8 +79,11 @@ def test_errors(tmp_path, counting_data):
     meta = read_meta(counting_data)
     with pytest.raises(ValueError, match="lower --block_size"):
         TokenWindows(counting_data, "val", 1000, meta, seed=0)
-    with pytest.raises(ValueError, match=re.escape(os.path.join(counting_data, "meta.json")) +
-                       " says vocab_size 60,001 but the model's vocab is 50,257"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(os.path.join(counting_data, "meta.json"))
+        + " says vocab_size 60,001 but the model's vocab is 50,257",
+    ):
         check_vocab(meta, 50257, counting_data)
 
 
@@ -94,6 +99,7 @@ def test_no_mapping_is_held_between_batches(counting_data):
 
 
 # ---------------------------------------------------------------- data that does not match its meta
+
 
 def names(path):
     """pytest.raises match: the message names the file and how to fix it."""
@@ -112,39 +118,60 @@ def rewrite_meta(folder, **changes):
     return path
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(eot_id=None), "lacks the key 'eot_id'"),
-    (dict(dtype=None), "lacks the key 'dtype'"),
-    (dict(chars=None), "lacks the key 'chars'"),  # a char tokenizer cannot decode without it
-    (dict(vocab_size="60001"), "vocab_size is '60001', not a whole number"),
-    (dict(dtype="int32"), "dtype 'int32' is not uint16 or uint32"),
-    (dict(dtype="uint8"), "dtype 'uint8' is not uint16 or uint32"),
-    (dict(vocab_size=70_000, eot_id=0), "vocab_size 70,000 does not fit uint16"),
-    (dict(eot_id=60001), "eot_id 60,001 is outside the vocab"),
-    (dict(max_token_id=-1), "max_token_id is -1, not a whole number"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(eot_id=None), "lacks the key 'eot_id'"),
+        (dict(dtype=None), "lacks the key 'dtype'"),
+        (dict(chars=None), "lacks the key 'chars'"),  # a char tokenizer cannot decode without it
+        (dict(vocab_size="60001"), "vocab_size is '60001', not a whole number"),
+        (dict(dtype="int32"), "dtype 'int32' is not uint16 or uint32"),
+        (dict(dtype="uint8"), "dtype 'uint8' is not uint16 or uint32"),
+        (dict(vocab_size=70_000, eot_id=0), "vocab_size 70,000 does not fit uint16"),
+        (dict(eot_id=60001), "eot_id 60,001 is outside the vocab"),
+        (dict(max_token_id=-1), "max_token_id is -1, not a whole number"),
+    ],
+)
 def test_a_bad_meta_json_is_one_line_naming_it(counting_data, changes, message):
     path = rewrite_meta(counting_data, **changes)
-    with pytest.raises(ValueError, match=re.escape(path) + ".*" + re.escape(message) + ".*prepare_data.py") as e:
+    with pytest.raises(
+        ValueError, match=re.escape(path) + ".*" + re.escape(message) + ".*prepare_data.py"
+    ) as e:
         read_meta(counting_data)
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("changes, message", [
-    (lambda m: dict(chars=m["chars"][:-1]), "vocab_size 34 and eot_id 33 disagree with its 32 chars (vocab_size 33, eot_id 32)"),
-    (lambda m: dict(vocab_size=m["vocab_size"] + 1), "vocab_size 35 and eot_id 33 disagree with its 33 chars"),
-    (lambda m: dict(chars=m["chars"][::-1]), "chars is not a sorted alphabet of distinct characters"),
-    (lambda m: dict(chars=m["chars"] + m["chars"][-1]), "chars is not a sorted alphabet"),  # a repeated one
-    (lambda m: dict(chars=""), "chars is not a sorted alphabet"),
-    (lambda m: dict(tokenizer="gpt2", chars=None, vocab_size=50304, eot_id=50256),
-     "vocab_size 50,304 and eot_id 50,256 disagree with GPT-2's tokenizer (vocab_size 50,257"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            lambda m: dict(chars=m["chars"][:-1]),
+            "vocab_size 34 and eot_id 33 disagree with its 32 chars (vocab_size 33, eot_id 32)",
+        ),
+        (
+            lambda m: dict(vocab_size=m["vocab_size"] + 1),
+            "vocab_size 35 and eot_id 33 disagree with its 33 chars",
+        ),
+        (lambda m: dict(chars=m["chars"][::-1]), "chars is not a sorted alphabet of distinct characters"),
+        (
+            lambda m: dict(chars=m["chars"] + m["chars"][-1]),
+            "chars is not a sorted alphabet",
+        ),  # a repeated one
+        (lambda m: dict(chars=""), "chars is not a sorted alphabet"),
+        (
+            lambda m: dict(tokenizer="gpt2", chars=None, vocab_size=50304, eot_id=50256),
+            "vocab_size 50,304 and eot_id 50,256 disagree with GPT-2's tokenizer (vocab_size 50,257",
+        ),
+    ],
+)
 def test_a_vocabulary_that_disagrees_with_its_tokenizer_is_refused(char_data, changes, message):
     """A meta.json that would train and then fail when sample.py rebuilds its tokenizer."""
     with open(os.path.join(char_data, "meta.json")) as fh:
         meta = json.load(fh)
     path = rewrite_meta(char_data, **changes(meta))
-    with pytest.raises(ValueError, match=re.escape(path) + ".*" + re.escape(message) + ".*prepare_data.py") as e:
+    with pytest.raises(
+        ValueError, match=re.escape(path) + ".*" + re.escape(message) + ".*prepare_data.py"
+    ) as e:
         read_meta(char_data)
     assert "\n" not in str(e.value)
 
@@ -155,8 +182,14 @@ def test_what_read_meta_accepts_sample_can_tokenize(char_data):
     assert (tok.n_vocab, tok.eot_id) == (meta["vocab_size"], meta["eot_id"])
 
 
-@pytest.mark.parametrize("text, message", [("{\"dtype\": ", "is not valid JSON"), ("[1, 2]", "holds a JSON list"),
-                                           (b"\xff\xfe{}", "is not valid JSON")])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{\"dtype\": ", "is not valid JSON"),
+        ("[1, 2]", "holds a JSON list"),
+        (b"\xff\xfe{}", "is not valid JSON"),
+    ],
+)
 def test_a_meta_json_that_does_not_parse(counting_data, text, message):
     path = os.path.join(counting_data, "meta.json")
     with open(path, "wb") as fh:
@@ -196,7 +229,9 @@ def test_recorded_max_token_id_must_fit_the_model(counting_data):
 
 
 def test_old_meta_without_max_token_id_is_scanned(counting_data):
-    rewrite_meta(counting_data, vocab_size=4000, eot_id=3999, chars=alphabet(3999))  # but train.bin holds 0..4999
+    rewrite_meta(
+        counting_data, vocab_size=4000, eot_id=3999, chars=alphabet(3999)
+    )  # but train.bin holds 0..4999
     with pytest.raises(ValueError, match=names(os.path.join(counting_data, "train.bin"))) as e:
         check_vocab(read_meta(counting_data), 4000, counting_data)
     assert "holds token id 4,999, at or above the model's vocab 4,000" in str(e.value)
@@ -239,8 +274,8 @@ def nanogpt_char_folder(folder, text=TEXT, protocol=pickle.DEFAULT_PROTOCOL):
     stoi = {ch: i for i, ch in enumerate(chars)}
     itos = {i: ch for i, ch in enumerate(chars)}
     ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-    ids[:len(ids) // 2].tofile(os.path.join(folder, "train.bin"))
-    ids[len(ids) // 2:].tofile(os.path.join(folder, "val.bin"))
+    ids[: len(ids) // 2].tofile(os.path.join(folder, "train.bin"))
+    ids[len(ids) // 2 :].tofile(os.path.join(folder, "val.bin"))
     with open(os.path.join(folder, "meta.pkl"), "wb") as fh:
         pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, fh, protocol=protocol)
     return str(folder), ids
@@ -251,7 +286,12 @@ def test_nanogpt_char_meta_pkl_keeps_its_ids(tmp_path, protocol):
     folder, ids = nanogpt_char_folder(tmp_path / "shakespeare_char", protocol=protocol)
     meta = read_meta(folder)
     n = len(set(TEXT))
-    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"]) == ("char", n + 1, n, "uint16")
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"]) == (
+        "char",
+        n + 1,
+        n,
+        "uint16",
+    )
     tok = load_tokenizer(meta)
     assert tok.encode(TEXT) == ids.tolist() and tok.decode(ids) == TEXT
     check_vocab(meta, meta["vocab_size"], folder)
@@ -270,14 +310,17 @@ class RunsCode:
         return os.mkdir, (self.target,)
 
 
-@pytest.mark.parametrize("content, message", [
-    (lambda tmp: RunsCode(str(tmp / "pwned")), "which a plain meta.pkl never does"),
-    (lambda tmp: {"vocab_size": 3}, "has no 'itos' dict"),
-    (lambda tmp: {"itos": {0: "b", 1: "a"}}, "sorted alphabet"),
-    (lambda tmp: {"itos": {0: "a", 2: "b"}}, "sorted alphabet"),
-    (lambda tmp: {"itos": {0: "a", 1: "b"}, "vocab_size": 3}, "disagrees with 'itos'"),
-    (lambda tmp: b"not a pickle", None),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (lambda tmp: RunsCode(str(tmp / "pwned")), "which a plain meta.pkl never does"),
+        (lambda tmp: {"vocab_size": 3}, "has no 'itos' dict"),
+        (lambda tmp: {"itos": {0: "b", 1: "a"}}, "sorted alphabet"),
+        (lambda tmp: {"itos": {0: "a", 2: "b"}}, "sorted alphabet"),
+        (lambda tmp: {"itos": {0: "a", 1: "b"}, "vocab_size": 3}, "disagrees with 'itos'"),
+        (lambda tmp: b"not a pickle", None),
+    ],
+)
 def test_a_bad_meta_pkl_is_refused_without_running_it(tmp_path, content, message):
     folder, _ = nanogpt_char_folder(tmp_path / "d", text="ab")
     path = os.path.join(folder, "meta.pkl")
@@ -303,13 +346,16 @@ def test_load_meta_needs_no_bins_but_refuses_a_half_written_folder(tmp_path):
 
 # ---------------------------------------------------------------- mixtures
 
+
 @pytest.fixture
 def two_datasets(tmp_path):
     """A: ids 0..4999, B: ids 10,000..12,999 (val: their first 600): a window's ids say where it came from."""
     a = np.arange(5000)
     b = 10_000 + np.arange(3000)
-    return (write_dataset(str(tmp_path / "a"), a, a[:600], 60001),
-            write_dataset(str(tmp_path / "b"), b, b[:600], 60001))
+    return (
+        write_dataset(str(tmp_path / "a"), a, a[:600], 60001),
+        write_dataset(str(tmp_path / "b"), b, b[:600], 60001),
+    )
 
 
 def mixture(data_mix, split="train", block=32, seed=1, **kw):
@@ -323,8 +369,10 @@ def test_one_dataset_with_weight_1_gives_exactly_its_token_windows(counting_data
     for step in range(5):
         for stream in (0, 1):
             for first, count in ((0, 8), (3, 2)):
-                assert torch.equal(plain.batch(step, 8, first, count, stream=stream)[0],
-                                   mixed.batch(step, 8, first, count, stream=stream)[0])
+                assert torch.equal(
+                    plain.batch(step, 8, first, count, stream=stream)[0],
+                    mixed.batch(step, 8, first, count, stream=stream)[0],
+                )
     assert mixed.n_tokens == plain.n_tokens
 
 
@@ -361,7 +409,10 @@ def test_mixture_mean_and_drawn_tokens(two_datasets):
     mixed = mixture({a: 0.7, b: 0.3})
     assert mixed.mean({a: 2.0, b: 4.0}) == pytest.approx(0.7 * 2 + 0.3 * 4)
     drawn = mixed.drawn(10_000)
-    assert [(d["data_dir"], d["tokens"]) for d in drawn] == [(a, pytest.approx(7000)), (b, pytest.approx(3000))]
+    assert [(d["data_dir"], d["tokens"]) for d in drawn] == [
+        (a, pytest.approx(7000)),
+        (b, pytest.approx(3000)),
+    ]
     assert [d["epochs"] for d in drawn] == [pytest.approx(7000 / 5000), pytest.approx(3000 / 3000)]
 
 
@@ -376,13 +427,22 @@ def test_mixture_refuses_datasets_with_other_tokenizers(two_datasets, tmp_path):
     a, _ = two_datasets
     ids = np.arange(2000)
     other_vocab = write_dataset(str(tmp_path / "v"), ids, ids, 50257)
-    gpt2 = write_dataset(str(tmp_path / "g"), ids, ids, 50257, meta_extra={"tokenizer": "gpt2", "chars": None})
-    other_chars = write_dataset(str(tmp_path / "c"), ids, ids, 60001,
-                                meta_extra={"chars": alphabet(60001)[1:]})  # as many characters, not the same
-    for folder, key in ((other_vocab, "vocab_size 60001 vs 50257"), (gpt2, "tokenizer 'char' vs 'gpt2'"),
-                        (other_chars, "chars '60000 characters' vs '60000 characters'")):
-        with pytest.raises(ValueError, match=f"{re.escape(a)} and {re.escape(folder)} have different "
-                                             f"tokenizers \\({key}\\); .*same --tokenizer"):
+    gpt2 = write_dataset(
+        str(tmp_path / "g"), ids, ids, 50257, meta_extra={"tokenizer": "gpt2", "chars": None}
+    )
+    other_chars = write_dataset(
+        str(tmp_path / "c"), ids, ids, 60001, meta_extra={"chars": alphabet(60001)[1:]}
+    )  # as many characters, not the same
+    for folder, key in (
+        (other_vocab, "vocab_size 60001 vs 50257"),
+        (gpt2, "tokenizer 'char' vs 'gpt2'"),
+        (other_chars, "chars '60000 characters' vs '60000 characters'"),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=f"{re.escape(a)} and {re.escape(folder)} have different "
+            f"tokenizers \\({key}\\); .*same --tokenizer",
+        ):
             loader.read_mixture_metas({a: 1, folder: 1})
 
 
@@ -390,8 +450,11 @@ def test_mixture_refuses_a_val_split_shorter_than_the_context_and_other_mistakes
     a, b = two_datasets
     short = write_dataset(str(tmp_path / "s"), np.arange(5000), np.arange(20), 60001)
     mixture({a: 1, short: 1}, block=16)  # its train split is long enough
-    with pytest.raises(ValueError, match=re.escape(os.path.join(short, "val.bin")) + " holds 20 tokens, fewer "
-                                         "than block_size \\+ 1 = 33"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(os.path.join(short, "val.bin")) + " holds 20 tokens, fewer "
+        "than block_size \\+ 1 = 33",
+    ):
         mixture({a: 1, short: 1}, split="val", block=32)
     with pytest.raises(ValueError, match="names .* the same folder"):
         loader.read_mixture_metas({a: 1, a + "/": 1})

@@ -1,19 +1,27 @@
 """The memory model: each moment's items, its activation formulas against what PyTorch
 saves for backward, and its totals against the peaks measured on a GPU."""
+
 import dataclasses
 
 import pytest
 import torch
-
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from training.memory import (GiB, Way, block_activation_bytes, estimate, fp8_weight_count, memory_estimate, param_counts,
-                    selective_block_bytes)
 from model import GPT, Block, GPTConfig, checkpointed, preset_config
-from training.resolve import Machine, resolve
 from training.config import TrainConfig
+from training.memory import (
+    GiB,
+    Way,
+    block_activation_bytes,
+    estimate,
+    fp8_weight_count,
+    memory_estimate,
+    param_counts,
+    selective_block_bytes,
+)
+from training.resolve import Machine, resolve
 
 VOCAB = 50257
 
@@ -46,9 +54,18 @@ MEASURED_PEAKS_GIB = {
 @pytest.mark.parametrize("case", list(MEASURED_PEAKS_GIB), ids=lambda c: f"{c[0]}-{c[3]}-{c[6].name}-x{c[5]}")
 def test_the_estimate_is_within_10_percent_of_every_measured_peak(case):
     preset, micro, seq, dtype, compile, accumulation, way = case
-    cfg = TrainConfig(model=preset, block_size=seq, micro_batch_size=micro, global_batch_size=micro * accumulation,
-                      dtype=dtype, compile=compile, loss_chunk=1024, parallelism=way.parallelism,
-                      activation_checkpointing=way.checkpointing, offload=way.offload)
+    cfg = TrainConfig(
+        model=preset,
+        block_size=seq,
+        micro_batch_size=micro,
+        global_batch_size=micro * accumulation,
+        dtype=dtype,
+        compile=compile,
+        loss_chunk=1024,
+        parallelism=way.parallelism,
+        activation_checkpointing=way.checkpointing,
+        offload=way.offload,
+    )
     r = resolve(cfg, Machine("cuda", 1, 141 * GiB), cfg.model_config(VOCAB))
     planned = estimate(r.cfg, 1, r.model_cfg, way)["total"] / GiB
     # measured / planned, the ratio docs/benchmarks.md reports
@@ -134,12 +151,16 @@ def test_selective_checkpointing_sits_between_none_and_full_and_fp8_keeps_only_t
     autocast's 16-bit weight copies only the tied head's remains."""
     cfg = TrainConfig(model="1.2b", micro_batch_size=8, global_batch_size=8, loss_chunk=1024)
     r = resolve(cfg, Machine("cuda", 1, 141 * GiB), cfg.model_config(VOCAB))
-    totals = {how: estimate(r.cfg, 1, r.model_cfg, Way("ddp", how))["total"] for how in (False, "selective", "full")}
+    totals = {
+        how: estimate(r.cfg, 1, r.model_cfg, Way("ddp", how))["total"] for how in (False, "selective", "full")
+    }
     assert totals[False] > totals["selective"] > totals["full"]
-    fp8 = resolve(dataclasses.replace(cfg, fp8=True), Machine("cuda", 1, 141 * GiB, fp8=True), cfg.model_config(VOCAB))
+    fp8 = resolve(
+        dataclasses.replace(cfg, fp8=True), Machine("cuda", 1, 141 * GiB, fp8=True), cfg.model_config(VOCAB)
+    )
     items = estimate(fp8.cfg, 1, fp8.model_cfg, Way("ddp"))["items"]
     assert items["16-bit weight copies (autocast)"] == 2 * fp8.model_cfg.padded_vocab * fp8.model_cfg.n_embd
-    assert fp8_weight_count(fp8.model_cfg) == 22 * 12 * 2048 ** 2  # 4 matmuls per block: 3 + 1 + 4 + 4 x 2048^2
+    assert fp8_weight_count(fp8.model_cfg) == 22 * 12 * 2048**2  # 4 matmuls per block: 3 + 1 + 4 + 4 x 2048^2
 
 
 def test_model_formula_matches_saved_tensors():
@@ -152,8 +173,7 @@ def test_model_formula_matches_saved_tensors():
     items = memory_estimate(model_cfg, 0, n_matrix, B, "bfloat16", 1, Way("ddp"))["items"]
     # Saved for backward: all activations, the weight copies and the fp32 log-softmax;
     # the rest of "logits + loss" is transient (held logits, backward's gradients).
-    expected = (items["activations (all blocks)"] + items["16-bit weight copies (autocast)"]
-                + 4 * B * T * V)
+    expected = items["activations (all blocks)"] + items["16-bit weight copies (autocast)"] + 4 * B * T * V
     assert measured == pytest.approx(expected, rel=0.01)
 
 

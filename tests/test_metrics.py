@@ -30,21 +30,34 @@ def test_a_resumed_run_appends(tmp_path):
 
 def test_scalars_are_the_finite_numbers_of_train_and_eval_records():
     from training.metrics import scalars
-    assert scalars({"kind": "eval", "step": 5, "time": 1.0, "val_loss": 2.5, "hellaswag_acc_norm": 0.3,
-                    "train_loss": None, "applied": True, "val_ppl": math.inf}) == \
-        {"eval/val_loss": 2.5, "eval/hellaswag_acc_norm": 0.3}
+
+    assert scalars(
+        {
+            "kind": "eval",
+            "step": 5,
+            "time": 1.0,
+            "val_loss": 2.5,
+            "hellaswag_acc_norm": 0.3,
+            "train_loss": None,
+            "applied": True,
+            "val_ppl": math.inf,
+        }
+    ) == {"eval/val_loss": 2.5, "eval/hellaswag_acc_norm": 0.3}
     assert scalars({"kind": "checkpoint", "step": 5, "elapsed_s": 1.0}) == {}
 
 
 def test_wandb_project_without_wandb_is_a_one_line_error_naming_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
-    with pytest.raises(ValueError, match=r"^wandb_project is set but wandb is not installed: pip install wandb"):
+    with pytest.raises(
+        ValueError, match=r"^wandb_project is set but wandb is not installed: pip install wandb"
+    ):
         RunLog(str(tmp_path), tensorboard=False, wandb_project="gpt")
 
 
 def test_wandb_offline_gets_tensorboard_s_scalars_and_a_resume_continues_its_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     monkeypatch.setenv("WANDB_MODE", "offline")  # no network, no account
     monkeypatch.setenv("WANDB_SILENT", "true")
     log = RunLog(str(tmp_path), tensorboard=True, wandb_project="gpt", run_name="t", config={"max_steps": 9})
@@ -56,7 +69,12 @@ def test_wandb_offline_gets_tensorboard_s_scalars_and_a_resume_continues_its_run
     summary = {k: v for k, v in dict(log.wandb.summary).items() if not k.startswith("_")}
     run_id = log.wandb.id
     log.close()
-    assert summary == {"eval/val_loss": 10.8, "eval/hellaswag_acc_norm": 0.25, "train/loss": 10.9, "train/lr": 1e-4}
+    assert summary == {
+        "eval/val_loss": 10.8,
+        "eval/hellaswag_acc_norm": 0.25,
+        "train/loss": 10.9,
+        "train/lr": 1e-4,
+    }
     tb = EventAccumulator(os.path.join(tmp_path, "tensorboard"))
     tb.Reload()
     assert set(tb.Tags()["scalars"]) == set(summary)  # the same names in both

@@ -3,11 +3,21 @@ import math
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
-from model import (GPT, PRESETS, ChunkedCrossEntropy, GPTConfig, KVCache, compile_model, count_params,
-                   cross_entropy_chunk, float8_layers, flops_per_token, preset_config)
+from model import (
+    GPT,
+    PRESETS,
+    ChunkedCrossEntropy,
+    GPTConfig,
+    KVCache,
+    compile_model,
+    count_params,
+    cross_entropy_chunk,
+    float8_layers,
+    flops_per_token,
+    preset_config,
+)
 
 
 def tiny(**kw):
@@ -22,7 +32,9 @@ def test_preset_counts_match_the_built_model(name):
     with torch.device("meta"):
         model = GPT(model_cfg)
     padding = (model_cfg.padded_vocab - model_cfg.vocab_size) * model_cfg.n_embd
-    assert sum(p.numel() for p in model.parameters()) - padding == count_params(model_cfg) == model.num_params()
+    assert (
+        sum(p.numel() for p in model.parameters()) - padding == count_params(model_cfg) == model.num_params()
+    )
 
 
 def test_known_counts():
@@ -60,8 +72,10 @@ def test_causality():
     assert not torch.allclose(a[:, 10:], b[:, 10:])
 
 
-@pytest.mark.parametrize("name,overrides", [("tiny", {}), ("gpt2-124m", {"n_layer": 1}),
-                                            ("300m", {"n_layer": 1, "block_size": 64})])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [("tiny", {}), ("gpt2-124m", {"n_layer": 1}), ("300m", {"n_layer": 1, "block_size": 64})],
+)
 def test_init_loss_is_uniform(name, overrides):
     torch.manual_seed(0)
     model_cfg = preset_config(name, **overrides)
@@ -110,9 +124,12 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(how, autocas
 
 
 def test_activation_checkpointing_takes_full_selective_or_false():
-    assert [tiny(activation_checkpointing=v).activation_checkpointing for v in (False, True, "full", "selective")] == \
-        [False, "full", "full", "selective"]
-    with pytest.raises(ValueError, match=r"must be one of False, 'full', 'selective' \(True means 'full'\), got 'some'"):
+    assert [
+        tiny(activation_checkpointing=v).activation_checkpointing for v in (False, True, "full", "selective")
+    ] == [False, "full", "full", "selective"]
+    with pytest.raises(
+        ValueError, match=r"must be one of False, 'full', 'selective' \(True means 'full'\), got 'some'"
+    ):
         tiny(activation_checkpointing="some")
 
 
@@ -121,12 +138,18 @@ def test_fp8_trains_the_large_block_layers_and_never_the_head():
     small layers left in bf16): all four of each 1.2B block; in the 124M the two whose output
     is over 1,024 wide (attention's and the MLP's 768-wide projections are too small); the
     tied head, an embedding matrix through F.linear, never."""
+
     def layers(name):
         with torch.device("meta"):
             return float8_layers(GPT(preset_config(name)))
+
     big = layers("1.2b")
-    assert len(big) == 4 * 22 and {n.split(".", 2)[2] for n in big} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc",
-                                                                        "mlp.c_proj"}
+    assert len(big) == 4 * 22 and {n.split(".", 2)[2] for n in big} == {
+        "attn.c_attn",
+        "attn.c_proj",
+        "mlp.c_fc",
+        "mlp.c_proj",
+    }
     assert layers("gpt2-124m") == [f"h.{i}.{n}" for i in range(12) for n in ("attn.c_attn", "mlp.c_fc")]
     assert not any("wte" in n or "wpe" in n or "ln" in n for n in big)
 
@@ -143,7 +166,7 @@ def test_kv_cache_matches_full_forward():
     chunk, _ = model(x[:, 9:12], cache=cache)  # several tokens at once after a prefix
     assert torch.allclose(chunk[:, 0], full[:, 11], atol=1e-5)
     for t in range(12, 16):
-        step, _ = model(x[:, t:t + 1], cache=cache)
+        step, _ = model(x[:, t : t + 1], cache=cache)
         assert torch.allclose(step[:, 0], full[:, t], atol=1e-5)
     with pytest.raises(ValueError, match="block_size"):
         model(x[:, :1], cache=cache)
@@ -259,7 +282,7 @@ def test_chunked_loss_under_a_grad_scaler_with_accumulation_equals_the_plain_los
         torch.manual_seed(0)
         model = GPT(dataclasses.replace(model_cfg, loss_chunk=chunk))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
         losses = []
         for x, y in batches:
             loss = model(x, y)[1]
@@ -285,7 +308,7 @@ def test_chunked_loss_in_fp16_keeps_gradients_that_loss_scaling_keeps():
     targets = torch.randint(0, vocab, (n,))
     targets[:100] = -1
 
-    def grads(loss_fn, fp16, scale=2.0 ** 16):
+    def grads(loss_fn, fp16, scale=2.0**16):
         hidden, weight = hidden0.clone().requires_grad_(), weight0.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
             loss = loss_fn(hidden, weight)

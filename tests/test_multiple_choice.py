@@ -2,6 +2,7 @@
 what they say: a model trained on the right endings gets them right, an untrained one is at
 chance, acc and acc_norm part where ending lengths differ, and any world size gives the same
 figures."""
+
 import json
 import os
 import random
@@ -11,10 +12,10 @@ import sys
 
 import pytest
 import torch
-
-from text import multiple_choice as mc
 from conftest import ROOT
+
 from model import GPT, GPTConfig
+from text import multiple_choice as mc
 from text.tokenizer import get_tokenizer
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz."
@@ -23,8 +24,9 @@ SHAPE = dict(vocab_size=TOK.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=
 
 
 def words(rng, n):
-    return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 5)))
-                    for _ in range(n))
+    return " ".join(
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 5))) for _ in range(n)
+    )
 
 
 def write_jsonl(path, records):
@@ -43,7 +45,9 @@ def memory_task(seed=0, contexts=8, variants=4):
         for v in range(variants):
             others = [pairs[j][1] for j in rng.sample([j for j in range(contexts) if j != i], 3)]
             label = v % 4
-            examples.append({"ctx": ctx, "endings": others[:label] + [right] + others[label:], "label": label})
+            examples.append(
+                {"ctx": ctx, "endings": others[:label] + [right] + others[label:], "label": label}
+            )
     return pairs, examples
 
 
@@ -56,7 +60,7 @@ def trained_on(pairs, steps=120):
     x = torch.zeros((len(rows), width - 1), dtype=torch.long)
     y = torch.full((len(rows), width - 1), -1, dtype=torch.long)
     for k, r in enumerate(rows):
-        x[k, :len(r) - 1], y[k, :len(r) - 1] = torch.tensor(r[:-1]), torch.tensor(r[1:])
+        x[k, : len(r) - 1], y[k, : len(r) - 1] = torch.tensor(r[:-1]), torch.tensor(r[1:])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(steps):
         loss = model(x, y)[1]
@@ -80,8 +84,14 @@ def test_a_model_trained_on_the_right_endings_scores_near_100_percent(tmp_path):
 
 def test_an_untrained_model_scores_near_chance(tmp_path):
     rng = random.Random(1)
-    examples = [{"context": words(rng, 4), "choices": [words(rng, rng.randint(1, 4)) for _ in range(4)],
-                 "label": rng.randrange(4)} for _ in range(400)]
+    examples = [
+        {
+            "context": words(rng, 4),
+            "choices": [words(rng, rng.randint(1, 4)) for _ in range(4)],
+            "label": rng.randrange(4),
+        }
+        for _ in range(400)
+    ]
     torch.manual_seed(0)
     result = mc.accuracy(scores(GPT(GPTConfig(**SHAPE)), write_jsonl(tmp_path / "t.jsonl", examples)))
     # four choices: chance is 0.25 (one binomial standard deviation over 400 examples is 0.022)
@@ -107,33 +117,48 @@ def test_acc_sums_log_likelihoods_so_it_prefers_short_endings_and_acc_norm_does_
 def test_rows_are_context_tokens_then_space_and_ending_tokens():
     ex = mc.Example("the cat", ("sat", "ran away"), 1, "f:1")
     e = mc.encode(TOK, ex, 0, block_size=64)
-    assert e.rows == (tuple(TOK.encode("the cat") + TOK.encode(" sat")),
-                      tuple(TOK.encode("the cat") + TOK.encode(" ran away")))
+    assert e.rows == (
+        tuple(TOK.encode("the cat") + TOK.encode(" sat")),
+        tuple(TOK.encode("the cat") + TOK.encode(" ran away")),
+    )
     assert e.scored == (4, 9) and e.label == 1
     # longer than the context: the oldest context tokens go, the ending stays whole
     short = mc.encode(TOK, ex, 0, block_size=8)
     assert short.rows[1] == tuple(TOK.encode("the cat ran away")[-9:]) and short.scored[1] == 8
     # an empty context starts from the end-of-text token
-    assert mc.encode(TOK, mc.Example("", ("a", "b"), 0, "f:1"), 0, 64).rows[0] == (TOK.eot_id, *TOK.encode(" a"))
+    assert mc.encode(TOK, mc.Example("", ("a", "b"), 0, "f:1"), 0, 64).rows[0] == (
+        TOK.eot_id,
+        *TOK.encode(" a"),
+    )
 
 
 def test_gpt2_rows_encode_context_and_ending_apart():
     gpt2 = get_tokenizer("gpt2")
-    e = mc.encode(gpt2, mc.Example("A man is sitting on a roof. he", ("starts pulling up roofing.",) * 2, 0, "f:1"),
-                  0, 1024)
+    e = mc.encode(
+        gpt2,
+        mc.Example("A man is sitting on a roof. he", ("starts pulling up roofing.",) * 2, 0, "f:1"),
+        0,
+        1024,
+    )
     ending = gpt2.encode(" starts pulling up roofing.")
-    assert e.rows[0] == tuple(gpt2.encode("A man is sitting on a roof. he") + ending) and e.scored[0] == len(ending)
+    assert e.rows[0] == tuple(gpt2.encode("A man is sitting on a roof. he") + ending) and e.scored[0] == len(
+        ending
+    )
 
 
 def test_batches_score_every_row_only_at_its_ending():
-    ex = [mc.encode(TOK, mc.Example("ab", ("c d", "e"), 0, "f:1"), 0, 64),
-          mc.encode(TOK, mc.Example("abcdef", ("g", "hij"), 1, "f:2"), 1, 64)]
+    ex = [
+        mc.encode(TOK, mc.Example("ab", ("c d", "e"), 0, "f:1"), 0, 64),
+        mc.encode(TOK, mc.Example("abcdef", ("g", "hij"), 1, "f:2"), 1, 64),
+    ]
     idx, targets = mc.batch_tensors(ex, "cpu")
     assert idx.shape == targets.shape == (4, 9)  # 6 + " hij" = 10 tokens: 9 inputs
     row = list(ex[1].rows[1])
     assert idx[3].tolist() == row[:-1]
     assert targets[3].tolist() == [-1] * 5 + row[-4:]
-    assert targets[1].tolist() == [-1] + list(ex[0].rows[1][-2:]) + [-1] * 6  # "ab e": padding is never scored
+    assert (
+        targets[1].tolist() == [-1] + list(ex[0].rows[1][-2:]) + [-1] * 6
+    )  # "ab e": padding is never scored
 
 
 def test_a_scored_choice_is_the_sum_of_its_tokens_log_probabilities():
@@ -152,8 +177,14 @@ def test_a_scored_choice_is_the_sum_of_its_tokens_log_probabilities():
 
 def test_batching_and_world_size_leave_every_score_unchanged(tmp_path):
     rng = random.Random(3)
-    examples = [{"context": words(rng, rng.randint(1, 6)), "choices": [words(rng, rng.randint(1, 4)) for _ in range(3)],
-                 "label": 0} for _ in range(23)]
+    examples = [
+        {
+            "context": words(rng, rng.randint(1, 6)),
+            "choices": [words(rng, rng.randint(1, 4)) for _ in range(3)],
+            "label": 0,
+        }
+        for _ in range(23)
+    ]
     torch.manual_seed(0)
     model = GPT(GPTConfig(**SHAPE))
     task = mc.load_task("t", write_jsonl(tmp_path / "t.jsonl", examples), TOK, 64)
@@ -164,7 +195,9 @@ def test_batching_and_world_size_leave_every_score_unchanged(tmp_path):
         shards = []
         for rank in range(world):
             calls.clear()
-            shards.append(mc.score_examples(model, task.examples, "cpu", max_tokens=200, rank=rank, world=world))
+            shards.append(
+                mc.score_examples(model, task.examples, "cpu", max_tokens=200, rank=rank, world=world)
+            )
             shards[-1] = (shards[-1], len(calls))
         assert len({n for _, n in shards}) == 1  # every rank runs as many forwards (FSDP needs it)
         merged = sorted((s for part, _ in shards for s in part), key=lambda s: s.index)
@@ -191,17 +224,25 @@ def test_a_fixed_subset_is_the_same_every_time_and_grows_by_adding():
 
 
 def test_both_formats_are_read_and_bad_lines_are_named(tmp_path):
-    path = write_jsonl(tmp_path / "t.jsonl", [
-        {"ind": 4, "ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 3, "activity_label": "x"},
-        {"context": "Q", "choices": ["yes", "no"], "label": "1"}])
+    path = write_jsonl(
+        tmp_path / "t.jsonl",
+        [
+            {"ind": 4, "ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 3, "activity_label": "x"},
+            {"context": "Q", "choices": ["yes", "no"], "label": "1"},
+        ],
+    )
     a, b = mc.read_task(path)
     assert (a.context, a.choices, a.label, a.where) == ("A man", ("a", "b", "c", "d"), 3, f"{path}:1")
     assert (b.context, b.choices, b.label) == ("Q", ("yes", "no"), 1)
-    for record, match in [({"ctx": "x", "endings": ["a", "b"], "label": ""}, "no label"),
-                          ({"ctx": "x", "endings": ["a", "b"], "label": 2}, "label 2 is not the index"),
-                          ({"ctx": "x", "endings": ["a"], "label": 0}, "two or more non-empty strings"),
-                          ({"question": "x", "answers": ["a"]}, "expected HellaSwag's keys")]:
-        bad = write_jsonl(tmp_path / "bad.jsonl", [{"context": "Q", "choices": ["y", "n"], "label": 0}, record])
+    for record, match in [
+        ({"ctx": "x", "endings": ["a", "b"], "label": ""}, "no label"),
+        ({"ctx": "x", "endings": ["a", "b"], "label": 2}, "label 2 is not the index"),
+        ({"ctx": "x", "endings": ["a"], "label": 0}, "two or more non-empty strings"),
+        ({"question": "x", "answers": ["a"]}, "expected HellaSwag's keys"),
+    ]:
+        bad = write_jsonl(
+            tmp_path / "bad.jsonl", [{"context": "Q", "choices": ["y", "n"], "label": 0}, record]
+        )
         with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{match}"):
             mc.read_task(bad)
     (tmp_path / "notjson.jsonl").write_text('{"context": "Q"\n')
@@ -219,7 +260,6 @@ def test_a_character_the_tokenizer_lacks_names_the_line(tmp_path):
 
 SCRIPT = """
 import os, sys, json
-sys.path.insert(0, {root!r})
 import torch
 from parallel import distributed
 from text import multiple_choice as mc
@@ -239,18 +279,38 @@ distributed.teardown(env, True)
 
 def test_two_ranks_sum_their_counts_to_one_process_s_figures(tmp_path):
     rng = random.Random(4)
-    examples = [{"context": words(rng, 3), "choices": [words(rng, rng.randint(1, 3)) for _ in range(4)],
-                 "label": rng.randrange(4)} for _ in range(40)]
+    examples = [
+        {
+            "context": words(rng, 3),
+            "choices": [words(rng, rng.randint(1, 3)) for _ in range(4)],
+            "label": rng.randrange(4),
+        }
+        for _ in range(40)
+    ]
     path = write_jsonl(tmp_path / "t.jsonl", examples)
     script = tmp_path / "score.py"
     script.write_text(SCRIPT.format(root=ROOT, shape=SHAPE, path=path, alphabet=ALPHABET))
     with socket.socket() as s:  # a free port for the ranks' store
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, OMP_NUM_THREADS="1", RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-             for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(
+                os.environ,
+                OMP_NUM_THREADS="1",
+                RANK=str(r),
+                LOCAL_RANK=str(r),
+                WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            ),
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-3000:] for _, err in outs]
     got = json.loads(outs[0][0].split("RESULT ", 1)[1])

@@ -1,28 +1,52 @@
 """The --dry_run planner against hand arithmetic for the two documented runs: batch split,
 tokens, FLOPs, wall time, the ways that fit each card. (The memory model it prints is
 tested in test_memory.py, how a run resolves in test_resolve.py.)"""
+
 import os
 
 import pytest
 
 from model import count_params, flops_per_token, preset_config
+from training.config import TrainConfig
 from training.memory import RESERVE_GIB, GiB, Way
 from training.plan import format_plan, make_plan
-from training.config import TrainConfig
 
 VOCAB = 50257
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def production_8gpu(**kw):
-    return TrainConfig(**{**dict(model="1.2b", global_batch_size=256, micro_batch_size=8,
-                                 max_steps=590_625, plan_gpus=8, learning_rate=3e-4,
-                                 warmup_steps=11_812), **kw})
+    return TrainConfig(
+        **{
+            **dict(
+                model="1.2b",
+                global_batch_size=256,
+                micro_batch_size=8,
+                max_steps=590_625,
+                plan_gpus=8,
+                learning_rate=3e-4,
+                warmup_steps=11_812,
+            ),
+            **kw,
+        }
+    )
 
 
 def train_300m(**kw):
-    return TrainConfig(**{**dict(model="300m", global_batch_size=512, micro_batch_size=32,
-                                 max_steps=100_000, plan_gpus=4, dropout=0.1, dtype="float16"), **kw})
+    return TrainConfig(
+        **{
+            **dict(
+                model="300m",
+                global_batch_size=512,
+                micro_batch_size=32,
+                max_steps=100_000,
+                plan_gpus=4,
+                dropout=0.1,
+                dtype="float16",
+            ),
+            **kw,
+        }
+    )
 
 
 def test_production_8gpu_figures():
@@ -100,7 +124,7 @@ def test_the_fastest_way_that_fits_each_card_is_marked_with_its_flags():
     order = [w["way"] for w in plan["ways"]]
     for card, way in zip(plan["cards_gib"], plan["fastest"]):
         assert ways_of(plan)[way]["memory"]["total"] + RESERVE_GIB * GiB <= card * GiB
-        faster = plan["ways"][:order.index(way)]
+        faster = plan["ways"][: order.index(way)]
         assert all(w["memory"]["total"] + RESERVE_GIB * GiB > card * GiB for w in faster)
     text = format_plan(plan)
     assert "* fastest that fits 40 GiB: --parallelism=" in text and "Checkpoint: 14.56 GB per save" in text
@@ -114,10 +138,15 @@ def test_the_table_lists_selective_checkpointing_and_fp8():
     plan = make_plan(production_8gpu(), 8, VOCAB, None)
     order = [w["way"] for w in plan["ways"]]
     for parallelism in ("ddp", "fsdp"):  # fastest first: selective recomputes no matmul, full every block
-        assert order.index(Way(parallelism)) < order.index(Way(parallelism, "selective")) < \
-            order.index(Way(parallelism, "full"))
+        assert (
+            order.index(Way(parallelism))
+            < order.index(Way(parallelism, "selective"))
+            < order.index(Way(parallelism, "full"))
+        )
     text = format_plan(plan)
-    assert "  FSDP + selective checkpointing    " in text and "    selective checkpointing: recomputes" in text
+    assert (
+        "  FSDP + selective checkpointing    " in text and "    selective checkpointing: recomputes" in text
+    )
     assert "FP8 (--fp8=True, H100/H200 and newer; off here): float8 matmuls in 88 of 88 linear layers" in text
     on = make_plan(production_8gpu(fp8=True), 8, VOCAB, None)
     assert "float8 matmuls (--fp8)" in format_plan(on) and "; on here)" in format_plan(on)
@@ -125,11 +154,15 @@ def test_the_table_lists_selective_checkpointing_and_fp8():
     # a card FSDP misses by a little: selective checkpointing is the fastest way that fits
     between = make_plan(production_8gpu(plan_gpu_memory_gib=(22,)), 8, VOCAB, None)
     assert between["fastest"] == [Way("fsdp", "selective")]
-    assert "* fastest that fits 22 GiB: --parallelism=fsdp --activation_checkpointing=selective" in format_plan(between)
+    assert (
+        "* fastest that fits 22 GiB: --parallelism=fsdp --activation_checkpointing=selective"
+        in format_plan(between)
+    )
 
 
 def test_the_16_gb_plan_fits_under_14_gib_as_configured():
     from training.config import load_config
+
     cfg = load_config([os.path.join(ROOT, "config", "gpt2_1b_16gb.py")])
     plan = make_plan(cfg, 1, VOCAB, None)
     assert plan["params"] == 1_557_611_200
@@ -151,8 +184,6 @@ def test_a_plan_resolves_the_loss_chunk_as_the_run_will():
 def test_indivisible_batch_raises_helpful_error():
     with pytest.raises(ValueError, match=r"micro_batch_size can be one of \[1, 2, 4, 8, 16, 32\]"):
         make_plan(production_8gpu(micro_batch_size=12), 8, VOCAB, None)
-
-
 
 
 def test_a_mixture_plan_shows_what_each_dataset_gives():

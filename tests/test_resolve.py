@@ -1,13 +1,14 @@
 """resolve(): one answer for how a run runs, whoever asks (train.py, the planner, the GPU
 suite): the schedule's defaults, dtype, compile and loss chunk from the machine, and the
 parallelism from the memory model."""
+
 import dataclasses
 
 import pytest
 
+from training.config import LOSS_CHUNK, ConfigError, TrainConfig
 from training.memory import GiB, Way
 from training.resolve import Machine, resolve
-from training.config import LOSS_CHUNK, ConfigError, TrainConfig
 
 VOCAB = 50257
 CPU = Machine("cpu", 1, native_bf16=False)
@@ -35,17 +36,27 @@ def test_derived_settings_follow_the_machine_and_what_the_config_says_stays():
     assert (on_cpu.dtype, on_cpu.compile, on_cpu.loss_chunk) == ("float32", False, LOSS_CHUNK)
     assert resolved(cfg, gpu(native_bf16=False)).cfg.dtype == "float16"  # a pre-Ampere GPU
     assert resolved(TrainConfig(compile=False), gpu()).cfg.loss_chunk == LOSS_CHUNK
-    kept = resolved(TrainConfig(min_lr=0.0, lr_decay_steps=300, dtype="bfloat16", compile=False, loss_chunk=64),
-                    gpu()).cfg
-    assert (kept.min_lr, kept.lr_decay_steps, kept.dtype, kept.compile, kept.loss_chunk) == \
-        (0.0, 300, "bfloat16", False, 64)
+    kept = resolved(
+        TrainConfig(min_lr=0.0, lr_decay_steps=300, dtype="bfloat16", compile=False, loss_chunk=64), gpu()
+    ).cfg
+    assert (kept.min_lr, kept.lr_decay_steps, kept.dtype, kept.compile, kept.loss_chunk) == (
+        0.0,
+        300,
+        "bfloat16",
+        False,
+        64,
+    )
 
 
 def test_the_model_config_carries_the_resolved_training_fields_onto_the_given_shape():
     shape = dataclasses.replace(TrainConfig(model="tiny").model_config(100), n_layer=3)  # e.g. a checkpoint's
     r = resolve(TrainConfig(model="tiny", dropout=0.1, activation_checkpointing="selective"), CPU, shape)
-    assert (r.model_cfg.n_layer, r.model_cfg.dropout, r.model_cfg.activation_checkpointing,
-            r.model_cfg.loss_chunk) == (3, 0.1, "selective", LOSS_CHUNK)
+    assert (
+        r.model_cfg.n_layer,
+        r.model_cfg.dropout,
+        r.model_cfg.activation_checkpointing,
+        r.model_cfg.loss_chunk,
+    ) == (3, 0.1, "selective", LOSS_CHUNK)
 
 
 def test_auto_runs_ddp_when_it_fits_and_fsdp_when_it_does_not():
@@ -54,7 +65,9 @@ def test_auto_runs_ddp_when_it_fits_and_fsdp_when_it_does_not():
     r = resolved(production_8gpu(), gpu(8, 24))
     assert r.way == Way("fsdp") and r.cfg.parallelism == "fsdp" and "over 24 GiB; FSDP needs" in r.why
     assert resolved(production_8gpu(), gpu(1, 24)).way == Way("ddp")  # one process: sharding saves nothing
-    assert resolved(production_8gpu(), Machine("cpu", 8, native_bf16=False)).way == Way("ddp")  # no device memory to fit
+    assert resolved(production_8gpu(), Machine("cpu", 8, native_bf16=False)).way == Way(
+        "ddp"
+    )  # no device memory to fit
 
 
 def test_offload_means_fsdp_and_needs_a_gpu():
@@ -75,7 +88,9 @@ def test_the_answer_is_what_a_run_records():
     answer = resolved(production_8gpu(), gpu(8, 24)).to_dict()
     assert answer["way"] == "FSDP" and answer["joins_process_group"] and "FSDP needs" in answer["why"]
     assert answer["machine"]["world_size"] == 8 and answer["machine"]["memory_gib"] == 24
-    assert resolved(TrainConfig(model="tiny"), CPU).to_dict()["machine"]["memory_gib"] is None  # JSON has no inf
+    assert (
+        resolved(TrainConfig(model="tiny"), CPU).to_dict()["machine"]["memory_gib"] is None
+    )  # JSON has no inf
 
 
 def test_fp8_needs_float8_tensor_cores_and_torchao_and_runs_bf16_around_them():
@@ -83,11 +98,15 @@ def test_fp8_needs_float8_tensor_cores_and_torchao_and_runs_bf16_around_them():
     than compute capability 8.9, a machine without torchao. Where it runs, dtype=auto means
     bf16 (autocast around the float8 matmuls); the planner plans for cards that have it."""
     cfg = TrainConfig(model="tiny", fp8=True)
-    with pytest.raises(ConfigError, match=r"^--fp8 needs float8 tensor cores .*; a CPU has none: drop --fp8$"):
+    with pytest.raises(
+        ConfigError, match=r"^--fp8 needs float8 tensor cores .*; a CPU has none: drop --fp8$"
+    ):
         resolved(cfg, CPU)
     with pytest.raises(ConfigError, match=r"this GPU has none \(compute capability < 8.9\): drop --fp8$"):
         resolved(cfg, gpu())  # an A100: bf16, no float8
-    with pytest.raises(ConfigError, match=r"not installed: pip install -r requirements-fp8.txt$"):
+    with pytest.raises(
+        ConfigError, match=r"not installed: pip install torchao \(the release made for your torch"
+    ):
         resolved(cfg, Machine("cuda", 1, 80 * GiB, fp8=True, torchao=False))
     r = resolved(cfg, Machine("cuda", 1, 80 * GiB, fp8=True))
     assert (r.cfg.fp8, r.cfg.dtype, r.cfg.compile) == (True, "bfloat16", True)

@@ -1,4 +1,5 @@
 """run_lock.py: one writer per run folder; a killed holder never blocks the next run."""
+
 import json
 import os
 import signal
@@ -8,20 +9,25 @@ import sys
 import time
 
 import pytest
-
-from storage import run_lock
 from conftest import ROOT
 
-HOLD = ("import sys, time; sys.path.insert(0, {root!r}); from storage import run_lock\n"
-        "lock = run_lock.acquire({run!r})\n"
-        "print('held', flush=True)\n"
-        "time.sleep(float(sys.argv[1]))\n")
+from storage import run_lock
+
+HOLD = (
+    "import sys, time; from storage import run_lock\n"
+    "lock = run_lock.acquire({run!r})\n"
+    "print('held', flush=True)\n"
+    "time.sleep(float(sys.argv[1]))\n"
+)
 
 
 def holder(run_dir, seconds=600):
     """Another process that takes the lock and keeps it for `seconds`."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=ROOT, run=str(run_dir)), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD.format(root=ROOT, run=str(run_dir)), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -32,8 +38,9 @@ def test_a_second_writer_is_refused_with_one_line_naming_the_holder(tmp_path):
         with pytest.raises(run_lock.RunFolderBusy) as e:
             run_lock.acquire(str(tmp_path))
         message = str(e.value)
-        assert message.startswith(f"{tmp_path} is in use by another run (host {socket.gethostname()}, "
-                                  f"pid {proc.pid}, started 20")
+        assert message.startswith(
+            f"{tmp_path} is in use by another run (host {socket.gethostname()}, pid {proc.pid}, started 20"
+        )
         assert "--run_name" in message and "\n" not in message
     finally:
         proc.kill()
@@ -68,9 +75,12 @@ def test_a_filesystem_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
 
     def no_locks(fd, op):
         raise OSError(errno.ENOSYS, "Function not implemented")
+
     monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
     said = []
     lock = run_lock.acquire(str(tmp_path), say=said.append)
-    assert said == [f"warning: the filesystem of {tmp_path} does not lock files (Function not implemented); "
-                    f"nothing stops a second run from writing this folder at the same time"]
+    assert said == [
+        f"warning: the filesystem of {tmp_path} does not lock files (Function not implemented); "
+        f"nothing stops a second run from writing this folder at the same time"
+    ]
     lock.release()

@@ -1,18 +1,16 @@
 """Generation (KV cache vs none, sampling filters, seeding) and the sample.py command line."""
+
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from storage.checkpoint import save_checkpoint  # noqa: E402
-from model import GPT, GPTConfig, KVCache  # noqa: E402
-from sample import IncrementalDecoder, generate, main, sample_next  # noqa: E402
-from text.tokenizer import EOT_TEXT, load_tokenizer  # noqa: E402
-from storage.weights import resolve_checkpoint  # noqa: E402
+from model import GPT, GPTConfig, KVCache
+from sample import IncrementalDecoder, generate, main, sample_next
+from storage.checkpoint import save_checkpoint
+from storage.weights import resolve_checkpoint
+from text.tokenizer import EOT_TEXT, load_tokenizer
 
 CHARS = "".join(sorted("\n !',.:;?abcdefghijklmnopqrstuvwxyzAB"))  # 37; eot is id 37
 VOCAB = len(CHARS) + 1  # not a multiple of 64, so the embedding has padding rows
@@ -48,8 +46,8 @@ def test_prefill_and_step_logits_match_full_forward():
         want, _ = model(idx[:, :6])
         torch.testing.assert_close(got, want)
         for t in range(6, 12):  # then one token at a time, each against the full prefix
-            got, _ = model(idx[:, t:t + 1], cache=cache)
-            want, _ = model(idx[:, :t + 1])
+            got, _ = model(idx[:, t : t + 1], cache=cache)
+            want, _ = model(idx[:, : t + 1])
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -60,8 +58,8 @@ def test_greedy_with_cache_equals_without_within_context():
     plain = generate(model, idx, new, temperature=0.0, use_cache=False)
     assert cached.shape == (3, idx.size(1) + new)
     assert torch.equal(cached, plain)
-    assert torch.equal(cached[:, :idx.size(1)], idx)
-    assert len(set(cached[:, idx.size(1):].flatten().tolist())) > 3  # not one repeated token
+    assert torch.equal(cached[:, : idx.size(1)], idx)
+    assert len(set(cached[:, idx.size(1) :].flatten().tolist())) > 3  # not one repeated token
 
 
 def reference_windowed_greedy(model, idx, new):
@@ -85,7 +83,7 @@ def test_generation_past_context():
     assert cached.shape == plain.shape == (3, 45)
     assert int(cached.max()) < VOCAB
     # identical while the whole sequence fits, then each path follows its own window
-    assert torch.equal(cached[:, :BLOCK + 1], plain[:, :BLOCK + 1])
+    assert torch.equal(cached[:, : BLOCK + 1], plain[:, : BLOCK + 1])
     assert torch.equal(cached, reference_windowed_greedy(model, idx, 40))
 
 
@@ -106,10 +104,10 @@ def test_eot_stops_rows_and_pads_finished_ones():
     for row in range(3):
         hits = (free[row] == eot).nonzero()
         if len(hits) == 0:
-            assert torch.equal(out[row], free[row][:out.size(1)])
+            assert torch.equal(out[row], free[row][: out.size(1)])
         else:
             first = int(hits[0])
-            assert torch.equal(out[row, :first + 1], free[row, :first + 1])
+            assert torch.equal(out[row, : first + 1], free[row, : first + 1])
             assert (out[row, first:] == eot).all()
     first = int((free[0] == eot).nonzero()[0])
     one = generate(model, idx[:1], 10, temperature=0.0, eot_id=eot)
@@ -162,8 +160,15 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 def test_seeded_sampling_is_reproducible():
     model, idx = tiny_model(), prompt()
     run = lambda seed, cache: generate(  # noqa: E731
-        model, idx, 12, temperature=1.0, top_k=20, top_p=0.95, use_cache=cache,
-        generator=torch.Generator().manual_seed(seed))
+        model,
+        idx,
+        12,
+        temperature=1.0,
+        top_k=20,
+        top_p=0.95,
+        use_cache=cache,
+        generator=torch.Generator().manual_seed(seed),
+    )
     assert torch.equal(run(7, True), run(7, True))
     assert torch.equal(run(7, True), run(7, False))  # same logits, same random draws
     assert not torch.equal(run(7, True), run(8, True))
@@ -184,25 +189,44 @@ def test_incremental_decoder_keeps_multibyte_characters_whole():
 
 
 def char_meta():
-    return {"tokenizer": "char", "chars": CHARS, "vocab_size": VOCAB, "eot_id": VOCAB - 1,
-            "dtype": "uint16"}
+    return {"tokenizer": "char", "chars": CHARS, "vocab_size": VOCAB, "eot_id": VOCAB - 1, "dtype": "uint16"}
 
 
-def save_run(run_dir, name="checkpoint_step_10.pt", step=10, tokenizer=True, data_dir="data/none",
-             seed=0):
+def save_run(run_dir, name="checkpoint_step_10.pt", step=10, tokenizer=True, data_dir="data/none", seed=0):
     model = tiny_model(seed)
     path = os.path.join(run_dir, name)
-    save_checkpoint({"model": model.state_dict(), "model_config": vars(model.config),
-                     "config": {"data_dir": str(data_dir)}, "step": step,
-                     "tokenizer": char_meta() if tokenizer else None}, path)
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "model_config": vars(model.config),
+            "config": {"data_dir": str(data_dir)},
+            "step": step,
+            "tokenizer": char_meta() if tokenizer else None,
+        },
+        path,
+    )
     return path
 
 
 def test_main_prints_samples(tmp_path, capsys):
     run = tmp_path / "run"
     save_run(run)
-    texts = main(["--checkpoint", str(run), "--prompt", "to be", "--num_samples", "2",
-                  "--max_new_tokens", "12", "--device", "cpu", "--seed", "3"])
+    texts = main(
+        [
+            "--checkpoint",
+            str(run),
+            "--prompt",
+            "to be",
+            "--num_samples",
+            "2",
+            "--max_new_tokens",
+            "12",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert len(texts) == 2
     for t in texts:
@@ -210,16 +234,40 @@ def test_main_prints_samples(tmp_path, capsys):
         assert set(t.replace(EOT_TEXT, "")) <= set(CHARS)
         assert t in out
     assert "-" * 40 in out
-    again = main(["--checkpoint", str(run), "--prompt", "to be", "--num_samples", "2",
-                  "--max_new_tokens", "12", "--device", "cpu", "--seed", "3"])
+    again = main(
+        [
+            "--checkpoint",
+            str(run),
+            "--prompt",
+            "to be",
+            "--num_samples",
+            "2",
+            "--max_new_tokens",
+            "12",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+        ]
+    )
     assert again == texts
 
 
 def test_main_greedy_same_with_and_without_cache(tmp_path, capsys):
     run = tmp_path / "run"
     save_run(run)
-    args = ["--checkpoint", str(run), "--num_samples", "1", "--max_new_tokens", "16",
-            "--temperature", "0", "--device", "cpu"]
+    args = [
+        "--checkpoint",
+        str(run),
+        "--num_samples",
+        "1",
+        "--max_new_tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--device",
+        "cpu",
+    ]
     cached = main(args)
     plain = main(args + ["--no_cache"])
     assert cached == plain and len(cached[0]) > 5  # 1 + 16 tokens: all within the context
@@ -230,9 +278,25 @@ def test_prompt_from_file_and_stop_at_eot(tmp_path, capsys):
     save_run(run)
     pfile = tmp_path / "prompt.txt"
     pfile.write_text("hello")
-    texts = main(["--checkpoint", str(run), "--prompt", f"FILE:{pfile}", "--num_samples", "1",
-                  "--max_new_tokens", "40", "--device", "cpu", "--stop_at_eot",
-                  "--temperature", "1.5", "--top_k", "none"])
+    texts = main(
+        [
+            "--checkpoint",
+            str(run),
+            "--prompt",
+            f"FILE:{pfile}",
+            "--num_samples",
+            "1",
+            "--max_new_tokens",
+            "40",
+            "--device",
+            "cpu",
+            "--stop_at_eot",
+            "--temperature",
+            "1.5",
+            "--top_k",
+            "none",
+        ]
+    )
     assert texts[0].startswith("hello")
 
 
@@ -248,8 +312,7 @@ def test_run_dir_resolution_prefers_best(tmp_path, capsys):
     best = save_run(new, "best_model.pt", step=15)
     assert resolve_checkpoint(str(new)) == best
     assert resolve_checkpoint(None, str(out_dir)) == best
-    main(["--out_dir", str(out_dir), "--num_samples", "1", "--max_new_tokens", "3",
-          "--device", "cpu"])
+    main(["--out_dir", str(out_dir), "--num_samples", "1", "--max_new_tokens", "3", "--device", "cpu"])
     assert "best_model.pt (step 15)" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no run with checkpoints"):
         resolve_checkpoint(None, str(tmp_path / "empty"))
@@ -263,8 +326,7 @@ def test_tokenizer_falls_back_to_data_dir_meta(tmp_path, capsys):
     data.mkdir()
     run = tmp_path / "run"
     save_run(run, tokenizer=False, data_dir=data)
-    args = ["--checkpoint", str(run), "--num_samples", "1", "--max_new_tokens", "5",
-            "--device", "cpu"]
+    args = ["--checkpoint", str(run), "--num_samples", "1", "--max_new_tokens", "5", "--device", "cpu"]
     with pytest.raises(ValueError, match="gpt2 tokenizer has 50257: the tokenizer does not belong"):
         main(args)  # without meta.json the folder is taken as GPT-2 ids, which this model cannot embed
     assert "assuming GPT-2 token ids" in capsys.readouterr().err
@@ -278,7 +340,9 @@ def test_a_checkpoint_with_nan_weights_is_refused_with_a_sentence(tmp_path):
     saved = torch.load(path, weights_only=True)
     saved["model"]["h.0.mlp.c_fc.weight"][0, 0] = float("nan")
     save_checkpoint({k: v for k, v in saved.items() if k != "digest"}, path)  # saved so: its digest agrees
-    with pytest.raises(ValueError, match=r"NaN or inf weights \(h\.0\.mlp\.c_fc\.weight\).*earlier checkpoint"):
+    with pytest.raises(
+        ValueError, match=r"NaN or inf weights \(h\.0\.mlp\.c_fc\.weight\).*earlier checkpoint"
+    ):
         main(["--checkpoint", path, "--device", "cpu", "--num_samples", "1"])
 
 
@@ -295,13 +359,16 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         main(["--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu"])
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--temperature", "-0.1"], "--temperature must be >= 0"),
-    (["--top_p", "0"], "--top_p must be in"),
-    (["--top_p", "1.5"], "--top_p must be in"),
-    (["--top_k", "0"], "--top_k must be >= 1"),
-    (["--prompt", "FILE:/no/such/prompt.txt"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--temperature", "-0.1"], "--temperature must be >= 0"),
+        (["--top_p", "0"], "--top_p must be in"),
+        (["--top_p", "1.5"], "--top_p must be in"),
+        (["--top_k", "0"], "--top_k must be >= 1"),
+        (["--prompt", "FILE:/no/such/prompt.txt"], "does not exist"),
+    ],
+)
 def test_bad_arguments_fail_early(bad, message, capsys):
     with pytest.raises(SystemExit):
         main(bad + ["--checkpoint", "/no/such/checkpoint.pt"])
@@ -318,8 +385,22 @@ def test_empty_prompt_is_an_error(tmp_path):
 def test_bfloat16_autocast_runs_with_cache(tmp_path, capsys):
     run = tmp_path / "run"
     save_run(run)
-    args = ["--checkpoint", str(run), "--num_samples", "1", "--max_new_tokens", "10",
-            "--temperature", "0", "--device", "cpu", "--dtype", "bfloat16", "--prompt", "ab"]
+    args = [
+        "--checkpoint",
+        str(run),
+        "--num_samples",
+        "1",
+        "--max_new_tokens",
+        "10",
+        "--temperature",
+        "0",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "--prompt",
+        "ab",
+    ]
     cached, plain = main(args), main(args + ["--no_cache"])
     assert cached == plain and len(cached[0]) > 2
 

@@ -30,8 +30,15 @@ def test_round_trip_through_a_checkpoint_dict():
     s = TrainState(step=7, best_val_loss=2.5, evals_without_improvement=1, elapsed_s=12.5, skipped_steps=2)
     saved = {"model": {}, "optimizer": {}, **s.state_dict()}
     assert TrainState.from_checkpoint(saved) == s
-    old = {"step": 3, "best_val_loss": 3.0, "evals_without_improvement": 0, "elapsed_s": 1.0}  # no skipped_steps
-    assert TrainState.from_checkpoint(old) == TrainState(step=3, best_val_loss=3.0, elapsed_s=1.0, best_watched=3.0)
+    old = {
+        "step": 3,
+        "best_val_loss": 3.0,
+        "evals_without_improvement": 0,
+        "elapsed_s": 1.0,
+    }  # no skipped_steps
+    assert TrainState.from_checkpoint(old) == TrainState(
+        step=3, best_val_loss=3.0, elapsed_s=1.0, best_watched=3.0
+    )
 
 
 def test_an_older_checkpoint_keeps_its_patience_on_the_val_loss():
@@ -49,4 +56,6 @@ def test_early_stopping_can_watch_a_task_accuracy_while_the_best_model_follows_t
     assert s.record_eval(3.8, "hellaswag_acc_norm", float("nan")) is True and s.evals_without_improvement == 2
     assert (s.best_val_loss, s.best_watched) == (3.8, -0.32)
     # switching the watched metric (a resumed run with another early_stopping_metric) starts afresh
-    assert s.record_eval(3.7, "val_loss") is True and s.evals_without_improvement == 0 and s.best_watched == 3.7
+    assert (
+        s.record_eval(3.7, "val_loss") is True and s.evals_without_improvement == 0 and s.best_watched == 3.7
+    )

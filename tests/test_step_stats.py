@@ -3,12 +3,14 @@ import time
 
 import torch
 
-from training.stopping import Stop
 from training.step_stats import HostCopies, StepResult, StepValues, StepWatch, Throughput, describe_event
+from training.stopping import Stop
 
 
 def values(loss, grad_norm, applied):
-    return StepValues(loss=torch.tensor(loss), grad_norm=torch.tensor(grad_norm), applied=torch.tensor(applied))
+    return StepValues(
+        loss=torch.tensor(loss), grad_norm=torch.tensor(grad_norm), applied=torch.tensor(applied)
+    )
 
 
 def result(step, loss, grad_norm=1.0, applied=True):
@@ -74,8 +76,9 @@ def test_throughput_leaves_out_evaluations_and_saves():
 
 
 def test_a_loss_that_stays_far_above_its_level_is_divergence_and_a_return_resets_it():
-    watch = StepWatch(max_nonfinite=3, spike_factor=1.5, loss_scaling=False, divergence_factor=3.0,
-                      divergence_steps=3)
+    watch = StepWatch(
+        max_nonfinite=3, spike_factor=1.5, loss_scaling=False, divergence_factor=3.0, divergence_steps=3
+    )
     for step in range(20):
         watch.check(result(step, 2.0))
     events = watch.check(result(20, 7.0))  # 3.5 x the level: diverging, not a spike
@@ -92,8 +95,9 @@ def test_a_loss_that_stays_far_above_its_level_is_divergence_and_a_return_resets
 
 def test_one_step_of_history_is_enough_to_call_a_wrecked_run_diverged():
     """lr 1e6: step 0's update is finite and wrecks the weights; step 1's loss is 1e9."""
-    watch = StepWatch(max_nonfinite=10, spike_factor=1.5, loss_scaling=False, divergence_factor=3.0,
-                      divergence_steps=2)
+    watch = StepWatch(
+        max_nonfinite=10, spike_factor=1.5, loss_scaling=False, divergence_factor=3.0, divergence_steps=2
+    )
     watch.check(result(0, 4.48))
     watch.check(result(1, 3.6e9))
     watch.check(result(2, 2.1e9))

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import tiktoken
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from text import tokenizer as T  # noqa: E402
-from text.tokenizer import get_tokenizer, load_tokenizer  # noqa: E402
+from text import tokenizer as T
+from text.tokenizer import get_tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +30,13 @@ def test_gpt2_known_ids(gpt2):
 def test_gpt2_single_token_words_match_encoder_json(gpt2):
     # a word that is one entry of encoder.json must encode to exactly that id
     encoder = json.load(open(T.gpt2_files()[1]))
-    for word, gpt2_spelling in [("Hello", "Hello"), (" world", "Ġworld"), (" Shakespeare", "ĠShakespeare"),
-                                ("\n", "Ċ"), (" king", "Ġking")]:
+    for word, gpt2_spelling in [
+        ("Hello", "Hello"),
+        (" world", "Ġworld"),
+        (" Shakespeare", "ĠShakespeare"),
+        ("\n", "Ċ"),
+        (" king", "Ġking"),
+    ]:
         assert gpt2.encode(word) == [encoder[gpt2_spelling]]
 
 
@@ -56,8 +60,11 @@ def test_gpt2_round_trip_and_array_input(gpt2):
 def test_gpt2_equals_tiktoken_official_build(gpt2, tmp_path, monkeypatch):
     # Seed tiktoken's download cache with the same files so its own gpt2() runs offline.
     from tiktoken_ext import openai_public
-    urls = {"vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-            "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"}
+
+    urls = {
+        "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    }
     for path in T.gpt2_files():
         key = hashlib.sha1(urls[os.path.basename(path)].encode()).hexdigest()
         shutil.copy(path, tmp_path / key)
@@ -112,12 +119,12 @@ def test_char_tokenizer_errors():
 
 
 def test_load_tokenizer_round_trip(gpt2):
-    char = get_tokenizer("char", "zyx\u00e9\U0001F3AD")
+    char = get_tokenizer("char", "zyx\u00e9\U0001f3ad")
     for tok in (gpt2, char):
         meta = json.loads(json.dumps(tok.meta()))  # as stored in meta.json
         again = load_tokenizer(meta)
         assert (again.name, again.n_vocab, again.eot_id) == (tok.name, tok.n_vocab, tok.eot_id)
-        text = "xyz\U0001F3AD\u00e9" if tok is char else "any text at all"
+        text = "xyz\U0001f3ad\u00e9" if tok is char else "any text at all"
         assert again.encode(text) == tok.encode(text)
     assert load_tokenizer({}).name == "gpt2"  # nanoGPT data has no meta.json
 
@@ -136,9 +143,12 @@ def test_unknown_name():
 
 def fake_encoding(eot_id=300):
     """A tiny tiktoken Encoding: the 256 bytes plus an eot id, with a hole between."""
-    return tiktoken.Encoding(name="fake", pat_str=T.GPT2_PAT_STR,
-                             mergeable_ranks={bytes([b]): b for b in range(256)},
-                             special_tokens={"<|endoftext|>": eot_id})
+    return tiktoken.Encoding(
+        name="fake",
+        pat_str=T.GPT2_PAT_STR,
+        mergeable_ranks={bytes([b]): b for b in range(256)},
+        special_tokens={"<|endoftext|>": eot_id},
+    )
 
 
 def test_tiktoken_passthrough(monkeypatch):
@@ -155,6 +165,7 @@ def test_tiktoken_passthrough(monkeypatch):
 def test_tiktoken_download_failure_is_explained(monkeypatch):
     def offline(name):
         raise ConnectionError("no network")
+
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(RuntimeError, match="o200k_base.*download.*TIKTOKEN_CACHE_DIR"):
         get_tokenizer("o200k_base")

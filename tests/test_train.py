@@ -9,17 +9,16 @@ import time
 
 import pytest
 import torch
-
-from storage import checkpoint as ckpt
-import train
 from conftest import ROOT, TEXT, WITH_FAULTS, flip_a_bit, records, run_dir_of, tmpfs, write_dataset
-from text.loader import GPT2_META, load_meta
-from model import count_params
-from training.resolve import Machine, resolve
-from storage.run_lock import RunFolderBusy
-from training.stopping import Stop
-from training.config import ConfigError, load_config
 
+import train
+from model import count_params
+from storage import checkpoint as ckpt
+from storage.run_lock import RunFolderBusy
+from text.loader import GPT2_META, load_meta
+from training.config import ConfigError, load_config
+from training.resolve import Machine, resolve
+from training.stopping import Stop
 
 
 def final_weights(run_dir):
@@ -32,8 +31,18 @@ def test_a_run_logs_evaluates_saves_and_reports(tiny_args):
     steps = [r["step"] for r in records(run, "train")]
     assert steps == list(range(6))  # the loss of each step's batch; the final row is the final eval's
     assert [r["step"] for r in records(run, "eval")] == [0, 3, 6]
-    assert sorted(os.listdir(run)) == sorted(["best_model.pt", "checkpoint_step_3.pt", "checkpoint_step_6.pt",
-                                              "config.json", "metrics.jsonl", "report.md", "report.png", "run.lock"])
+    assert sorted(os.listdir(run)) == sorted(
+        [
+            "best_model.pt",
+            "checkpoint_step_3.pt",
+            "checkpoint_step_6.pt",
+            "config.json",
+            "metrics.jsonl",
+            "report.md",
+            "report.png",
+            "run.lock",
+        ]
+    )
     # the best, evaluated where a step checkpoint was saved, is that file under a second name
     best_step = ckpt.load_checkpoint(os.path.join(run, "best_model.pt"))["step"]
     assert os.path.samefile(os.path.join(run, "best_model.pt"), os.path.join(run, ckpt.step_file(best_step)))
@@ -42,7 +51,10 @@ def test_a_run_logs_evaluates_saves_and_reports(tiny_args):
     saved = ckpt.load_checkpoint(os.path.join(run, "checkpoint_step_6.pt"))
     assert saved["step"] == 6 and saved["tokenizer"]["tokenizer"] == "char"
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in saved["model"])
-    assert "| Checkpoint | Step | Loss | Perplexity | Time Elapsed |" in open(os.path.join(run, "report.md")).read()
+    assert (
+        "| Checkpoint | Step | Loss | Perplexity | Time Elapsed |"
+        in open(os.path.join(run, "report.md")).read()
+    )
 
 
 def test_accumulation_equivalence(tiny_args):
@@ -79,7 +91,10 @@ def test_init_from_fine_tunes_from_weights(tiny_args):
     args = tiny_args + ["--run_name=ft", f"--init_from={src}", "--max_steps=1"]
     train.main(args)
     # the new run starts from the trained weights: its step-0 evaluation is the source's last
-    assert records(run_dir_of(args), "eval")[0]["val_loss"] == records(run_dir_of(tiny_args), "eval")[-1]["val_loss"]
+    assert (
+        records(run_dir_of(args), "eval")[0]["val_loss"]
+        == records(run_dir_of(tiny_args), "eval")[-1]["val_loss"]
+    )
     assert records(run_dir_of(args), "train")[0]["step"] == 0  # but it is a new run, from step 0
 
 
@@ -87,20 +102,23 @@ def test_bf16_trains(tiny_args):
     args = tiny_args + ["--dtype=bfloat16", "--run_name=bf"]
     train.main(args)
     losses = [r["loss"] for r in records(run_dir_of(args), "train")]
-    assert all(l == l for l in losses) and losses[-1] < losses[0]
+    assert all(v == v for v in losses) and losses[-1] < losses[0]
 
 
 def test_fp16_grad_scaler_skips_steps_on_inf(tiny_args, monkeypatch):
     """A huge initial loss scale overflows fp16 gradients: those steps are skipped and
     counted, the scale halves each time, and training then proceeds."""
     real = torch.amp.GradScaler
-    monkeypatch.setattr(train.torch.amp, "GradScaler",
-                        lambda device, enabled: real(device, init_scale=2.0 ** 40, enabled=enabled))
+    monkeypatch.setattr(
+        train.torch.amp,
+        "GradScaler",
+        lambda device, enabled: real(device, init_scale=2.0**40, enabled=enabled),
+    )
     args = tiny_args + ["--dtype=float16", "--run_name=fp16", "--n_embd=16", "--max_steps=4"]
     train.main(args)
     recs = records(run_dir_of(args), "train")
     assert recs[-1]["skipped_steps"] >= 1
-    assert recs[-1]["loss_scale"] < 2.0 ** 40
+    assert recs[-1]["loss_scale"] < 2.0**40
     saved = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir_of(args)))
     assert saved["scaler"]["scale"] == recs[-1]["loss_scale"]
 
@@ -128,15 +146,18 @@ def test_rerun_without_resume_refuses_to_overwrite(tiny_args):
         train.main(tiny_args)
 
 
-@pytest.mark.parametrize("extra,error,match", [
-    (["--global_batch_size=5"], ConfigError, "not divisible"),
-    (["--block_size=100000"], ValueError, "lower --block_size"),
-    (["--data_dir=/nonexistent"], FileNotFoundError, "prepare_data.py"),
-    (["--resume"], ConfigError, "no checkpoint"),
-    (["--out_dir=/proc/forbidden"], ConfigError, "cannot write"),
-    (["--device=mps"], ConfigError, "not supported"),
-    (["--device=cuda"] if not torch.cuda.is_available() else ["--device=cuda:99"], ValueError, "cuda"),
-])
+@pytest.mark.parametrize(
+    "extra,error,match",
+    [
+        (["--global_batch_size=5"], ConfigError, "not divisible"),
+        (["--block_size=100000"], ValueError, "lower --block_size"),
+        (["--data_dir=/nonexistent"], FileNotFoundError, "prepare_data.py"),
+        (["--resume"], ConfigError, "no checkpoint"),
+        (["--out_dir=/proc/forbidden"], ConfigError, "cannot write"),
+        (["--device=mps"], ConfigError, "not supported"),
+        (["--device=cuda"] if not torch.cuda.is_available() else ["--device=cuda:99"], ValueError, "cuda"),
+    ],
+)
 def test_bad_input_errors(tiny_args, extra, error, match):
     with pytest.raises(error, match=match):
         train.main(tiny_args + extra)
@@ -164,8 +185,11 @@ def test_dry_run_for_every_config_plans_that_config(config, capsys):
     out = capsys.readouterr().out
     cfg = load_config([config])
     meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
-    r = resolve(cfg, Machine.planned(cfg.device, cfg.plan_gpus or 1, cfg.plan_gpu_memory_gib[0]),
-                cfg.model_config(meta["vocab_size"]))
+    r = resolve(
+        cfg,
+        Machine.planned(cfg.device, cfg.plan_gpus or 1, cfg.plan_gpu_memory_gib[0]),
+        cfg.model_config(meta["vocab_size"]),
+    )
     assert f"parameters:           {count_params(r.model_cfg):,} " in out
     assert f"This config runs {r.way.name} (" in out
 
@@ -198,7 +222,10 @@ def test_resume_auto_passes_over_a_corrupt_newest_checkpoint_and_says_so(tiny_ar
     train.main(tiny_args + ["--resume=auto"])
     out = capsys.readouterr().out
     assert f"warning: passing over {newest}: tensor model/h.0.mlp.c_fc.weight does not match" in out
-    assert f"resuming from {os.path.join(run, 'checkpoint_step_3.pt')}, the newest intact checkpoint (step 3)" in out
+    assert (
+        f"resuming from {os.path.join(run, 'checkpoint_step_3.pt')}, the newest intact checkpoint (step 3)"
+        in out
+    )
     assert os.path.exists(newest + ckpt.CORRUPT_SUFFIX)
     again = ckpt.load_checkpoint(newest)["model"]
     assert all(torch.equal(whole[k], again[k]) for k in whole)
@@ -206,6 +233,7 @@ def test_resume_auto_passes_over_a_corrupt_newest_checkpoint_and_says_so(tiny_ar
 
 def test_a_meta_whose_chars_disagree_with_its_vocab_is_refused_before_training(tiny_args, char_data):
     import json
+
     path = os.path.join(char_data, "meta.json")
     with open(path) as fh:
         meta = json.load(fh)
@@ -242,9 +270,11 @@ def test_stale_temp_files_are_removed(tiny_args):
 
 # ---- train_step on its own ----------------------------------------------------------------
 
+
 def _tiny_step_setup(seed=0):
-    from parallel.distributed import Dist
     from model import GPT, GPTConfig
+    from parallel.distributed import Dist
+
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16))
     opt = torch.optim.AdamW(model.optimizer_groups(0.1), lr=1e-2, fused=True)
@@ -283,8 +313,9 @@ def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimi
     train.train_step(model, opt, scaler, [(x, x, 1)], 1.0, torch.autocast("cpu", enabled=False), env)
     state_before = {k: v.clone() for k, v in opt.state[next(model.parameters())].items()}
     weights_before = [p.detach().clone() for p in model.parameters()]
-    values = train.train_step(NaNLoss(model), opt, scaler, [(x, x, 2)], 1.0,
-                              torch.autocast("cpu", enabled=False), env)
+    values = train.train_step(
+        NaNLoss(model), opt, scaler, [(x, x, 2)], 1.0, torch.autocast("cpu", enabled=False), env
+    )
     assert math.isnan(values.loss.item()) and values.applied.item() == 0.0
     assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))
     state_after = opt.state[next(model.parameters())]
@@ -293,9 +324,17 @@ def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimi
 
 # ---- when a step goes wrong ---------------------------------------------------------------
 
+
 def test_a_diverging_run_stops_after_n_non_finite_steps_keeping_the_last_good_checkpoint(tiny_args):
-    args = tiny_args + ["--learning_rate=1e6", "--warmup_steps=0", "--max_steps=40", "--save_interval=1",
-                        "--eval_interval=2", "--max_nonfinite_steps=3", "--run_name=nan"]
+    args = tiny_args + [
+        "--learning_rate=1e6",
+        "--warmup_steps=0",
+        "--max_steps=40",
+        "--save_interval=1",
+        "--eval_interval=2",
+        "--max_nonfinite_steps=3",
+        "--run_name=nan",
+    ]
     assert train.main(args) == Stop.NONFINITE.exit_code == 1
     run = run_dir_of(args)
     end = records(run, "end")[-1]
@@ -317,7 +356,11 @@ def test_a_run_whose_loss_stays_far_above_its_level_stops_as_diverged_and_its_ad
     args = tiny_args + ["--save_interval=2", "--eval_interval=2", "--divergence_steps=3", "--run_name=div"]
     train.main(args + ["--max_steps=4"])  # healthy up to step 4
     capsys.readouterr()
-    assert train.main(args + ["--max_steps=20", "--learning_rate=30", "--resume"]) == Stop.DIVERGED.exit_code == 1
+    assert (
+        train.main(args + ["--max_steps=20", "--learning_rate=30", "--resume"])
+        == Stop.DIVERGED.exit_code
+        == 1
+    )
     run = run_dir_of(args)
     assert records(run, "end")[-1]["reason"] == "diverged"
     diverging = records(run, "diverging")
@@ -338,8 +381,15 @@ def test_a_wrecked_model_is_never_kept_as_best_and_the_advice_names_a_new_run(ti
     """Diverged from step 1 on: every evaluation is worse than the untrained baseline, so
     there is no best_model.pt, and with no checkpoint from before the streak the advice is a
     new run, which works."""
-    args = tiny_args + ["--learning_rate=30", "--warmup_steps=0", "--max_steps=20", "--save_interval=1",
-                        "--eval_interval=1", "--divergence_steps=3", "--run_name=wrecked"]
+    args = tiny_args + [
+        "--learning_rate=30",
+        "--warmup_steps=0",
+        "--max_steps=20",
+        "--save_interval=1",
+        "--eval_interval=1",
+        "--divergence_steps=3",
+        "--run_name=wrecked",
+    ]
     assert train.main(args) == 1
     run = run_dir_of(args)
     evals = records(run, "eval")
@@ -360,16 +410,27 @@ def test_resuming_at_or_past_max_steps(tiny_args, capsys):
 def test_init_from_takes_the_shape_of_its_source(tiny_args):
     train.main(tiny_args)
     src = ckpt.latest_checkpoint(run_dir_of(tiny_args))
-    ft = tiny_args + ["--run_name=ft2", f"--init_from={src}", "--max_steps=1", "--model=gpt2-124m",
-                      "--n_layer=None", "--n_head=None", "--n_embd=None", "--block_size=None"]
+    ft = tiny_args + [
+        "--run_name=ft2",
+        f"--init_from={src}",
+        "--max_steps=1",
+        "--model=gpt2-124m",
+        "--n_layer=None",
+        "--n_head=None",
+        "--n_embd=None",
+        "--block_size=None",
+    ]
     train.main(ft)  # the preset says 124M; the source says 2 x 32, and wins
-    assert records(run_dir_of(ft), "start")[0]["params"] == records(run_dir_of(tiny_args), "start")[0]["params"]
+    assert (
+        records(run_dir_of(ft), "start")[0]["params"] == records(run_dir_of(tiny_args), "start")[0]["params"]
+    )
     with pytest.raises(ConfigError, match="config changes it: n_embd 32 there vs 64 here"):
         train.main(tiny_args + ["--run_name=ft3", f"--init_from={src}", "--n_embd=64"])
 
 
 def test_tensorboard_shows_each_step_once_after_a_resume(tiny_args):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     args = [a for a in tiny_args if not a.startswith("--tensorboard")] + ["--tensorboard=True"]
     train.main(args + ["--max_steps=3", "--lr_decay_steps=6"])
     train.main(args + ["--resume", "--lr_decay_steps=6"])
@@ -384,29 +445,40 @@ def test_init_from_a_hugging_face_export_of_a_run(tiny_args, tmp_path):
     """A run exported to Hugging Face's GPT-2 format comes back through --init_from with the
     same weights: the new run's first evaluation equals the source's last."""
     import export
+
     train.main(tiny_args)
     folder = str(tmp_path / "hf")
     export.main([f"--checkpoint={run_dir_of(tiny_args)}", f"--out={folder}"])
     ft = tiny_args + ["--run_name=from_hf", f"--init_from={folder}", "--max_steps=1"]
     train.main(ft)
     assert records(run_dir_of(ft), "eval")[0]["val_loss"] == pytest.approx(
-        records(run_dir_of(tiny_args), "eval")[-1]["val_loss"], rel=1e-6)
+        records(run_dir_of(tiny_args), "eval")[-1]["val_loss"], rel=1e-6
+    )
 
 
 # ---- one writer per run folder, and a full disk --------------------------------------------
 
+
 def test_a_second_run_in_a_busy_folder_is_refused_and_a_killed_holder_never_blocks_a_resume(tiny_args):
     args = tiny_args + ["--max_steps=150", "--save_interval=2", "--eval_interval=100", "--run_name=locked"]
     run = run_dir_of(args)
-    holder = subprocess.Popen([sys.executable, WITH_FAULTS, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=dict(os.environ, FAULT="slow:0.05", OMP_NUM_THREADS="1"))
+    holder = subprocess.Popen(
+        [sys.executable, WITH_FAULTS, *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, FAULT="slow:0.05", OMP_NUM_THREADS="1"),
+    )
     try:
         deadline = time.time() + 120
         while not ckpt.step_checkpoints(run) and time.time() < deadline and holder.poll() is None:
             time.sleep(0.1)
         assert ckpt.step_checkpoints(run), "the first run saved nothing"
-        with pytest.raises(RunFolderBusy, match=rf"{run} is in use by another run \(host .+, pid {holder.pid}, "
-                                                r"started .+\); .* pick another --run_name"):
+        with pytest.raises(
+            RunFolderBusy,
+            match=rf"{run} is in use by another run \(host .+, pid {holder.pid}, "
+            r"started .+\); .* pick another --run_name",
+        ):
             train.main(args + ["--resume=auto"])
     finally:
         holder.kill()  # kill -9: no chance to release anything
@@ -420,8 +492,13 @@ def test_the_disk_full_advice_works_when_followed(tiny_args, tmp_path):
     and the --keep_last the message names carries the run to its end (rotation deletes old
     step checkpoints before each save, and best_model.pt links the step checkpoint)."""
     with tmpfs(tmp_path / "small", "size=1600k") as out:
-        args = tiny_args + [f"--out_dir={out}", "--save_interval=1", "--eval_interval=1", "--max_steps=12",
-                            "--run_name=full"]
+        args = tiny_args + [
+            f"--out_dir={out}",
+            "--save_interval=1",
+            "--eval_interval=1",
+            "--max_steps=12",
+            "--run_name=full",
+        ]
         with pytest.raises(ckpt.CheckpointWriteError, match="the disk is full") as failed:
             train.main(args)
         keep = re.search(r"set --keep_last=(\d+)", str(failed.value))
@@ -434,6 +511,7 @@ def test_the_disk_full_advice_works_when_followed(tiny_args, tmp_path):
 
 
 # ---- what an evaluation measures: a mixture of datasets, and multiple-choice tasks -----------
+
 
 def two_char_datasets(tmp_path):
     """Two prepared datasets with one tokenizer: the fixture text, and its lines reversed."""
@@ -454,7 +532,10 @@ def test_a_mixture_reports_each_datasets_val_loss_and_follows_their_weighted_mea
         assert e["val_loss"] == pytest.approx(0.7 * e["val_loss_a"] + 0.3 * e["val_loss_b"], rel=1e-6)
     drawn = json.load(open(os.path.join(run, "config.json")))["derived"]["datasets"]
     total = 6 * 4 * 16  # max_steps x global batch x block_size
-    assert [(d["data_dir"], d["weight"], d["tokens"]) for d in drawn] == [(a, 0.7, 0.7 * total), (b, 0.3, 0.3 * total)]
+    assert [(d["data_dir"], d["weight"], d["tokens"]) for d in drawn] == [
+        (a, 0.7, 0.7 * total),
+        (b, 0.3, 0.3 * total),
+    ]
     assert drawn[0]["epochs"] == pytest.approx(0.7 * total / 3000)
     best = ckpt.load_checkpoint(os.path.join(run, "best_model.pt"))
     assert best["best_val_loss"] == min(e["val_loss"] for e in records(run, "eval")[1:])
@@ -467,8 +548,10 @@ def test_a_mixture_reports_each_datasets_val_loss_and_follows_their_weighted_mea
 def test_one_dataset_as_a_mixture_trains_exactly_as_data_dir(tiny_args, tmp_path, char_data):
     train.main(tiny_args + ["--run_name=plain"])
     train.main(tiny_args + [f"--data_mix={char_data}:1", "--run_name=mixed"])
-    plain, mixed = (records(os.path.join(os.path.dirname(run_dir_of(tiny_args)), name), "train")
-                    for name in ("plain", "mixed"))
+    plain, mixed = (
+        records(os.path.join(os.path.dirname(run_dir_of(tiny_args)), name), "train")
+        for name in ("plain", "mixed")
+    )
     assert [r["loss"] for r in plain] == [r["loss"] for r in mixed]
 
 
@@ -476,10 +559,23 @@ def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(
     task = tmp_path / "task.jsonl"
     with open(task, "w") as fh:
         for i in range(6):
-            fh.write(json.dumps({"context": "First Citizen:\n", "choices": ["Speak, speak.", "All:\nfamish"],
-                                 "label": i % 2}) + "\n")
-    args = tiny_args + [f"--eval_tasks=toy:{task}", "--early_stopping_metric=toy_acc_norm",
-                        "--early_stopping_patience=1", "--max_steps=30", "--run_name=tasks"]
+            fh.write(
+                json.dumps(
+                    {
+                        "context": "First Citizen:\n",
+                        "choices": ["Speak, speak.", "All:\nfamish"],
+                        "label": i % 2,
+                    }
+                )
+                + "\n"
+            )
+    args = tiny_args + [
+        f"--eval_tasks=toy:{task}",
+        "--early_stopping_metric=toy_acc_norm",
+        "--early_stopping_patience=1",
+        "--max_steps=30",
+        "--run_name=tasks",
+    ]
     assert train.main(args) == 0
     run = run_dir_of(args)
     evals = records(run, "eval")

@@ -10,6 +10,7 @@ Each batch is a list of values: str, None for a null, or bytes when the batch ho
 invalid UTF-8 (corpus.py decodes those with its replacement rule), and how far through
 the source the batch ends (a fraction, or None for a stream of unknown length).
 """
+
 import json
 import os
 
@@ -30,15 +31,20 @@ def one_line(e: Exception) -> str:
 
 # ---------------------------------------------------------------- the text column
 
+
 def check_text_column(schema: dict, text_field: str, where: str):
     """Refuse a source whose text_field is missing or not text; schema: {column: type name}."""
     if text_field not in schema:
-        raise ValueError(f"{where} has no column {text_field!r} (its columns: {list(schema)[:20]}); "
-                         f"pass --text_field NAME to read another column")
+        raise ValueError(
+            f"{where} has no column {text_field!r} (its columns: {list(schema)[:20]}); "
+            f"pass --text_field NAME to read another column"
+        )
     if schema[text_field] not in TEXT_TYPES:
         text_columns = [name for name, kind in schema.items() if kind in TEXT_TYPES]
-        raise ValueError(f"{where}: column {text_field!r} is {schema[text_field]}, not a string; "
-                         f"pass --text_field NAME of a string column (string columns: {text_columns[:20]})")
+        raise ValueError(
+            f"{where}: column {text_field!r} is {schema[text_field]}, not a string; "
+            f"pass --text_field NAME of a string column (string columns: {text_columns[:20]})"
+        )
 
 
 def _arrow_schema(schema: pa.Schema) -> dict:
@@ -56,12 +62,14 @@ def _values(array: pa.Array) -> list:
 
 # ---------------------------------------------------------------- Parquet
 
+
 def open_parquet(path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path} is not a readable Parquet file ({one_line(e)}); "
-                         f"re-download or rewrite it") from None
+        raise ValueError(
+            f"{path} is not a readable Parquet file ({one_line(e)}); re-download or rewrite it"
+        ) from None
 
 
 def check_parquet(path: str, text_field: str):
@@ -72,13 +80,13 @@ def check_parquet(path: str, text_field: str):
 def _parquet_batches(pf: pq.ParquetFile, text_field: str):
     rows, done = max(pf.metadata.num_rows, 1), 0
     for group in range(pf.num_row_groups):  # one row group in memory at a time
-        for batch in pf.iter_batches(BATCH_ROWS, row_groups=[group], columns=[text_field],
-                                     use_threads=False):
+        for batch in pf.iter_batches(BATCH_ROWS, row_groups=[group], columns=[text_field], use_threads=False):
             done += batch.num_rows
             yield _values(batch.column(0)), done / rows
 
 
 # ---------------------------------------------------------------- save_to_disk folders
+
 
 def _read_json(path: str) -> dict:
     try:
@@ -87,8 +95,10 @@ def _read_json(path: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({one_line(e)}); save the dataset again") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not the object save_to_disk writes; "
-                         f"save the dataset again")
+        raise ValueError(
+            f"{path} holds a JSON {type(obj).__name__}, not the object save_to_disk writes; "
+            f"save the dataset again"
+        )
     return obj
 
 
@@ -98,8 +108,10 @@ def saved_dataset_files(folder: str, split: str) -> list | None:
     if os.path.isfile(os.path.join(folder, SAVED_DICT)):
         splits = _read_json(os.path.join(folder, SAVED_DICT)).get("splits", [])
         if split not in splits:
-            raise ValueError(f"{folder} is a DatasetDict saved with save_to_disk and has no split "
-                             f"{split!r}; pass --split with one of {splits}")
+            raise ValueError(
+                f"{folder} is a DatasetDict saved with save_to_disk and has no split "
+                f"{split!r}; pass --split with one of {splits}"
+            )
         return saved_dataset_files(os.path.join(folder, split), split) or []
     state = os.path.join(folder, SAVED_STATE)
     if not os.path.isfile(state):
@@ -122,8 +134,9 @@ def _open_arrow(path: str):
         return source, pa.ipc.open_stream(source)
     except (pa.ArrowException, OSError) as e:
         source.close()
-        raise ValueError(f"{path} is not a readable Arrow stream file ({one_line(e)}); "
-                         f"save the dataset again") from None
+        raise ValueError(
+            f"{path} is not a readable Arrow stream file ({one_line(e)}); save the dataset again"
+        ) from None
 
 
 def check_arrow(path: str, text_field: str):
@@ -143,9 +156,10 @@ def _arrow_batches(path: str, source, reader, text_field: str):
 
 # ---------------------------------------------------------------- Hugging Face datasets
 
+
 def parse_hf(spec: str) -> tuple:
     """hf:NAME[:CONFIG] -> (NAME, CONFIG or None)."""
-    name, _, config = spec[len(HF_PREFIX):].partition(":")
+    name, _, config = spec[len(HF_PREFIX) :].partition(":")
     if not name:
         raise ValueError(f"--input {spec!r} names no dataset; write hf:NAME or hf:NAME:CONFIG")
     return name, config or None
@@ -155,14 +169,17 @@ def _open_hf(spec: str, split: str, text_field: str):
     try:
         import datasets
     except ImportError:
-        raise RuntimeError(f"--input {spec} streams through the datasets package: "
-                           f"pip install datasets") from None
+        raise RuntimeError(
+            f"--input {spec} streams through the datasets package: pip install datasets"
+        ) from None
     name, config = parse_hf(spec)
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # offline, unknown name, config or split: all one line
-        raise ValueError(f"cannot load Hugging Face dataset {spec} (split {split!r}): {one_line(e)}; "
-                         f"check the name, the config (hf:NAME:CONFIG), --split and the network") from None
+        raise ValueError(
+            f"cannot load Hugging Face dataset {spec} (split {split!r}): {one_line(e)}; "
+            f"check the name, the config (hf:NAME:CONFIG), --split and the network"
+        ) from None
     where = f"{spec} (split {split!r})"
     if ds.features is not None:
         schema = {key: getattr(f, "dtype", type(f).__name__) for key, f in ds.features.items()}
@@ -204,5 +221,7 @@ def table_batches(kind: str, path: str, split: str, text_field: str):
     try:
         yield from batches
     except Exception as e:  # a damaged page, a truncated file, a dropped connection
-        raise ValueError(f"cannot read {path}: {one_line(e)}; the source is damaged or unreachable "
-                         f"(download or save it again)") from None
+        raise ValueError(
+            f"cannot read {path}: {one_line(e)}; the source is damaged or unreachable "
+            f"(download or save it again)"
+        ) from None

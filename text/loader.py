@@ -12,6 +12,7 @@ through is caught per batch, so it never reaches the embedding as an IndexError 
 device-side assert on a GPU). nanoGPT's folders work too: its char-level meta.pkl is
 read, and a folder with no meta at all holds GPT-2 ids.
 """
+
 import json
 import os
 import pickle
@@ -26,8 +27,10 @@ SPLITS = {"train": 0, "val": 1}
 INCOMPLETE_MARKER = ".incomplete"  # prepare_data.py holds it while it writes a dataset
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}  # little-endian, as nanoGPT writes
 # The fix for an empty split, which prepare_data.py gives when it writes one and read_meta when it refuses it.
-MORE_DOCUMENTS = ("give the corpus two or more documents (documents are split whole): several .txt files "
-                  "(one document each) or a .jsonl with one document per line")
+MORE_DOCUMENTS = (
+    "give the corpus two or more documents (documents are split whole): several .txt files "
+    "(one document each) or a .jsonl with one document per line"
+)
 REQUIRED = {"tokenizer": str, "vocab_size": int, "dtype": str, "eot_id": int}  # + "chars" for char
 GPT2_META = {"tokenizer": "gpt2", "vocab_size": GPT2_EOT_ID + 1, "dtype": "uint16", "eot_id": GPT2_EOT_ID}
 # Without a recorded max_token_id, check_vocab reads data up to this size whole (about a
@@ -39,6 +42,7 @@ SCAN_BLOCKS, SCAN_BLOCK_TOKENS = 64, 1 << 18
 
 # ---------------------------------------------------------------- meta
 
+
 def read_meta(data_dir: str) -> dict:
     """The dataset's meta, checked against its train.bin and val.bin (see load_meta)."""
     _check_folder(data_dir)
@@ -47,21 +51,27 @@ def read_meta(data_dir: str) -> dict:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing; rerun `{_prepare_hint(data_dir)}`")
         if os.path.getsize(path) == 0:
-            raise FileNotFoundError(f"{path} is empty: the corpus had too few documents for a {split} split; "
-                                    f"{MORE_DOCUMENTS}, and rerun `{_prepare_hint(data_dir)}`")
+            raise FileNotFoundError(
+                f"{path} is empty: the corpus had too few documents for a {split} split; "
+                f"{MORE_DOCUMENTS}, and rerun `{_prepare_hint(data_dir)}`"
+            )
     meta = _read_meta_files(data_dir)
     itemsize = DTYPES[meta["dtype"]].itemsize
     for split, path in paths.items():
         size = os.path.getsize(path)
         if size % itemsize:
-            raise ValueError(f"{path} is {size:,} bytes, not a whole number of {meta['dtype']} tokens "
-                             f"({itemsize} bytes each) as {_meta_source(data_dir)} says: it is truncated "
-                             f"or has another dtype; rerun `{_prepare_hint(data_dir)}`")
+            raise ValueError(
+                f"{path} is {size:,} bytes, not a whole number of {meta['dtype']} tokens "
+                f"({itemsize} bytes each) as {_meta_source(data_dir)} says: it is truncated "
+                f"or has another dtype; rerun `{_prepare_hint(data_dir)}`"
+            )
         recorded = meta.get(f"{split}_tokens")
         if recorded is not None and recorded != size // itemsize:
-            raise ValueError(f"{path} holds {size // itemsize:,} tokens but {_meta_source(data_dir)} says "
-                             f"{split}_tokens {recorded:,}: they are from different runs of "
-                             f"prepare_data.py; rerun `{_prepare_hint(data_dir)}`")
+            raise ValueError(
+                f"{path} holds {size // itemsize:,} tokens but {_meta_source(data_dir)} says "
+                f"{split}_tokens {recorded:,}: they are from different runs of "
+                f"prepare_data.py; rerun `{_prepare_hint(data_dir)}`"
+            )
     return meta
 
 
@@ -74,11 +84,15 @@ def load_meta(data_dir: str) -> dict:
 
 def _check_folder(data_dir: str):
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data folder {data_dir!r} not found; prepare it with "
-                                f"`{_prepare_hint(data_dir)}` or set --data_dir")
+        raise FileNotFoundError(
+            f"data folder {data_dir!r} not found; prepare it with "
+            f"`{_prepare_hint(data_dir)}` or set --data_dir"
+        )
     if os.path.exists(os.path.join(data_dir, INCOMPLETE_MARKER)):
-        raise FileNotFoundError(f"{data_dir} was left half-written by an interrupted prepare_data.py; "
-                                f"run it again for this dataset")
+        raise FileNotFoundError(
+            f"{data_dir} was left half-written by an interrupted prepare_data.py; "
+            f"run it again for this dataset"
+        )
 
 
 def _read_meta_files(data_dir: str) -> dict:
@@ -86,10 +100,15 @@ def _read_meta_files(data_dir: str) -> dict:
     if os.path.isfile(path):
         return _read_meta_json(path, data_dir)
     if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
-        return read_meta_pkl(os.path.join(data_dir, "meta.pkl"),
-                             fix=f"write a meta.json by preparing the text with `{_prepare_hint(data_dir)}`")
-    print(f"note: {data_dir} has no meta.json or meta.pkl; assuming GPT-2 token ids (vocab "
-          f"{GPT2_META['vocab_size']}, uint16), as nanoGPT's GPT-2 data has them", file=sys.stderr)
+        return read_meta_pkl(
+            os.path.join(data_dir, "meta.pkl"),
+            fix=f"write a meta.json by preparing the text with `{_prepare_hint(data_dir)}`",
+        )
+    print(
+        f"note: {data_dir} has no meta.json or meta.pkl; assuming GPT-2 token ids (vocab "
+        f"{GPT2_META['vocab_size']}, uint16), as nanoGPT's GPT-2 data has them",
+        file=sys.stderr,
+    )
     return dict(GPT2_META)
 
 
@@ -110,15 +129,20 @@ def _read_meta_json(path: str, data_dir: str) -> dict:
             want = "a string" if kind is str else "a whole number"
             raise ValueError(f"{path}: {key} is {meta[key]!r}, not {want}; {fix}")
     if meta["dtype"] not in DTYPES:
-        raise ValueError(f"{path}: dtype {meta['dtype']!r} is not uint16 or uint32, the token "
-                         f"formats this loader reads; {fix}")
+        raise ValueError(
+            f"{path}: dtype {meta['dtype']!r} is not uint16 or uint32, the token "
+            f"formats this loader reads; {fix}"
+        )
     capacity = np.iinfo(DTYPES[meta["dtype"]]).max + 1
     if not 0 < meta["vocab_size"] <= capacity:
-        raise ValueError(f"{path}: vocab_size {meta['vocab_size']:,} does not fit {meta['dtype']} "
-                         f"(1 to {capacity:,}); {fix}")
+        raise ValueError(
+            f"{path}: vocab_size {meta['vocab_size']:,} does not fit {meta['dtype']} "
+            f"(1 to {capacity:,}); {fix}"
+        )
     if not 0 <= meta["eot_id"] < meta["vocab_size"]:
-        raise ValueError(f"{path}: eot_id {meta['eot_id']:,} is outside the vocab "
-                         f"[0, {meta['vocab_size']:,}); {fix}")
+        raise ValueError(
+            f"{path}: eot_id {meta['eot_id']:,} is outside the vocab [0, {meta['vocab_size']:,}); {fix}"
+        )
     _check_vocabulary(meta, path, fix)
     for key in ("max_token_id", "train_tokens", "val_tokens"):  # optional, but numbers if there
         if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
@@ -132,21 +156,26 @@ def _check_vocabulary(meta: dict, path: str, fix: str):
     if meta["tokenizer"] == "char":
         tok = get_tokenizer("char", meta["chars"]) if meta["chars"] else None
         if tok is None or tok.chars != meta["chars"]:
-            raise ValueError(f"{path}: chars is not a sorted alphabet of distinct characters, as "
-                             f"prepare_data.py writes it; {fix}")
+            raise ValueError(
+                f"{path}: chars is not a sorted alphabet of distinct characters, as "
+                f"prepare_data.py writes it; {fix}"
+            )
         what, want = f"its {len(tok.chars)} chars", (tok.n_vocab, tok.eot_id)
     elif meta["tokenizer"] == "gpt2":
         what, want = "GPT-2's tokenizer", (GPT2_META["vocab_size"], GPT2_META["eot_id"])
     else:
         return  # another tiktoken encoding: its vocabulary may need a download, so it is checked at sampling
     if (meta["vocab_size"], meta["eot_id"]) != want:
-        raise ValueError(f"{path}: vocab_size {meta['vocab_size']:,} and eot_id {meta['eot_id']:,} disagree "
-                         f"with {what} (vocab_size {want[0]:,}, eot_id {want[1]:,}); {fix}")
+        raise ValueError(
+            f"{path}: vocab_size {meta['vocab_size']:,} and eot_id {meta['eot_id']:,} disagree "
+            f"with {what} (vocab_size {want[0]:,}, eot_id {want[1]:,}); {fix}"
+        )
 
 
 class _PlainUnpickler(pickle.Unpickler):
     """Unpickles plain builtin values only: a class named in an untrusted pickle can run
     any code, and nanoGPT's meta.pkl (dicts of ints and strs) needs none."""
+
     ALLOWED = {"dict", "list", "tuple", "set", "frozenset", "str", "int", "float", "bool", "bytes"}
 
     def find_class(self, module, name):
@@ -164,18 +193,21 @@ def read_meta_pkl(path: str, fix: str) -> dict:
         with open(path, "rb") as fh:
             raw = _PlainUnpickler(fh).load()
     except Exception as e:  # untrusted bytes: any failure to parse means "not a meta.pkl"
-        raise ValueError(f"{path} cannot be read as nanoGPT's meta.pkl ({type(e).__name__}: {e}); "
-                         f"{fix}") from None
+        raise ValueError(
+            f"{path} cannot be read as nanoGPT's meta.pkl ({type(e).__name__}: {e}); {fix}"
+        ) from None
     itos = raw.get("itos") if isinstance(raw, dict) else None
     if not isinstance(itos, dict):
-        raise ValueError(f"{path} has no 'itos' dict: only nanoGPT's character-level meta.pkl is "
-                         f"understood; {fix}")
+        raise ValueError(
+            f"{path} has no 'itos' dict: only nanoGPT's character-level meta.pkl is understood; {fix}"
+        )
     n = len(itos)
     values = [itos.get(i) for i in range(n)]
-    if n == 0 or not all(isinstance(c, str) and len(c) == 1 for c in values) \
-            or sorted(set(values)) != values:
-        raise ValueError(f"{path}: 'itos' is not the ids 0..{n - 1} of a sorted alphabet of single "
-                         f"characters, as nanoGPT's prepare.py writes it; {fix}")
+    if n == 0 or not all(isinstance(c, str) and len(c) == 1 for c in values) or sorted(set(values)) != values:
+        raise ValueError(
+            f"{path}: 'itos' is not the ids 0..{n - 1} of a sorted alphabet of single "
+            f"characters, as nanoGPT's prepare.py writes it; {fix}"
+        )
     chars = "".join(values)
     stoi = {c: i for i, c in enumerate(chars)}
     if raw.get("vocab_size", n) != n or raw.get("stoi", stoi) != stoi:
@@ -202,17 +234,22 @@ def _prepare_hint(data_dir: str) -> str:
 
 # ---------------------------------------------------------------- ids against the model
 
+
 def check_vocab(meta: dict, model_vocab: int, data_dir: str):
     """Refuse data whose vocab or largest id does not fit a model of model_vocab ids."""
     source = _meta_source(data_dir)
     if meta["vocab_size"] > model_vocab:
-        raise ValueError(f"{source} says vocab_size {meta['vocab_size']:,} but the model's vocab is "
-                         f"{model_vocab:,}; the model must be built with the data's vocab")
+        raise ValueError(
+            f"{source} says vocab_size {meta['vocab_size']:,} but the model's vocab is "
+            f"{model_vocab:,}; the model must be built with the data's vocab"
+        )
     if "max_token_id" in meta:
         if meta["max_token_id"] >= model_vocab:
-            raise ValueError(f"{source} records max_token_id {meta['max_token_id']:,}, at or above the "
-                             f"model's vocab {model_vocab:,}: the data does not match its meta; "
-                             f"rerun `{_prepare_hint(data_dir)}`")
+            raise ValueError(
+                f"{source} records max_token_id {meta['max_token_id']:,}, at or above the "
+                f"model's vocab {model_vocab:,}: the data does not match its meta; "
+                f"rerun `{_prepare_hint(data_dir)}`"
+            )
         return
     dtype = DTYPES[meta["dtype"]]
     if np.iinfo(dtype).max < model_vocab:
@@ -222,13 +259,17 @@ def check_vocab(meta: dict, model_vocab: int, data_dir: str):
     for path in paths:
         top = _largest_id(path, dtype, whole)
         if top >= model_vocab:
-            raise ValueError(f"{path} holds token id {top:,}, at or above the model's vocab "
-                             f"{model_vocab:,} ({source}): the data does not match its meta; "
-                             f"rerun `{_prepare_hint(data_dir)}`")
+            raise ValueError(
+                f"{path} holds token id {top:,}, at or above the model's vocab "
+                f"{model_vocab:,} ({source}): the data does not match its meta; "
+                f"rerun `{_prepare_hint(data_dir)}`"
+            )
     if not whole:
-        print(f"note: {source} records no max_token_id (prepared before it was recorded); checked "
-              f"{SCAN_BLOCKS} blocks of each .bin, and every batch is checked as it is read",
-              file=sys.stderr)
+        print(
+            f"note: {source} records no max_token_id (prepared before it was recorded); checked "
+            f"{SCAN_BLOCKS} blocks of each .bin, and every batch is checked as it is read",
+            file=sys.stderr,
+        )
 
 
 def _largest_id(path: str, dtype: np.dtype, whole: bool) -> int:
@@ -251,13 +292,21 @@ def _largest_id(path: str, dtype: np.dtype, whole: bool) -> int:
 
 # ---------------------------------------------------------------- batches
 
+
 class TokenWindows:
     """Reads (x, y) batches of block_size tokens from one split's .bin memmap. Every
     batch is checked against vocab_limit (default: the meta's vocab_size), the model's
     vocab, so an id it cannot embed is a clear error naming the file."""
 
-    def __init__(self, data_dir: str, split: str, block_size: int, meta: dict, seed: int,
-                 vocab_limit: int | None = None):
+    def __init__(
+        self,
+        data_dir: str,
+        split: str,
+        block_size: int,
+        meta: dict,
+        seed: int,
+        vocab_limit: int | None = None,
+    ):
         self.path = os.path.join(data_dir, f"{split}.bin")
         self.dtype = DTYPES[meta["dtype"]]
         self.n_tokens = os.path.getsize(self.path) // self.dtype.itemsize
@@ -267,8 +316,10 @@ class TokenWindows:
         self.vocab_limit = meta["vocab_size"] if vocab_limit is None else vocab_limit
         self.fix = f"the data does not match {_meta_source(data_dir)}; rerun `{_prepare_hint(data_dir)}`"
         if self.n_tokens < block_size + 1:
-            raise ValueError(f"{self.path} holds {self.n_tokens:,} tokens, fewer than block_size + 1 = "
-                             f"{block_size + 1:,}; lower --block_size or prepare more data")
+            raise ValueError(
+                f"{self.path} holds {self.n_tokens:,} tokens, fewer than block_size + 1 = "
+                f"{block_size + 1:,}; lower --block_size or prepare more data"
+            )
 
     def starts(self, step: int, global_batch: int, stream: int = 0) -> np.ndarray:
         """Window starts for every sequence of the global batch at this step. stream
@@ -282,7 +333,7 @@ class TokenWindows:
         read straight into pinned memory (the caching host allocator's blocks, reused once
         their copy is done) and sent with one non-blocking copy, so the next batch travels
         while the GPU computes."""
-        starts = self.starts(step, global_batch, stream)[first:first + count]
+        starts = self.starts(step, global_batch, stream)[first : first + count]
         xy = _host_batch(len(starts), self.block_size, device)
         self.read_into(xy.numpy(), np.arange(len(starts)), starts)
         return _to_device(xy, device)
@@ -293,14 +344,16 @@ class TokenWindows:
         # counted in resident memory, which grows without bound over a long run.
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
         for row, s in zip(rows, starts):
-            windows[row] = data[s:s + self.block_size + 1]
+            windows[row] = data[s : s + self.block_size + 1]
         del data
         read = windows[rows]
         if read.size and read.max() >= self.vocab_limit:  # one pass over a few thousand ids per batch
             row, col = np.unravel_index(read.argmax(), read.shape)
-            raise ValueError(f"{self.path} holds token id {read[row, col]:,} at token "
-                             f"{starts[row] + col:,}, at or above the model's vocab "
-                             f"{self.vocab_limit:,}; {self.fix}")
+            raise ValueError(
+                f"{self.path} holds token id {read[row, col]:,} at token "
+                f"{starts[row] + col:,}, at or above the model's vocab "
+                f"{self.vocab_limit:,}; {self.fix}"
+            )
 
 
 def _host_batch(count: int, block_size: int, device) -> torch.Tensor:
@@ -324,17 +377,23 @@ MIX_TAG = 0x6D6978  # separates the draw of each sequence's dataset from the win
 def check_data_mix(data_mix: dict) -> dict:
     """{data_dir: weight} -> {data_dir: weight / sum of weights}, refusing what cannot be a mixture."""
     if not isinstance(data_mix, dict) or not data_mix:
-        raise ValueError(f"data_mix must name datasets and their weights, e.g. "
-                         f"{{'data/web': 0.7, 'data/code': 0.3}}; got {data_mix!r}")
+        raise ValueError(
+            f"data_mix must name datasets and their weights, e.g. "
+            f"{{'data/web': 0.7, 'data/code': 0.3}}; got {data_mix!r}"
+        )
     seen = {}
     for data_dir, weight in data_mix.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
-            raise ValueError(f"data_mix weight of {data_dir!r} is {weight!r}; every weight must be a "
-                             f"positive number (they are relative: 7 and 3 mean 0.7 and 0.3)")
+            raise ValueError(
+                f"data_mix weight of {data_dir!r} is {weight!r}; every weight must be a "
+                f"positive number (they are relative: 7 and 3 mean 0.7 and 0.3)"
+            )
         key = os.path.realpath(data_dir)
         if key in seen:
-            raise ValueError(f"data_mix names {seen[key]!r} and {data_dir!r}, the same folder; name it once "
-                             f"with the sum of their weights")
+            raise ValueError(
+                f"data_mix names {seen[key]!r} and {data_dir!r}, the same folder; name it once "
+                f"with the sum of their weights"
+            )
         seen[key] = data_dir
     total = sum(data_mix.values())
     return {data_dir: weight / total for data_dir, weight in data_mix.items()}
@@ -348,11 +407,15 @@ def read_mixture_metas(data_mix: dict) -> dict:
     for data_dir, meta in rest:
         for key in TOKENIZER_KEYS:
             if meta.get(key) != ref.get(key):
-                shown = [m.get(key) if key != "chars" else f"{len(m.get(key) or '')} characters"
-                         for m in (ref, meta)]
-                raise ValueError(f"data_mix: {first} and {data_dir} have different tokenizers ({key} "
-                                 f"{shown[0]!r} vs {shown[1]!r}); prepare every dataset of a mixture "
-                                 f"with the same --tokenizer")
+                shown = [
+                    m.get(key) if key != "chars" else f"{len(m.get(key) or '')} characters"
+                    for m in (ref, meta)
+                ]
+                raise ValueError(
+                    f"data_mix: {first} and {data_dir} have different tokenizers ({key} "
+                    f"{shown[0]!r} vs {shown[1]!r}); prepare every dataset of a mixture "
+                    f"with the same --tokenizer"
+                )
     return metas
 
 
@@ -364,12 +427,21 @@ class TokenMixture:
     batch order hold as for one dataset, and one dataset gives exactly its TokenWindows'
     batches. metas: read_mixture_metas(data_mix)."""
 
-    def __init__(self, data_mix: dict, split: str, block_size: int, metas: dict, seed: int,
-                 vocab_limit: int | None = None):
+    def __init__(
+        self,
+        data_mix: dict,
+        split: str,
+        block_size: int,
+        metas: dict,
+        seed: int,
+        vocab_limit: int | None = None,
+    ):
         weights = check_data_mix(data_mix)
         self.data_dirs = list(weights)
         self.weights = np.array([weights[d] for d in self.data_dirs])
-        self.sources = [TokenWindows(d, split, block_size, metas[d], seed, vocab_limit) for d in self.data_dirs]
+        self.sources = [
+            TokenWindows(d, split, block_size, metas[d], seed, vocab_limit) for d in self.data_dirs
+        ]
         self.block_size, self.split_id, self.seed = block_size, SPLITS[split], seed
         self.n_tokens = sum(source.n_tokens for source in self.sources)
         self._bounds = np.cumsum(self.weights)
@@ -384,7 +456,7 @@ class TokenMixture:
 
     def batch(self, step: int, global_batch: int, first: int, count: int, device="cpu", stream: int = 0):
         """As TokenWindows.batch: sequences first..first+count-1 of the global batch of `step`."""
-        which = self.choices(step, global_batch, stream)[first:first + count]
+        which = self.choices(step, global_batch, stream)[first : first + count]
         xy = _host_batch(count, self.block_size, device)
         for k, source in enumerate(self.sources):
             rows = np.flatnonzero(which == k)
@@ -400,7 +472,12 @@ class TokenMixture:
     def drawn(self, total_tokens: int) -> list:
         """For the planner and the report: each dataset's expected tokens and epochs of
         a run that trains on total_tokens."""
-        return [{"data_dir": d, "weight": float(w), "tokens": total_tokens * float(w),
-                 "epochs": total_tokens * float(w) / source.n_tokens}
-                for d, w, source in zip(self.data_dirs, self.weights, self.sources)]
-
+        return [
+            {
+                "data_dir": d,
+                "weight": float(w),
+                "tokens": total_tokens * float(w),
+                "epochs": total_tokens * float(w) / source.n_tokens,
+            }
+            for d, w, source in zip(self.data_dirs, self.weights, self.sources)
+        ]

@@ -19,6 +19,7 @@ A row longer than the model's context loses its oldest context tokens (the choic
 whole while it fits); an empty context is the end-of-text token, so that the choice's first
 token is predicted from something, as the harness does.
 """
+
 import contextlib
 import dataclasses
 import json
@@ -70,6 +71,7 @@ class Encoded:
     """One example as token rows: row k is the window of context + choice k (at most
     block_size + 1 tokens: the inputs and the last target), whose last scored[k] tokens
     are the choice's."""
+
     index: int  # the example's place in its file (0-based)
     label: int
     rows: tuple
@@ -79,6 +81,7 @@ class Encoded:
 @dataclasses.dataclass(frozen=True)
 class Scored:
     """One example's result: each choice's summed log-likelihood and token count."""
+
     index: int
     label: int
     logprobs: tuple
@@ -96,6 +99,7 @@ class Scored:
 @dataclasses.dataclass
 class Task:
     """A task ready to score: the chosen examples of its file, encoded."""
+
     name: str
     path: str
     total: int  # examples in the file
@@ -104,11 +108,14 @@ class Task:
 
 # ---- reading -------------------------------------------------------------------------------
 
+
 def read_task(path: str) -> list:
     """Every example of a jsonl task file, checked; errors name the file and line."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"task file {path!r} not found; HellaSwag's validation set is "
-                                f"{HELLASWAG_SOURCE} (README: Evaluating models)")
+        raise FileNotFoundError(
+            f"task file {path!r} not found; HellaSwag's validation set is "
+            f"{HELLASWAG_SOURCE} (README: Evaluating models)"
+        )
     examples = []
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -117,8 +124,9 @@ def read_task(path: str) -> list:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg}); a task file holds one JSON object "
-                                 f"per line") from None
+                raise ValueError(
+                    f"{path}:{n}: not JSON ({e.msg}); a task file holds one JSON object per line"
+                ) from None
             examples.append(parse_example(record, f"{path}:{n}"))
     if not examples:
         raise ValueError(f"{path} holds no examples")
@@ -126,19 +134,29 @@ def read_task(path: str) -> list:
 
 
 def parse_example(record, where: str) -> Example:
-    keys = next((k for k in FORMATS.values() if isinstance(record, dict) and k[0] in record and k[1] in record), None)
+    keys = next(
+        (k for k in FORMATS.values() if isinstance(record, dict) and k[0] in record and k[1] in record), None
+    )
     if keys is None:
         found = sorted(record)[:8] if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{where}: expected HellaSwag's keys (ctx, endings, label) or (context, choices, "
-                         f"label); found {found}")
+        raise ValueError(
+            f"{where}: expected HellaSwag's keys (ctx, endings, label) or (context, choices, "
+            f"label); found {found}"
+        )
     context, choices, label = record[keys[0]], record[keys[1]], record.get("label")
     if not isinstance(context, str):
         raise ValueError(f"{where}: {keys[0]} must be a string")
-    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+    if (
+        not isinstance(choices, list)
+        or len(choices) < 2
+        or not all(isinstance(c, str) and c for c in choices)
+    ):
         raise ValueError(f"{where}: {keys[1]} must be a list of two or more non-empty strings")
     if label is None or label == "":
-        raise ValueError(f"{where}: no label (HellaSwag's test split has none; use its validation set, "
-                         f"hellaswag_val.jsonl)")
+        raise ValueError(
+            f"{where}: no label (HellaSwag's test split has none; use its validation set, "
+            f"hellaswag_val.jsonl)"
+        )
     try:
         label = int(label)
     except (TypeError, ValueError):
@@ -163,6 +181,7 @@ def pick(total: int, limit: int = 0, subset: int = 0) -> list:
 
 # ---- tokens ---------------------------------------------------------------------------------
 
+
 def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
     """Rows of context + " " + choice, the context encoded apart from each choice."""
     try:
@@ -170,7 +189,7 @@ def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
         rows, scored = [], []
         for choice in example.choices:
             ending = tokenizer.encode(" " + choice)
-            row = (context + ending)[-(block_size + 1):]
+            row = (context + ending)[-(block_size + 1) :]
             rows.append(tuple(row))
             scored.append(min(len(ending), len(row) - 1))
     except ValueError as e:  # a character a char-level tokenizer does not know
@@ -178,8 +197,9 @@ def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
     return Encoded(index, example.label, tuple(rows), tuple(scored))
 
 
-def encode_task(name: str, path: str, examples: list, tokenizer, block_size: int, limit: int = 0,
-                subset: int = 0) -> Task:
+def encode_task(
+    name: str, path: str, examples: list, tokenizer, block_size: int, limit: int = 0, subset: int = 0
+) -> Task:
     """The chosen examples of a task (pick), encoded."""
     chosen = pick(len(examples), limit, subset)
     return Task(name, path, len(examples), [encode(tokenizer, examples[i], i, block_size) for i in chosen])
@@ -200,10 +220,14 @@ def read_tasks(tasks: dict) -> dict:
 def prepare_tasks(tasks: dict, read: dict, tokenizer, block_size: int, subset: int) -> list:
     """Each task's fixed subset of `subset` examples (0: all), encoded for the model: the
     Tasks that score_tasks scores at every evaluation."""
-    return [encode_task(name, path, read[name], tokenizer, block_size, subset=subset) for name, path in tasks.items()]
+    return [
+        encode_task(name, path, read[name], tokenizer, block_size, subset=subset)
+        for name, path in tasks.items()
+    ]
 
 
 # ---- scoring --------------------------------------------------------------------------------
+
 
 def plan_batches(examples: list, max_tokens: int) -> list:
     """Examples grouped into forwards, all choices of an example in the same one: sorted by
@@ -233,7 +257,7 @@ def batch_tensors(examples: list, device) -> tuple:
     for k, (row, scored) in enumerate(rows):
         n = len(row) - 1
         idx[k, :n] = row[:-1]
-        targets[k, n - scored:n] = row[n + 1 - scored:]
+        targets[k, n - scored : n] = row[n + 1 - scored :]
     return torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
 
 
@@ -245,14 +269,21 @@ def score_batch(model, examples: list, device, autocast_ctx) -> list:
     logprobs = (-losses.sum(dim=1)).double().cpu().tolist()  # one copy to the host per batch
     out, k = [], 0
     for e in examples:
-        out.append(Scored(e.index, e.label, tuple(logprobs[k:k + len(e.rows)]), e.scored))
+        out.append(Scored(e.index, e.label, tuple(logprobs[k : k + len(e.rows)]), e.scored))
         k += len(e.rows)
     return out
 
 
 @torch.no_grad()
-def score_examples(model, examples: list, device, autocast_ctx=None, max_tokens: int = BATCH_TOKENS,
-                   rank: int = 0, world: int = 1) -> list:
+def score_examples(
+    model,
+    examples: list,
+    device,
+    autocast_ctx=None,
+    max_tokens: int = BATCH_TOKENS,
+    rank: int = 0,
+    world: int = 1,
+) -> list:
     """This rank's share of the examples, scored (Scored, in file order): the batches of
     plan_batches, rank r taking batches r, r + world, ... Every rank runs the same number of
     forwards, because FSDP gathers parameters in each: a rank left without a batch runs a
@@ -279,8 +310,11 @@ def score_examples(model, examples: list, device, autocast_ctx=None, max_tokens:
 def accuracy(scored: list, env: Dist | None = None) -> dict:
     """acc, acc_norm and the number of examples, the counts summed over the ranks: the same
     figures whatever the world size."""
-    counts = torch.tensor([sum(s.pred == s.label for s in scored), sum(s.pred_norm == s.label for s in scored),
-                           len(scored)], dtype=torch.long, device=env.device if env else "cpu")
+    counts = torch.tensor(
+        [sum(s.pred == s.label for s in scored), sum(s.pred_norm == s.label for s in scored), len(scored)],
+        dtype=torch.long,
+        device=env.device if env else "cpu",
+    )
     right, right_norm, n = all_reduce_sum(counts, env or Dist()).tolist()
     return {"acc": right / max(n, 1), "acc_norm": right_norm / max(n, 1), "examples": n}
 
@@ -290,7 +324,9 @@ def score_tasks(model, tasks: list, env: Dist, autocast_ctx, max_tokens: int) ->
     hellaswag_acc_norm: ..}. Every rank must call it (it all-reduces)."""
     fields = {}
     for task in tasks:
-        scored = score_examples(model, task.examples, env.device, autocast_ctx, max_tokens, env.rank, env.world)
+        scored = score_examples(
+            model, task.examples, env.device, autocast_ctx, max_tokens, env.rank, env.world
+        )
         result = accuracy(scored, env)
         fields.update({metric_key(task.name, m): result[m] for m in METRICS})
     return fields

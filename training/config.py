@@ -6,6 +6,7 @@ the closest valid key. The cadences (when to evaluate, save and log) are methods
 each is written once. What depends on the machine a run runs on ("auto", unset defaults) is
 resolved once, by resolve.resolve().
 """
+
 import dataclasses
 import difflib
 import json
@@ -17,11 +18,11 @@ import traceback
 import typing
 from dataclasses import dataclass, fields
 
+from model import GPTConfig, check_preset, checkpointing_value, preset_config
 from parallel.devices import check_device_name, check_dtype_name
 from text.loader import check_data_mix
-from training.metrics import check_wandb
-from model import GPTConfig, check_preset, checkpointing_value, preset_config
 from text.multiple_choice import METRICS, TASK_NAME, metric_key
+from training.metrics import check_wandb
 from training.stopping import Stop
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
@@ -35,7 +36,9 @@ def setting(default, doc: str):
     """A field with its one-line doc (shown by --help). A dict default is copied for each
     config (dataclasses refuse a shared mutable default)."""
     if isinstance(default, dict):
-        return dataclasses.field(default_factory=lambda: dict(default), metadata={"doc": doc, "default": default})
+        return dataclasses.field(
+            default_factory=lambda: dict(default), metadata={"doc": doc, "default": default}
+        )
     return dataclasses.field(default=default, metadata={"doc": doc, "default": default})
 
 
@@ -48,26 +51,40 @@ class TrainConfig:
     # ---- run and data
     run_name: str = setting("run", "folder under out_dir for checkpoints, logs and the report")
     out_dir: str = setting("checkpoints", "root of all runs")
-    data_dir: str = setting("data/shakespeare", "folder made by prepare_data.py (train.bin, val.bin, meta.json)")
-    data_mix: dict[str, float] = setting({}, "several prepared datasets and their weights, used instead of "
-                                             "data_dir: --data_mix=data/web:0.7,data/code:0.3")
+    data_dir: str = setting(
+        "data/shakespeare", "folder made by prepare_data.py (train.bin, val.bin, meta.json)"
+    )
+    data_mix: dict[str, float] = setting(
+        {},
+        "several prepared datasets and their weights, used instead of "
+        "data_dir: --data_mix=data/web:0.7,data/code:0.3",
+    )
     seed: int = setting(1337, "seeds init, dropout and which windows each step draws")
     # ---- model: a preset, then the non-None fields below replace its values
-    model: str = setting("gpt2-124m", "model preset: one of model.PRESETS (ignored with --init_from: the source's shape)")
+    model: str = setting(
+        "gpt2-124m", "model preset: one of model.PRESETS (ignored with --init_from: the source's shape)"
+    )
     n_layer: typing.Optional[int] = setting(None, "transformer blocks (None: the preset's)")
     n_head: typing.Optional[int] = setting(None, "attention heads (None: the preset's)")
     n_embd: typing.Optional[int] = setting(None, "width (None: the preset's)")
     block_size: typing.Optional[int] = setting(None, "context length in tokens (None: the preset's)")
     mlp_hidden: typing.Optional[int] = setting(None, "MLP inner width, 0 = 4 x n_embd (None: the preset's)")
-    bias: typing.Optional[bool] = setting(None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)")
+    bias: typing.Optional[bool] = setting(
+        None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)"
+    )
     dropout: float = setting(0.0, "dropout in training (the documented 300M run used 0.1)")
     activation_checkpointing: typing.Union[bool, str] = setting(
-        False, "recompute activations in backward to save memory: full (keep each block's input, recompute the "
-               "block: ~30% more compute), selective (keep the matmuls' outputs too, recompute the cheap ops "
-               "between them), or False (True means full)")
-    loss_chunk: typing.Optional[int] = setting(None, "positions per chunk of the tied head + loss: one chunk's logits "
-                                               "exist at a time, no extra compute; 0: all logits at once (None: "
-                                               f"{LOSS_CHUNK:,} in eager runs, 0 when compiled: the faster of each)")
+        False,
+        "recompute activations in backward to save memory: full (keep each block's input, recompute the "
+        "block: ~30% more compute), selective (keep the matmuls' outputs too, recompute the cheap ops "
+        "between them), or False (True means full)",
+    )
+    loss_chunk: typing.Optional[int] = setting(
+        None,
+        "positions per chunk of the tied head + loss: one chunk's logits "
+        "exist at a time, no extra compute; 0: all logits at once (None: "
+        f"{LOSS_CHUNK:,} in eager runs, 0 when compiled: the faster of each)",
+    )
     # ---- batch: the global batch is what a run means; accumulation is derived
     global_batch_size: int = setting(512, "sequences per optimizer step, summed over ranks and micro-steps")
     micro_batch_size: int = setting(8, "sequences per device per forward/backward")
@@ -76,7 +93,9 @@ class TrainConfig:
     learning_rate: float = setting(6e-4, "peak learning rate, reached at the end of warmup")
     min_lr: typing.Optional[float] = setting(None, "floor of the cosine decay (None: learning_rate / 10)")
     warmup_steps: int = setting(2_000, "linear warmup steps from learning_rate / (warmup_steps + 1)")
-    lr_decay_steps: typing.Optional[int] = setting(None, "step where the cosine reaches min_lr (None: max_steps)")
+    lr_decay_steps: typing.Optional[int] = setting(
+        None, "step where the cosine reaches min_lr (None: max_steps)"
+    )
     weight_decay: float = setting(0.1, "AdamW decoupled weight decay on 2-D+ weights only")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
@@ -84,57 +103,104 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 disables)")
     # ---- hardware
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun the local rank picks N)")
-    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU)")
+    dtype: str = setting(
+        "auto",
+        "auto | float32 | bfloat16 | float16 (auto: bf16 on GPUs that have it, else fp16; fp32 on CPU)",
+    )
     compile: typing.Optional[bool] = setting(None, "torch.compile the model (None: on for CUDA, off on CPU)")
-    parallelism: str = setting("auto", "ddp | fsdp | auto: a full copy per rank, or parameters, gradients and AdamW "
-                                 "state sharded (FSDP2); auto: DDP when the planner says it fits the GPU")
-    fp8: bool = setting(False, "float8 matmuls in the blocks' large linear layers (torchao; bf16 around them; needs a "
-                         "GPU of compute capability 8.9+: H100, H200, L4, L40S; MFU still counts the bf16 peak)")
-    offload: bool = setting(False, "FSDP only: keep parameters, gradients and AdamW state in pinned CPU memory "
-                             "and step AdamW on the CPU (fits ~1B on one 16 GB GPU)")
+    parallelism: str = setting(
+        "auto",
+        "ddp | fsdp | auto: a full copy per rank, or parameters, gradients and AdamW "
+        "state sharded (FSDP2); auto: DDP when the planner says it fits the GPU",
+    )
+    fp8: bool = setting(
+        False,
+        "float8 matmuls in the blocks' large linear layers (torchao; bf16 around them; needs a "
+        "GPU of compute capability 8.9+: H100, H200, L4, L40S; MFU still counts the bf16 peak)",
+    )
+    offload: bool = setting(
+        False,
+        "FSDP only: keep parameters, gradients and AdamW state in pinned CPU memory "
+        "and step AdamW on the CPU (fits ~1B on one 16 GB GPU)",
+    )
     # ---- evaluation, logging, checkpoints
     eval_interval: int = setting(1_000, "steps between val-loss evaluations (and at save_steps and the end)")
-    eval_batches: int = setting(20, "fixed batches of micro_batch_size averaged per evaluation (in total, split over "
-                              "ranks); 0: never evaluate (no val loss, no best_model.pt), for benchmarks")
+    eval_batches: int = setting(
+        20,
+        "fixed batches of micro_batch_size averaged per evaluation (in total, split over "
+        "ranks); 0: never evaluate (no val loss, no best_model.pt), for benchmarks",
+    )
     log_interval: int = setting(100, "steps between train-loss log lines")
-    save_interval: int = setting(10_000, "steps between checkpoint_step_N.pt saves (and at the end); 0: never save "
-                                   "a step checkpoint, for benchmarks")
-    save_steps: tuple[int, ...] = setting((), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200")
+    save_interval: int = setting(
+        10_000,
+        "steps between checkpoint_step_N.pt saves (and at the end); 0: never save "
+        "a step checkpoint, for benchmarks",
+    )
+    save_steps: tuple[int, ...] = setting(
+        (), "extra steps to save (and evaluate) at, comma-separated: --save_steps=16,80,200"
+    )
     keep_last: int = setting(0, "keep only the newest N step checkpoints (0 keeps all)")
-    early_stopping_patience: int = setting(0, "stop after N evaluations without an improvement of early_stopping_metric "
-                                        "(0: never)")
-    early_stopping_metric: str = setting("val_loss", "what early stopping watches: val_loss (lower is better), or "
-                                               "TASK_acc / TASK_acc_norm of an eval_tasks task (higher is better)")
-    eval_tasks: dict[str, str] = setting({}, "multiple-choice tasks scored at every evaluation, NAME:PATH of a jsonl "
-                                       "(HellaSwag's, or context/choices/label): "
-                                       "--eval_tasks=hellaswag:data/hellaswag_val.jsonl")
-    eval_task_examples: int = setting(250, "examples of each eval_tasks task scored per evaluation: a fixed subset, "
-                                       "the same every time, split over the ranks (0: all)")
+    early_stopping_patience: int = setting(
+        0, "stop after N evaluations without an improvement of early_stopping_metric (0: never)"
+    )
+    early_stopping_metric: str = setting(
+        "val_loss",
+        "what early stopping watches: val_loss (lower is better), or "
+        "TASK_acc / TASK_acc_norm of an eval_tasks task (higher is better)",
+    )
+    eval_tasks: dict[str, str] = setting(
+        {},
+        "multiple-choice tasks scored at every evaluation, NAME:PATH of a jsonl "
+        "(HellaSwag's, or context/choices/label): "
+        "--eval_tasks=hellaswag:data/hellaswag_val.jsonl",
+    )
+    eval_task_examples: int = setting(
+        250,
+        "examples of each eval_tasks task scored per evaluation: a fixed subset, "
+        "the same every time, split over the ranks (0: all)",
+    )
     tensorboard: bool = setting(True, "write TensorBoard scalars to the run folder")
-    wandb_project: str = setting("", "also log TensorBoard's scalars to this Weights & Biases project (needs "
-                               "`pip install wandb`; WANDB_MODE=offline logs without network)")
+    wandb_project: str = setting(
+        "",
+        "also log TensorBoard's scalars to this Weights & Biases project (needs "
+        "`pip install wandb`; WANDB_MODE=offline logs without network)",
+    )
     progress_bar: bool = setting(True, "tqdm bar over steps with ETA on rank 0, when stderr is a terminal")
     # ---- faults
-    max_nonfinite_steps: int = setting(10, "stop the run after this many steps in a row with a non-finite loss or "
-                                     "gradient norm (such steps are never applied)")
-    loss_spike_factor: float = setting(1.5, "log a spike when a step's loss exceeds this x the mean of the 100 "
-                                            "before it (0: off)")
-    divergence_factor: float = setting(3.0, "stop the run (as for non-finite steps) when the loss stays above "
-                                            "this x the mean of the steps before it for divergence_steps steps "
-                                            "(0: off)")
+    max_nonfinite_steps: int = setting(
+        10,
+        "stop the run after this many steps in a row with a non-finite loss or "
+        "gradient norm (such steps are never applied)",
+    )
+    loss_spike_factor: float = setting(
+        1.5, "log a spike when a step's loss exceeds this x the mean of the 100 before it (0: off)"
+    )
+    divergence_factor: float = setting(
+        3.0,
+        "stop the run (as for non-finite steps) when the loss stays above "
+        "this x the mean of the steps before it for divergence_steps steps "
+        "(0: off)",
+    )
     divergence_steps: int = setting(10, "steps in a row over divergence_factor that stop the run")
-    collective_timeout_s: int = setting(600, "seconds a rank waits for the others in a collective before the "
-                                       "job stops, naming the rank that stopped answering")
+    collective_timeout_s: int = setting(
+        600,
+        "seconds a rank waits for the others in a collective before the "
+        "job stops, naming the rank that stopped answering",
+    )
     # ---- actions (usually given on the command line)
-    resume: str = setting("", '"latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path')
+    resume: str = setting(
+        "", '"latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path'
+    )
     init_from: str = setting("", "start a new run from this checkpoint's weights and shape (fine-tuning)")
     dry_run: bool = setting(False, "print the plan (memory, FLOPs, time) and exit; builds nothing")
     report: str = setting("", "write report.md for this run folder from its metrics.jsonl and exit")
     # ---- planning (--dry_run)
     plan_gpus: int = setting(0, "GPUs the --dry_run plan is for (0: this launch's world size)")
     plan_mfu: float = setting(0.4, "model FLOPs utilization the --dry_run wall-time estimate assumes")
-    plan_gpu_memory_gib: tuple[float, ...] = setting((40.0, 80.0), "GPU memory sizes the --dry_run plan fits the run "
-                                                             "to, comma-separated: --plan_gpu_memory_gib=16")
+    plan_gpu_memory_gib: tuple[float, ...] = setting(
+        (40.0, 80.0),
+        "GPU memory sizes the --dry_run plan fits the run to, comma-separated: --plan_gpu_memory_gib=16",
+    )
 
     def __post_init__(self):
         self.validate()
@@ -143,8 +209,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The preset's GPTConfig with this config's non-None model fields replacing its values."""
-        return preset_config(self.model, vocab_size=vocab_size,
-                             **{k: getattr(self, k) for k in MODEL_FIELDS})
+        return preset_config(self.model, vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
 
     def model_overrides(self) -> dict:
         """The model fields this config sets explicitly (not None)."""
@@ -155,14 +220,20 @@ class TrainConfig:
         per_step = self.micro_batch_size * world_size
         if self.global_batch_size % per_step == 0:
             return self.global_batch_size // per_step
-        msg = (f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size="
-               f"{self.micro_batch_size} x world_size={world_size} = {per_step}.")
+        msg = (
+            f"global_batch_size={self.global_batch_size} is not divisible by micro_batch_size="
+            f"{self.micro_batch_size} x world_size={world_size} = {per_step}."
+        )
         if self.global_batch_size % world_size == 0:
-            msg += (f" With {world_size} processes, micro_batch_size can be one of "
-                    f"{_divisors(self.global_batch_size // world_size)}.")
+            msg += (
+                f" With {world_size} processes, micro_batch_size can be one of "
+                f"{_divisors(self.global_batch_size // world_size)}."
+            )
         if self.global_batch_size % self.micro_batch_size == 0:
-            msg += (f" With micro_batch_size={self.micro_batch_size}, the number of processes can be one of "
-                    f"{_divisors(self.global_batch_size // self.micro_batch_size)}.")
+            msg += (
+                f" With micro_batch_size={self.micro_batch_size}, the number of processes can be one of "
+                f"{_divisors(self.global_batch_size // self.micro_batch_size)}."
+            )
         else:
             msg += f" Or change global_batch_size to a multiple of {per_step}."
         raise ConfigError(msg)
@@ -171,15 +242,19 @@ class TrainConfig:
 
     def should_evaluate(self, step: int) -> bool:
         """Evaluate after `step` updates: every eval_interval, at save_steps and at the end."""
-        return self.eval_batches > 0 and (step % self.eval_interval == 0 or step in self.save_steps
-                                          or step >= self.max_steps)
+        return self.eval_batches > 0 and (
+            step % self.eval_interval == 0 or step in self.save_steps or step >= self.max_steps
+        )
 
     def should_save(self, step: int, stop: Stop | None = None) -> bool:
         """A step checkpoint after `step` updates: every save_interval, at save_steps, at the
         end, and where a run that stops saves where it stops (Stop.saves_where_it_stops)."""
-        return self.save_interval > 0 and (step % self.save_interval == 0 or step in self.save_steps
-                                           or step >= self.max_steps
-                                           or (stop is not None and stop.saves_where_it_stops))
+        return self.save_interval > 0 and (
+            step % self.save_interval == 0
+            or step in self.save_steps
+            or step >= self.max_steps
+            or (stop is not None and stop.saves_where_it_stops)
+        )
 
     def should_log(self, step: int) -> bool:
         """Log the loss of step `step`, which was measured on the weights after `step`
@@ -208,41 +283,75 @@ class TrainConfig:
             self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        for k in ("global_batch_size", "micro_batch_size", "max_steps", "eval_interval", "log_interval",
-                  "max_nonfinite_steps", "collective_timeout_s", "divergence_steps"):
+        for k in (
+            "global_batch_size",
+            "micro_batch_size",
+            "max_steps",
+            "eval_interval",
+            "log_interval",
+            "max_nonfinite_steps",
+            "collective_timeout_s",
+            "divergence_steps",
+        ):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k} must be positive, got {getattr(self, k)}")
-        for k in ("warmup_steps", "keep_last", "early_stopping_patience", "weight_decay", "grad_clip", "plan_gpus",
-                  "loss_chunk", "eval_batches", "save_interval", "eval_task_examples"):
+        for k in (
+            "warmup_steps",
+            "keep_last",
+            "early_stopping_patience",
+            "weight_decay",
+            "grad_clip",
+            "plan_gpus",
+            "loss_chunk",
+            "eval_batches",
+            "save_interval",
+            "eval_task_examples",
+        ):
             if getattr(self, k) is not None and getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.learning_rate:
-            raise ConfigError(f"min_lr={self.min_lr} must be between 0 and learning_rate={self.learning_rate}: "
-                              f"the cosine decays from learning_rate down to min_lr; lower --min_lr")
+            raise ConfigError(
+                f"min_lr={self.min_lr} must be between 0 and learning_rate={self.learning_rate}: "
+                f"the cosine decays from learning_rate down to min_lr; lower --min_lr"
+            )
         if self.lr_decay_steps is not None and self.lr_decay_steps <= 0:
-            raise ConfigError(f"lr_decay_steps must be positive (or None for max_steps), got {self.lr_decay_steps}")
+            raise ConfigError(
+                f"lr_decay_steps must be positive (or None for max_steps), got {self.lr_decay_steps}"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.loss_spike_factor != 0 and not self.loss_spike_factor > 1:
-            raise ConfigError(f"loss_spike_factor must be > 1 (or 0 to turn spike logging off), "
-                              f"got {self.loss_spike_factor}")
+            raise ConfigError(
+                f"loss_spike_factor must be > 1 (or 0 to turn spike logging off), "
+                f"got {self.loss_spike_factor}"
+            )
         if self.divergence_factor != 0 and not self.divergence_factor > 1:
-            raise ConfigError(f"divergence_factor must be > 1 (or 0 to turn divergence stops off), "
-                              f"got {self.divergence_factor}")
+            raise ConfigError(
+                f"divergence_factor must be > 1 (or 0 to turn divergence stops off), "
+                f"got {self.divergence_factor}"
+            )
         if any(s <= 0 for s in self.save_steps):
             raise ConfigError(f"save_steps must be positive steps, got {self.save_steps}")
         if not self.plan_gpu_memory_gib or any(g <= 0 for g in self.plan_gpu_memory_gib):
-            raise ConfigError(f"plan_gpu_memory_gib must be GPU memory sizes in GiB, got {self.plan_gpu_memory_gib}")
+            raise ConfigError(
+                f"plan_gpu_memory_gib must be GPU memory sizes in GiB, got {self.plan_gpu_memory_gib}"
+            )
         if self.parallelism not in PARALLELISMS:
-            raise ConfigError(f"parallelism must be one of {', '.join(PARALLELISMS)}, got {self.parallelism!r}")
+            raise ConfigError(
+                f"parallelism must be one of {', '.join(PARALLELISMS)}, got {self.parallelism!r}"
+            )
         if self.fp8 and self.dtype not in ("auto", "bfloat16"):
-            raise ConfigError(f"--fp8 runs bf16 autocast around its float8 matmuls, not {self.dtype}: "
-                              f"use --dtype=bfloat16 (or auto)")
+            raise ConfigError(
+                f"--fp8 runs bf16 autocast around its float8 matmuls, not {self.dtype}: "
+                f"use --dtype=bfloat16 (or auto)"
+            )
         if self.offload and self.parallelism == "ddp":
-            raise ConfigError("--offload keeps FSDP's shards in CPU memory: use it with --parallelism=fsdp "
-                              "(or auto), not ddp")
+            raise ConfigError(
+                "--offload keeps FSDP's shards in CPU memory: use it with --parallelism=fsdp "
+                "(or auto), not ddp"
+            )
         self._validate_tasks_and_loggers()
         if self.data_mix:
             try:
@@ -250,23 +359,30 @@ class TrainConfig:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         if self.resume and self.init_from:
-            raise ConfigError("--resume and --init_from cannot be used together: --resume continues this run "
-                              "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
-                              "weights. Drop one of them")
-
+            raise ConfigError(
+                "--resume and --init_from cannot be used together: --resume continues this run "
+                "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
+                "weights. Drop one of them"
+            )
 
     def _validate_tasks_and_loggers(self):
         bad = [name for name in self.eval_tasks if not TASK_NAME.fullmatch(name)]
         if bad:
-            raise ConfigError(f"eval_tasks name {bad[0]!r}: a name is a letter, then letters, digits, _ or -, "
-                              f"e.g. --eval_tasks=hellaswag:data/hellaswag_val.jsonl")
+            raise ConfigError(
+                f"eval_tasks name {bad[0]!r}: a name is a letter, then letters, digits, _ or -, "
+                f"e.g. --eval_tasks=hellaswag:data/hellaswag_val.jsonl"
+            )
         if self.eval_tasks and self.eval_batches == 0:
-            raise ConfigError("eval_tasks are scored at each evaluation, and eval_batches=0 turns evaluation off; "
-                              "set eval_batches or drop eval_tasks")
+            raise ConfigError(
+                "eval_tasks are scored at each evaluation, and eval_batches=0 turns evaluation off; "
+                "set eval_batches or drop eval_tasks"
+            )
         metrics = ["val_loss"] + [metric_key(t, m) for t in self.eval_tasks for m in METRICS]
         if self.early_stopping_metric not in metrics:
-            raise ConfigError(f"early_stopping_metric must be one of {', '.join(metrics)} (a task's metrics exist "
-                              f"when eval_tasks names it), got {self.early_stopping_metric!r}")
+            raise ConfigError(
+                f"early_stopping_metric must be one of {', '.join(metrics)} (a task's metrics exist "
+                f"when eval_tasks names it), got {self.early_stopping_metric!r}"
+            )
         if self.wandb_project:
             try:
                 check_wandb()
@@ -279,8 +395,10 @@ TYPES = typing.get_type_hints(TrainConfig)
 # The model fields a TrainConfig may set: those it shares with GPTConfig.
 MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name in FIELDS)
 # Bare flags: `--resume` means the newest checkpoint, `--dry_run` means True.
-BARE_FLAG_VALUES = {"resume": "latest", **{k: "True" for k, t in TYPES.items()
-                                           if t is bool or bool in typing.get_args(t)}}
+BARE_FLAG_VALUES = {
+    "resume": "latest",
+    **{k: "True" for k, t in TYPES.items() if t is bool or bool in typing.get_args(t)},
+}
 
 
 def _divisors(n: int) -> list[int]:
@@ -302,13 +420,17 @@ def parse_value(key: str, raw):
     if raw is None or (isinstance(raw, str) and raw in ("None", "none", "null")):
         if optional:
             return None
-        raise ConfigError(f"{key} cannot be None; give a {_type_name(base)} (e.g. --{key}={FIELDS[key].default!r})")
+        raise ConfigError(
+            f"{key} cannot be None; give a {_type_name(base)} (e.g. --{key}={FIELDS[key].default!r})"
+        )
     try:
         return _convert(base, raw)
     except (TypeError, ValueError, OverflowError):
         pass
-    raise ConfigError(f"{key} expects {_type_name(base)}{' or None' if optional else ''}, "
-                      f"got {raw!r} (e.g. --{key}={_example(key)})")
+    raise ConfigError(
+        f"{key} expects {_type_name(base)}{' or None' if optional else ''}, "
+        f"got {raw!r} (e.g. --{key}={_example(key)})"
+    )
 
 
 def _example(key: str) -> str:
@@ -378,20 +500,33 @@ def _convert(base, raw):
 def read_config_file(path: str) -> dict:
     """The assignments of a config file, as {key: value}."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found; pick one from config/ "
-                          f"(e.g. config/shakespeare_cpu.py)")
+        raise ConfigError(
+            f"config file {path!r} not found; pick one from config/ (e.g. config/shakespeare_cpu.py)"
+        )
     try:
         values = runpy.run_path(path)
     except SyntaxError as e:
-        raise ConfigError(f"{path}:{e.lineno}: {e.msg}; a config file is plain Python assignments "
-                          f"like `max_steps = 5_000`") from None
+        raise ConfigError(
+            f"{path}:{e.lineno}: {e.msg}; a config file is plain Python assignments like `max_steps = 5_000`"
+        ) from None
     except Exception as e:  # NameError, ZeroDivisionError, ...: point at the line in the file
-        line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
-                     if os.path.abspath(f.filename) == os.path.abspath(path)), "?")
-        raise ConfigError(f"{path}:{line}: {type(e).__name__}: {e}; a config file is plain Python "
-                          f"assignments like `max_steps = 5_000`") from None
-    return {k: v for k, v in values.items()
-            if not k.startswith("_") and not callable(v) and not isinstance(v, type(typing))}
+        line = next(
+            (
+                f.lineno
+                for f in reversed(traceback.extract_tb(e.__traceback__))
+                if os.path.abspath(f.filename) == os.path.abspath(path)
+            ),
+            "?",
+        )
+        raise ConfigError(
+            f"{path}:{line}: {type(e).__name__}: {e}; a config file is plain Python "
+            f"assignments like `max_steps = 5_000`"
+        ) from None
+    return {
+        k: v
+        for k, v in values.items()
+        if not k.startswith("_") and not callable(v) and not isinstance(v, type(typing))
+    }
 
 
 def load_config(argv: list[str]) -> TrainConfig:
@@ -400,8 +535,10 @@ def load_config(argv: list[str]) -> TrainConfig:
     for arg in argv:
         if not arg.startswith("--"):
             if not arg.endswith(".py"):
-                raise ConfigError(f"unexpected argument {arg!r}: give a config file ending in .py "
-                                  f"and overrides as --key=value")
+                raise ConfigError(
+                    f"unexpected argument {arg!r}: give a config file ending in .py "
+                    f"and overrides as --key=value"
+                )
             for k, v in read_config_file(arg).items():
                 if k not in FIELDS:
                     raise ConfigError(f"in {arg}: {_unknown(k)}")
@@ -420,8 +557,11 @@ def load_config(argv: list[str]) -> TrainConfig:
 
 
 def help_text() -> str:
-    lines = ["usage: python train.py [config/FILE.py] [--key=value ...]", "",
-             "Every key, its default and what it does:"]
+    lines = [
+        "usage: python train.py [config/FILE.py] [--key=value ...]",
+        "",
+        "Every key, its default and what it does:",
+    ]
     for name, f in FIELDS.items():
         lines.append(f"  --{name}={f.metadata['default']!r}".ljust(40) + f" {f.metadata['doc']}")
     return "\n".join(lines)

@@ -4,16 +4,18 @@ and what --fp8 changes).
 The resolver (resolve.py) uses it to pick --parallelism=auto, and the planner (plan.py)
 to print every way; its terms were checked against measured peaks (docs/benchmarks.md,
 bench/bench_memory.py)."""
+
 import dataclasses
 
 import torch
 
 from model import GPT, checkpointing_value, count_params, float8_layers
 
-GiB = 1024 ** 3
+GiB = 1024**3
 # A way "fits" a card when its estimate leaves this much for what the estimate leaves out:
 # the CUDA context and the caching allocator's slack (an allowance, not a measurement).
 RESERVE_GIB = 2
+
 
 def block_activation_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> int:
     """Bytes one transformer block saves for backward on one micro-batch, eager PyTorch.
@@ -60,6 +62,7 @@ CHECKPOINTING_NAMES = {"full": "activation checkpointing", "selective": "selecti
 class Way:
     """One way to run a config: how the model is spread, and what trades compute for memory.
     checkpointing: one of model.ACTIVATION_CHECKPOINTING (True is taken as "full")."""
+
     parallelism: str  # "ddp" | "fsdp"
     checkpointing: bool | str = False
     offload: bool = False
@@ -79,19 +82,39 @@ class Way:
 
     @property
     def flags(self) -> str:
-        return (f"--parallelism={self.parallelism} --activation_checkpointing={self.checkpointing}"
-                + (" --offload=True" if self.offload else ""))
+        return f"--parallelism={self.parallelism} --activation_checkpointing={self.checkpointing}" + (
+            " --offload=True" if self.offload else ""
+        )
 
 
 # Fastest first: FSDP's extra traffic mostly overlaps compute; selective checkpointing
 # recomputes only elementwise ops; full checkpointing recomputes every block's forward
 # (~+33% compute); offload moves every parameter and gradient over PCIe.
-WAYS = (Way("ddp"), Way("fsdp"), Way("ddp", "selective"), Way("fsdp", "selective"), Way("ddp", "full"),
-        Way("fsdp", "full"), Way("fsdp", False, True), Way("fsdp", "selective", True), Way("fsdp", "full", True))
+WAYS = (
+    Way("ddp"),
+    Way("fsdp"),
+    Way("ddp", "selective"),
+    Way("fsdp", "selective"),
+    Way("ddp", "full"),
+    Way("fsdp", "full"),
+    Way("fsdp", False, True),
+    Way("fsdp", "selective", True),
+    Way("fsdp", "full", True),
+)
 
 
-def memory_estimate(model_cfg, n_stored: int, n_matrix: int, micro_batch: int, dtype: str, world_size: int,
-                    way: Way, accumulation: int = 1, compiled: bool = False, n_fp8: int = 0) -> dict:
+def memory_estimate(
+    model_cfg,
+    n_stored: int,
+    n_matrix: int,
+    micro_batch: int,
+    dtype: str,
+    world_size: int,
+    way: Way,
+    accumulation: int = 1,
+    compiled: bool = False,
+    n_fp8: int = 0,
+) -> dict:
     """Itemized per-GPU bytes at the peak: the larger of two moments. The end of forward
     holds every activation and the logits; the end of backward every gradient and the last
     block's activations. Gradients are freed between steps (zero_grad(set_to_none=True)), so
@@ -118,8 +141,11 @@ def memory_estimate(model_cfg, n_stored: int, n_matrix: int, micro_batch: int, d
             # the tied head's plus one recomputed block's. (wpe is 2-D but only indexed,
             # never cast.) Float8 layers keep none.
             block_fp8 = n_fp8 // model_cfg.n_layer
-            copies = (n_matrix - model_cfg.block_size * h - n_fp8 if not way.checkpointing
-                      else model_cfg.padded_vocab * h + block_matrix - block_fp8)
+            copies = (
+                n_matrix - model_cfg.block_size * h - n_fp8
+                if not way.checkpointing
+                else model_cfg.padded_vocab * h + block_matrix - block_fp8
+            )
             state["16-bit weight copies (autocast)"] = 2 * copies
     else:
         shard = -(-n_stored // world_size)
@@ -133,12 +159,24 @@ def memory_estimate(model_cfg, n_stored: int, n_matrix: int, micro_batch: int, d
         # one at a time, the next prefetched, each with its gradients' reduce-scatter buffer
         state["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
     held = between_micro_steps if accumulation > 1 else {}
-    forward = {**state, **held, **_activation_items(model_cfg, b, s, act, way.checkpointing),
-               "logits + loss": _logit_bytes(model_cfg, s * b, act, 4 if way.parallelism == "ddp" or not half else 2,
-                                             compiled)}
+    forward = {
+        **state,
+        **held,
+        **_activation_items(model_cfg, b, s, act, way.checkpointing),
+        "logits + loss": _logit_bytes(
+            model_cfg, s * b, act, 4 if way.parallelism == "ddp" or not half else 2, compiled
+        ),
+    }
     # the first block's activations are freed last (recomputed first under checkpointing)
-    backward = {**state, **held, **grads, "activations (first block)": block_activation_bytes(model_cfg, b, s, act)}
-    moment, items = max(("end of forward", forward), ("end of backward", backward), key=lambda m: sum(m[1].values()))
+    backward = {
+        **state,
+        **held,
+        **grads,
+        "activations (first block)": block_activation_bytes(model_cfg, b, s, act),
+    }
+    moment, items = max(
+        ("end of forward", forward), ("end of backward", backward), key=lambda m: sum(m[1].values())
+    )
     return {"items": items, "total": sum(items.values()), "moment": moment}
 
 
@@ -154,7 +192,9 @@ def _activation_items(model_cfg, b: int, s: int, act: int, checkpointing: bool |
     # are freed before recompute.
     items = {"activations (block inputs)": model_cfg.n_layer * 4 * s * b * h + edges}
     if checkpointing == "selective":
-        items["activations (matmul outputs kept)"] = model_cfg.n_layer * selective_block_bytes(model_cfg, b, s, act)
+        items["activations (matmul outputs kept)"] = model_cfg.n_layer * selective_block_bytes(
+            model_cfg, b, s, act
+        )
     items["activations (1 block recomputed)"] = one_block
     return items
 
@@ -187,8 +227,12 @@ def param_counts(model_cfg) -> tuple[int, int]:
         model = GPT(model_cfg)
     n_stored = sum(p.numel() for p in model.parameters())  # the tied matrix once
     n_matrix = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
-    if n_stored - (model_cfg.padded_vocab - model_cfg.vocab_size) * model_cfg.n_embd != count_params(model_cfg):
-        raise RuntimeError(f"model has {n_stored:,} parameters but count_params says {count_params(model_cfg):,}")
+    if n_stored - (model_cfg.padded_vocab - model_cfg.vocab_size) * model_cfg.n_embd != count_params(
+        model_cfg
+    ):
+        raise RuntimeError(
+            f"model has {n_stored:,} parameters but count_params says {count_params(model_cfg):,}"
+        )
     return n_stored, n_matrix
 
 
@@ -203,9 +247,17 @@ def estimate(cfg, world_size: int, model_cfg, way: Way) -> dict:
     """memory_estimate for a resolved TrainConfig (resolve.py: a concrete dtype and compile)
     and its model config, run one way on world_size GPUs."""
     model_cfg = dataclasses.replace(model_cfg, activation_checkpointing=way.checkpointing)
-    return memory_estimate(model_cfg, *param_counts(model_cfg), cfg.micro_batch_size, cfg.dtype, world_size, way,
-                           cfg.accumulation(world_size), cfg.compile,
-                           fp8_weight_count(model_cfg) if cfg.fp8 else 0)
+    return memory_estimate(
+        model_cfg,
+        *param_counts(model_cfg),
+        cfg.micro_batch_size,
+        cfg.dtype,
+        world_size,
+        way,
+        cfg.accumulation(world_size),
+        cfg.compile,
+        fp8_weight_count(model_cfg) if cfg.fp8 else 0,
+    )
 
 
 def checkpoint_bytes(model_cfg) -> int:
@@ -217,5 +269,3 @@ def checkpoint_bytes(model_cfg) -> int:
 def fits(total_bytes: float, card_bytes: float) -> bool:
     """Whether an estimate fits a card, with RESERVE_GIB left for what it leaves out."""
     return total_bytes + RESERVE_GIB * GiB <= card_bytes
-
-

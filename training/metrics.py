@@ -6,6 +6,7 @@ Only rank 0 makes a RunLog; other ranks log nothing. Every record gets the wall-
 The train and eval records' numbers are the scalars, named "<kind>/<key>" (train/loss,
 eval/val_loss, eval/hellaswag_acc_norm), at the record's step, in both TensorBoard and W&B.
 """
+
 import importlib.util
 import json
 import math
@@ -22,8 +23,10 @@ WANDB_ID_FILE = "wandb_run_id"  # in the run folder: a resumed launch continues 
 def check_wandb():
     """ValueError, naming the fix, when wandb is not installed (it is optional)."""
     if importlib.util.find_spec("wandb") is None:
-        raise ValueError("wandb_project is set but wandb is not installed: pip install wandb "
-                         "(or leave wandb_project empty)")
+        raise ValueError(
+            "wandb_project is set but wandb is not installed: pip install wandb "
+            "(or leave wandb_project empty)"
+        )
 
 
 def start_wandb(run_dir: str, project: str, name: str, config: dict | None):
@@ -32,6 +35,7 @@ def start_wandb(run_dir: str, project: str, name: str, config: dict | None):
     <run_dir>/wandb without the network (`wandb sync` uploads it later)."""
     check_wandb()
     import wandb  # imported late: optional, and slow to load
+
     id_path = os.path.join(run_dir, WANDB_ID_FILE)
     if os.path.isfile(id_path):
         with open(id_path) as fh:
@@ -46,14 +50,26 @@ def scalars(record: dict) -> dict:
     """The finite numbers of a train or eval record, named "<kind>/<key>"; {} for other kinds."""
     if record["kind"] not in SCALAR_KINDS:
         return {}
-    return {f"{record['kind']}/{k}": v for k, v in record.items()
-            if k not in ("kind", "step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(v)}
+    return {
+        f"{record['kind']}/{k}": v
+        for k, v in record.items()
+        if k not in ("kind", "step", "time")
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+    }
 
 
 class RunLog:
-    def __init__(self, run_dir: str, tensorboard: bool, purge_step: int | None = None, wandb_project: str = "",
-                 run_name: str | None = None, config: dict | None = None):
+    def __init__(
+        self,
+        run_dir: str,
+        tensorboard: bool,
+        purge_step: int | None = None,
+        wandb_project: str = "",
+        run_name: str | None = None,
+        config: dict | None = None,
+    ):
         """purge_step: a resumed run re-runs the steps from its checkpoint on; TensorBoard
         drops the events logged at purge_step and later by the launch that went before (W&B
         keeps the first launch's values of those steps: its step only goes forward).
@@ -63,6 +79,7 @@ class RunLog:
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to load
+
             self.tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"), purge_step=purge_step)
         self.wandb = start_wandb(run_dir, wandb_project, run_name, config) if wandb_project else None
 

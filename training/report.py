@@ -6,6 +6,7 @@ rendered from the run's metrics.jsonl (one JSON record per line, written by trai
 then the val-loss table, a config summary and throughput. render_report() is pure;
 write_report() reads the folder and writes report.md atomically.
 """
+
 import json
 import math
 import os
@@ -24,6 +25,7 @@ _UNFINISHED = tuple(stop.value for stop in Stop if stop.exit_code != 0)
 
 
 # ---- formatting ---------------------------------------------------------------------
+
 
 def fmt_elapsed(seconds) -> str:
     """0s, 42s, 3m 05s, 14h 02m: hours alone are too coarse for CPU runs."""
@@ -63,6 +65,7 @@ def fmt_sci(x) -> str:
 
 # ---- reading records ------------------------------------------------------------------
 
+
 def latest_by_step(records: list[dict], kind: str) -> list[dict]:
     """Records of one kind, the last one per step (a resumed run repeats steps), by step."""
     out = {}
@@ -101,16 +104,28 @@ def _at_or_before(train: list[dict], step: int) -> dict | None:
 
 # ---- the tables ------------------------------------------------------------------------
 
-def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final_step: int,
-                  ended: bool, evals: list[dict] | None = None) -> list[dict]:
+
+def timeline_rows(
+    train: list[dict],
+    checkpoints: list[dict],
+    warmup: int,
+    final_step: int,
+    ended: bool,
+    evals: list[dict] | None = None,
+) -> list[dict]:
     """Rows of the main table: Initial, Warmup End, Checkpoint 1..n, Final. Names that fall
     on one step share a row; Final (or Initial) wins over the others."""
     names: dict[int, list[str]] = {0: ["Initial"]}
     if 0 < warmup <= final_step:
         names.setdefault(warmup, []).append("Warmup End")
     # A checkpoint saved at the warmup's end is that row, as in the documented table.
-    step_ckpts = sorted({c["step"] for c in checkpoints
-                         if 0 < c["step"] < final_step and c["step"] != warmup and _is_step_checkpoint(c)})
+    step_ckpts = sorted(
+        {
+            c["step"]
+            for c in checkpoints
+            if 0 < c["step"] < final_step and c["step"] != warmup and _is_step_checkpoint(c)
+        }
+    )
     for i, step in enumerate(step_ckpts, 1):
         names.setdefault(step, []).append(f"Checkpoint {i}")
     names.setdefault(final_step, []).append("Final" if ended else "Latest")
@@ -124,10 +139,15 @@ def timeline_rows(train: list[dict], checkpoints: list[dict], warmup: int, final
         # over a fixed set of batches, so prefer it.
         ev = next((e for e in evals or [] if e["step"] == step and e.get("train_loss") is not None), None)
         if ev is not None:
-            rec = dict(rec or {}, step=step, loss=ev["train_loss"],
-                       elapsed_s=ev.get("elapsed_s", (rec or {}).get("elapsed_s")))
-        rows.append({"name": name, "step": step, "record": rec,
-                     "exact": rec is not None and rec["step"] == step})
+            rec = dict(
+                rec or {},
+                step=step,
+                loss=ev["train_loss"],
+                elapsed_s=ev.get("elapsed_s", (rec or {}).get("elapsed_s")),
+            )
+        rows.append(
+            {"name": name, "step": step, "record": rec, "exact": rec is not None and rec["step"] == step}
+        )
     return rows
 
 
@@ -138,8 +158,10 @@ def _is_step_checkpoint(c: dict) -> bool:
 
 
 def _timeline_table(rows: list[dict]) -> list[str]:
-    lines = ["| Checkpoint | Step | Loss | Perplexity | Time Elapsed |",
-             "|------------|------|------|------------|--------------|"]
+    lines = [
+        "| Checkpoint | Step | Loss | Perplexity | Time Elapsed |",
+        "|------------|------|------|------------|--------------|",
+    ]
     notes = []
     for row in rows:
         rec = row["record"]
@@ -148,11 +170,15 @@ def _timeline_table(rows: list[dict]) -> list[str]:
             notes.append(f"- {row['name']} (step {row['step']:,}): no train loss logged at or before it.")
             continue
         step = f"{rec['step']:,}" + ("" if row["exact"] else _MARK)
-        lines.append(f"| {row['name']} | {step} | {fmt_loss(rec.get('loss'))} | "
-                     f"{fmt_ppl(rec.get('loss'))} | {fmt_elapsed(rec.get('elapsed_s'))} |")
+        lines.append(
+            f"| {row['name']} | {step} | {fmt_loss(rec.get('loss'))} | "
+            f"{fmt_ppl(rec.get('loss'))} | {fmt_elapsed(rec.get('elapsed_s'))} |"
+        )
         if not row["exact"]:
-            notes.append(f"- {_MARK} {row['name']} is step {row['step']:,}; no train loss was logged "
-                         f"there, so the row shows the nearest logged step before it ({rec['step']:,}).")
+            notes.append(
+                f"- {_MARK} {row['name']} is step {row['step']:,}; no train loss was logged "
+                f"there, so the row shows the nearest logged step before it ({rec['step']:,})."
+            )
     return lines + ([""] + notes if notes else [])
 
 
@@ -164,10 +190,13 @@ def _val_table(evals: list[dict]) -> list[str]:
     best = min(finite, key=lambda e: e["val_loss"])["step"] if finite else None
     datasets = sorted({k for e in evals for k in e if k.startswith(DATASET_LOSS)})
     tasks = datasets + sorted({k for e in evals for k in e if split_metric_key(k)}, key=split_metric_key)
-    names = [f"Val Loss {k.removeprefix(DATASET_LOSS)}" for k in datasets] + \
-        ["{} {}".format(*split_metric_key(k)) for k in tasks[len(datasets):]]
-    lines = ["| Step | Val Loss | Val Perplexity |" + "".join(f" {n} |" for n in names),
-             "|------|----------|----------------|" + "---|" * len(names)]
+    names = [f"Val Loss {k.removeprefix(DATASET_LOSS)}" for k in datasets] + [
+        "{} {}".format(*split_metric_key(k)) for k in tasks[len(datasets) :]
+    ]
+    lines = [
+        "| Step | Val Loss | Val Perplexity |" + "".join(f" {n} |" for n in names),
+        "|------|----------|----------------|" + "---|" * len(names),
+    ]
     for e in evals:
         loss = e.get("val_loss")
         mark = " (best)" if e["step"] == best else ""
@@ -183,33 +212,45 @@ def _config_lines(cfg: dict, derived: dict) -> list[str]:
     lines = []
     if model_cfg:
         mlp = model_cfg.get("mlp_hidden") or 4 * model_cfg.get("n_embd", 0)
-        lines.append(f"- Model: `{get('model', '?')}`, {model_cfg.get('n_layer')} layers x {model_cfg.get('n_embd', 0):,} "
-                     f"wide, {model_cfg.get('n_head')} heads, MLP {mlp:,}, context {model_cfg.get('block_size', 0):,}, "
-                     f"vocab {model_cfg.get('vocab_size', 0):,}")
+        lines.append(
+            f"- Model: `{get('model', '?')}`, {model_cfg.get('n_layer')} layers x {model_cfg.get('n_embd', 0):,} "
+            f"wide, {model_cfg.get('n_head')} heads, MLP {mlp:,}, context {model_cfg.get('block_size', 0):,}, "
+            f"vocab {model_cfg.get('vocab_size', 0):,}"
+        )
     elif get("model"):
         lines.append(f"- Model: `{get('model')}`")
     if derived.get("params") is not None:
         lines.append(f"- Parameters: {derived['params']:,} (tied head counted once)")
     for d in derived.get("datasets") or []:  # what the run draws from each dataset
-        lines.append(f"- Data: `{d['data_dir']}`, weight {d['weight']:.2f}: {d['tokens']:,.0f} tokens, "
-                     f"{d['epochs']:.2f} epochs")
+        lines.append(
+            f"- Data: `{d['data_dir']}`, weight {d['weight']:.2f}: {d['tokens']:,.0f} tokens, "
+            f"{d['epochs']:.2f} epochs"
+        )
     if get("global_batch_size") is not None:
         split = ""
         if derived.get("accumulation") is not None and derived.get("world_size") is not None:
-            split = (f" ({get('micro_batch_size')} micro x {derived['world_size']} {ranks} x "
-                     f"{derived['accumulation']} accumulation)")
+            split = (
+                f" ({get('micro_batch_size')} micro x {derived['world_size']} {ranks} x "
+                f"{derived['accumulation']} accumulation)"
+            )
         tps = f", {derived['tokens_per_step']:,} tokens/step" if derived.get("tokens_per_step") else ""
         lines.append(f"- Batch: {get('global_batch_size'):,} sequences per step{split}{tps}")
     if get("learning_rate") is not None:  # min_lr and lr_decay_steps as the run resolved them
         decay = f"{get('lr_decay_steps'):,}" if get("lr_decay_steps") else "max_steps"
-        lines.append(f"- LR schedule: linear warmup to {fmt_sci(get('learning_rate'))} over "
-                     f"{get('warmup_steps', 0):,} steps, cosine decay to {fmt_sci(get('min_lr'))} at step "
-                     f"{decay} (max_steps {get('max_steps', 0):,})")
+        lines.append(
+            f"- LR schedule: linear warmup to {fmt_sci(get('learning_rate'))} over "
+            f"{get('warmup_steps', 0):,} steps, cosine decay to {fmt_sci(get('min_lr'))} at step "
+            f"{decay} (max_steps {get('max_steps', 0):,})"
+        )
     if get("weight_decay") is not None:
-        lines.append(f"- Optimizer: AdamW, betas ({get('beta1')}, {get('beta2')}), eps {fmt_sci(get('eps'))}, "
-                     f"weight decay {get('weight_decay')}, grad clip {get('grad_clip')}")
-    lines.append(f"- Dropout: {get('dropout', model_cfg.get('dropout'))}; dtype: {derived.get('dtype', get('dtype'))}; "
-                 f"world size: {derived.get('world_size', '?')}; device: {derived.get('device', get('device'))}")
+        lines.append(
+            f"- Optimizer: AdamW, betas ({get('beta1')}, {get('beta2')}), eps {fmt_sci(get('eps'))}, "
+            f"weight decay {get('weight_decay')}, grad clip {get('grad_clip')}"
+        )
+    lines.append(
+        f"- Dropout: {get('dropout', model_cfg.get('dropout'))}; dtype: {derived.get('dtype', get('dtype'))}; "
+        f"world size: {derived.get('world_size', '?')}; device: {derived.get('device', get('device'))}"
+    )
     return lines
 
 
@@ -227,9 +268,11 @@ def _throughput_lines(records: list[dict], train: list[dict]) -> list[str]:
     mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
     mem = [r["peak_mem_gib"] for r in train if r.get("peak_mem_gib") is not None]
     last = train[-1]
-    lines = [f"- Mean tokens/s: {sum(tps) / len(tps):,.0f}" if tps else "- Mean tokens/s: n/a",
-             f"- Mean MFU: {100 * sum(mfu) / len(mfu):.1f}%" if mfu else "- Mean MFU: n/a (unknown device peak)",
-             f"  (over {len(steady):,} logged steps, the first of each launch left out)"]
+    lines = [
+        f"- Mean tokens/s: {sum(tps) / len(tps):,.0f}" if tps else "- Mean tokens/s: n/a",
+        f"- Mean MFU: {100 * sum(mfu) / len(mfu):.1f}%" if mfu else "- Mean MFU: n/a (unknown device peak)",
+        f"  (over {len(steady):,} logged steps, the first of each launch left out)",
+    ]
     if mem:
         lines.append(f"- Peak memory: {max(mem):.2f} GiB")
     if last.get("tokens") is not None:
@@ -256,11 +299,16 @@ def _time_lines(records: list[dict], end: dict | None) -> list[str]:
     if begin is not None and training is not None and last > begin:
         spans.append(last - begin)
         wall = sum(spans)
-        lines.append(f"- Wall time of its {len(spans)} launch(es): {fmt_elapsed(wall)}, of which "
-                     f"{fmt_elapsed(max(0.0, wall - training))} was not training (start-ups, evaluations "
-                     f"before the first step, and steps redone after restarts)")
-    lines.append(f"- End: {end.get('reason', 'unknown')} at step {end['step']:,}" if end
-                 else "- End: no end record (still running, or stopped without one)")
+        lines.append(
+            f"- Wall time of its {len(spans)} launch(es): {fmt_elapsed(wall)}, of which "
+            f"{fmt_elapsed(max(0.0, wall - training))} was not training (start-ups, evaluations "
+            f"before the first step, and steps redone after restarts)"
+        )
+    lines.append(
+        f"- End: {end.get('reason', 'unknown')} at step {end['step']:,}"
+        if end
+        else "- End: no end record (still running, or stopped without one)"
+    )
     return lines
 
 
@@ -269,17 +317,25 @@ def _event_lines(records: list[dict], last_train: dict) -> list[str]:
     find the batch (a pure function of seed and step) and look at it."""
     skipped = last_train.get("skipped_steps") or 0
     lines = [f"- Updates not applied (non-finite loss or gradients, or an fp16 overflow): {skipped:,}"]
-    for kind, label in (("nonfinite", "Non-finite steps"), ("diverging", "Diverging steps"), ("spike", "Loss spikes")):
+    for kind, label in (
+        ("nonfinite", "Non-finite steps"),
+        ("diverging", "Diverging steps"),
+        ("spike", "Loss spikes"),
+    ):
         events = latest_by_step(records, kind)
         if events:
             shown = ", ".join(f"{e['step']:,}" for e in events[:20])
-            lines.append(f"- {label} ({len(events):,}): step{'s' if len(events) > 1 else ''} {shown}"
-                         + (", ..." if len(events) > 20 else "") + " (metrics.jsonl has each one)")
+            lines.append(
+                f"- {label} ({len(events):,}): step{'s' if len(events) > 1 else ''} {shown}"
+                + (", ..." if len(events) > 20 else "")
+                + " (metrics.jsonl has each one)"
+            )
     return lines
 
 
-def render_report(records: list[dict], config: dict | None = None, skipped_lines: int = 0,
-                  picture: list[str] | None = None) -> str:
+def render_report(
+    records: list[dict], config: dict | None = None, skipped_lines: int = 0, picture: list[str] | None = None
+) -> str:
     """Markdown report from metrics records (file order) and the run's config.json.
     picture: lines under the title about report.png (draw_picture)."""
     train = latest_by_step(records, "train")
@@ -296,8 +352,7 @@ def render_report(records: list[dict], config: dict | None = None, skipped_lines
     # Not latest_by_step: best_model.pt and checkpoint_step_N.pt records share a step.
     checkpoints = [r for r in records if r.get("kind") == "checkpoint" and isinstance(r.get("step"), int)]
     evals = latest_by_step(records, "eval")
-    rows = timeline_rows(train, checkpoints,
-                         int(cfg.get("warmup_steps") or 0), final_step, finished, evals)
+    rows = timeline_rows(train, checkpoints, int(cfg.get("warmup_steps") or 0), final_step, finished, evals)
     title = cfg.get("run_name") or "run"
     out = [f"# Training report: {title}", ""]
     if starts and starts[0].get("time"):
@@ -305,18 +360,41 @@ def render_report(records: list[dict], config: dict | None = None, skipped_lines
         out += [f"Started {began:%Y-%m-%d %H:%M} UTC; {len(starts)} launch(es).", ""]
     if picture:
         out += [*picture, ""]
-    out += ["## Training Timeline", "", *_timeline_table(rows), "",
-            "Loss is the train loss at that step: the mean over the evaluation's fixed train "
-            "batches where an evaluation ran there, else the loss of the step's batch before "
-            "its update; perplexity is exp(loss).", "",
-            "## Validation", "", *_val_table(evals), "",
-            "## Configuration", "", *_config_lines(cfg, _derived(records, config)), "",
-            "## Throughput", "", *_throughput_lines(records, train), "",
-            "## Time", "", *_time_lines(records, end), "",
-            "## Steps that went wrong", "", *_event_lines(records, train[-1])]
+    out += [
+        "## Training Timeline",
+        "",
+        *_timeline_table(rows),
+        "",
+        "Loss is the train loss at that step: the mean over the evaluation's fixed train "
+        "batches where an evaluation ran there, else the loss of the step's batch before "
+        "its update; perplexity is exp(loss).",
+        "",
+        "## Validation",
+        "",
+        *_val_table(evals),
+        "",
+        "## Configuration",
+        "",
+        *_config_lines(cfg, _derived(records, config)),
+        "",
+        "## Throughput",
+        "",
+        *_throughput_lines(records, train),
+        "",
+        "## Time",
+        "",
+        *_time_lines(records, end),
+        "",
+        "## Steps that went wrong",
+        "",
+        *_event_lines(records, train[-1]),
+    ]
     if skipped_lines:
-        out += ["", f"Note: {skipped_lines} unreadable line(s) of metrics.jsonl were skipped "
-                    f"(a run killed mid-write leaves a partial line)."]
+        out += [
+            "",
+            f"Note: {skipped_lines} unreadable line(s) of metrics.jsonl were skipped "
+            f"(a run killed mid-write leaves a partial line).",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -343,8 +421,10 @@ def write_report(run_dir: str) -> str:
     """Write <run_dir>/report.md from its metrics.jsonl (and config.json); return its path."""
     metrics = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(metrics):
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir!r}: give a run folder "
-                                f"(out_dir/run_name) that train.py has logged into")
+        raise FileNotFoundError(
+            f"no metrics.jsonl in {run_dir!r}: give a run folder "
+            f"(out_dir/run_name) that train.py has logged into"
+        )
     records, bad = read_metrics(metrics)
     if not records:
         raise ValueError(f"{metrics} has no records: the run has not logged anything yet")
@@ -368,9 +448,16 @@ def draw_picture(run_dir: str, records: list[dict], config: dict | None) -> list
     try:
         from training import report_plot
     except ImportError:
-        return [f"No picture: matplotlib is not installed (`pip install matplotlib`, then "
-                f"`python train.py --report={run_dir}`)."]
+        return [
+            f"No picture: matplotlib is not installed (`pip install matplotlib`, then "
+            f"`python train.py --report={run_dir}`)."
+        ]
     with atomic_path(os.path.join(run_dir, PICTURE)) as tmp:
-        notes = report_plot.draw(tmp, train, latest_by_step(records, "eval"), _train_config(records, config),
-                                 _derived(records, config))
+        notes = report_plot.draw(
+            tmp,
+            train,
+            latest_by_step(records, "eval"),
+            _train_config(records, config),
+            _derived(records, config),
+        )
     return [f"![Loss against tokens]({PICTURE})", *([""] + notes if notes else [])]

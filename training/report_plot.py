@@ -5,6 +5,7 @@ and, when the run is one of the documented runs, the losses its document gives.
 Drawn with matplotlib's Agg canvas (no display, no pyplot state). report.py imports this
 module only when it draws, so matplotlib loads only then.
 """
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -15,15 +16,30 @@ from text.multiple_choice import GPT2_HELLASWAG_ACC_NORM, split_metric_key
 # what is wrong with them), by optimizer step. A run is one of them when its model preset,
 # global batch and tokens per step are the document's.
 REFERENCE_RUNS = (
-    dict(name="documented 300M run", match=dict(model="300m", global_batch_size=512, tokens_per_step=1_048_576),
-         train=((0, 10.82), (2_000, 5.15), (10_000, 3.88), (25_000, 3.23), (50_000, 2.99), (75_000, 2.87),
-                (100_000, 2.85)),
-         val=((100_000, 2.923),), ranges=()),
+    dict(
+        name="documented 300M run",
+        match=dict(model="300m", global_batch_size=512, tokens_per_step=1_048_576),
+        train=(
+            (0, 10.82),
+            (2_000, 5.15),
+            (10_000, 3.88),
+            (25_000, 3.23),
+            (50_000, 2.99),
+            (75_000, 2.87),
+            (100_000, 2.85),
+        ),
+        val=((100_000, 2.923),),
+        ranges=(),
+    ),
     # predictions, not measurements: ~2.8-3.2 after one epoch, 2.3-2.7 after two, 2.0-2.4 at the
     # end (their "3.5-4.0 at the start" is left out: no run starts there, as the document shows)
-    dict(name="documented 1.2B run (predicted)", match=dict(model="1.2b", global_batch_size=256,
-                                                             tokens_per_step=262_144),
-         train=(), val=(), ranges=((196_875, 2.8, 3.2), (393_750, 2.3, 2.7), (590_625, 2.0, 2.4))),
+    dict(
+        name="documented 1.2B run (predicted)",
+        match=dict(model="1.2b", global_batch_size=256, tokens_per_step=262_144),
+        train=(),
+        val=(),
+        ranges=((196_875, 2.8, 3.2), (393_750, 2.3, 2.7), (590_625, 2.0, 2.4)),
+    ),
 )
 TRAIN, VAL = "tab:blue", "tab:orange"
 
@@ -38,8 +54,11 @@ def short_number(v: float) -> str:
 
 def reference_for(cfg: dict, derived: dict) -> dict | None:
     """The documented run this run's config is, if any."""
-    have = {"model": cfg.get("model"), "global_batch_size": cfg.get("global_batch_size"),
-            "tokens_per_step": derived.get("tokens_per_step")}
+    have = {
+        "model": cfg.get("model"),
+        "global_batch_size": cfg.get("global_batch_size"),
+        "tokens_per_step": derived.get("tokens_per_step"),
+    }
     return next((r for r in REFERENCE_RUNS if r["match"] == have), None)
 
 
@@ -64,10 +83,17 @@ def draw(path: str, train: list, evals: list, cfg: dict, derived: dict) -> list:
     FigureCanvasAgg(fig)
     loss_ax, *acc_ax = fig.subplots(2 if tasks else 1, 1, sharex=True, squeeze=False)[:, 0]
     fig.suptitle(f"{cfg.get('run_name') or 'run'}: loss" + (" and task accuracy" if tasks else ""))
-    loss_ax.plot([x(r["step"]) for r in train if r.get("loss") is not None],
-                 [r["loss"] for r in train if r.get("loss") is not None], color=TRAIN, lw=1, label="train loss")
+    loss_ax.plot(
+        [x(r["step"]) for r in train if r.get("loss") is not None],
+        [r["loss"] for r in train if r.get("loss") is not None],
+        color=TRAIN,
+        lw=1,
+        label="train loss",
+    )
     val = [e for e in evals if e.get("val_loss") is not None]
-    loss_ax.plot([x(e["step"]) for e in val], [e["val_loss"] for e in val], color=VAL, marker=".", label="val loss")
+    loss_ax.plot(
+        [x(e["step"]) for e in val], [e["val_loss"] for e in val], color=VAL, marker=".", label="val loss"
+    )
     notes = _mark_reference(loss_ax, reference_for(cfg, derived), x, max(x(r["step"]) for r in train))
     loss_ax.set_ylabel("loss")
     loss_ax.grid(alpha=0.3)
@@ -89,34 +115,64 @@ def _mark_reference(ax, ref: dict | None, x, last: float) -> list:
     val = [(x(s), v) for s, v in ref["val"] if x(s) <= last]
     ranges = [(x(s), lo, hi) for s, lo, hi in ref["ranges"] if x(s) <= last]
     if train:
-        ax.plot(*zip(*train), ls="none", marker="o", mfc="none", color=TRAIN, label=f"{ref['name']}: train loss")
+        ax.plot(
+            *zip(*train), ls="none", marker="o", mfc="none", color=TRAIN, label=f"{ref['name']}: train loss"
+        )
     if val:
         ax.plot(*zip(*val), ls="none", marker="x", color=VAL, label=f"{ref['name']}: val loss")
     if ranges:
         xs, lo, hi = zip(*ranges)
         mid = [(a + b) / 2 for a, b in zip(lo, hi)]
-        ax.errorbar(xs, mid, yerr=[[m - a for m, a in zip(mid, lo)], [b - m for m, b in zip(mid, hi)]],
-                    ls="none", color="gray", capsize=4, label=f"{ref['name']}: loss range")
-    shown, total = len(train) + len(val) + len(ranges), len(ref["train"]) + len(ref["val"]) + len(ref["ranges"])
+        ax.errorbar(
+            xs,
+            mid,
+            yerr=[[m - a for m, a in zip(mid, lo)], [b - m for m, b in zip(mid, hi)]],
+            ls="none",
+            color="gray",
+            capsize=4,
+            label=f"{ref['name']}: loss range",
+        )
+    shown, total = (
+        len(train) + len(val) + len(ranges),
+        len(ref["train"]) + len(ref["val"]) + len(ref["ranges"]),
+    )
     if not shown:
-        return [f"This run's config is the {ref['name']}'s; none of its {total} documented losses falls within "
-                f"this run's tokens yet (docs/reference_runs.md)."]
-    return [f"Marked: the {ref['name']}'s losses from docs/reference_runs.md ({shown} of {total}: those within "
-            f"this run's tokens)."]
+        return [
+            f"This run's config is the {ref['name']}'s; none of its {total} documented losses falls within "
+            f"this run's tokens yet (docs/reference_runs.md)."
+        ]
+    return [
+        f"Marked: the {ref['name']}'s losses from docs/reference_runs.md ({shown} of {total}: those within "
+        f"this run's tokens)."
+    ]
 
 
 def _draw_tasks(ax, tasks: dict, x) -> list:
     for (task, metric), points in sorted(tasks.items()):
-        ax.plot([x(s) for s, _ in points], [v for _, v in points], marker=".",
-                ls="-" if metric == "acc_norm" else "--", label=f"{task} {metric}")
+        ax.plot(
+            [x(s) for s, _ in points],
+            [v for _, v in points],
+            marker=".",
+            ls="-" if metric == "acc_norm" else "--",
+            label=f"{task} {metric}",
+        )
     notes = []
     if any(task == "hellaswag" for task, _ in tasks):
         for size, value in GPT2_HELLASWAG_ACC_NORM.items():
             ax.axhline(value, color="gray", ls=":", lw=0.8)
-            ax.annotate(f"GPT-2 {size}", (0, value), xycoords=("axes fraction", "data"), fontsize=7,
-                        color="gray", va="bottom")
-        notes.append("Dotted: GPT-2's HellaSwag acc_norm, scored the same way (llm.c): "
-                     + ", ".join(f"{s} {v}" for s, v in GPT2_HELLASWAG_ACC_NORM.items()) + ".")
+            ax.annotate(
+                f"GPT-2 {size}",
+                (0, value),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                color="gray",
+                va="bottom",
+            )
+        notes.append(
+            "Dotted: GPT-2's HellaSwag acc_norm, scored the same way (llm.c): "
+            + ", ".join(f"{s} {v}" for s, v in GPT2_HELLASWAG_ACC_NORM.items())
+            + "."
+        )
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

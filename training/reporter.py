@@ -5,6 +5,7 @@ one), and the throughput meter behind each step record's tokens/s and MFU.
 Every rank makes a Reporter and calls it at the same points; only rank 0's writes or
 prints anything (`writes`), so the loop needs no rank check of its own to report.
 """
+
 import math
 import resource
 import sys
@@ -18,8 +19,9 @@ from training.step_stats import StepResult, Throughput, describe_event
 
 
 class Reporter:
-    def __init__(self, cfg, env, tokens_per_step: int, flops_per_token: int, scaler, start_step: int,
-                 resumed: bool):
+    def __init__(
+        self, cfg, env, tokens_per_step: int, flops_per_token: int, scaler, start_step: int, resumed: bool
+    ):
         """cfg: the resolved TrainConfig (run_dir, cadences, tensorboard, progress_bar);
         env: distributed.Dist. A resumed run re-runs the steps after its checkpoint, so
         TensorBoard drops what the launch before logged from there on."""
@@ -28,12 +30,22 @@ class Reporter:
         self.writes = env.master
         self.peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
         self.meter = Throughput()
-        self.log = RunLog(cfg.run_dir, cfg.tensorboard, purge_step=start_step + 1 if resumed else None,
-                          wandb_project=cfg.wandb_project, run_name=cfg.run_name, config=cfg.to_dict()) \
-            if self.writes else None
+        self.log = (
+            RunLog(
+                cfg.run_dir,
+                cfg.tensorboard,
+                purge_step=start_step + 1 if resumed else None,
+                wandb_project=cfg.wandb_project,
+                run_name=cfg.run_name,
+                config=cfg.to_dict(),
+            )
+            if self.writes
+            else None
+        )
         self.bar = None
         if self.writes and cfg.progress_bar and sys.stderr.isatty():  # in a log file, redraws bury the lines
             from tqdm import tqdm
+
             self.bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def print(self, line: str):
@@ -69,26 +81,63 @@ class Reporter:
             return
         tok_s = self.meter.rate()
         mfu = self.flops_per_token * tok_s / (self.peak * self.env.world) if self.peak and tok_s else None
-        mem = (torch.cuda.max_memory_allocated(self.env.device) if self.env.device.type == "cuda"
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+        mem = (
+            torch.cuda.max_memory_allocated(self.env.device)
+            if self.env.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        ) / 2**30
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.record(dict(kind="train", step=result.step, loss=result.loss, lr=result.lr, grad_norm=result.grad_norm,
-                         applied=result.applied, tokens_per_s=tok_s, mfu=mfu, peak_mem_gib=mem, loss_scale=scale,
-                         skipped_steps=skipped_steps, tokens=result.step * self.tokens_per_step,
-                         elapsed_s=elapsed_s))
-        self.print(" | ".join(
-            [f"step {result.step:,}/{self.cfg.max_steps:,}", f"loss {result.loss:.4f}", f"lr {result.lr:.2e}",
-             f"grad {result.grad_norm:.3f}", f"{tok_s:,.0f} tok/s" if tok_s else "- tok/s",
-             f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a", f"mem {mem:.2f} GiB"]
-            + ([f"scale {scale:.0f}, skipped {skipped_steps}"] if scale else [])))
+        self.record(
+            dict(
+                kind="train",
+                step=result.step,
+                loss=result.loss,
+                lr=result.lr,
+                grad_norm=result.grad_norm,
+                applied=result.applied,
+                tokens_per_s=tok_s,
+                mfu=mfu,
+                peak_mem_gib=mem,
+                loss_scale=scale,
+                skipped_steps=skipped_steps,
+                tokens=result.step * self.tokens_per_step,
+                elapsed_s=elapsed_s,
+            )
+        )
+        self.print(
+            " | ".join(
+                [
+                    f"step {result.step:,}/{self.cfg.max_steps:,}",
+                    f"loss {result.loss:.4f}",
+                    f"lr {result.lr:.2e}",
+                    f"grad {result.grad_norm:.3f}",
+                    f"{tok_s:,.0f} tok/s" if tok_s else "- tok/s",
+                    f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a",
+                    f"mem {mem:.2f} GiB",
+                ]
+                + ([f"scale {scale:.0f}, skipped {skipped_steps}"] if scale else [])
+            )
+        )
 
     def evaluation(self, step: int, val: float, train: float, improved: bool, elapsed_s: float, extra: dict):
         """extra: more numbers of the evaluation (each dataset's val loss, task accuracies)."""
         ppl = math.exp(min(val, 50))
-        self.record(dict(kind="eval", step=step, val_loss=val, val_ppl=ppl, train_loss=train, elapsed_s=elapsed_s,
-                         **extra))
-        self.print(f"step {step:,}: val loss {val:.4f} (ppl {ppl:.2f}) | train loss {train:.4f}"
-                   + "".join(f" | {k} {v:.4f}" for k, v in extra.items()) + (" | best" if improved else ""))
+        self.record(
+            dict(
+                kind="eval",
+                step=step,
+                val_loss=val,
+                val_ppl=ppl,
+                train_loss=train,
+                elapsed_s=elapsed_s,
+                **extra,
+            )
+        )
+        self.print(
+            f"step {step:,}: val loss {val:.4f} (ppl {ppl:.2f}) | train loss {train:.4f}"
+            + "".join(f" | {k} {v:.4f}" for k, v in extra.items())
+            + (" | best" if improved else "")
+        )
 
     def checkpoint(self, step: int, path: str, best: bool, elapsed_s: float):
         self.record(dict(kind="checkpoint", step=step, path=path, best=best, elapsed_s=elapsed_s))

@@ -1,4 +1,5 @@
 """The learning-rate schedule: a pure function of the step, so resume needs no state."""
+
 import math
 
 

@@ -4,6 +4,7 @@ A checkpoint stores these fields at its top level and a resumed run restores the
 step count, the best val loss, early stopping's patience and the training clock all
 continue where they were.
 """
+
 import dataclasses
 import math
 
@@ -36,7 +37,9 @@ class TrainState:
         or inf is never best. Early stopping's patience follows `metric`, whose value this
         evaluation measured (None: the val loss), from its value at the baseline: lower is
         better for a *_loss, higher for an accuracy; a new metric starts its count afresh."""
-        value = val_loss if value is None else value if metric.endswith("_loss") else -value  # lower is better
+        value = (
+            val_loss if value is None else value if metric.endswith("_loss") else -value
+        )  # lower is better
         if self.step == 0:  # the baseline: of the best model, and of early stopping's metric
             self.baseline_val_loss = val_loss if math.isfinite(val_loss) else math.inf
             self.watched, self.best_watched = metric, value if math.isfinite(value) else math.inf

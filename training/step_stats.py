@@ -8,6 +8,7 @@ losses far above their level (divergence) that stops the run, and loss spikes wo
 finding again. Throughput measures tokens/s
 between log lines, leaving out evaluations and saves.
 """
+
 import collections
 import contextlib
 import dataclasses
@@ -25,6 +26,7 @@ SPIKE_MIN_HISTORY = 10  # a mean over fewer steps is too noisy to call anything 
 
 class StepValues(typing.NamedTuple):
     """A step's numbers as train_step returns them: 0-d tensors on the device."""
+
     loss: torch.Tensor  # mean over the global batch (all ranks and micro-batches)
     grad_norm: torch.Tensor  # before clipping
     applied: torch.Tensor  # 1.0 when the update was applied, 0.0 when skipped
@@ -34,6 +36,7 @@ class StepValues(typing.NamedTuple):
 class StepResult:
     """A step's numbers on the host. step: the step's index, which is also how many updates
     the weights had when its loss was measured."""
+
     step: int
     lr: float
     loss: float  # mean over the global batch (all ranks and micro-batches)
@@ -80,8 +83,14 @@ class StepWatch:
     """Reads each StepResult in order; every rank sees the same numbers, so every rank
     reaches the same decision to stop."""
 
-    def __init__(self, max_nonfinite: int, spike_factor: float, loss_scaling: bool,
-                 divergence_factor: float = 0.0, divergence_steps: int = 10):
+    def __init__(
+        self,
+        max_nonfinite: int,
+        spike_factor: float,
+        loss_scaling: bool,
+        divergence_factor: float = 0.0,
+        divergence_steps: int = 10,
+    ):
         self.max_nonfinite = max_nonfinite
         self.spike_factor = spike_factor
         self.divergence_factor, self.divergence_steps = divergence_factor, divergence_steps
@@ -100,8 +109,15 @@ class StepWatch:
         overflow = self.loss_scaling and math.isfinite(r.loss)
         if not math.isfinite(r.loss) or (not math.isfinite(r.grad_norm) and not overflow):
             self.nonfinite_streak.append(r.step)
-            events.append(dict(kind="nonfinite", step=r.step, loss=_num(r.loss), grad_norm=_num(r.grad_norm),
-                               in_a_row=len(self.nonfinite_streak)))
+            events.append(
+                dict(
+                    kind="nonfinite",
+                    step=r.step,
+                    loss=_num(r.loss),
+                    grad_norm=_num(r.grad_norm),
+                    in_a_row=len(self.nonfinite_streak),
+                )
+            )
             return events
         self.nonfinite_streak = []
         if not r.applied:  # the fp16 loss scaler's overflow: skipped, and the scale halves
@@ -110,14 +126,23 @@ class StepWatch:
         mean = sum(self.recent) / len(self.recent) if self.recent else None
         if self.divergence_factor and mean is not None and r.loss > self.divergence_factor * mean:
             self.diverging.append(r.step)
-            events.append(dict(kind="diverging", step=r.step, loss=r.loss, recent_mean=mean, ratio=r.loss / mean,
-                               in_a_row=len(self.diverging)))
+            events.append(
+                dict(
+                    kind="diverging",
+                    step=r.step,
+                    loss=r.loss,
+                    recent_mean=mean,
+                    ratio=r.loss / mean,
+                    in_a_row=len(self.diverging),
+                )
+            )
             return events
         self.diverging = []
         if self.spike_factor and len(self.recent) >= SPIKE_MIN_HISTORY:
             if r.loss > self.spike_factor * mean:
-                events.append(dict(kind="spike", step=r.step, loss=r.loss, recent_mean=mean,
-                                   ratio=r.loss / mean))
+                events.append(
+                    dict(kind="spike", step=r.step, loss=r.loss, recent_mean=mean, ratio=r.loss / mean)
+                )
         self.recent.append(r.loss)
         return events
 
@@ -141,15 +166,21 @@ def describe_event(event: dict) -> str:
     """The log line for an event from StepWatch.check."""
     kind, head = event["kind"], f"step {event['step']:,}: "
     if kind == "nonfinite":
-        return (head + f"loss {event['loss']}, grad norm {event['grad_norm']}: update not applied "
-                f"({event['in_a_row']} in a row)")
+        return (
+            head + f"loss {event['loss']}, grad norm {event['grad_norm']}: update not applied "
+            f"({event['in_a_row']} in a row)"
+        )
     if kind == "skipped":
         return head + "gradients overflowed in fp16: update skipped, loss scale lowered"
     if kind == "diverging":
-        return (head + f"loss {event['loss']:.4g} is {event['ratio']:.3g} x the mean of the steps before it "
-                f"({event['recent_mean']:.4f}): diverging ({event['in_a_row']} in a row)")
-    return (head + f"loss spike: {event['loss']:.4f} is {event['ratio']:.2f} x the mean of the "
-            f"steps before it ({event['recent_mean']:.4f})")
+        return (
+            head + f"loss {event['loss']:.4g} is {event['ratio']:.3g} x the mean of the steps before it "
+            f"({event['recent_mean']:.4f}): diverging ({event['in_a_row']} in a row)"
+        )
+    return (
+        head + f"loss spike: {event['loss']:.4f} is {event['ratio']:.2f} x the mean of the "
+        f"steps before it ({event['recent_mean']:.4f})"
+    )
 
 
 def _num(x: float):

@@ -1,6 +1,7 @@
 """Why a run stops, and what each reason means: the process's exit status and whether the
 run saves a checkpoint where it stopped. decide() is the one place a step's outcome becomes
 a reason; train.py acts on it and TrainConfig.should_save reads it."""
+
 import enum
 
 from parallel.preemption import EXIT_PREEMPTED
@@ -8,6 +9,7 @@ from parallel.preemption import EXIT_PREEMPTED
 
 class Stop(enum.Enum):
     """The reasons, in order of precedence: when several hold after a step, the first wins."""
+
     NONFINITE = "nonfinite"  # too many non-finite steps in a row
     DIVERGED = "diverged"  # too many steps in a row with a loss far above its level before them
     PREEMPTED = "preempted"  # a preemption signal reached a rank
@@ -30,6 +32,11 @@ class Stop(enum.Enum):
 def decide(broken: "Stop | None", preempted: bool, at_max_steps: bool, patience_spent: bool) -> Stop | None:
     """Why the run stops after this step, or None to go on. broken: what the step numbers
     say (step_stats.StepWatch.broken: NONFINITE, DIVERGED or None)."""
-    holds = {Stop.NONFINITE: broken is Stop.NONFINITE, Stop.DIVERGED: broken is Stop.DIVERGED,
-             Stop.PREEMPTED: preempted, Stop.MAX_STEPS: at_max_steps, Stop.EARLY_STOPPING: patience_spent}
+    holds = {
+        Stop.NONFINITE: broken is Stop.NONFINITE,
+        Stop.DIVERGED: broken is Stop.DIVERGED,
+        Stop.PREEMPTED: preempted,
+        Stop.MAX_STEPS: at_max_steps,
+        Stop.EARLY_STOPPING: patience_spent,
+    }
     return next((reason for reason in Stop if holds[reason]), None)
