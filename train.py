@@ -55,7 +55,6 @@ from text.loader import (
     read_mixture_metas,
 )
 from text.tokenizer import load_tokenizer
-from training import stopping
 from training.config import ConfigError, TrainConfig, help_text, load_config
 from training.memory import checkpoint_bytes
 from training.plan import format_plan, make_plan
@@ -65,7 +64,7 @@ from training.resolve import Machine, Resolved, resolve
 from training.schedule import lr_at
 from training.state import TrainState
 from training.step_stats import HostCopies, StepValues, StepWatch
-from training.stopping import Stop
+from training.stopping import Stop, decide
 
 
 def main(argv=None) -> int:
@@ -128,7 +127,7 @@ def launch(cfg: TrainConfig, metas: dict, writer: bool) -> int:
 
 
 def train(run, preempt: PreemptionSignal) -> Stop:
-    """Train until one of the reasons in stopping.Stop; return it."""
+    """Train until one of the reasons in Stop; return it."""
     cfg, state = run.cfg, run.state
     if state.step >= cfg.max_steps:
         return finish(
@@ -241,7 +240,7 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
         improved = patience_spent = False
         if cfg.should_evaluate(done) and not (preempted or watch.broken):
             improved, patience_spent = evaluate_and_track(run)
-        stop = stopping.decide(
+        stop = decide(
             broken=watch.broken,
             preempted=preempted,
             at_max_steps=done >= cfg.max_steps,
