@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
+from parallel.devices import PRECISIONS, autocast, dtype_name, pick_device, pick_dtype
 from storage.atomic_files import write_json
 from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 from text import multiple_choice as mc
@@ -76,7 +76,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
-        "--dtype", default="auto", choices=DTYPES, help="auto: bf16 autocast on a GPU, fp32 on a CPU"
+        "--dtype", default="auto", choices=PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on a CPU"
     )
     p.add_argument(
         "--out", default="evaluation.json", help="the JSON results file (written whole or not at all)"

@@ -39,7 +39,8 @@ from storage.weights import load_weights, resolve_checkpoint, tokenizer_meta
 from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
 
 SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# what --dtype may name: the dtype of the weights in the exported file
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GPTConfig fields and what GPT-2's format does with them; any other field is an error,
 # because a field export.py does not know may change what the model computes.
 KNOWN_FIELDS = {
@@ -151,7 +152,7 @@ def _json_bytes(obj) -> bytes:
 
 
 def hf_tensors(state: dict, cfg: GPTConfig, dtype_name: str) -> dict:
-    tensors = to_hf_state_dict(state, cfg, DTYPES[dtype_name])
+    tensors = to_hf_state_dict(state, cfg, WEIGHT_DTYPES[dtype_name])
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise ValueError(
@@ -285,7 +286,9 @@ def parse_args(argv=None):
         "(default: best of the newest run in checkpoints/)",
     )
     p.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights' dtype in the file")
+    p.add_argument(
+        "--dtype", default="float32", choices=sorted(WEIGHT_DTYPES), help="weights' dtype in the file"
+    )
     p.add_argument("--out_dir", default="checkpoints", help="where to look for runs without --checkpoint")
     return p.parse_args(argv)
 

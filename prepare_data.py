@@ -46,7 +46,7 @@ from text.corpus import (
     iter_documents,
     resolve_inputs,
 )
-from text.loader import DTYPES, INCOMPLETE_MARKER, MORE_DOCUMENTS
+from text.loader import INCOMPLETE_MARKER, MORE_DOCUMENTS, TOKEN_DTYPES
 from text.tokenizer import get_tokenizer, load_tokenizer
 
 CHUNK_CHARS = 1 << 18  # per task: amortises IPC, and keeps the last (lone) task short
@@ -88,7 +88,7 @@ def forced_assignments(n_docs: int, train_docs: int, val_docs: int, plan: SplitP
 
 def token_dtype(n_vocab: int) -> np.dtype:
     """Little-endian uint16 when every id fits (nanoGPT's format), else uint32."""
-    for dtype in DTYPES.values():  # the formats the loader reads, smallest first
+    for dtype in TOKEN_DTYPES.values():  # the formats the loader reads, smallest first
         if n_vocab <= np.iinfo(dtype).max + 1:
             return dtype
     raise ValueError(f"vocabulary of {n_vocab} ids does not fit in uint32; use a smaller tokenizer")

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from model import KVCache
-from parallel.devices import DTYPES, autocast, pick_device, pick_dtype
+from parallel.devices import PRECISIONS, autocast, pick_device, pick_dtype
 from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 from text.tokenizer import load_tokenizer
 
@@ -176,7 +176,7 @@ def parse_args(argv=None):
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--dtype", default="auto", choices=PRECISIONS)
     p.add_argument("--stop_at_eot", action="store_true", help="end a sample at the end-of-text token")
     p.add_argument("--no_cache", action="store_true", help="disable the KV cache (slower)")
     p.add_argument("--out_dir", default="checkpoints", help="where to look for runs without --checkpoint")

@@ -22,7 +22,7 @@ import time
 import torch
 
 from model import GPT, PRESETS, GPTConfig
-from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
+from parallel.devices import PRECISIONS, autocast, dtype_name, pick_device, pick_dtype
 from storage.atomic_files import write_json
 from text import multiple_choice as mc
 from text.tokenizer import get_tokenizer
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--batch_tokens", type=int, default=mc.BATCH_TOKENS)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--dtype", default="auto", choices=PRECISIONS)
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
 

@@ -7,7 +7,8 @@ import re
 import torch
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+# what --dtype may name: the precision a process computes in ("auto": decided by the device)
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak, FLOP/s, from NVIDIA datasheets.
 # Lookup is by substring, longest key first, so "H100 PCIe" beats "H100" and "L40S" beats "L4".
@@ -45,8 +46,8 @@ def check_device_name(name: str):
 
 
 def check_dtype_name(name: str):
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name not in PRECISIONS:
+        raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)}, got {name!r}")
 
 
 def pick_device(name: str, local_rank: int | None = None) -> torch.device:

@@ -25,7 +25,10 @@ from text.tokenizer import GPT2_EOT_ID, get_tokenizer
 
 SPLITS = {"train": 0, "val": 1}
 INCOMPLETE_MARKER = ".incomplete"  # prepare_data.py holds it while it writes a dataset
-DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}  # little-endian, as nanoGPT writes
+TOKEN_DTYPES = {
+    "uint16": np.dtype("<u2"),
+    "uint32": np.dtype("<u4"),
+}  # token files: little-endian, as nanoGPT writes
 # The fix for an empty split, which prepare_data.py gives when it writes one and read_meta when it refuses it.
 MORE_DOCUMENTS = (
     "give the corpus two or more documents (documents are split whole): several .txt files "
@@ -56,7 +59,7 @@ def read_meta(data_dir: str) -> dict:
                 f"{MORE_DOCUMENTS}, and rerun `{_prepare_hint(data_dir)}`"
             )
     meta = _read_meta_files(data_dir)
-    itemsize = DTYPES[meta["dtype"]].itemsize
+    itemsize = TOKEN_DTYPES[meta["dtype"]].itemsize
     for split, path in paths.items():
         size = os.path.getsize(path)
         if size % itemsize:
@@ -128,12 +131,12 @@ def _read_meta_json(path: str, data_dir: str) -> dict:
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             want = "a string" if kind is str else "a whole number"
             raise ValueError(f"{path}: {key} is {meta[key]!r}, not {want}; {fix}")
-    if meta["dtype"] not in DTYPES:
+    if meta["dtype"] not in TOKEN_DTYPES:
         raise ValueError(
             f"{path}: dtype {meta['dtype']!r} is not uint16 or uint32, the token "
             f"formats this loader reads; {fix}"
         )
-    capacity = np.iinfo(DTYPES[meta["dtype"]]).max + 1
+    capacity = np.iinfo(TOKEN_DTYPES[meta["dtype"]]).max + 1
     if not 0 < meta["vocab_size"] <= capacity:
         raise ValueError(
             f"{path}: vocab_size {meta['vocab_size']:,} does not fit {meta['dtype']} "
@@ -251,7 +254,7 @@ def check_vocab(meta: dict, model_vocab: int, data_dir: str):
                 f"rerun `{_prepare_hint(data_dir)}`"
             )
         return
-    dtype = DTYPES[meta["dtype"]]
+    dtype = TOKEN_DTYPES[meta["dtype"]]
     if np.iinfo(dtype).max < model_vocab:
         return  # every id this dtype can hold fits
     paths = [os.path.join(data_dir, f"{split}.bin") for split in SPLITS]
@@ -308,7 +311,7 @@ class TokenWindows:
         vocab_limit: int | None = None,
     ):
         self.path = os.path.join(data_dir, f"{split}.bin")
-        self.dtype = DTYPES[meta["dtype"]]
+        self.dtype = TOKEN_DTYPES[meta["dtype"]]
         self.n_tokens = os.path.getsize(self.path) // self.dtype.itemsize
         self.block_size = block_size
         self.split_id = SPLITS[split]
