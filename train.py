@@ -447,10 +447,6 @@ class Run:
     state: TrainState
     reporter: Reporter
 
-    @property
-    def tokens_per_step(self) -> int:
-        return self.cfg.global_batch_size * self.model_cfg.block_size
-
 
 def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -> Start:
     """Every check that can fail, and every setting resolved, before any long work: data,
@@ -625,7 +621,7 @@ def build(start: Start, env: distributed.Dist) -> Run:
     reporter = Reporter(
         cfg,
         env,
-        cfg.global_batch_size * model_cfg.block_size,
+        start.resolved.tokens_per_step,
         flops_per_token(model_cfg),
         scaler,
         start.state.step,
@@ -658,7 +654,7 @@ def announce(run: Run, start: Start):
     """Rank 0: config.json (the config as resolved, and how), warnings, the start lines and
     the start record."""
     cfg, env, model_cfg, state, say = run.cfg, run.env, run.model_cfg, run.state, run.reporter.print
-    tokens_per_step = run.tokens_per_step
+    tokens_per_step, total_tokens = start.resolved.tokens_per_step, start.resolved.total_tokens
     fp8_layers = float8_layers(run.raw_model) if cfg.fp8 else []
     derived = dict(
         world_size=env.world,
@@ -670,7 +666,7 @@ def announce(run: Run, start: Start):
         resolved=start.resolved.to_dict(),
         fp8_layers=fp8_layers,
     )
-    derived["datasets"] = run.train_data.drawn(tokens_per_step * cfg.max_steps)  # tokens and epochs of each
+    derived["datasets"] = run.train_data.drawn(total_tokens)  # tokens and epochs of each
     write_json(os.path.join(cfg.run_dir, "config.json"), dict(config=cfg.to_dict(), derived=derived))
     epochs, source_list = max(d["epochs"] for d in derived["datasets"]), run.train_data.sources
     if cfg.dtype == "float16" and env.device.type == "cpu":
@@ -694,7 +690,7 @@ def announce(run: Run, start: Start):
         f"parallelism {cfg.parallelism}{' + offload' if cfg.offload else ''} ({start.resolved.why})\n"
         f"micro-batch {cfg.micro_batch_size} x accumulation {run.accumulation} x {env.world} "
         f"{env.device_kind} = {cfg.global_batch_size} sequences = {tokens_per_step:,} tokens per step\n"
-        f"{cfg.max_steps:,} steps = {tokens_per_step * cfg.max_steps:,} tokens = "
+        f"{cfg.max_steps:,} steps = {total_tokens:,} tokens = "
         + "; ".join(
             f"{d['epochs']:.2f} epochs of {os.path.join(d['data_dir'], 'train.bin')} "
             f"({source.n_tokens:,} tokens" + (f", weight {d['weight']:.2f})" if len(source_list) > 1 else ")")

@@ -473,14 +473,28 @@ class TokenMixture:
         return float(sum(losses[d] * w for d, w in zip(self.data_dirs, self.weights)))
 
     def drawn(self, total_tokens: int) -> list:
-        """For the planner and the report: each dataset's expected tokens and epochs of
-        a run that trains on total_tokens."""
-        return [
+        """Each dataset's expected tokens and epochs of a run that trains on total_tokens
+        (drawn())."""
+        return drawn(
+            total_tokens,
             {
-                "data_dir": d,
-                "weight": float(w),
-                "tokens": total_tokens * float(w),
-                "epochs": total_tokens * float(w) / source.n_tokens,
-            }
-            for d, w, source in zip(self.data_dirs, self.weights, self.sources)
-        ]
+                d: (float(w), source.n_tokens)
+                for d, w, source in zip(self.data_dirs, self.weights, self.sources)
+            },
+        )
+
+
+def drawn(total_tokens: int, datasets: dict) -> list:
+    """What a run that trains on total_tokens draws from each dataset, for the planner, the
+    start lines and config.json: datasets is {data_dir: (weight, its train tokens or None
+    where unknown)}; epochs are None where the train tokens are unknown."""
+    return [
+        dict(
+            data_dir=d,
+            weight=w,
+            tokens=total_tokens * w,
+            train_tokens=n,
+            epochs=total_tokens * w / n if n else None,
+        )
+        for d, (w, n) in datasets.items()
+    ]

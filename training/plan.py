@@ -10,6 +10,7 @@ import torch
 
 from model import GPT, count_params, float8_layers, flops_per_token, n_linear
 from parallel.devices import PEAK_FLOPS
+from text.loader import drawn
 from training.config import TrainConfig
 from training.memory import (
     CHECKPOINTING_NAMES,
@@ -54,25 +55,11 @@ def way_costs(way: Way, parts: dict) -> str:
     return "; ".join(parts[part] for part in way.parts) or "none"
 
 
-def _drawn(train_tokens, total_tokens: int) -> list:
-    """What a run draws from each dataset: train_tokens is one dataset's count (None:
-    unknown), or {data_dir: (weight, its train tokens or None)} of a mixture."""
-    data = train_tokens if isinstance(train_tokens, dict) else {"": (1.0, train_tokens)}
-    return [
-        dict(
-            data_dir=d,
-            weight=w,
-            tokens=total_tokens * w,
-            train_tokens=n,
-            epochs=total_tokens * w / n if n else None,
-        )
-        for d, (w, n) in data.items()
-    ]
-
-
 def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) -> dict:
     """Everything --dry_run prints, as plain numbers (format_plan renders it). The config is
-    resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it."""
+    resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it.
+    train_tokens: one dataset's train tokens (None: unknown, not prepared yet), or
+    {data_dir: (weight, its train tokens or None)} of a mixture."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if not 0 < cfg.plan_mfu <= 1:
@@ -82,10 +69,10 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) 
     )
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
     n_stored, _ = param_counts(model_cfg)
-    datasets = _drawn(train_tokens, cfg.global_batch_size * model_cfg.block_size * cfg.max_steps)
     accumulation = cfg.accumulation(world_size)
-    tokens_per_step = cfg.global_batch_size * model_cfg.block_size
-    total_tokens = tokens_per_step * cfg.max_steps
+    tokens_per_step, total_tokens = resolved.tokens_per_step, resolved.total_tokens
+    one_dataset = {"": (1.0, train_tokens)}
+    datasets = drawn(total_tokens, train_tokens if isinstance(train_tokens, dict) else one_dataset)
     fpt = flops_per_token(model_cfg)
     total_flops = fpt * total_tokens
     with torch.device("meta"):

@@ -64,6 +64,16 @@ class Resolved:
     machine: Machine
 
     @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on: the global batch of full-length sequences."""
+        return self.cfg.global_batch_size * self.model_cfg.block_size
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens the whole run trains on."""
+        return self.tokens_per_step * self.cfg.max_steps
+
+    @property
     def joins_process_group(self) -> bool:
         """Several processes train together; FSDP shards over a mesh even of one."""
         return self.machine.world_size > 1 or self.way.parallelism == "fsdp"
