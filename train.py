@@ -416,6 +416,7 @@ class Start:
     """What prepare() found and decided, before any process group exists."""
 
     resolved: Resolved
+    accumulation: int  # micro-batches per rank per step
     device: torch.device
     meta: dict
     train_data: TokenMixture
@@ -456,7 +457,8 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     meta = next(iter(metas.values()))
     task_examples = mc.read_tasks(cfg.eval_tasks)  # every line of every task file, before anything slow
     world = distributed.world_size_from_env()
-    cfg.accumulation(world)  # refuses a batch that does not split over the ranks
+    # a batch that does not split over the ranks is refused before any checkpoint is read
+    accumulation = cfg.accumulation(world)
     resume_path, source = find_resume(cfg, writer)
     source_path = resume_path or cfg.init_from
     if cfg.init_from:
@@ -491,7 +493,17 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
         if warning:
             print(warning)
     return Start(
-        resolved, device, meta, train_data, val_data, tasks, source, source_path, bool(resume_path), state
+        resolved,
+        accumulation,
+        device,
+        meta,
+        train_data,
+        val_data,
+        tasks,
+        source,
+        source_path,
+        bool(resume_path),
+        state,
     )
 
 
@@ -635,7 +647,7 @@ def build(start: Start, env: distributed.Dist) -> Run:
         start.train_data,
         start.val_data,
         start.tasks,
-        cfg.accumulation(env.world),
+        start.accumulation,
         raw_model,
         model,
         optimizer,
