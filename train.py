@@ -289,7 +289,8 @@ def evaluate_and_track(run) -> tuple[bool, bool]:
         if run.tasks
         else {}
     )
-    improved = state.record_eval(val, cfg.early_stopping_metric, scores.get(cfg.early_stopping_metric))
+    improved = state.record_val_loss(val)
+    state.record_watched(cfg.early_stopping_metric, {"val_loss": val, **scores}[cfg.early_stopping_metric])
     per_dataset = (
         {
             DATASET_LOSS + name: loss
@@ -301,7 +302,7 @@ def evaluate_and_track(run) -> tuple[bool, bool]:
     run.reporter.evaluation(
         state.step, val, train_estimate, improved, state.elapsed_s, {**per_dataset, **scores}
     )
-    return improved, 0 < cfg.early_stopping_patience <= state.evals_without_improvement
+    return improved, state.patience_spent(cfg.early_stopping_patience)
 
 
 def dataset_names(data_dirs: list) -> list:

@@ -30,27 +30,36 @@ class TrainState:
             state.best_watched = state.best_val_loss
         return state
 
-    def record_eval(self, val_loss: float, metric: str = "val_loss", value: float | None = None) -> bool:
-        """Count an evaluation after `step` updates; True when its val loss is the best so far
-        (best_model.pt follows the val loss). The weights a run starts from (untrained, or
-        --init_from's) are its baseline, never a best model, and a best must beat them; a NaN
-        or inf is never best. Early stopping's patience follows `metric`, whose value this
-        evaluation measured (None: the val loss), from its value at the baseline: lower is
-        better for a *_loss, higher for an accuracy; a new metric starts its count afresh."""
-        value = (
-            val_loss if value is None else value if metric.endswith("_loss") else -value
-        )  # lower is better
-        if self.step == 0:  # the baseline: of the best model, and of early stopping's metric
-            self.baseline_val_loss = val_loss if math.isfinite(val_loss) else math.inf
-            self.watched, self.best_watched = metric, value if math.isfinite(value) else math.inf
+    def record_val_loss(self, val_loss: float) -> bool:
+        """Count an evaluation's val loss after `step` updates for best_model.pt; True when it
+        is the best so far. The weights a run starts from (untrained, or --init_from's) are
+        its baseline, never a best model, and a best must beat them; a NaN or inf is never
+        best."""
+        finite = math.isfinite(val_loss)
+        if self.step == 0:
+            self.baseline_val_loss = val_loss if finite else math.inf
             return False
-        improved = math.isfinite(val_loss) and val_loss < min(self.best_val_loss, self.baseline_val_loss)
+        improved = finite and val_loss < min(self.best_val_loss, self.baseline_val_loss)
         if improved:
             self.best_val_loss = val_loss
+        return improved
+
+    def record_watched(self, metric: str, value: float):
+        """Count an evaluation of early stopping's metric (its value as measured: lower is
+        better for a *_loss, higher for an accuracy) after `step` updates: from its value at
+        step 0, evals_without_improvement counts the evaluations since its last best. A NaN
+        is never a best; a metric other than the one watched so far starts the count afresh."""
+        value = value if metric.endswith("_loss") else -value  # as a loss: lower is better
+        if self.step == 0:  # the baseline
+            self.watched, self.best_watched = metric, value if math.isfinite(value) else math.inf
+            return
         if metric != self.watched:
             self.watched, self.best_watched, self.evals_without_improvement = metric, math.inf, 0
         better = math.isfinite(value) and value < self.best_watched
         if better:
             self.best_watched = value
         self.evals_without_improvement = 0 if better else self.evals_without_improvement + 1
-        return improved
+
+    def patience_spent(self, patience: int) -> bool:
+        """Early stopping: `patience` evaluations in a row without a best (0: never stop)."""
+        return 0 < patience <= self.evals_without_improvement
