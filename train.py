@@ -97,15 +97,17 @@ def main(argv=None) -> int:
         cfg.datasets()
     )  # data that cannot be used is refused before the run folder exists
     check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
-    writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
-    with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
-        return launch(cfg, metas, writer)
+    process = distributed.local_process(cfg.device)
+    # rank 0 writes the run folder, and alone holds its lock
+    with run_lock.hold(cfg.run_dir) if process.master else contextlib.nullcontext():
+        return launch(cfg, metas, process)
 
 
-def launch(cfg: TrainConfig, metas: dict, writer: bool) -> int:
-    """Prepare (alone), join the other processes, build, train; the exit status."""
-    start = prepare(cfg, metas, distributed.local_device(cfg.device), writer)
-    env = distributed.setup(start.device, cfg.collective_timeout_s, join=start.resolved.joins_process_group)
+def launch(cfg: TrainConfig, metas: dict, process: distributed.Dist) -> int:
+    """Prepare (alone), join the other processes, build, train; the exit status. process:
+    this one's rank, world size and device, before any process group."""
+    start = prepare(cfg, metas, process)
+    env = distributed.setup(process.device, cfg.collective_timeout_s, join=start.resolved.joins_process_group)
     clean, run = False, None
     try:
         with PreemptionSignal() as preempt:
@@ -418,7 +420,6 @@ class Start:
 
     resolved: Resolved
     accumulation: int  # micro-batches per rank per step
-    device: torch.device
     meta: dict
     train_data: TokenMixture
     val_data: TokenMixture
@@ -450,23 +451,24 @@ class Run:
     reporter: Reporter
 
 
-def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -> Start:
+def prepare(cfg: TrainConfig, metas: dict, process: distributed.Dist) -> Start:
     """Every check that can fail, and every setting resolved, before any long work: data,
     tasks, the checkpoint to resume or start from, the model's shape, how the run runs.
-    metas: each dataset's (one tokenizer). writer: this process writes the run folder (rank
-    0): it alone sets corrupt checkpoints aside and warns about disk space."""
+    metas: each dataset's (one tokenizer). Rank 0 (process.master), which writes the run
+    folder, alone sets corrupt checkpoints aside and warns about disk space."""
     meta = next(iter(metas.values()))
     task_examples = mc.read_tasks(cfg.eval_tasks)  # every line of every task file, before anything slow
-    world = distributed.world_size_from_env()
     # a batch that does not split over the ranks is refused before any checkpoint is read
-    accumulation = cfg.accumulation(world)
-    resume_path, source = find_resume(cfg, writer)
+    accumulation = cfg.accumulation(process.world)
+    resume_path, source = find_resume(cfg, process.master)
     source_path = resume_path or cfg.init_from
     if cfg.init_from:
         source = load_weights(resolve_checkpoint(cfg.init_from))
     if resume_path:
         check_same_data(cfg, source, resume_path)
-    resolved = resolve(cfg, Machine.of(device, world), model_shape(cfg, meta, source, resume_path))
+    resolved = resolve(
+        cfg, Machine.of(process.device, process.world), model_shape(cfg, meta, source, resume_path)
+    )
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
     for data_dir, data_meta in metas.items():
         check_vocab(data_meta, model_cfg.vocab_size, data_dir)
@@ -485,7 +487,7 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
             f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
             f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)"
         )
-    if writer:
+    if process.master:
         ckpt.prune(
             cfg.run_dir, cfg.keep_last
         )  # a resumed run keeps no more than keep_last says, from the start
@@ -496,7 +498,6 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     return Start(
         resolved,
         accumulation,
-        device,
         meta,
         train_data,
         val_data,
@@ -508,11 +509,12 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     )
 
 
-def find_resume(cfg: TrainConfig, writer: bool) -> tuple[str | None, dict | None]:
+def find_resume(cfg: TrainConfig, master: bool) -> tuple[str | None, dict | None]:
     """The checkpoint to resume from and its contents ((None, None): a fresh run), checking the
-    folder either way. A corrupt newest checkpoint is passed over (weights.load_resume)."""
+    folder either way. A corrupt newest checkpoint is passed over (weights.load_resume); rank 0
+    (master) says so and sets it aside."""
     if cfg.resume:
-        path, source = load_resume(cfg.resume, cfg.run_dir, say=print if writer else None, set_aside=writer)
+        path, source = load_resume(cfg.resume, cfg.run_dir, say=print if master else None, set_aside=master)
         if path is None and cfg.resume == "latest":
             raise ConfigError(
                 f"--resume: no checkpoint_step_N.pt in {cfg.run_dir}; drop --resume to start fresh"

@@ -32,6 +32,9 @@ FAILURE_GRACE_S = 10  # after a collective fails, how long ranks wait to hear wh
 
 @dataclasses.dataclass
 class Dist:
+    """A process's place in a launch: its rank, the world size and its device (local_process(),
+    before any process group), and once setup() has joined the group, what talks to the others."""
+
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
@@ -41,6 +44,8 @@ class Dist:
 
     @property
     def master(self) -> bool:
+        """Rank 0: the one process that writes the run folder (checkpoints, logs, report) and
+        holds its lock."""
         return self.rank == 0
 
     @property
@@ -67,6 +72,12 @@ def local_device(device_name: str) -> torch.device:
         torch.cuda.set_device(device)
     configure(device)
     return device
+
+
+def local_process(device_name: str) -> Dist:
+    """This process's rank, world size and device (local_device()), from torchrun's
+    environment, before any process group exists."""
+    return Dist(rank_from_env(), world_size_from_env(), local_device(device_name))
 
 
 def setup(device: torch.device, timeout_s: int, join: bool) -> Dist:

@@ -2,8 +2,8 @@
 TensorBoard (metrics.RunLog), the lines it prints (through the progress bar when there is
 one), and the throughput meter behind each step record's tokens/s and MFU.
 
-Every rank makes a Reporter and calls it at the same points; only rank 0's writes or
-prints anything (`writes`), so the loop needs no rank check of its own to report.
+Every rank makes a Reporter and calls it at the same points; only rank 0 (env.master)
+writes or prints anything, so the loop needs no rank check of its own to report.
 """
 
 import math
@@ -27,7 +27,6 @@ class Reporter:
         TensorBoard drops what the launch before logged from there on."""
         self.cfg, self.env, self.scaler = cfg, env, scaler
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
-        self.writes = env.master
         self.peak = peak_flops(torch.cuda.get_device_name(env.device)) if env.device.type == "cuda" else None
         self.meter = Throughput()
         self.log = (
@@ -39,18 +38,20 @@ class Reporter:
                 run_name=cfg.run_name,
                 config=cfg.to_dict(),
             )
-            if self.writes
+            if self.env.master
             else None
         )
         self.bar = None
-        if self.writes and cfg.progress_bar and sys.stderr.isatty():  # in a log file, redraws bury the lines
+        if (
+            self.env.master and cfg.progress_bar and sys.stderr.isatty()
+        ):  # in a log file, redraws bury the lines
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def print(self, line: str):
         """A line for the user, above the progress bar when there is one."""
-        if not self.writes:
+        if not self.env.master:
             return
         if self.bar is not None:
             self.bar.write(line)
@@ -59,7 +60,7 @@ class Reporter:
 
     def record(self, record: dict):
         """One metrics.jsonl record (and its numbers in TensorBoard)."""
-        if self.writes:
+        if self.env.master:
             self.log.log(record)
 
     def paused(self):
@@ -70,7 +71,7 @@ class Reporter:
         """One finished step, in order: its events (non-finite, skipped, spikes) always, and
         on a log step (TrainConfig.should_log) its record and line."""
         self.meter.add(self.tokens_per_step)
-        if not self.writes:
+        if not self.env.master:
             return
         if self.bar is not None:
             self.bar.update(1)
@@ -144,7 +145,7 @@ class Reporter:
 
     def end(self, step: int, elapsed_s: float, reason: str, message: str):
         """The end record, then the closing message and report.md."""
-        if not self.writes:
+        if not self.env.master:
             return
         self.record(dict(kind="end", step=step, elapsed_s=elapsed_s, reason=reason))
         self.close()
