@@ -16,6 +16,8 @@ prepare() does every check and resolves every setting before any process group o
 work, and build() makes what the loop needs; the rest are their small helpers.
 """
 
+from __future__ import annotations  # the loop takes a Run, defined further down with build()
+
 import contextlib
 import dataclasses
 import math
@@ -128,7 +130,7 @@ def launch(cfg: TrainConfig, metas: dict, process: distributed.Dist) -> int:
     return stop.exit_code
 
 
-def train(run, preempt: PreemptionSignal) -> Stop:
+def train(run: Run, preempt: PreemptionSignal) -> Stop:
     """Train until one of the reasons in Stop; return it."""
     cfg, state = run.cfg, run.state
     if state.step >= cfg.max_steps:
@@ -208,7 +210,7 @@ def train_step(
     return StepValues(loss=loss, grad_norm=grad_norm.float(), applied=applied.float())
 
 
-def micro_batches(run, step: int) -> list:
+def micro_batches(run: Run, step: int) -> list:
     """This rank's micro-batches of step's global batch, each with its dropout seed."""
     cfg, env, out = run.cfg, run.env, []
     for micro in range(run.accumulation):
@@ -225,7 +227,7 @@ def dropout_seed(seed: int, step: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
 
 
-def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> Stop | None:
+def after_step(run: Run, copies: HostCopies, watch: StepWatch, signalled: bool) -> Stop | None:
     """Everything between two updates, in order: report the finished steps, evaluate and
     save where due, and decide whether the run stops (None: go on). state.step counts the
     updates done; signalled: a preemption signal reached this rank."""
@@ -271,7 +273,7 @@ def evaluate(model, windows: TokenWindows, cfg: TrainConfig, env: distributed.Di
     return distributed.all_reduce_sum(total, env).item() / cfg.eval_batches
 
 
-def evaluate_and_track(run) -> tuple[bool, bool]:
+def evaluate_and_track(run: Run) -> tuple[bool, bool]:
     """Evaluate: val loss on each dataset and their weighted mean (what best_model.pt and
     early stopping follow), an estimate of the train loss, and eval_tasks' accuracies; report
     them. (a new best, early stopping's patience spent)."""
@@ -369,12 +371,12 @@ def save_best(run, step_path: str | None):
     distributed.barrier(run.env)
 
 
-def finish(run, stop: Stop, message: str) -> Stop:
+def finish(run: Run, stop: Stop, message: str) -> Stop:
     run.reporter.end(run.state.step, run.state.elapsed_s, stop.value, message)
     return stop
 
 
-def stop_message(stop: Stop, run, watch: StepWatch) -> str:
+def stop_message(stop: Stop, run: Run, watch: StepWatch) -> str:
     state = run.state
     if stop in (Stop.NONFINITE, Stop.DIVERGED):
         steps = watch.streak
@@ -423,7 +425,7 @@ class Start:
     meta: dict
     train_data: TokenMixture
     val_data: TokenMixture
-    tasks: list  # multiple_choice.Task: each of eval_tasks' fixed subset, encoded
+    tasks: list[mc.Task]  # each of eval_tasks' fixed subset, encoded
     source: dict | None  # the checkpoint resumed or started from (weights, optimizer, state)
     source_path: str
     resumed: bool
@@ -440,13 +442,13 @@ class Run:
     meta: dict
     train_data: TokenMixture
     val_data: TokenMixture
-    tasks: list
+    tasks: list[mc.Task]
     accumulation: int
     raw_model: GPT
     model: torch.nn.Module  # raw_model, compiled and/or wrapped in DDP
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    autocast: object
+    autocast: contextlib.AbstractContextManager  # mixed precision for forward passes
     state: TrainState
     reporter: Reporter
 
