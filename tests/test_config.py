@@ -1,12 +1,13 @@
+import ast
 import glob
 import os
+import re
 import sys
 
 import pytest
 
 import model
 from training.config import (
-    MODEL_FIELDS,
     ConfigError,
     TrainConfig,
     help_text,
@@ -104,68 +105,98 @@ def test_every_shipped_config_loads_with_each_of_its_values():
         cfg = load_config([f])
         written = read_config_file(f)
         assert written, f
-        for key, value in written.items():  # none dropped, none left as the file's raw type
-            assert getattr(cfg, key) == parse_value(key, value), (f, key)
+        for key, value in written.items():  # none dropped, none replaced by a default
+            assert getattr(cfg, key) == (tuple(value) if isinstance(value, list) else value), (f, key)
 
 
-def test_documented_runs_value_for_value():
-    p = load_config([os.path.join(ROOT, "config", "production_8gpu.py")])
-    assert (
-        p.max_steps,
-        p.save_interval,
-        p.log_interval,
-        p.micro_batch_size,
-        p.learning_rate,
-        p.warmup_steps,
-        p.global_batch_size,
-    ) == (590_625, 20_000, 3_000, 8, 3e-4, 11_812, 256)
-    assert p.global_batch_size // (p.micro_batch_size * 8) == 4  # gradient_accumulation_steps
-    assert p.model_config(50257).block_size == 1024
-    r = load_config([os.path.join(ROOT, "config", "train_300m.py")])
-    model_cfg = r.model_config(50257)
-    assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.block_size, r.dropout) == (24, 1024, 2048, 0.1)
-    assert (
-        r.global_batch_size,
-        r.learning_rate,
-        r.min_lr,
-        r.weight_decay,
-        r.warmup_steps,
-        r.max_steps,
-        r.grad_clip,
-        r.beta1,
-        r.beta2,
-        r.eps,
-        r.dtype,
-        r.save_interval,
-        r.eval_interval,
-        r.log_interval,
-    ) == (512, 6e-4, 6e-5, 0.1, 2000, 100_000, 1.0, 0.9, 0.95, 1e-8, "float16", 10_000, 1_000, 100)
+def doc_tables(heading: str) -> list:
+    """The rows (lists of cells) of the first table under `heading` in docs/reference_runs.md."""
+    with open(os.path.join(ROOT, "docs", "reference_runs.md")) as fh:
+        lines = fh.read().split(heading, 1)[1].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    rows = []
+    for ln in lines[start + 2 :]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return rows
 
 
-def test_shipped_documented_configs_plan_as_documented():
+def doc_value(cell: str):
+    """The value a cell of the docs starts with: a number (commas allowed) or a quoted string;
+    None when it starts with neither."""
+    m = re.match(r'`"([^"]*)"`|"([^"]*)"|([-+0-9.e,]+)(?:\s|$|\))', cell)
+    if not m:
+        return None
+    if m.group(3) is None:
+        return m.group(1) if m.group(1) is not None else m.group(2)
+    number = m.group(3).replace(",", "")
+    try:
+        return int(number)
+    except ValueError:
+        return float(number)
+
+
+@pytest.mark.parametrize(
+    "config,heading,at_least",
+    [("train_300m.py", "### 300M: our config", 18), ("production_8gpu.py", "### Production: our config", 14)],
+)
+def test_each_shipped_reference_config_holds_the_values_its_doc_table_names(config, heading, at_least):
+    """docs/reference_runs.md maps each documented setting to our field and value; the config
+    file must set exactly that (a config or a doc edited alone breaks this)."""
+    cfg = load_config([os.path.join(ROOT, "config", config)])
+    checked = 0
+    for _, _, fields_cell, value_cell in doc_tables(heading):
+        names = re.findall(r"`(\w+)`", fields_cell)
+        if not names or re.sub(r"`\w+`|,|\s", "", fields_cell):  # not a list of our fields alone
+            continue
+        values = re.split(r"[;,]\s+", value_cell) if len(names) > 1 else [value_cell]  # "1,000; 100"
+        for name, cell in zip(names, values):
+            if name in ("model", "dtype", "data_dir") or doc_value(cell) is not None:
+                want = doc_value(cell)
+                got = getattr(cfg, name)
+                assert got == want, (config, name, got, want)
+                checked += 1
+    assert checked >= at_least, f"only {checked} rows of {heading} could be read"
+
+
+def test_the_production_plan_gives_the_documented_batch_split_and_tokens():
+    documented = {row[0]: row[1] for row in doc_tables("### Production: as documented")}
+    cfg = load_config([os.path.join(ROOT, "config", "production_8gpu.py")])
     from training.plan import make_plan
 
-    p = load_config([os.path.join(ROOT, "config", "production_8gpu.py")])
-    plan = make_plan(p, p.plan_gpus, 50257, None)
-    assert (plan["accumulation"], plan["tokens_per_step"], plan["total_tokens"]) == (
-        4,
-        262_144,
-        154_828_800_000,
-    )
-    r = load_config([os.path.join(ROOT, "config", "train_300m.py")])
-    plan = make_plan(r, r.plan_gpus, 50257, 12_800_000_000)
-    assert (plan["accumulation"], plan["tokens_per_step"], plan["total_tokens"]) == (
-        16,
-        1_048_576,
-        104_857_600_000,
-    )
+    plan = make_plan(cfg, cfg.plan_gpus, 50257, None)
+    assert plan["micro_batch_size"] == doc_value(documented["`per_device_train_batch_size`"])
+    assert plan["accumulation"] == doc_value(documented["`gradient_accumulation_steps`"])
+    assert plan["tokens_per_step"] == doc_value(documented["tokens per step"])
+    assert f"{plan['total_tokens'] / 1e9:.1f}B" == documented["total tokens"].split()[0]
 
 
-def test_help_lists_every_key_with_its_doc():
-    text = help_text()
-    for name in TrainConfig.__dataclass_fields__:
-        assert f"--{name}=" in text
-    assert "peak learning rate" in text
+def default_and_doc(text: str) -> tuple:
+    """`(40.0, 80.0)   GPU memory sizes...` -> ((40.0, 80.0), "GPU memory sizes..."): the
+    shortest leading Python literal, then the rest."""
+    for i, c in enumerate(text):
+        if c == " ":
+            try:
+                return ast.literal_eval(text[:i]), text[i:].strip()
+            except (SyntaxError, ValueError):
+                continue
+    raise AssertionError(f"no default and doc in {text!r}")
+
+
+def test_help_shows_each_key_once_with_its_true_default_and_its_doc():
+    lines = [ln for ln in help_text().splitlines() if ln.startswith("  --")]
+    keys = [ln.split("=", 1)[0].strip()[2:] for ln in lines]
+    assert len(keys) == len(set(keys)) and {"max_steps", "data_mix", "min_lr", "plan_gpu_memory_gib"} <= set(
+        keys
+    )
+    defaults = TrainConfig()  # what a run that does not set the key gets
+    for line, key in zip(lines, keys):
+        shown, doc = default_and_doc(line.split("=", 1)[1])
+        assert shown == getattr(defaults, key) and doc, key
+    assert (
+        "--max_steps=100000" in help_text() and "optimizer steps to train" in lines[keys.index("max_steps")]
+    )
 
 
 def test_parse_value_types():
@@ -191,7 +222,7 @@ def test_batch_split_is_exact_or_a_helpful_error():
         TrainConfig(global_batch_size=256, micro_batch_size=12).accumulation(8)
 
 
-def test_cadences_each_written_once():
+def test_evaluation_save_and_log_steps_follow_their_intervals_extra_steps_and_the_end():
     cfg = TrainConfig(
         max_steps=100, eval_interval=30, save_interval=40, log_interval=25, warmup_steps=7, save_steps=(10,)
     )
@@ -201,18 +232,32 @@ def test_cadences_each_written_once():
     assert [s for s in range(101) if cfg.should_log(s)] == [0, 7, 10, 25, 40, 50, 75, 80, 100]
 
 
-def test_model_fields_come_from_the_model_config():
-    shared = {f.name for f in model.fields(model.GPTConfig)} & set(TrainConfig.__dataclass_fields__)
-    assert set(MODEL_FIELDS) == shared and {"n_layer", "n_embd", "bias", "dropout"} <= shared
-    cfg = load_config(["--model=tiny", "--n_embd=64", "--bias=False"])
+def test_every_model_setting_of_the_config_reaches_the_model():
+    """Each model field a user may set in a config changes the GPTConfig a run builds, and one
+    left unset keeps the preset's value."""
+    given = dict(
+        n_layer=3,
+        n_head=2,
+        n_embd=64,
+        block_size=48,
+        mlp_hidden=96,
+        bias=False,
+        dropout=0.25,
+        activation_checkpointing="selective",
+        loss_chunk=16,
+    )
+    cfg = load_config(["--model=tiny"] + [f"--{k}={v}" for k, v in given.items()])
     model_cfg = cfg.model_config(100)
-    assert (model_cfg.n_layer, model_cfg.n_embd, model_cfg.bias, model_cfg.vocab_size) == (4, 64, False, 100)
-    assert cfg.model_overrides() == {
+    assert {k: getattr(model_cfg, k) for k in given} == given and model_cfg.vocab_size == 100
+    assert cfg.model_overrides() == given
+    preset = model.preset_config("tiny", vocab_size=100)
+    partial = load_config(["--model=tiny", "--n_embd=64"])
+    assert partial.model_config(100).n_layer == preset.n_layer and partial.model_config(100).n_embd == 64
+    assert partial.model_overrides() == {
         "n_embd": 64,
-        "bias": False,
         "dropout": 0.0,
         "activation_checkpointing": False,
-    }  # loss_chunk: resolved per run
+    }  # dropout and checkpointing have run defaults of their own; loss_chunk is resolved per run
 
 
 def test_stops_that_save_and_the_zero_settings_for_benchmarks():
