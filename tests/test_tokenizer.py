@@ -51,7 +51,9 @@ def test_gpt2_round_trip_and_array_input(gpt2):
     ids = gpt2.encode(text)
     assert gpt2.decode(ids) == text
     assert gpt2.decode(np.array(ids, dtype=np.uint16)) == text
-    assert isinstance(gpt2.decode(list(range(gpt2.n_vocab))), str)  # every id decodes
+    every = gpt2.decode(list(range(gpt2.n_vocab)))  # every id decodes, each to some text
+    assert all(gpt2.decode([i]) for i in range(0, gpt2.n_vocab, 97)) and every.endswith("<|endoftext|>")
+    assert gpt2.decode(gpt2.encode(every)) == every  # and what it gives is text that round-trips
     for bad in (-1, 50257, 2**40):
         with pytest.raises(ValueError, match="outside the vocabulary"):
             gpt2.decode([1, bad])
