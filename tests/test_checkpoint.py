@@ -4,7 +4,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ def test_save_and_load_round_trip_with_weights_only(tmp_path):
     ckpt.save_checkpoint({"step": 5, "model": {"w": torch.arange(3.0)}, "config": {"a": None}}, path)
     obj = torch.load(path, weights_only=True)
     assert obj["kind"] == ckpt.KIND and obj["step"] == 5 and torch.equal(obj["model"]["w"], torch.arange(3.0))
-    assert os.listdir(tmp_path) == ["checkpoint_step_5.pt"]  # no temp file left
+    assert not ckpt_temp_files(tmp_path)  # no temp file left
 
 
 def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
@@ -50,13 +49,20 @@ def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
         ckpt.load_checkpoint(str(tmp_path / "missing.pt"))
 
 
+def ckpt_temp_files(folder) -> list:
+    """The temp files an unfinished atomic save leaves (.NAME.tmp.PID)."""
+    return [f for f in os.listdir(folder) if ".tmp." in f]
+
+
 def test_finding_runs_and_checkpoints(tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
-    for run, steps in ((old, (10,)), (new, (2, 10, 100))):
+    written = 1_700_000_000  # file times set, not waited for
+    for run, steps in ((new, (2, 10, 100)), (old, (10,))):
         run.mkdir()
         for s in steps:
-            ckpt.save_checkpoint({"step": s}, str(run / f"checkpoint_step_{s}.pt"))
-            time.sleep(0.01)
+            path = str(run / f"checkpoint_step_{s}.pt")
+            ckpt.save_checkpoint({"step": s}, path)
+            os.utime(path, (written + s, written + s))  # new's step 100 is written last
     assert ckpt.newest_run(str(tmp_path)) == str(new)
     assert ckpt.latest_checkpoint(str(new)).endswith("checkpoint_step_100.pt")  # by step, not name
     assert ckpt.best_or_latest(str(new)).endswith("checkpoint_step_100.pt")
@@ -65,24 +71,37 @@ def test_finding_runs_and_checkpoints(tmp_path):
     ckpt.prune(str(new), keep_last=1)
     assert [s for s, _ in ckpt.step_checkpoints(str(new))] == [100]
     assert ckpt.newest_run(str(tmp_path / "none")) is None
+    later = written + 1_000  # the most recent write decides, not the step number
+    os.utime(old / "checkpoint_step_10.pt", (later, later))
+    assert ckpt.newest_run(str(tmp_path)) == str(old)
 
 
-def test_a_kill_mid_save_leaves_the_previous_checkpoint(tmp_path):
+def test_a_kill_9_before_a_new_checkpoint_replaces_the_old_leaves_the_old_whole(tmp_path):
+    """The child is killed at the last instant before the rename: the new checkpoint written
+    in full beside the old one, the old one not yet replaced. Any earlier kill leaves less of
+    the new one and the old one just as untouched."""
     path = str(tmp_path / "checkpoint_step_1.pt")
     ckpt.save_checkpoint({"step": 1, "model": {"w": torch.ones(3)}}, path)
     code = (
-        "import sys; import torch; from storage import checkpoint as c\n"
-        f"big = {{'step': 2, 'model': {{'w': torch.randn(64, 1024, 1024)}}}}\n"
-        f"print('saving', flush=True)\n"
-        f"while True: c.save_checkpoint(big, {path!r})\n"
+        "import os, sys; import torch; from storage import checkpoint as c\n"
+        "def stop_before_the_rename(fd):\n"
+        "    print('written', flush=True)\n"
+        "    sys.stdin.read()  # until the test kills this process\n"
+        "os.fsync = stop_before_the_rename\n"
+        f"c.save_checkpoint({{'step': 2, 'model': {{'w': torch.randn(256, 1024)}}}}, {path!r})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "saving"
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    saved = ckpt.load_checkpoint(path)  # whatever instant the kill hit, the file is whole
-    assert saved["step"] in (1, 2)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "written"
+        assert ckpt_temp_files(tmp_path)  # the new checkpoint, whole, not yet renamed
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert ckpt.load_checkpoint(path)["step"] == 1  # the old one, whole
+    ckpt.remove_stale_temp_files(str(tmp_path))  # what a resume does with the leftover
+    assert os.listdir(tmp_path) == ["checkpoint_step_1.pt"]
 
 
 def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe(tmp_path):
@@ -104,7 +123,7 @@ def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe
     assert f"could not write {second}" in out and "File too large" in out
     assert "it needs about 4.0 MB" in out
     assert f"The previous checkpoint, {first}, is intact" in out and "--resume" in out
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint_step_1.pt"]  # no partial file, no temp file
+    assert not second.exists() and not ckpt_temp_files(tmp_path)  # no partial file, no temp file
     assert ckpt.load_checkpoint(str(first))["step"] == 1
 
 
