@@ -67,6 +67,7 @@ def test_finding_runs_and_checkpoints(tmp_path):
     assert ckpt.latest_checkpoint(str(new)).endswith("checkpoint_step_100.pt")  # by step, not name
     assert ckpt.best_or_latest(str(new)).endswith("checkpoint_step_100.pt")
     ckpt.save_checkpoint({"step": 10}, str(new / "best_model.pt"))
+    os.utime(new / "best_model.pt", (written + 50, written + 50))
     assert ckpt.best_or_latest(str(new)).endswith("best_model.pt")
     ckpt.prune(str(new), keep_last=1)
     assert [s for s, _ in ckpt.step_checkpoints(str(new))] == [100]
