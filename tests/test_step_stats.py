@@ -1,5 +1,4 @@
 import math
-import time
 
 import torch
 
@@ -66,13 +65,19 @@ def test_loss_spikes_are_flagged_against_the_recent_mean():
 
 
 def test_throughput_leaves_out_evaluations_and_saves():
-    meter = Throughput()
+    now = [100.0]
+    meter = Throughput(clock=lambda: now[0])
     meter.add(1000)
+    now[0] += 2.0  # training
     with meter.excluding():
-        time.sleep(0.2)
-    rate = meter.rate()
-    assert rate > 1000 / 0.2  # the 0.2 s inside excluding() is not in the denominator
+        now[0] += 30.0  # an evaluation
+    now[0] += 2.0
+    meter.add(1000)
+    assert meter.rate() == 2000 / 4.0  # the 30 s inside excluding() are not in the denominator
     assert meter.rate() is None  # a new interval with no tokens yet
+    now[0] += 1.0
+    meter.add(500)
+    assert meter.rate() == 500 / 1.0  # from the last rate() on, nothing excluded carried over
 
 
 def test_a_loss_that_stays_far_above_its_level_is_divergence_and_a_return_resets_it():

@@ -191,8 +191,9 @@ def _num(x: float):
 class Throughput:
     """Tokens per second of training between two log lines."""
 
-    def __init__(self):
-        self.start = time.perf_counter()
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock  # seconds, monotonic
+        self.start = clock()
         self.tokens = 0
         self.excluded = 0.0
 
@@ -202,15 +203,15 @@ class Throughput:
     @contextlib.contextmanager
     def excluding(self):
         """Time spent inside (evaluations, saves) is not training time."""
-        t = time.perf_counter()
+        t = self.clock()
         try:
             yield
         finally:
-            self.excluded += time.perf_counter() - t
+            self.excluded += self.clock() - t
 
     def rate(self) -> float | None:
         """Tokens/s since the last call (None if no tokens), then start a new interval."""
-        now = time.perf_counter()
+        now = self.clock()
         seconds = max(now - self.start - self.excluded, 1e-9)
         tokens, self.tokens, self.start, self.excluded = self.tokens, 0, now, 0.0
         return tokens / seconds if tokens else None
