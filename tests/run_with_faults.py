@@ -3,6 +3,8 @@
     FAULT=hang:RANK:STEP           rank RANK stops answering before training step STEP
     FAULT=die_once:RANK:STEP:FILE  rank RANK dies at step STEP, once (FILE records that it did)
     FAULT=slow:SECONDS             every step takes at least SECONDS longer
+    FAULT=pause:STEP               every rank waits before training step STEP until a
+                                   preemption signal reaches it (then the run goes on)
     torchrun ... tests/run_with_faults.py ARGS...   (ARGS as for train.py)
 
 When the process exits it prints THREADS_AT_EXIT=<names of the threads still alive>, so
@@ -18,10 +20,21 @@ import time
 import train
 
 
+class WatchedSignal(train.PreemptionSignal):
+    """train.py's PreemptionSignal, which FAULT=pause can see."""
+
+    current = None
+
+    def __enter__(self):
+        WatchedSignal.current = super().__enter__()
+        return WatchedSignal.current
+
+
 def inject(spec: str):
     kind, *args = spec.split(":")
     rank = int(os.environ.get("RANK", "0"))
     real = train.micro_batches
+    train.PreemptionSignal = WatchedSignal
 
     def micro_batches(run, step):
         if kind == "hang" and rank == int(args[0]) and step == int(args[1]):
@@ -40,6 +53,10 @@ def inject(spec: str):
             os._exit(1)
         if kind == "slow":
             time.sleep(float(args[0]))
+        if kind == "pause" and step == int(args[0]):
+            print(f"rank {rank}: paused at step {step}", flush=True)
+            while WatchedSignal.current.received is None:  # a condition, not a duration
+                time.sleep(0.01)
         return real(run, step)
 
     train.micro_batches = micro_batches

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ def test_the_handler_records_the_signal_and_restores_the_previous_one():
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
-def slow_run(tiny_args, name):
+def preemptible_run(tiny_args, name):
     # lr_decay_steps fixes the schedule, so a run cut short and resumed to max_steps=10
     # trains exactly as one that ran to 10
     return tiny_args + [
@@ -39,18 +38,17 @@ def slow_run(tiny_args, name):
     ]
 
 
-def signal_after_step(proc, run_dir, step, sig):
-    """Send sig to proc once the run has logged step's loss."""
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and any(
-            r["step"] >= step for r in records(run_dir, "train")
-        ):
-            proc.send_signal(sig)
-            return
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"the run never reached step {step}")
+def signal_when_paused(proc, sig, ranks=1) -> str:
+    """Send sig to proc once its `ranks` processes wait at FAULT=pause's step; the output so far."""
+    seen, out = 0, []
+    while seen < ranks:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail("the run ended before it paused:\n" + "".join(out)[-3000:])
+        out.append(line)
+        seen += "paused at step" in line
+    proc.send_signal(sig)
+    return "".join(out)
 
 
 def check_resumes_exactly(tiny_args, preempted, reference_name="whole", exact=True):
@@ -60,12 +58,12 @@ def check_resumes_exactly(tiny_args, preempted, reference_name="whole", exact=Tr
     end = records(run, "end")[-1]
     assert end["reason"] == "preempted"
     assert ckpt.latest_checkpoint(run).endswith(ckpt.step_file(end["step"]))  # saved where it stopped
-    assert 2 <= end["step"] < 10
+    assert end["step"] == 3  # the step the signal reached the run in (pause:2) is finished, no more
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocess ran (OMP_NUM_THREADS=1): the same float sums
     try:
         train.main(preempted + ["--max_steps=10", "--resume"])
-        whole = slow_run(tiny_args, reference_name) + ["--max_steps=10"]
+        whole = preemptible_run(tiny_args, reference_name) + ["--max_steps=10"]
         train.main(whole)
     finally:
         torch.set_num_threads(threads)
@@ -80,8 +78,8 @@ def check_resumes_exactly(tiny_args, preempted, reference_name="whole", exact=Tr
 
 def test_sigterm_saves_and_exits_75_then_resumes_exactly(tiny_args):
     """One process, as `python train.py` under a scheduler: bit-identical after resume."""
-    args = slow_run(tiny_args, "one")
-    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="slow:0.2")
+    args = preemptible_run(tiny_args, "one")
+    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="pause:2")
     proc = subprocess.Popen(
         [sys.executable, WITH_FAULTS, *args],
         cwd=ROOT,
@@ -90,8 +88,8 @@ def test_sigterm_saves_and_exits_75_then_resumes_exactly(tiny_args):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    signal_after_step(proc, run_dir_of(args), 2, signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
+    out = signal_when_paused(proc, signal.SIGTERM)
+    out += proc.communicate(timeout=120)[0]
     assert proc.returncode == EXIT_PREEMPTED, out[-3000:]
     assert "received SIGTERM" in out and "preempted: saved" in out
     check_resumes_exactly(tiny_args, args)
@@ -100,13 +98,13 @@ def test_sigterm_saves_and_exits_75_then_resumes_exactly(tiny_args):
 def test_sigterm_to_a_two_rank_torchrun_job_then_resume(tiny_args):
     """torchrun passes SIGTERM to both ranks; they agree, finish the step, save once, and a
     resume continues with the same losses (2 ranks equal 1 process, tested elsewhere)."""
-    args = slow_run(tiny_args, "two")
-    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="slow:0.2")
+    args = preemptible_run(tiny_args, "two")
+    env = dict(os.environ, OMP_NUM_THREADS="1", FAULT="pause:2")
     proc = subprocess.Popen(
         torchrun_cmd(args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    signal_after_step(proc, run_dir_of(args), 2, signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
+    out = signal_when_paused(proc, signal.SIGTERM, ranks=2)
+    out += proc.communicate(timeout=120)[0]
     assert out.count("received SIGTERM") == 2, out[-3000:]
     assert records(run_dir_of(args), "start")[0]["world_size"] == 2
     check_resumes_exactly(tiny_args, args, reference_name="whole2", exact=False)
