@@ -80,7 +80,8 @@ def test_every_document_comes_back(tmp_path, tokenizer):
     assert train and val
     assert meta["tokenizer"] == tokenizer and meta["dtype"] == "uint16"
     assert len(meta["sources"]) == 7 and meta["sources"][0]["bytes"] == len(DOCS[0].encode())
-    assert set(os.listdir(tmp_path / "out" / "ds")) == {"train.bin", "val.bin", "meta.json"}
+    written = set(os.listdir(tmp_path / "out" / "ds"))
+    assert {"train.bin", "val.bin", "meta.json"} <= written and loader.INCOMPLETE_MARKER not in written
     if tokenizer == "char":
         assert meta["chars"] == "".join(sorted(set("".join(DOCS))))
         assert meta["eot_id"] == len(meta["chars"]) == meta["vocab_size"] - 1
