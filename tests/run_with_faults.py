@@ -2,7 +2,6 @@
 
     FAULT=hang:RANK:STEP           rank RANK stops answering before training step STEP
     FAULT=die_once:RANK:STEP:FILE  rank RANK dies at step STEP, once (FILE records that it did)
-    FAULT=slow:SECONDS             every step takes at least SECONDS longer
     FAULT=pause:STEP               every rank waits before training step STEP until a
                                    preemption signal reaches it (then the run goes on)
     torchrun ... tests/run_with_faults.py ARGS...   (ARGS as for train.py)
@@ -51,8 +50,6 @@ def inject(spec: str):
             open(args[2], "w").close()
             print(f"rank {rank}: dying at step {step}", flush=True)
             os._exit(1)
-        if kind == "slow":
-            time.sleep(float(args[0]))
         if kind == "pause" and step == int(args[0]):
             print(f"rank {rank}: paused at step {step}", flush=True)
             while WatchedSignal.current.received is None:  # a condition, not a duration
