@@ -5,8 +5,9 @@ tested in test_memory.py, how a run resolves in test_resolve.py.)"""
 import os
 
 import pytest
+import torch
 
-from model import count_params, flops_per_token, preset_config
+from model import GPT, flops_per_token, preset_config
 from training.config import TrainConfig
 from training.memory import RESERVE_GIB, GiB, Way
 from training.plan import format_plan, make_plan
@@ -86,13 +87,18 @@ def test_train_300m_figures():
     assert "8.192 of 12,800,000,000" in format_plan(plan)
 
 
-def test_params_match_count_params():
+def test_the_plan_counts_the_parameters_of_the_model_it_plans():
     for cfg in (production_8gpu(), train_300m()):
         plan = make_plan(cfg, cfg.plan_gpus, VOCAB, None)
         model_cfg = cfg.model_config(VOCAB)
-        assert plan["params"] == count_params(model_cfg)
-        assert plan["params_non_embedding"] == count_params(model_cfg, non_embedding=True)
-        assert f"{count_params(model_cfg):,}" in format_plan(plan)
+        with torch.device("meta"):
+            model = GPT(model_cfg)  # the model a run would build, counted tensor by tensor
+        tied = sum(p.numel() for p in model.parameters())  # the tied head is the embedding: once
+        padding = (model_cfg.padded_vocab - VOCAB) * model_cfg.n_embd  # rows no token id reaches
+        assert plan["params"] == tied - padding
+        embeddings = sum(p.numel() for n, p in model.named_parameters() if n.split(".")[0] in ("wte", "wpe"))
+        assert plan["params_non_embedding"] == tied - embeddings
+        assert f"{plan['params']:,}" in format_plan(plan)
 
 
 def ways_of(plan):
