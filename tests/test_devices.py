@@ -4,7 +4,7 @@ import torch
 from parallel.devices import autocast, peak_flops, pick_device, pick_dtype
 
 
-def test_cpu_defaults():
+def test_a_cpu_computes_in_float32_by_default_and_autocasts_to_what_is_asked():
     cpu = pick_device("cpu")
     assert cpu == torch.device("cpu")
     assert pick_dtype("auto", cpu) == torch.float32
@@ -15,7 +15,7 @@ def test_cpu_defaults():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_bad_names():
+def test_unsupported_device_and_dtype_names_are_refused():
     with pytest.raises(ValueError, match="not supported"):
         pick_device("mps")
     with pytest.raises(ValueError, match="not supported"):

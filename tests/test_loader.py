@@ -44,7 +44,7 @@ def test_windows_are_a_pure_function_of_seed_step_and_index(counting_data):
     assert not torch.equal(whole, a.batch(3, 8, 0, 8, stream=1)[0])  # eval draws differ from training
 
 
-def test_uint32_data(tmp_path):
+def test_uint32_token_files_give_ids_past_65535(tmp_path):
     ids = np.arange(3000, dtype=np.uint32) + 70_000
     folder = write_dataset(str(tmp_path / "big"), ids, ids, 100_000, dtype="uint32")
     w = TokenWindows(folder, "train", 16, read_meta(folder), seed=0)
@@ -66,7 +66,7 @@ def test_nanogpt_data_without_meta_is_gpt2(tmp_path, capsys):
         check_vocab(read_meta(folder), 50257, folder)
 
 
-def test_errors(tmp_path, counting_data):
+def test_missing_empty_interrupted_or_too_short_data_is_refused_naming_the_fix(tmp_path, counting_data):
     with pytest.raises(FileNotFoundError, match="prepare_data.py"):
         read_meta(str(tmp_path / "nope"))
     empty = write_dataset(str(tmp_path / "e"), [], [1, 2], 10)

@@ -153,7 +153,7 @@ def test_failure_keeps_previous_dataset(tmp_path):
     assert after == before  # still complete, and no temp file left behind
 
 
-def test_dtype_chooser():
+def test_token_files_are_uint16_while_every_id_fits_else_uint32():
     assert P.token_dtype(50257) == np.uint16
     assert P.token_dtype(65536) == np.uint16
     assert P.token_dtype(65537) == np.uint32

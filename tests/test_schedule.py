@@ -24,5 +24,5 @@ def test_monotone_decay_after_warmup():
     assert not any(math.isnan(x) for x in lrs)
 
 
-def test_no_warmup():
+def test_without_warmup_the_first_step_runs_at_the_peak_rate():
     assert lr_at(0, 1e-3, 1e-4, 0, 100) == pytest.approx(1e-3)

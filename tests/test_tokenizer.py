@@ -138,7 +138,7 @@ def test_load_tokenizer_rejects_inconsistent_meta():
         load_tokenizer({"tokenizer": "char"})
 
 
-def test_unknown_name():
+def test_an_unknown_tokenizer_name_is_refused_listing_known_ones():
     with pytest.raises(ValueError, match="unknown tokenizer 'gpt5'.*cl100k_base"):
         get_tokenizer("gpt5")
 

@@ -114,7 +114,9 @@ def test_fp16_grad_scaler_skips_steps_on_inf(tiny_args, monkeypatch):
     assert saved["scaler"]["scale"] == recs[-1]["loss_scale"]
 
 
-def test_early_stopping(tiny_args, monkeypatch):
+def test_early_stopping_ends_after_patience_evaluations_without_a_best_and_saves_there(
+    tiny_args, monkeypatch
+):
     vals = iter([5.0, 4.0, 4.0, 3.0, 4.5, 3.5, 4.6, 3.6, 4.7, 3.7] + [9.0] * 20)
     monkeypatch.setattr(train, "evaluate", lambda *a, **k: next(vals))  # (val, train) per eval
     args = tiny_args + ["--eval_interval=1", "--early_stopping_patience=2", "--run_name=es"]
@@ -149,7 +151,7 @@ def test_rerun_without_resume_refuses_to_overwrite(tiny_args):
         (["--device=cuda"] if not torch.cuda.is_available() else ["--device=cuda:99"], ValueError, "cuda"),
     ],
 )
-def test_bad_input_errors(tiny_args, extra, error, match):
+def test_bad_input_is_refused_before_training_naming_the_fix(tiny_args, extra, error, match):
     with pytest.raises(error, match=match):
         train.main(tiny_args + extra)
 
