@@ -56,6 +56,7 @@ from text.loader import (
 )
 from text.tokenizer import load_tokenizer
 from training import stopping
+from training.checkpointing import CheckpointManager
 from training.config import ConfigError, TrainConfig, help_text, load_config
 from training.memory import checkpoint_bytes
 from training.plan import format_plan, make_plan
@@ -231,7 +232,7 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
     cfg, state = run.cfg, run.state
     done = state.step
     preempted = distributed.any_rank(run.env, signalled)
-    due = preempted or done >= cfg.max_steps or cfg.should_evaluate(done) or cfg.should_save(done)
+    due = preempted or done >= cfg.max_steps or cfg.should_evaluate(done) or run.checkpoints.should_save(done)
     # a step's numbers are read a step late so that the host never waits for the GPU, unless
     # they are needed now: for a log line, or before evaluating, saving or stopping
     for result in copies.pop(wait_for_all=due or cfg.should_log(copies.newest_step)):
@@ -247,9 +248,7 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
             at_max_steps=done >= cfg.max_steps,
             patience_spent=patience_spent,
         )
-        step_path = save_step_checkpoint(run, watch) if cfg.should_save(done, stop) else None
-        if improved:
-            save_best(run, step_path)
+        run.checkpoints.after_step(state, stop, watch, improved, lambda: checkpoint_contents(run))
     return stop
 
 
@@ -312,59 +311,19 @@ def dataset_names(data_dirs: list) -> list:
     return names if len(set(names)) == len(names) else [f"{i}_{n}" for i, n in enumerate(names)]
 
 
-def save(run, name: str) -> str:
-    """Gather the full state to rank 0 (every rank takes part) and write it, then let every
-    rank go on; its path. A step checkpoint first deletes the step checkpoints keep_last no
-    longer keeps, so that the space they held is there for it."""
+def checkpoint_contents(run) -> dict:
+    """What a checkpoint holds (storage.checkpoint's format), gathered whole to rank 0: every
+    rank takes part."""
     model_state, optimizer_state = sharding.full_state(run.raw_model, run.optimizer)
-    path = os.path.join(run.cfg.run_dir, name)
-    if run.env.master:
-        if ckpt.is_step_file(name):
-            ckpt.prune(run.cfg.run_dir, run.cfg.keep_last, before_a_save=True)
-        ckpt.save_checkpoint(
-            dict(
-                model=model_state,
-                optimizer=optimizer_state,
-                scaler=run.scaler.state_dict(),
-                model_config=dataclasses.asdict(run.model_cfg),
-                config=run.cfg.to_dict(),
-                tokenizer=run.meta,
-                **run.state.state_dict(),
-            ),
-            path,
-        )
-        if ckpt.is_step_file(name):
-            ckpt.prune(run.cfg.run_dir, run.cfg.keep_last)
-        run.reporter.checkpoint(run.state.step, path, name == ckpt.BEST_FILE, run.state.elapsed_s)
-    distributed.barrier(run.env)
-    return path
-
-
-def save_step_checkpoint(run, watch: StepWatch) -> str | None:
-    """checkpoint_step_N.pt, unless the last steps were non-finite or diverging: a
-    checkpoint is somewhere to go back to, and that state is not. Its path, if saved."""
-    if watch.streak:
-        what = "not finite" if watch.nonfinite_streak else "far above the steps before them (diverging)"
-        run.reporter.print(
-            f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
-            f"steps' losses were {what}"
-        )
-        return None
-    return save(run, ckpt.step_file(run.state.step))
-
-
-def save_best(run, step_path: str | None):
-    """best_model.pt: a link to the step checkpoint of the same state when one was just
-    saved (no second copy on disk), else a save of its own."""
-    if step_path is None:
-        save(run, ckpt.BEST_FILE)
-        return
-    if run.env.master:
-        ckpt.link_best(step_path)
-        run.reporter.checkpoint(
-            run.state.step, os.path.join(run.cfg.run_dir, ckpt.BEST_FILE), True, run.state.elapsed_s
-        )
-    distributed.barrier(run.env)
+    return dict(
+        model=model_state,
+        optimizer=optimizer_state,
+        scaler=run.scaler.state_dict(),
+        model_config=dataclasses.asdict(run.model_cfg),
+        config=run.cfg.to_dict(),
+        tokenizer=run.meta,
+        **run.state.state_dict(),
+    )
 
 
 def finish(run, stop: Stop, message: str) -> Stop:
@@ -447,6 +406,7 @@ class Run:
     autocast: object
     state: TrainState
     reporter: Reporter
+    checkpoints: CheckpointManager  # when to save, what to keep, best_model.pt
 
     @property
     def tokens_per_step(self) -> int:
@@ -457,7 +417,7 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     """Every check that can fail, and every setting resolved, before any long work: data,
     tasks, the checkpoint to resume or start from, the model's shape, how the run runs.
     metas: each dataset's (one tokenizer). writer: this process writes the run folder (rank
-    0): it alone sets corrupt checkpoints aside and warns about disk space."""
+    0): it alone sets corrupt checkpoints aside."""
     meta = next(iter(metas.values()))
     task_examples = mc.read_tasks(cfg.eval_tasks)  # every line of every task file, before anything slow
     world = distributed.world_size_from_env()
@@ -487,14 +447,6 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
             f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
             f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)"
         )
-    if writer:
-        ckpt.prune(
-            cfg.run_dir, cfg.keep_last
-        )  # a resumed run keeps no more than keep_last says, from the start
-        new_saves = sum(map(cfg.should_save, range(state.step + 1, cfg.max_steps + 1)))
-        warning = ckpt.space_warning(cfg.run_dir, checkpoint_bytes(model_cfg), cfg.keep_last, new_saves)
-        if warning:
-            print(warning)
     return Start(
         resolved, device, meta, train_data, val_data, tasks, source, source_path, bool(resume_path), state
     )
@@ -648,9 +600,10 @@ def build(start: Start, env: distributed.Dist) -> Run:
         autocast(env.device, dtype),
         start.state,
         reporter,
+        CheckpointManager(cfg, env, reporter),
     )
     if env.master:
-        ckpt.remove_stale_temp_files(cfg.run_dir)
+        run.checkpoints.start(start.state.step, checkpoint_bytes(model_cfg))
         announce(run, start)
     return run
 

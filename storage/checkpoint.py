@@ -9,7 +9,8 @@ A checkpoint is a dict that loads with torch.load(weights_only=True):
 No RNG state is saved: batches and dropout masks are drawn from seeds of (seed, step, ...),
 so a resumed run needs none.
 Files in a run folder: checkpoint_step_N.pt (every save_interval and at the end) and
-best_model.pt (whenever val loss improves); the names are written here only.
+best_model.pt (whenever val loss improves); the names are written here only. When a run saves,
+what it keeps and best_model.pt's link are training/checkpointing.py's (the policy).
 
     python -m storage.checkpoint checkpoints/<run>    # every checkpoint: step, intact / corrupt / no digest
 """
@@ -43,10 +44,6 @@ HASHES = {
     "sha256": lambda buf: hashlib.sha256(buf).hexdigest(),
 }
 DIGEST = "crc32"
-# At its peak a run folder holds its kept step checkpoints, best_model.pt and one more file being
-# written: an atomic save writes beside the file it replaces, and best_model.pt is rewritten
-# while the step checkpoints are all there.
-EXTRA_FILES_AT_PEAK = 2
 
 
 def step_file(step: int) -> str:
@@ -58,7 +55,34 @@ def is_step_file(path: str) -> bool:
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the message says why and what is still safe."""
+    """A checkpoint could not be written. The message says why, what it needed and what is
+    still safe; its fix is checkpointing's to size for a run (with_fix)."""
+
+    def __init__(self, path: str, reason: str, need: int, free: int, disk_full: bool, fix: str | None = None):
+        self.path, self.reason, self.need, self.free, self.disk_full = path, reason, need, free, disk_full
+        folder = os.path.dirname(os.path.abspath(path))
+        previous = (
+            os.path.join(folder, BEST_FILE)
+            if os.path.basename(path) == BEST_FILE
+            else latest_checkpoint(folder)
+        )
+        safe = (
+            f"The previous checkpoint, {previous}, is intact"
+            if previous and os.path.isfile(previous)
+            else "No earlier checkpoint was touched"
+        )
+        fix = fix or (
+            f"free at least {format_bytes(need * 1.05 - free)} there"
+            if disk_full
+            else f"remove the cause ({reason})"
+        )
+        super().__init__(
+            f"could not write {path} ({'the disk is full: ' if disk_full else ''}{reason}); it needs about "
+            f"{format_bytes(need)} and {format_bytes(free)} is free there. {safe}: {fix}"
+        )
+
+    def with_fix(self, fix: str) -> "CheckpointWriteError":
+        return CheckpointWriteError(self.path, self.reason, self.need, self.free, self.disk_full, fix)
 
 
 class CorruptCheckpoint(ValueError):
@@ -96,66 +120,19 @@ def save_checkpoint(obj: dict, path: str):
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(obj, fh)
     except (OSError, RuntimeError) as e:
-        raise CheckpointWriteError(_write_failure(path, obj, e)) from e
+        raise _write_failure(path, obj, e) from e
 
 
-def _write_failure(path: str, obj: dict, error: BaseException) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    need, free = tensor_bytes(obj), shutil.disk_usage(folder).free
+def _write_failure(path: str, obj: dict, error: BaseException) -> CheckpointWriteError:
+    need, free = tensor_bytes(obj), shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
     cause = error
     while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
         cause = cause.__cause__ or cause.__context__
     reason = cause.strerror if cause is not None else str(error).strip().splitlines()[-1][:160]
-    full = free < need * 1.05
-    previous = (
-        os.path.join(folder, BEST_FILE) if os.path.basename(path) == BEST_FILE else latest_checkpoint(folder)
-    )
-    safe = (
-        f"The previous checkpoint, {previous}, is intact"
-        if previous and os.path.isfile(previous)
-        else "No earlier checkpoint was touched"
-    )
-    if full:
-        older = [p for _, p in step_checkpoints(folder)][:-1]  # the newest stays: it is the resume point
-        held = (
-            f" (this run's {len(older)} older step checkpoints hold {_size(sum(map(os.path.getsize, older)))}: "
-            f"{os.path.basename(older[0])} to {os.path.basename(older[-1])})"
-            if older
-            else ""
-        )
-        fits = _keep_last_that_fits(folder, need)
-        rotate = (
-            f", or set --keep_last={fits} (older step checkpoints are then deleted before each save)"
-            if fits
-            else ""
-        )
-        fix = f"free at least {_size(need * 1.05 - free)} there{held}{rotate}, then continue with --resume"
-    else:
-        fix = f"remove the cause ({reason}), then continue with --resume"
-    return (
-        f"could not write {path} ({'the disk is full: ' if full else ''}{reason}); it needs about "
-        f"{_size(need)} and {_size(free)} is free there. {safe}: {fix}"
-    )
+    return CheckpointWriteError(path, reason, need, free, disk_full=free < need * 1.05)
 
 
-def _keep_last_that_fits(folder: str, checkpoint_bytes: int) -> int | None:
-    """The largest --keep_last whose peak (those step checkpoints, best_model.pt and one being
-    written) fits the free space plus the run's own checkpoints, which rotation reuses; None
-    when not even one fits."""
-    room = shutil.disk_usage(folder).free + _bytes_held(folder)
-    fits = int(room // (checkpoint_bytes * 1.05)) - EXTRA_FILES_AT_PEAK
-    return fits if fits >= 1 else None
-
-
-def _bytes_held(run_dir: str) -> int:
-    """Disk bytes of a run folder's step checkpoints and best_model.pt, a file linked under
-    two names counted once."""
-    best = os.path.join(run_dir, BEST_FILE)
-    files = [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else [])
-    return sum({(st.st_dev, st.st_ino): st.st_size for st in map(os.stat, files)}.values())
-
-
-def _size(n_bytes: float) -> str:
+def format_bytes(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
 
 
@@ -352,31 +329,9 @@ def newest_run(out_dir: str = "checkpoints") -> str | None:
     return max(runs)[1] if runs else None
 
 
-def remove_stale_temp_files(run_dir: str):
-    """A kill mid-save leaves a hidden temp file as large as a checkpoint: drop them."""
-    for path in glob.glob(os.path.join(run_dir, ".*.pt.tmp.*")):
-        os.remove(path)
-
-
-def prune(run_dir: str, keep_last: int, before_a_save: bool = False):
-    """Delete all but the newest keep_last step checkpoints (best_model.pt stays). Before a
-    save, make room for it: keep one fewer, but never none, so that a save that fails
-    leaves a checkpoint to resume from."""
-    if keep_last > 0:
-        keep = max(keep_last - 1, 1) if before_a_save else keep_last
-        for _, path in step_checkpoints(run_dir)[:-keep]:
-            os.remove(path)
-
-
-def link_best(step_path: str):
-    """best_model.pt as the step checkpoint just written with the same state: a hard link,
-    so it takes no second copy of the space (a copy where the filesystem has no links)."""
-    best = os.path.join(os.path.dirname(step_path), BEST_FILE)
-    with atomic_path(best) as tmp:
-        try:
-            os.link(step_path, tmp)
-        except OSError:
-            shutil.copyfile(step_path, tmp)
+def stale_temp_files(run_dir: str) -> list[str]:
+    """The hidden temp files a kill mid-save leaves, each as large as a checkpoint."""
+    return glob.glob(os.path.join(run_dir, ".*.pt.tmp.*"))
 
 
 # ---- a run folder's checkpoints -----------------------------------------------------------
@@ -458,31 +413,6 @@ def list_checkpoints(run_dir: str) -> tuple[list[str], bool]:
         for name, step, state, detail in rows
     ]
     return lines, any(r[2] == "corrupt" for r in rows)
-
-
-def space_warning(run_dir: str, checkpoint_bytes: int, keep_last: int, new_saves: int) -> str | None:
-    """A warning when the disk of run_dir cannot hold the checkpoints a run will keep (None
-    when it can). The run keeps keep_last step checkpoints (every one when 0: those already
-    there plus new_saves), best_model.pt and one being written. The folder's checkpoints
-    count as space it has: rotation replaces them."""
-    files = [p for _, p in step_checkpoints(run_dir)]
-    used = _bytes_held(run_dir)
-    kept = min(keep_last, len(files) + new_saves) if keep_last else len(files) + new_saves
-    need = (kept + EXTRA_FILES_AT_PEAK) * checkpoint_bytes
-    room = shutil.disk_usage(run_dir).free + used
-    if need <= room:
-        return None
-    fits = int(room // checkpoint_bytes) - EXTRA_FILES_AT_PEAK  # the largest keep_last that fits
-    fix = (
-        f"set --keep_last={fits} (it fits), free {_size(need - room)}, or pick another --out_dir"
-        if fits >= 1
-        else f"free at least {_size((1 + EXTRA_FILES_AT_PEAK) * checkpoint_bytes - room)} or pick another --out_dir"
-    )
-    return (
-        f"warning: {run_dir} has room for {_size(room)} of checkpoints but this run keeps {kept} step "
-        f"checkpoint{'s' * (kept != 1)}, best_model.pt and one being written, {_size(checkpoint_bytes)} "
-        f"each ({_size(need)}): a save will fail when the disk fills; {fix}"
-    )
 
 
 def main(argv=None) -> int:
