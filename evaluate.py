@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from errors import run_cli
 from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
 from storage.atomic_files import write_json
 from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
@@ -195,7 +196,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from errors import run_cli
 from model import (
     GPT,
     GPTConfig,
@@ -673,20 +674,5 @@ def announce(run: Run, start: Start):
     run.reporter.record(dict(kind="start", step=state.step, config=cfg.to_dict(), dtype=cfg.dtype, **derived))
 
 
-def cli():
-    """The command line: an exit status, and for user errors and named faults a one-line
-    message instead of a traceback."""
-    try:
-        sys.exit(main())
-    except (
-        ConfigError,
-        FileNotFoundError,
-        ValueError,
-        ckpt.CheckpointWriteError,
-        distributed.CollectiveFailure,
-    ) as e:
-        sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-    cli()
+    run_cli(main)

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from errors import BadInput, CannotWrite, NotFound, run_cli
 from storage.atomic_files import atomic_path
 
 KIND = "gpt-checkpoint"
@@ -54,7 +55,7 @@ def is_step_file(path: str) -> bool:
     return bool(_STEP_FILE.search(path))
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(CannotWrite):
     """A checkpoint could not be written. The message says why, what it needed and what is
     still safe; its fix is checkpointing's to size for a run (with_fix)."""
 
@@ -85,9 +86,9 @@ class CheckpointWriteError(OSError):
         return CheckpointWriteError(self.path, self.reason, self.need, self.free, self.disk_full, fix)
 
 
-class CorruptCheckpoint(ValueError):
+class CorruptCheckpoint(BadInput):
     """A checkpoint whose bytes are not the ones written: `what` fails its digest, or the
-    archive fails its own CRC. A ValueError, so every command prints it as one line."""
+    archive fails its own CRC."""
 
     def __init__(self, path: str, what: str, fix: str | None = None):
         self.path, self.what = path, what
@@ -263,12 +264,12 @@ def load_checkpoint(path: str) -> dict:
 def _read(path: str, mmap: bool = False) -> dict:
     """The checkpoint dict of a file train.py wrote, unverified; a one-line error otherwise."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise NotFound(
             f"no checkpoint at {path!r}; give the path of a checkpoint_step_N.pt "
             f"or best_model.pt (train one with `python train.py CONFIG`)"
         )
     if not zipfile.is_zipfile(path):  # every torch.save file since torch 1.6 is a zip archive
-        raise ValueError(
+        raise BadInput(
             f"{path!r} is not a PyTorch checkpoint file; pass a checkpoint_step_N.pt "
             f"or best_model.pt written by train.py"
         )
@@ -278,12 +279,12 @@ def _read(path: str, mmap: bool = False) -> dict:
         with contextlib.suppress(OSError):
             pickle_bytes(path)  # a pickle that fails its CRC is corruption: say so
         first_line = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise ValueError(
+        raise BadInput(
             f"{path!r} is not a readable checkpoint ({type(e).__name__}: {first_line}); "
             f"pass a checkpoint_step_N.pt or best_model.pt written by train.py"
         ) from None
     if not isinstance(obj, dict) or obj.get("kind") != KIND:
-        raise ValueError(
+        raise BadInput(
             f"{path!r} is not a checkpoint written by train.py "
             f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt"
         )
@@ -402,7 +403,7 @@ def run_files(run_dir: str) -> list[str]:
 def list_checkpoints(run_dir: str) -> tuple[list[str], bool]:
     """(lines naming each checkpoint's step and state, whether any is corrupt)."""
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"no run folder at {run_dir!r}; pass one like checkpoints/<run_name>")
+        raise NotFound(f"no run folder at {run_dir!r}; pass one like checkpoints/<run_name>")
     rows = [(os.path.basename(p), *checkpoint_state(p)) for p in run_files(run_dir)]
     if not rows:
         return [f"{run_dir}: no checkpoints"], False
@@ -433,7 +434,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -5,6 +5,7 @@ our checkpoints (checkpoint.py), a Hugging Face GPT-2 folder or a nanoGPT ckpt.p
 
 import os
 
+from errors import BadInput, NotFound
 from model import GPT, GPTConfig
 from storage.checkpoint import (
     best_or_latest,
@@ -26,7 +27,7 @@ def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
     if path is None:
         run = newest_run(out_dir)
         if run is None:
-            raise FileNotFoundError(
+            raise NotFound(
                 f"no run with checkpoints under {out_dir!r}; train one with "
                 f"`python train.py config/shakespeare_cpu.py` or pass --checkpoint"
             )
@@ -37,7 +38,7 @@ def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
     if (os.path.isdir(path) or os.path.basename(path) in HF_WEIGHTS) and any(
         os.path.isfile(os.path.join(folder, name)) for name in HF_WEIGHTS
     ):
-        raise FileNotFoundError(
+        raise NotFound(
             f"{folder} holds Hugging Face weights but no config.json, which says the "
             f"model's shape; copy the model's config.json into it"
         )
@@ -45,7 +46,7 @@ def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
         nanogpt = os.path.join(path, "ckpt.pt")
         found = best_or_latest(path) or (nanogpt if os.path.isfile(nanogpt) else None)
         if found is None:
-            raise FileNotFoundError(
+            raise NotFound(
                 f"folder {path!r} has no best_model.pt or checkpoint_step_N.pt "
                 f"(nor config.json of a Hugging Face model, nor nanoGPT's ckpt.pt)"
             )
@@ -77,7 +78,7 @@ def load_resume(
     path = resolve_checkpoint(resume)
     external = load_external(path)
     if external is not None:
-        raise ValueError(
+        raise BadInput(
             f"--resume={resume} is a {external['source']['format']} checkpoint: it has no "
             f"optimizer state or step of this trainer to continue; start from its weights "
             f"with --init_from={resume}"
@@ -88,7 +89,7 @@ def load_resume(
 def _finite(path: str, ckpt: dict) -> dict:
     bad = nonfinite_weights(ckpt["model"])
     if bad:
-        raise ValueError(
+        raise BadInput(
             f"{path} holds NaN or inf weights ({', '.join(bad[:3])}"
             f"{', ...' if len(bad) > 3 else ''}): the run diverged before this save; "
             f"use an earlier checkpoint"
@@ -102,7 +103,7 @@ def tokenizer_meta(ckpt: dict) -> dict:
         return ckpt["tokenizer"]
     data_dir = (ckpt.get("config") or {}).get("data_dir")
     if not data_dir:
-        raise ValueError(
+        raise BadInput(
             "the checkpoint stores no tokenizer and no data_dir; sample from a checkpoint written by train.py"
         )
     return load_meta(data_dir)
@@ -119,7 +120,7 @@ def check_tokenizer(cfg: GPTConfig, tok):
     """Refuse a tokenizer whose ids are not the model's: the model predicts vocab_size ids,
     and every id the tokenizer makes must have an embedding row."""
     if not cfg.vocab_size <= tok.n_vocab <= cfg.padded_vocab:
-        raise ValueError(
+        raise BadInput(
             f"the model has {cfg.vocab_size} ids but the {tok.name} tokenizer has "
             f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "
             f"checkpoint's data_dir its own meta.json (prepare_data.py writes it)"

@@ -18,6 +18,7 @@ import traceback
 import typing
 from dataclasses import dataclass, fields
 
+from errors import BadInput
 from model import GPTConfig, check_preset, checkpointing_value, preset_config
 from parallel.devices import check_device_name, check_dtype_name
 from text.loader import check_data_mix
@@ -42,8 +43,8 @@ def setting(default, doc: str):
     return dataclasses.field(default=default, metadata={"doc": doc, "default": default})
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(BadInput):
+    """A setting that cannot be meant; the message names the fix."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 
+from errors import BadInput
 from storage.atomic_files import write_text
 
 SCALAR_KINDS = ("train", "eval")
@@ -23,7 +24,7 @@ WANDB_ID_FILE = "wandb_run_id"  # in the run folder: a resumed launch continues 
 def check_wandb():
     """ValueError, naming the fix, when wandb is not installed (it is optional)."""
     if importlib.util.find_spec("wandb") is None:
-        raise ValueError(
+        raise BadInput(
             "wandb_project is set but wandb is not installed: pip install wandb "
             "(or leave wandb_project empty)"
         )
