@@ -36,7 +36,7 @@ from model import TRAINING_FIELDS, GPTConfig
 from storage.atomic_files import atomic_path
 from storage.checkpoint import KIND
 from storage.interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
-from storage.weights import load_weights, resolve_checkpoint, tokenizer_meta
+from storage.weights import find_and_load, tokenizer_meta
 from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
 
 SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
@@ -294,8 +294,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     check_out(args.out)  # before the (slow) load
-    path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_weights(path)
+    path, ckpt = find_and_load(args.checkpoint, args.out_dir)
     print(f"exporting {path} (step {ckpt.get('step')})", file=sys.stderr)
     for line in export(ckpt, args.out, args.dtype, source=path):
         print(line)

@@ -18,7 +18,7 @@ import torch
 from errors import BadInput, run_cli
 from model import KVCache
 from parallel.devices import DTYPES, autocast, pick_device, pick_dtype
-from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from storage.weights import build_model, check_tokenizer, find_and_load, tokenizer_meta
 from text.tokenizer import load_tokenizer
 
 # ---- sampling -------------------------------------------------------------------------
@@ -206,8 +206,7 @@ def main(argv=None):
     """Print num_samples samples; return their texts (prompt + continuation)."""
     args = parse_args(argv)
     device = pick_device(args.device)
-    path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_weights(path)
+    path, ckpt = find_and_load(args.checkpoint, args.out_dir)
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = build_model(ckpt, device)
     step = ckpt.get("step")

@@ -44,7 +44,7 @@ from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
 from storage import checkpoint as ckpt
 from storage import run_lock
 from storage.atomic_files import write_json
-from storage.weights import load_resume, load_weights, resolve_checkpoint
+from storage.weights import find_and_load, load_resume
 from text import multiple_choice as mc
 from text.loader import (
     GPT2_META,
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     metas = read_mixture_metas(
         cfg.datasets()
     )  # data that cannot be used is refused before the run folder exists
-    check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
+    check_output_dir(cfg)  # on every rank, so a bad path stops them all, not only rank 0
     writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
     with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
         return launch(cfg, metas, writer)
@@ -350,8 +350,23 @@ def stop_message(stop: Stop, run, watch: StepWatch) -> str:
             f"preempted: saved {ckpt.latest_checkpoint(run.cfg.run_dir)} at step {state.step:,}; continue with "
             f"--resume (exit status {EXIT_PREEMPTED} asks a scheduler to requeue)"
         )
-    best = f"{state.best_val_loss:.4f}" if math.isfinite(state.best_val_loss) else "none"
-    return f"done: {stop.value} at step {state.step:,}; best val loss {best}"
+    return f"done: {stop.value} at step {state.step:,}; {_best_summary(run.cfg, state)}"
+
+
+def _best_summary(cfg: TrainConfig, state: TrainState) -> str:
+    """The best val loss, or why there is none (and so no best_model.pt)."""
+    if math.isfinite(state.best_val_loss):
+        return f"best val loss {state.best_val_loss:.4f}"
+    if cfg.eval_batches == 0:
+        why = "evaluation is off (eval_batches=0)"
+    elif not math.isfinite(state.baseline_val_loss):
+        why = "the starting point's val loss was not finite, so nothing can be measured against it"
+    else:
+        why = f"no evaluation beat the starting point's val loss {state.baseline_val_loss:.4f}"
+    return (
+        f"no best val loss: {why}, so there is no best_model.pt (sample.py, export.py and evaluate.py "
+        f"use the newest step checkpoint, and say so)"
+    )
 
 
 def _where_to_go_on(cfg: TrainConfig, first_bad_step: int) -> str:
@@ -383,7 +398,7 @@ class Start:
     val_data: TokenMixture
     tasks: list  # multiple_choice.Task: each of eval_tasks' fixed subset, encoded
     source: dict | None  # the checkpoint resumed or started from (weights, optimizer, state)
-    source_path: str
+    source_path: str | None  # the checkpoint resumed or started from
     resumed: bool
     state: TrainState
 
@@ -424,9 +439,9 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     world = distributed.world_size_from_env()
     cfg.accumulation(world)  # refuses a batch that does not split over the ranks
     resume_path, source = find_resume(cfg, writer)
-    source_path = resume_path or cfg.init_from
+    source_path = resume_path
     if cfg.init_from:
-        source = load_weights(resolve_checkpoint(cfg.init_from))
+        source_path, source = find_and_load(cfg.init_from, say=print if writer else lambda line: None)
     if resume_path:
         check_same_data(cfg, source, resume_path)
     resolved = resolve(cfg, Machine.of(device, world), model_shape(cfg, meta, source, resume_path))
@@ -483,13 +498,22 @@ def check_same_data(cfg: TrainConfig, source: dict, resume_path: str):
             )
 
 
-def check_output_dir(run_dir: str):
+def check_output_dir(cfg: TrainConfig):
+    """Refuse a run folder this process cannot write, naming the fix: for a run to resume,
+    making its folder writable again (another --out_dir would leave its checkpoints behind)."""
+    run_dir = cfg.run_dir
     try:
         os.makedirs(run_dir, exist_ok=True)
         probe = os.path.join(run_dir, f".write_test.{os.getpid()}")
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
+        if cfg.resume and ckpt.step_checkpoints(run_dir):
+            raise ConfigError(
+                f"cannot write to {run_dir!r} ({e.strerror}), which holds the checkpoints to resume: make "
+                f"it writable again (a read-only filesystem: remount it read-write; permissions: chmod "
+                f"u+w), then run the same command"
+            ) from e
         raise ConfigError(f"cannot write to {run_dir!r} ({e.strerror}); pick another --out_dir") from e
 
 

@@ -269,6 +269,9 @@ def _read(path: str, mmap: bool = False) -> dict:
             f"or best_model.pt (train one with `python train.py CONFIG`)"
         )
     if not zipfile.is_zipfile(path):  # every torch.save file since torch 1.6 is a zip archive
+        damage = _damage(path)
+        if damage:
+            raise CorruptCheckpoint(path, f"it is damaged ({damage})")
         raise BadInput(
             f"{path!r} is not a PyTorch checkpoint file; pass a checkpoint_step_N.pt "
             f"or best_model.pt written by train.py"
@@ -279,6 +282,10 @@ def _read(path: str, mmap: bool = False) -> dict:
         with contextlib.suppress(OSError):
             pickle_bytes(path)  # a pickle that fails its CRC is corruption: say so
         first_line = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        if _ours(path):
+            raise CorruptCheckpoint(
+                path, f"it is damaged (torch cannot read it: {type(e).__name__}: {first_line})"
+            ) from None
         raise BadInput(
             f"{path!r} is not a readable checkpoint ({type(e).__name__}: {first_line}); "
             f"pass a checkpoint_step_N.pt or best_model.pt written by train.py"
@@ -289,6 +296,32 @@ def _read(path: str, mmap: bool = False) -> dict:
             f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt"
         )
     return obj
+
+
+def _ours(path: str) -> bool:
+    """A file named as train.py names its checkpoints (set aside or not)."""
+    name = os.path.basename(path).removesuffix(CORRUPT_SUFFIX)
+    return name == BEST_FILE or bool(_STEP_FILE.fullmatch(name))
+
+
+def _damage(path: str) -> str | None:
+    """How a file that is not a whole zip archive looks damaged (None: it looks like another
+    kind of file): empty, zeroed (as a crash can leave a file's blocks), cut short, or named
+    as train.py names its checkpoints."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty: 0 bytes"
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+        fh.seek(max(size - (1 << 20), 0))
+        tail = fh.read(1 << 20)
+    if not head.strip(b"\0") and not tail.strip(b"\0"):
+        return f"its {size:,} bytes are zeros"
+    if head.startswith(b"PK\x03\x04"):  # a zip archive's first record, without its end: truncated
+        return f"cut short: its zip archive ends after {size:,} bytes without its closing directory"
+    if _ours(path):
+        return "not a whole zip archive, as every checkpoint train.py writes is"
+    return None
 
 
 def _torch_load(path: str, mmap: bool):
@@ -338,11 +371,13 @@ def stale_temp_files(run_dir: str) -> list[str]:
 # ---- a run folder's checkpoints -----------------------------------------------------------
 
 
-def newest_intact(run_dir: str, say=print, set_aside: bool = True) -> tuple[str | None, dict | None]:
+def newest_intact(
+    run_dir: str, say=print, set_aside: bool = True, resuming: bool = True
+) -> tuple[str | None, dict | None]:
     """(path, contents) of the newest step checkpoint of run_dir that loads and matches its
     digest; (None, None) when there is none. Newer ones that fail are passed over, and say()
-    tells which and why. set_aside (for the run folder's one writer) renames them to
-    NAME.corrupt, so that neither a later resume nor keep_last's rotation counts them. When
+    tells which and why (and, resuming, which one the run resumes from). set_aside (for the
+    run folder's one writer) renames them to NAME.corrupt, so that neither a later resume nor keep_last's rotation counts them. When
     every step checkpoint fails, nothing is renamed and the error names the newest."""
     failed = []
     for _, path in reversed(step_checkpoints(run_dir)):
@@ -360,7 +395,7 @@ def newest_intact(run_dir: str, say=print, set_aside: bool = True) -> tuple[str 
                 moved = f"; moved it to {os.path.basename(bad) + CORRUPT_SUFFIX}"
             if say:
                 say(f"warning: passing over {bad}: {what}{moved}")
-        if failed and say:
+        if failed and say and resuming:
             say(f"resuming from {path}, the newest intact checkpoint (step {obj.get('step')})")
         return path, obj
     if failed:
@@ -392,27 +427,38 @@ def checkpoint_state(path: str) -> tuple[int | None, str, str]:
     return step, "intact", f"sha256:{obj['digest']['content']}"
 
 
-def run_files(run_dir: str) -> list[str]:
-    """The checkpoint files of a run folder: step checkpoints by step, best_model.pt, and
-    step checkpoints set aside as corrupt."""
-    best = os.path.join(run_dir, BEST_FILE)
-    aside = sorted(glob.glob(os.path.join(run_dir, "*.pt" + CORRUPT_SUFFIX)))
-    return [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else []) + aside
+def set_aside_files(run_dir: str) -> list[str]:
+    """Step checkpoints a resume set aside as corrupt (NAME.corrupt): kept, never used."""
+    return sorted(glob.glob(os.path.join(run_dir, "*.pt" + CORRUPT_SUFFIX)))
 
 
 def list_checkpoints(run_dir: str) -> tuple[list[str], bool]:
-    """(lines naming each checkpoint's step and state, whether any is corrupt)."""
+    """(lines naming each checkpoint's step and state, and which file each command would use;
+    whether one the commands may use is corrupt). Files a resume set aside are listed apart:
+    no command uses them, so they do not count."""
     if not os.path.isdir(run_dir):
         raise NotFound(f"no run folder at {run_dir!r}; pass one like checkpoints/<run_name>")
-    rows = [(os.path.basename(p), *checkpoint_state(p)) for p in run_files(run_dir)]
-    if not rows:
+    best = os.path.join(run_dir, BEST_FILE)
+    used = [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else [])
+    rows = [(os.path.basename(p), *checkpoint_state(p)) for p in used]
+    aside = [(os.path.basename(p), *checkpoint_state(p)) for p in set_aside_files(run_dir)]
+    if not rows and not aside:
         return [f"{run_dir}: no checkpoints"], False
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{run_dir}: {len(rows)} checkpoint files"]
-    lines += [
+    width = max(len(r[0]) for r in rows + aside)
+    show = lambda rows: [
         f"  {name:{width}}  step {'?' if step is None else step:<8} {state:10} {detail}"
         for name, step, state, detail in rows
     ]
+    lines = [f"{run_dir}: {len(rows)} checkpoint files", *show(rows)]
+    if aside:
+        lines += [f"set aside as corrupt by a resume ({len(aside)}; no command uses them):", *show(aside)]
+    usable = [name for name, _, state, _ in rows if state != "corrupt"]
+    steps = [name for name in usable if name != BEST_FILE]
+    pick = BEST_FILE if BEST_FILE in usable else steps[-1] if steps else None
+    lines.append(
+        f"--resume continues from {steps[-1] if steps else 'none (no intact step checkpoint)'}; "
+        f"sample.py, export.py and evaluate.py use {pick or 'none (no intact checkpoint)'}"
+    )
     return lines, any(r[2] == "corrupt" for r in rows)
 
 
@@ -421,8 +467,9 @@ def main(argv=None) -> int:
     if not folders or any(a.startswith("-") for a in folders):
         print(
             "usage: python -m storage.checkpoint RUN_FOLDER [RUN_FOLDER ...]\n"
-            "lists each checkpoint with its step and state (intact, corrupt, no digest); "
-            "exit status 1 when one is corrupt"
+            "lists each checkpoint with its step and state (intact, corrupt, no digest), and "
+            "which one each command uses; exit status 1 when one a command may use is corrupt "
+            "(those a resume set aside are listed apart)"
         )
         return 0 if folders and folders[0] in ("-h", "--help") else 2
     any_corrupt = False

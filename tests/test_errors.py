@@ -56,8 +56,8 @@ def test_a_real_bug_keeps_its_traceback(tmp_path):
     code = (
         "import runpy, sys, torch\n"
         "from storage import weights\n"
-        "def load(path): return torch.zeros(2, 3) @ torch.zeros(2, 3)\n"  # what torch raises for a bug
-        "weights.load_weights = load\n"
+        "def load(*args): return torch.zeros(2, 3) @ torch.zeros(2, 3)\n"  # what torch raises for a bug
+        "weights.find_and_load = load\n"
         f"sys.argv = ['evaluate.py', '--checkpoint={tmp_path}', '--task={tmp_path / 'task.jsonl'}']\n"
         "runpy.run_path('evaluate.py', run_name='__main__')\n"
     )

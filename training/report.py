@@ -16,6 +16,7 @@ from errors import BadInput, NotFound
 from storage.atomic_files import atomic_path, write_text
 from storage.checkpoint import is_step_file
 from text.multiple_choice import split_metric_key
+from training.metrics import LOST
 from training.stopping import Stop
 
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
@@ -390,6 +391,14 @@ def render_report(
         "",
         *_event_lines(records, train[-1]),
     ]
+    lost = [r.get("step") for r in records if r.get("kind") == LOST]
+    if lost:
+        out += [
+            "",
+            f"Note: metrics.jsonl was deleted while the run trained, and started again at step "
+            f"{lost[-1]:,}: the records before that are lost (the checkpoints are not), so this "
+            f"report covers less of the run.",
+        ]
     if skipped_lines:
         out += [
             "",
