@@ -17,6 +17,7 @@ import signal
 import time
 
 import train
+from errors import run_cli
 
 
 class WatchedSignal(train.PreemptionSignal):
@@ -70,4 +71,4 @@ if __name__ == "__main__":
     if os.environ.get("FAULT"):
         inject(os.environ["FAULT"])
     atexit.register(lambda: print("THREADS_AT_EXIT=" + json.dumps(thread_names()), flush=True))
-    train.cli()
+    run_cli(train.main)

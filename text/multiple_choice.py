@@ -30,6 +30,7 @@ import re
 import numpy as np
 import torch
 
+from errors import BadInput, NotFound
 from parallel.distributed import Dist, all_reduce_sum
 
 FORMATS = {"hellaswag": ("ctx", "endings"), "generic": ("context", "choices")}  # (context key, choices key)
@@ -112,7 +113,7 @@ class Task:
 def read_task(path: str) -> list:
     """Every example of a jsonl task file, checked; errors name the file and line."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise NotFound(
             f"task file {path!r} not found; HellaSwag's validation set is "
             f"{HELLASWAG_SOURCE} (docs/evaluation.md)"
         )
@@ -124,12 +125,12 @@ def read_task(path: str) -> list:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise BadInput(
                     f"{path}:{n}: not JSON ({e.msg}); a task file holds one JSON object per line"
                 ) from None
             examples.append(parse_example(record, f"{path}:{n}"))
     if not examples:
-        raise ValueError(f"{path} holds no examples")
+        raise BadInput(f"{path} holds no examples")
     return examples
 
 
@@ -139,30 +140,30 @@ def parse_example(record, where: str) -> Example:
     )
     if keys is None:
         found = sorted(record)[:8] if isinstance(record, dict) else type(record).__name__
-        raise ValueError(
+        raise BadInput(
             f"{where}: expected HellaSwag's keys (ctx, endings, label) or (context, choices, "
             f"label); found {found}"
         )
     context, choices, label = record[keys[0]], record[keys[1]], record.get("label")
     if not isinstance(context, str):
-        raise ValueError(f"{where}: {keys[0]} must be a string")
+        raise BadInput(f"{where}: {keys[0]} must be a string")
     if (
         not isinstance(choices, list)
         or len(choices) < 2
         or not all(isinstance(c, str) and c for c in choices)
     ):
-        raise ValueError(f"{where}: {keys[1]} must be a list of two or more non-empty strings")
+        raise BadInput(f"{where}: {keys[1]} must be a list of two or more non-empty strings")
     if label is None or label == "":
-        raise ValueError(
+        raise BadInput(
             f"{where}: no label (HellaSwag's test split has none; use its validation set, "
             f"hellaswag_val.jsonl)"
         )
     try:
         label = int(label)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: label must be the index of the right choice, got {label!r}") from None
+        raise BadInput(f"{where}: label must be the index of the right choice, got {label!r}") from None
     if not 0 <= label < len(choices):
-        raise ValueError(f"{where}: label {label} is not the index of one of its {len(choices)} choices")
+        raise BadInput(f"{where}: label {label} is not the index of one of its {len(choices)} choices")
     return Example(context, tuple(choices), label, where)
 
 
@@ -171,7 +172,7 @@ def pick(total: int, limit: int = 0, subset: int = 0) -> list:
     of `subset` spread over the file, the same every time (the first `subset` of one seeded
     permutation, so a larger subset holds every smaller one); or (both 0) all of them."""
     if limit and subset:
-        raise ValueError("give a limit (the first N examples) or a subset (N spread over the file), not both")
+        raise BadInput("give a limit (the first N examples) or a subset (N spread over the file), not both")
     if limit:
         return list(range(min(limit, total)))
     if subset and subset < total:
@@ -193,7 +194,7 @@ def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
             rows.append(tuple(row))
             scored.append(min(len(ending), len(row) - 1))
     except ValueError as e:  # a character a char-level tokenizer does not know
-        raise ValueError(f"{example.where}: {e}") from None
+        raise BadInput(f"{example.where}: {e}") from None
     return Encoded(index, example.label, tuple(rows), tuple(scored))
 
 
