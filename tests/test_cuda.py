@@ -170,7 +170,7 @@ def test_compiled_losses_equal_eager_over_20_steps(tiny_args):
 def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
     cfg = load_config(on_gpu(tiny_args, dtype="float32"))
     env = Dist(device=CUDA)
-    run = train.build(train.prepare(cfg, read_meta(cfg.data_dir), CUDA, writer=True), env)
+    run = train.build(train.prepare(cfg, {cfg.data_dir: read_meta(cfg.data_dir)}, env), env)  # rank 0 of 1
     try:
         assert isinstance(run.optimizer, torch.optim.AdamW) and run.optimizer.defaults["fused"] is True
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
