@@ -445,7 +445,7 @@ def test_a_llama3_tokenizer_starts_prompts_with_bos_and_stops_at_bos_or_eos(tmp_
     tok = load_tokenizer(meta)
     bos, eos = tok.doc_prefix[0], tok.eot_id
     run = tmp_path / "run"
-    model = tiny_model(vocab=tok.n_vocab)
+    model = tiny_model(vocab=tok.n_vocab + 30)  # padded past its tokens, as Qwen2.5's embedding
     save_checkpoint(
         {"model": model.state_dict(), "model_config": vars(model.config), "step": 1, "tokenizer": meta},
         os.path.join(run, "checkpoint_step_1.pt"),
