@@ -173,6 +173,9 @@ def _encode_chunks(chunks, encoder_args: tuple, num_proc: int):
     if num_proc <= 1:
         yield from map(ChunkEncoder(*encoder_args), chunks)
         return
+    # The workers are the parallelism: threads inside each (the `tokenizers` library's
+    # encode_batch) would only oversubscribe the cores, and after a fork they warn.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # fork shares the already-built tokenizer; spawn is the fallback where there is no fork
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(num_proc, initializer=_init_worker, initargs=encoder_args) as pool:
