@@ -67,7 +67,7 @@ class GPTConfig:
 
 
 # Named shapes. vocab_size is set from the data at train time; these are the
-# GPT-2 defaults so `num_params` of a preset is the number in the README table.
+# GPT-2 defaults so `num_params` of a preset is the number in the presets table of docs/training.md.
 PRESETS = {
     # CPU work: nanoGPT's CPU recipe shape (4 x 128, context 64).
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),

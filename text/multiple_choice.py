@@ -77,7 +77,7 @@ def read_task(path: str, preprocess: str = "none") -> list:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"task file {path!r} not found; HellaSwag's validation set is "
-            f"{HELLASWAG_SOURCE} (README: Evaluating models)"
+            f"{HELLASWAG_SOURCE} (docs/evaluation.md)"
         )
     examples = []
     with open(path, encoding="utf-8") as fh:
