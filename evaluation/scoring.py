@@ -28,9 +28,8 @@ from parallel.distributed import Dist, all_reduce_sum
 METRICS = ("acc", "acc_norm_tokens", "acc_norm_chars")
 LEGACY_METRICS = {"acc_norm": "acc_norm_tokens"}  # older runs' metrics.jsonl named it acc_norm
 BATCH_TOKENS = 16_384  # rows x longest row per forward, standalone (train.py: a micro-batch's tokens)
-TASK_NAME = re.compile(
-    r"[A-Za-z][\w-]*"
-)  # a task's name: its metrics are NAME_acc, NAME_acc_norm_tokens, ...
+# a task's name: its metrics are NAME_acc, NAME_acc_norm_tokens, ...
+TASK_NAME = re.compile(r"[A-Za-z][\w-]*")
 STDERR = "_stderr"  # NAME_acc_stderr: the standard error of NAME_acc
 
 # GPT-2's published checkpoints, HellaSwag's 10,042 validation examples, acc_norm_tokens (completion
@@ -80,7 +79,7 @@ class Scored:
     label: int
     logprobs: tuple
     tokens: tuple
-    chars: tuple = ()
+    chars: tuple
     truncated: bool = False
 
     @property

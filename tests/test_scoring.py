@@ -169,7 +169,9 @@ def test_batching_and_world_size_leave_every_score_unchanged(tmp_path):
 
 
 def test_batches_hold_at_most_max_tokens_and_all_choices_of_an_example():
-    ex = [mc.Encoded(i, 0, ((1,) * (i + 2),) * 4, (1,) * 4) for i in range(10)]  # rows of i + 1 inputs
+    ex = [
+        mc.Encoded(i, 0, ((1,) * (i + 2),) * 4, (1,) * 4, (1,) * 4) for i in range(10)
+    ]  # rows of i + 1 inputs
     batches = scoring.plan_batches(ex, max_tokens=40)
     assert sorted(i for b in batches for i in b) == list(range(10))
     for b in batches:

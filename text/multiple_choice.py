@@ -47,7 +47,7 @@ class Encoded:
     label: int
     rows: tuple
     scored: tuple
-    chars: tuple = ()  # each choice's length in characters, without the space before it (lm-eval's)
+    chars: tuple  # each choice's length in characters, without the space before it (lm-eval's)
     truncated: bool = False  # a row was cut to the model's context: its oldest tokens dropped
 
 
