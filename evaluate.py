@@ -146,7 +146,9 @@ def run_task(model, name: str, examples: list, args, tok, device, ctx) -> dict:
             dict(
                 index=s.index,
                 label=s.label,
-                **{f"pred_{m}" if m != "acc" else "pred": p for m, p in s.preds().items()},
+                pred=s.pred,
+                pred_norm_tokens=s.pred_norm_tokens,
+                pred_norm_chars=s.pred_norm_chars,
                 logprobs=list(s.logprobs),
                 tokens=list(s.tokens),
                 chars=list(s.chars),

@@ -103,7 +103,7 @@ def test_choices_agree_with_transformers_example_by_example(tmp_path):
             max(range(4), key=lambda k: scores[k] / tokens[k]),
             max(range(4), key=lambda k: scores[k] / len(ends[k])),
         ]
-        assert [ex["pred"], ex["pred_acc_norm_tokens"], ex["pred_acc_norm_chars"]] == want
+        assert [ex["pred"], ex["pred_norm_tokens"], ex["pred_norm_chars"]] == want
         right = [r + (w == ex["label"]) for r, w in zip(right, want)]
     assert [ours[m] for m in ("acc", "acc_norm_tokens", "acc_norm_chars")] == [r / 12 for r in right]
     for m in ("acc", "acc_norm_tokens", "acc_norm_chars"):  # lm-eval's mean_stderr
