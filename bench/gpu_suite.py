@@ -10,7 +10,8 @@ because a GPU is lent only now and then, for minutes at a time.
 Parts, in priority order (what is least measured, or a goal depends on, first); each runs in
 a process of its own, so a crash or an OOM ends only that part, and suite.json / suite.md in
 --out are rewritten after every part:
-  tests               pytest -m cuda tests: one row per test (tests/test_cuda.py)
+  tests               pytest -m cuda tests: one row per test (tests/test_cuda.py), and one
+                      "not_collected" row per test module skipped whole at collection
   124m_bf16           train.py, gpt2-124m, micro-batch 32 x 1,024, bf16, compiled (all logits at once)
   1.2b_bf16           train.py, 1.2b, micro-batch 8 x 1,024, bf16, compiled (all logits at once)
   124m_bf16_chunked   as 124m_bf16 with the memory-saving loss, --loss_chunk=1024
