@@ -27,10 +27,11 @@ import time
 
 import torch
 
+from errors import run_cli
 from evaluation import scoring
 from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
 from storage.atomic_files import write_json
-from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from storage.weights import build_model, check_tokenizer, find_and_load, tokenizer_meta
 from text import multiple_choice as mc
 from text.tokenizer import load_tokenizer
 from training.config import LOSS_CHUNK
@@ -188,8 +189,7 @@ def main(argv=None) -> dict:
     tasks = {name: mc.read_task(path, args.preprocess) for name, path in args.task}
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_weights(path)
+    path, ckpt = find_and_load(args.checkpoint, args.out_dir)
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = build_model(ckpt, device)
     check_tokenizer(model.config, tok)
@@ -231,7 +231,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -20,6 +20,8 @@ import re
 
 import numpy as np
 
+from errors import BadInput, NotFound
+
 FORMATS = {"hellaswag": ("ctx", "endings"), "generic": ("context", "choices")}  # (context key, choices key)
 SUBSET_SEED = 0  # which examples a fixed subset holds; changing it changes every subset's scores
 HELLASWAG_SOURCE = "data/hellaswag_val.jsonl of github.com/rowanz/hellaswag"
@@ -73,9 +75,9 @@ def read_task(path: str, preprocess: str = "none") -> list:
     """Every example of a jsonl task file, checked; errors name the file and line.
     preprocess="lm-eval" rewrites HellaSwag's text as the harness does (lm_eval_hellaswag)."""
     if preprocess not in PREPROCESS:
-        raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
+        raise BadInput(f"preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise NotFound(
             f"task file {path!r} not found; HellaSwag's validation set is "
             f"{HELLASWAG_SOURCE} (docs/evaluation.md)"
         )
@@ -87,13 +89,13 @@ def read_task(path: str, preprocess: str = "none") -> list:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise BadInput(
                     f"{path}:{n}: not JSON ({e.msg}); a task file holds one JSON object per line"
                 ) from None
             example = parse_example(record, f"{path}:{n}")
             examples.append(lm_eval_hellaswag(record, example) if preprocess == "lm-eval" else example)
     if not examples:
-        raise ValueError(f"{path} holds no examples")
+        raise BadInput(f"{path} holds no examples")
     return examples
 
 
@@ -103,22 +105,22 @@ def parse_example(record, where: str) -> Example:
     )
     if keys is None:
         found = sorted(record)[:8] if isinstance(record, dict) else type(record).__name__
-        raise ValueError(
+        raise BadInput(
             f"{where}: expected HellaSwag's keys (ctx, endings, label) or (context, choices, "
             f"label); found {found}"
         )
     context, choices = record[keys[0]], record[keys[1]]
     if not isinstance(context, str):
-        raise ValueError(f"{where}: {keys[0]} must be a string")
+        raise BadInput(f"{where}: {keys[0]} must be a string")
     if (
         not isinstance(choices, list)
         or len(choices) < 2
         or not all(isinstance(c, str) and c for c in choices)
     ):
-        raise ValueError(f"{where}: {keys[1]} must be a list of two or more non-empty strings")
+        raise BadInput(f"{where}: {keys[1]} must be a list of two or more non-empty strings")
     label = parse_label(record.get("label"), where)
     if not 0 <= label < len(choices):
-        raise ValueError(f"{where}: label {label} is not the index of one of its {len(choices)} choices")
+        raise BadInput(f"{where}: label {label} is not the index of one of its {len(choices)} choices")
     return Example(context, tuple(choices), label, where)
 
 
@@ -126,7 +128,7 @@ def parse_label(label, where: str) -> int:
     """The right choice's index: an integer, or a string of digits (HellaSwag on the Hugging
     Face hub has "3"). 1.7 or true is refused, not taken as 1."""
     if label is None or label == "":
-        raise ValueError(
+        raise BadInput(
             f"{where}: no label (HellaSwag's test split has none; use its validation set, "
             f"hellaswag_val.jsonl)"
         )
@@ -135,7 +137,7 @@ def parse_label(label, where: str) -> int:
         or (isinstance(label, float) and label.is_integer())
         or (isinstance(label, str) and label.strip().isdecimal())
     ):
-        raise ValueError(
+        raise BadInput(
             f"{where}: label must be the index of the right choice, an integer such as 0 or "
             f'"0", got {json.dumps(label)}'
         )
@@ -155,7 +157,7 @@ def lm_eval_hellaswag(record: dict, example: Example) -> Example:
     through lm_eval_text."""
     missing = [k for k in LM_EVAL_KEYS if not isinstance(record.get(k), str)]
     if missing or "endings" not in record:
-        raise ValueError(
+        raise BadInput(
             f"{example.where}: lm-eval preprocessing needs HellaSwag's fields (activity_label, "
             f"ctx_a, ctx_b, endings); {', '.join(missing) or 'endings'} missing: score this file "
             f"with --preprocess=none"
@@ -171,7 +173,7 @@ def pick(total: int, limit: int = 0, subset: int = 0) -> list:
     of `subset` spread over the file, the same every time (the first `subset` of one seeded
     permutation, so a larger subset holds every smaller one); or (both 0) all of them."""
     if limit and subset:
-        raise ValueError("give a limit (the first N examples) or a subset (N spread over the file), not both")
+        raise BadInput("give a limit (the first N examples) or a subset (N spread over the file), not both")
     if limit:
         return list(range(min(limit, total)))
     if subset and subset < total:
@@ -195,7 +197,7 @@ def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
             rows.append(tuple(row))
             scored.append(min(len(ending), len(row) - 1))
     except ValueError as e:  # a character a char-level tokenizer does not know
-        raise ValueError(f"{example.where}: {e}") from None
+        raise BadInput(f"{example.where}: {e}") from None
     chars = tuple(len(c) for c in example.choices)
     return Encoded(index, example.label, tuple(rows), tuple(scored), chars, truncated)
 

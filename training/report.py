@@ -12,9 +12,11 @@ import math
 import os
 from datetime import datetime, timezone
 
+from errors import BadInput, NotFound
 from evaluation.scoring import STDERR, metric_order, split_metric_key
 from storage.atomic_files import atomic_path, write_text
 from storage.checkpoint import is_step_file
+from training.metrics import LOST
 from training.stopping import Stop
 
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
@@ -348,7 +350,7 @@ def render_report(
     picture: lines under the title about report.png (draw_picture)."""
     train = latest_by_step(records, "train")
     if not train:
-        raise ValueError("no train records in metrics.jsonl; the run has not logged a step yet")
+        raise BadInput("no train records in metrics.jsonl; the run has not logged a step yet")
     cfg = _train_config(records, config)
     starts = [r for r in records if r.get("kind") == "start"]
     ends = [r for r in records if r.get("kind") == "end" and isinstance(r.get("step"), int)]
@@ -397,6 +399,14 @@ def render_report(
         "",
         *_event_lines(records, train[-1]),
     ]
+    lost = [r.get("step") for r in records if r.get("kind") == LOST]
+    if lost:
+        out += [
+            "",
+            f"Note: metrics.jsonl was deleted while the run trained, and started again at step "
+            f"{lost[-1]:,}: the records before that are lost (the checkpoints are not), so this "
+            f"report covers less of the run.",
+        ]
     if skipped_lines:
         out += [
             "",
@@ -429,13 +439,13 @@ def write_report(run_dir: str) -> str:
     """Write <run_dir>/report.md from its metrics.jsonl (and config.json); return its path."""
     metrics = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(metrics):
-        raise FileNotFoundError(
+        raise NotFound(
             f"no metrics.jsonl in {run_dir!r}: give a run folder "
             f"(out_dir/run_name) that train.py has logged into"
         )
     records, bad = read_metrics(metrics)
     if not records:
-        raise ValueError(f"{metrics} has no records: the run has not logged anything yet")
+        raise BadInput(f"{metrics} has no records: the run has not logged anything yet")
     config = None
     config_path = os.path.join(run_dir, "config.json")
     if os.path.isfile(config_path):
