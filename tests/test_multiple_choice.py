@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from errors import BadInput, NotFound
 from text import multiple_choice as mc
 from text.tokenizer import get_tokenizer
 
@@ -90,18 +91,18 @@ def test_both_formats_are_read_and_bad_lines_are_named(tmp_path):
         bad = write_jsonl(
             tmp_path / "bad.jsonl", [{"context": "Q", "choices": ["y", "n"], "label": 0}, record]
         )
-        with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{match}"):
+        with pytest.raises(BadInput, match=f"bad.jsonl:2: .*{match}"):
             mc.read_task(bad)
     (tmp_path / "notjson.jsonl").write_text('{"context": "Q"\n')
-    with pytest.raises(ValueError, match="notjson.jsonl:1: not JSON"):
+    with pytest.raises(BadInput, match="notjson.jsonl:1: not JSON"):
         mc.read_task(str(tmp_path / "notjson.jsonl"))
-    with pytest.raises(FileNotFoundError, match="rowanz/hellaswag"):
+    with pytest.raises(NotFound, match="rowanz/hellaswag"):
         mc.read_task(str(tmp_path / "missing.jsonl"))
 
 
 def test_a_character_the_tokenizer_lacks_names_the_line(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [{"context": "fine", "choices": ["ok", "Fine!"], "label": 0}])
-    with pytest.raises(ValueError, match=r"t.jsonl:1: characters \['!', 'F'\]"):
+    with pytest.raises(BadInput, match=r"t.jsonl:1: characters \['!', 'F'\]"):
         mc.load_task("t", path, TOK, 64)
 
 
@@ -131,9 +132,9 @@ def test_lm_eval_preprocessing_rewrites_hellaswag_as_the_harness_does(tmp_path):
     assert ex.choices == (" Water them daily. Then wait.", "in the shade.", " Buy seeds.", "now.")
     assert (ex.label, ex.where) == (0, f"{path}:1")
     generic = write_jsonl(tmp_path / "g.jsonl", [{"context": "Q", "choices": ["y", "n"], "label": 0}])
-    with pytest.raises(ValueError, match="g.jsonl:1: lm-eval preprocessing needs HellaSwag's fields"):
+    with pytest.raises(BadInput, match="g.jsonl:1: lm-eval preprocessing needs HellaSwag's fields"):
         mc.read_task(generic, preprocess="lm-eval")
-    with pytest.raises(ValueError, match="preprocess must be one of none, lm-eval"):
+    with pytest.raises(BadInput, match="preprocess must be one of none, lm-eval"):
         mc.read_task(path, preprocess="harness")
 
 
