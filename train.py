@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from errors import run_cli
+from evaluation import scoring
 from model import (
     GPT,
     GPTConfig,
@@ -284,7 +285,7 @@ def evaluate_and_track(run) -> tuple[bool, bool]:
     train_estimate = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
     # the eager model: each task batch has its own shape, which a compiled model would recompile for
     scores = (
-        mc.score_tasks(
+        scoring.score_tasks(
             run.raw_model, run.tasks, run.env, run.autocast, cfg.micro_batch_size * run.model_cfg.block_size
         )
         if run.tasks
@@ -463,6 +464,10 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
             f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
             f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)"
         )
+    if writer:
+        for task in tasks:  # lm-eval warns too; a silent cut would skew the scores unseen
+            if warning := mc.truncation_warning(task, model_cfg.block_size):
+                print(warning)
     return Start(
         resolved, device, meta, train_data, val_data, tasks, source, source_path, bool(resume_path), state
     )

@@ -574,7 +574,7 @@ def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(
             )
     args = tiny_args + [
         f"--eval_tasks=toy:{task}",
-        "--early_stopping_metric=toy_acc_norm",
+        "--early_stopping_metric=toy_acc_norm_tokens",
         "--early_stopping_patience=1",
         "--max_steps=30",
         "--run_name=tasks",
@@ -582,7 +582,10 @@ def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(
     assert train.main(args) == 0
     run = run_dir_of(args)
     evals = records(run, "eval")
-    assert all(0 <= e["toy_acc"] <= 1 and 0 <= e["toy_acc_norm"] <= 1 for e in evals)
+    assert all(0 <= e[f"toy_{m}"] <= 1 for e in evals for m in ("acc", "acc_norm_tokens", "acc_norm_chars"))
+    assert all(
+        e["toy_acc_stderr"] == pytest.approx((e["toy_acc"] * (1 - e["toy_acc"]) / 5) ** 0.5) for e in evals
+    )
     assert all(e["toy_acc"] * 6 == round(e["toy_acc"] * 6) for e in evals)  # counts over the 6 examples
     # the two labels alternate, so one choice always wins half: accuracy never beats its value
     # at step 0, and patience 1 stops the run at the first evaluation after it
