@@ -72,7 +72,12 @@ def test_file_then_overrides(tmp_path):
         ),
         (
             ["--eval_tasks=h:a.jsonl", "--early_stopping_metric=h_accuracy"],
-            "one of val_loss, h_acc, h_acc_norm",
+            "one of val_loss, h_acc, h_acc_norm_tokens, h_acc_norm_chars",
+        ),
+        (  # the name of older versions, token-normalised, now named for what it divides by
+            ["--eval_tasks=h:a.jsonl", "--early_stopping_metric=h_acc_norm"],
+            "got 'h_acc_norm'; h_acc_norm is now h_acc_norm_tokens \\(normalised per token, as llm.c\\) "
+            "or h_acc_norm_chars \\(per character, as lm-evaluation-harness\\)$",
         ),
         (["--eval_task_examples=-1"], "eval_task_examples must be >= 0"),
         (["stray"], "unexpected argument"),
@@ -268,11 +273,11 @@ def test_eval_tasks_from_the_command_line_and_from_a_file(tmp_path):
     cfg = load_config(
         [
             "--eval_tasks=hellaswag:data/hellaswag_val.jsonl, mine:/abs/path:with colon.jsonl",
-            "--early_stopping_metric=hellaswag_acc_norm",
+            "--early_stopping_metric=hellaswag_acc_norm_chars",
         ]
     )
     assert cfg.eval_tasks == {"hellaswag": "data/hellaswag_val.jsonl", "mine": "/abs/path:with colon.jsonl"}
-    assert cfg.early_stopping_metric == "hellaswag_acc_norm" and cfg.eval_task_examples == 250
+    assert cfg.early_stopping_metric == "hellaswag_acc_norm_chars" and cfg.eval_task_examples == 250
     f = tmp_path / "c.py"
     f.write_text('eval_tasks = {"hellaswag": "data/hellaswag_val.jsonl"}\neval_task_examples = 0\n')
     cfg = load_config([str(f)])

@@ -63,14 +63,14 @@ def test_an_older_checkpoint_keeps_its_patience_on_the_val_loss():
 
 def test_early_stopping_can_watch_a_task_accuracy_where_higher_is_better():
     s = TrainState(step=10)
-    s.record_watched("hellaswag_acc_norm", 0.30)
+    s.record_watched("hellaswag_acc_norm_tokens", 0.30)
     assert s.evals_without_improvement == 0
     s.step = 20
-    s.record_watched("hellaswag_acc_norm", 0.32)  # higher: a best
+    s.record_watched("hellaswag_acc_norm_tokens", 0.32)  # higher: a best
     assert s.evals_without_improvement == 0
     s.step = 30
-    s.record_watched("hellaswag_acc_norm", 0.31)  # lower: patience counts
-    s.record_watched("hellaswag_acc_norm", float("nan"))
+    s.record_watched("hellaswag_acc_norm_tokens", 0.31)  # lower: patience counts
+    s.record_watched("hellaswag_acc_norm_tokens", float("nan"))
     assert s.evals_without_improvement == 2 and s.best_watched == -0.32
     # the best model still follows the val loss alone
     assert s.record_val_loss(3.8) is True and s.best_val_loss == 3.8

@@ -19,10 +19,10 @@ import typing
 from dataclasses import dataclass, fields
 
 from errors import BadInput
+from evaluation.scoring import METRICS, TASK_NAME, metric_key, unknown_metric_hint
 from model import GPTConfig, check_preset, checkpointing_value, preset_config
 from parallel.devices import check_device_name, check_dtype_name
 from text.loader import check_data_mix
-from text.multiple_choice import METRICS, TASK_NAME, metric_key
 from training.checkpointing import save_scheduled
 from training.metrics import check_wandb
 
@@ -147,7 +147,7 @@ class TrainConfig:
     early_stopping_metric: str = setting(
         "val_loss",
         "what early stopping watches: val_loss (lower is better), or "
-        "TASK_acc / TASK_acc_norm of an eval_tasks task (higher is better)",
+        "TASK_acc / TASK_acc_norm_tokens / TASK_acc_norm_chars of an eval_tasks task (higher is better)",
     )
     eval_tasks: dict[str, str] = setting(
         {},
@@ -374,6 +374,7 @@ class TrainConfig:
             raise ConfigError(
                 f"early_stopping_metric must be one of {', '.join(metrics)} (a task's metrics exist "
                 f"when eval_tasks names it), got {self.early_stopping_metric!r}"
+                + unknown_metric_hint(self.early_stopping_metric)
             )
         if self.wandb_project:
             try:

@@ -4,7 +4,7 @@ optionally the same scalars in Weights & Biases.
 Only rank 0 makes a RunLog; other ranks log nothing. Every record gets the wall-clock
 "time" it was written, so a report can tell training time from time lost to restarts.
 The train and eval records' numbers are the scalars, named "<kind>/<key>" (train/loss,
-eval/val_loss, eval/hellaswag_acc_norm), at the record's step, in both TensorBoard and W&B.
+eval/val_loss, eval/hellaswag_acc_norm_tokens), at the record's step, in both TensorBoard and W&B.
 """
 
 import importlib.util

@@ -13,9 +13,9 @@ import os
 from datetime import datetime, timezone
 
 from errors import BadInput, NotFound
+from evaluation.scoring import STDERR, metric_order, split_metric_key
 from storage.atomic_files import atomic_path, write_text
 from storage.checkpoint import is_step_file
-from text.multiple_choice import split_metric_key
 from training.metrics import LOST
 from training.stopping import Stop
 
@@ -191,7 +191,7 @@ def _val_table(evals: list[dict]) -> list[str]:
     finite = [e for e in evals if e.get("val_loss") is not None and math.isfinite(e["val_loss"])]
     best = min(finite, key=lambda e: e["val_loss"])["step"] if finite else None
     datasets = sorted({k for e in evals for k in e if k.startswith(DATASET_LOSS)})
-    tasks = datasets + sorted({k for e in evals for k in e if split_metric_key(k)}, key=split_metric_key)
+    tasks = datasets + sorted({k for e in evals for k in e if split_metric_key(k)}, key=metric_order)
     names = [f"Val Loss {k.removeprefix(DATASET_LOSS)}" for k in datasets] + [
         "{} {}".format(*split_metric_key(k)) for k in tasks[len(datasets) :]
     ]
@@ -202,9 +202,17 @@ def _val_table(evals: list[dict]) -> list[str]:
     for e in evals:
         loss = e.get("val_loss")
         mark = " (best)" if e["step"] == best else ""
-        scores = "".join(f" {e[k]:.4f} |" if isinstance(e.get(k), (int, float)) else " — |" for k in tasks)
+        scores = "".join(_score_cell(e, k) for k in tasks)
         lines.append(f"| {e['step']:,} | {fmt_loss(loss)}{mark} | {fmt_ppl(loss)} |{scores}")
     return lines
+
+
+def _score_cell(e: dict, key: str) -> str:
+    """A loss, or an accuracy with its standard error when the record has one: 0.2931 ± 0.0091."""
+    value, err = e.get(key), e.get(key + STDERR)
+    if not isinstance(value, (int, float)):
+        return " — |"
+    return f" {value:.4f}" + (f" ± {err:.4f}" if isinstance(err, (int, float)) else "") + " |"
 
 
 def _config_lines(cfg: dict, derived: dict) -> list[str]:
