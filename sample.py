@@ -12,6 +12,7 @@ with a KV cache (prefill the prompt once, then one token per step) or without on
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -90,7 +91,11 @@ def generate(
     out = idx
     cache = None
     if use_cache:
-        cache = KVCache(model.config, B, idx.device, _cache_dtype(model, idx.device))
+        # no longer than this call can fill: a 128K-context model's full cache is gigabytes
+        need = min(block, min(idx.size(1), block) + max_new_tokens)
+        cache = KVCache(
+            replace(model.config, block_size=need), B, idx.device, _cache_dtype(model, idx.device)
+        )
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     logits = None
     for _ in range(max_new_tokens):

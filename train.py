@@ -43,7 +43,7 @@ from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
 from storage import checkpoint as ckpt
 from storage import run_lock
 from storage.atomic_files import write_json
-from storage.weights import load_resume, load_weights, resolve_checkpoint
+from storage.weights import load_resume, load_weights, resolve_checkpoint, source_config
 from text import multiple_choice as mc
 from text.loader import (
     GPT2_META,
@@ -77,22 +77,8 @@ def main(argv=None) -> int:
     if cfg.report:
         print(f"wrote {write_report(cfg.report)}")
         return 0
-    if cfg.dry_run:  # data not prepared yet: planned as GPT-2 tokens of unknown count
-        metas = {d: load_meta(d) if os.path.isdir(d) else GPT2_META for d in cfg.datasets()}
-        data = {
-            d: (w, metas[d].get("train_tokens") if os.path.isdir(d) else None)
-            for d, w in check_data_mix(cfg.datasets()).items()
-        }
-        print(
-            format_plan(
-                make_plan(
-                    cfg,
-                    cfg.plan_gpus or distributed.world_size_from_env(),
-                    next(iter(metas.values()))["vocab_size"],
-                    data,
-                )
-            )
-        )
+    if cfg.dry_run:
+        print(format_plan(dry_run_plan(cfg)))
         return 0
     metas = read_mixture_metas(
         cfg.datasets()
@@ -101,6 +87,25 @@ def main(argv=None) -> int:
     writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
     with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
         return launch(cfg, metas, writer)
+
+
+def dry_run_plan(cfg: TrainConfig) -> dict:
+    """make_plan for this config, reading no weights. Data not prepared yet is planned as
+    GPT-2 tokens of unknown count; --init_from a Hugging Face folder plans its config.json's
+    shape (with this config's context, init_shape)."""
+    metas = {d: load_meta(d) if os.path.isdir(d) else GPT2_META for d in cfg.datasets()}
+    data = {
+        d: (w, metas[d].get("train_tokens") if os.path.isdir(d) else None)
+        for d, w in check_data_mix(cfg.datasets()).items()
+    }
+    source = source_config(cfg.init_from) if cfg.init_from else None
+    return make_plan(
+        cfg,
+        cfg.plan_gpus or distributed.world_size_from_env(),
+        next(iter(metas.values()))["vocab_size"],
+        data,
+        init_shape(cfg, source) if source else None,
+    )
 
 
 def launch(cfg: TrainConfig, metas: dict, writer: bool) -> int:
@@ -556,12 +561,7 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
             "use the config it was trained with, or a new --run_name",
         )
         return saved
-    _refuse_shape_change(
-        saved,
-        dataclasses.replace(saved, **cfg.model_overrides()),
-        f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
-        "drop those settings",
-    )
+    saved = init_shape(cfg, saved)
     tok = source.get("tokenizer") or {}
     if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != (
         meta.get("tokenizer"),
@@ -578,6 +578,21 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
         # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
         # end-of-text id; ours adds one): they start as zero rows and train like the others
         saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
+    return saved
+
+
+def init_shape(cfg: TrainConfig, saved: GPTConfig) -> GPTConfig:
+    """--init_from's shape (saved), refusing config fields that change it; but a rotary
+    model's context is no weight, so an explicit block_size sets it (continued pretraining
+    trains at 4,096 what was published for 32,768)."""
+    if saved.rope_theta > 0 and cfg.block_size is not None:
+        saved = dataclasses.replace(saved, block_size=cfg.block_size)
+    _refuse_shape_change(
+        saved,
+        dataclasses.replace(saved, **cfg.model_overrides()),
+        f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
+        "drop those settings",
+    )
     return saved
 
 

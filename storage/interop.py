@@ -27,6 +27,14 @@ import torch
 
 from model import GPT, GPTConfig
 from storage.checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
+from storage.hf_llama import (
+    ARCHITECTURES,
+    SUPPORTED,
+    SafetensorsFolder,
+    check_folder,
+    llama_config,
+    read_state,
+)
 from text.loader import read_meta_pkl
 from text.tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
 
@@ -172,12 +180,13 @@ def is_hf_folder(path: str) -> bool:
 
 
 def _hf_config(hf: dict, where: str) -> GPTConfig:
-    """Our GPTConfig for a Hugging Face GPT-2 config.json, or a ValueError naming the field
-    that this model cannot compute the same way."""
+    """Our GPTConfig for a Hugging Face config.json (GPT-2, Llama or Qwen2), or a ValueError
+    naming the field that this model cannot compute the same way."""
+    if hf.get("model_type") in ARCHITECTURES:
+        return llama_config(hf, where)
     if hf.get("model_type") != "gpt2":
         raise ValueError(
-            f"{where} is model_type={hf.get('model_type')!r}; only gpt2 folders "
-            f"can be imported (GPT-2's architecture is the one this model has)"
+            f"{where} is model_type={hf.get('model_type')!r}; the supported ones are {SUPPORTED}"
         )
     act = hf.get("activation_function", "gelu_new")
     must = {
@@ -274,14 +283,28 @@ def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
     return tok.meta()
 
 
-def load_hf_folder(folder: str, map_location="cpu") -> dict:
+def _read_hf_config(folder: str) -> tuple[dict, GPTConfig]:
     where = os.path.join(folder, "config.json")
     try:
         with open(where) as fh:
             hf = json.load(fh)
     except (OSError, ValueError) as e:
         raise ValueError(f"{where} is not readable JSON ({e}); restore the folder's config.json") from None
-    cfg = _hf_config(hf, where)
+    if not isinstance(hf, dict):
+        raise ValueError(f"{where} is not a model config (a JSON object); restore the folder's config.json")
+    return hf, _hf_config(hf, where)
+
+
+def hf_model_config(folder: str) -> GPTConfig:
+    """The GPTConfig of a Hugging Face folder from its config.json alone (no weights read)."""
+    return _read_hf_config(folder)[1]
+
+
+def load_hf_folder(folder: str, map_location="cpu") -> dict:
+    """A Hugging Face GPT-2, Llama or Qwen2 folder as one of our checkpoints (float32)."""
+    hf, cfg = _read_hf_config(folder)
+    if hf.get("model_type") in ARCHITECTURES:
+        return _load_llama_folder(folder, hf, cfg, map_location)
     tok_meta = _hf_tokenizer_meta(folder, cfg.vocab_size)
     src = _strip_names(_hf_weights(folder), folder)
     state = to_our_state_dict(src, cfg, transposed=True, source=folder)
@@ -291,6 +314,32 @@ def load_hf_folder(folder: str, map_location="cpu") -> dict:
         "activation_function": hf.get("activation_function", "gelu_new"),
     }
     return _checkpoint(state, cfg, tok_meta, source, map_location)
+
+
+def _load_llama_folder(folder: str, hf: dict, cfg: GPTConfig, map_location) -> dict:
+    """A Llama or Qwen2 folder, its safetensors read tensor by tensor into float32 tensors
+    allocated once each (hf_llama.read_state): the import's peak is about the fp32 weights."""
+    files = SafetensorsFolder(folder)  # headers only: a missing shard fails here, before any read
+    check_folder(files, cfg, model_shapes(cfg))
+    tok_meta = _llama_tokenizer_meta(folder, cfg.vocab_size)
+    state = read_state(files, cfg, model_shapes(cfg))
+    source = {
+        "format": f"huggingface-{hf['model_type']}",
+        "path": os.path.abspath(folder),
+        "file_dtype": sorted(set(files.dtypes.values())),
+    }
+    return _checkpoint(state, cfg, tok_meta, source, map_location)
+
+
+def _llama_tokenizer_meta(folder: str, vocab_size: int) -> dict:
+    """Our tokenizer meta for a Llama or Qwen2 folder: the one an export recorded."""
+    ours = os.path.join(folder, TOKENIZER_META)
+    if os.path.isfile(ours):
+        with open(ours) as fh:
+            return load_tokenizer(json.load(fh)).meta()
+    raise ValueError(
+        f"{folder} has no tokenizer this project can read; copy the model's tokenizer.json into it"
+    )
 
 
 # ---- nanoGPT ckpt.pt --------------------------------------------------------------------

@@ -1,0 +1,259 @@
+"""storage/hf_llama.py: Hugging Face Llama and Qwen2 folders, made offline from transformers'
+own classes, read into our model, which then computes transformers' logits and greedy tokens;
+exports that transformers loads as the same model; and the refusals, each naming its fix."""
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # everything here is local files; never reach for the Hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import export
+import sample
+import train
+from storage import weights
+from storage.hf_llama import llama_config
+from training.config import load_config
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+SMALL = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=56,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+# Every switch of the new shapes between the two: grouped-query attention in both; Llama 3's
+# rope scaling (theta 100 and head_dim 8 put one frequency in each of its three bands) and an
+# untied head in Llama; q/k/v biases, a tied head and eps 1e-6 in Qwen2.
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+MODELS = {
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(rope_theta=100.0, rope_scaling=LLAMA3_ROPE, rms_norm_eps=1e-5),
+    ),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=10000.0, rms_norm_eps=1e-6)),
+}
+TIED = {"llama": False, "qwen2": True}
+# Qwen2.5-3B's published config.json (huggingface.co/Qwen/Qwen2.5-3B), for planning.
+QWEN25_3B = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 36,
+    "model_type": "qwen2",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.1",
+    "use_cache": True,
+    "use_mrope": False,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
+def hf_model(kind: str, **overrides):
+    config_cls, model_cls, extra = MODELS[kind]
+    config = getattr(transformers, config_cls)(
+        **{**SMALL, **extra, "tie_word_embeddings": TIED[kind], **overrides}
+    )
+    torch.manual_seed(0)
+    hf = getattr(transformers, model_cls)(config).eval()
+    with torch.no_grad():  # weights large enough that greedy decoding does not collapse to one id
+        for name, p in hf.named_parameters():
+            p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0.0, 0.3)
+    return hf
+
+
+def write_tokenizer(folder, vocab_size: int):
+    """A tokenizer this project reads, of vocab_size ids."""
+    from text.tokenizer import get_tokenizer
+
+    chars = "".join(chr(32 + i) for i in range(vocab_size - 1))
+    with open(os.path.join(folder, "tokenizer_meta.json"), "w") as fh:
+        json.dump(get_tokenizer("char", chars).meta(), fh)
+
+
+def save(hf, folder, dtype=torch.float32, shard=None):
+    hf.to(dtype).save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    write_tokenizer(folder, hf.config.vocab_size)
+    return str(folder)
+
+
+def hf_greedy(hf, idx, n):
+    hf.generation_config.eos_token_id = None  # all n steps, as sample.py without --stop_at_eot
+    with torch.no_grad():
+        return hf.generate(
+            idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, do_sample=False, pad_token_id=0
+        )
+
+
+def assert_same_model(model, hf):
+    idx = torch.randint(0, hf.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model.logits(idx) if hasattr(model, "logits") else model(idx, targets=idx)[0]
+        torch.testing.assert_close(ours, hf(idx).logits, atol=1e-4, rtol=0)
+    prompt = idx[:1, :5]
+    ours = sample.generate(model, prompt, 20, temperature=0.0)
+    assert torch.equal(ours, hf_greedy(hf, prompt, 20))
+    assert len(set(ours[0, 5:].tolist())) > 3
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_folder_gives_transformers_logits_and_greedy_tokens(tmp_path, kind):
+    """Llama: bf16 weights in shards, read into fp32; Qwen2: one fp32 file."""
+    hf = hf_model(kind)
+    bf16 = kind == "llama"
+    folder = save(hf, tmp_path / kind, torch.bfloat16 if bf16 else torch.float32, "20KB" if bf16 else None)
+    if bf16:
+        assert os.path.isfile(os.path.join(folder, "model.safetensors.index.json"))
+        hf = getattr(transformers, MODELS[kind][1]).from_pretrained(folder, dtype=torch.float32).eval()
+    ckpt = weights.load_weights(folder)
+    cfg = ckpt["model_config"]
+    assert (cfg["n_kv_head"], cfg["norm"], cfg["mlp"], cfg["tie_embeddings"]) == (
+        2,
+        "rmsnorm",
+        "swiglu",
+        TIED[kind],
+    )
+    assert cfg["qkv_bias"] == (kind == "qwen2") and ckpt["source"]["format"] == f"huggingface-{kind}"
+    assert all(t.dtype == torch.float32 for t in ckpt["model"].values())
+    assert not ckpt["model"]["wte.weight"][96:].any()  # our padding rows are zero
+    assert_same_model(weights.build_model(ckpt, "cpu"), hf)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_export_loads_in_transformers_as_the_same_model(tmp_path, kind):
+    hf = hf_model(kind)
+    ckpt = weights.load_weights(save(hf, tmp_path / "src"))
+    export.export(ckpt, str(tmp_path / "out"), source=str(tmp_path / "src"))
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert type(back).__name__ == MODELS[kind][1]
+    assert back.config.tie_word_embeddings == TIED[kind]
+    with open(tmp_path / "out" / "source_checkpoint.json") as fh:
+        assert json.load(fh)["format"] == f"huggingface-{kind}"
+    assert_same_model(weights.build_model(ckpt, "cpu"), back)
+
+
+def test_published_configs_translate():
+    llama32_1b = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {**LLAMA3_ROPE, "factor": 32.0, "original_max_position_embeddings": 8192},
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
+    cfg = llama_config(llama32_1b, "config.json")
+    assert (cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.mlp_hidden, cfg.qkv_bias) == (16, 32, 8, 8192, False)
+    assert cfg.rope_scaling["factor"] == 32.0 and cfg.tie_embeddings and cfg.norm_eps == 1e-5
+    qwen = llama_config(QWEN25_3B, "config.json")
+    assert (qwen.n_layer, qwen.n_kv_head, qwen.qkv_bias, qwen.rope_theta, qwen.block_size) == (
+        36,
+        2,
+        True,
+        1e6,
+        32768,
+    )
+    assert qwen.rope_scaling is None and qwen.norm_eps == 1e-6
+
+
+def test_dry_run_reads_only_config_json(tmp_path):
+    """--dry_run with --init_from=FOLDER plans the folder's shape (at the run's context) from
+    config.json alone: here there are no weights at all."""
+    folder = tmp_path / "Qwen2.5-3B"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(QWEN25_3B))
+    cfg = load_config([f"--init_from={folder}", "--dry_run", "--block_size=4096", "--plan_gpus=4"])
+    plan = train.dry_run_plan(cfg)
+    with torch.device("meta"):
+        hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**QWEN25_3B))
+    assert plan["params"] == sum(p.numel() for p in hf.parameters())  # tied head counted once
+    assert (plan["block_size"], plan["n_layer"], plan["vocab_size"]) == (4096, 36, 151936)
+
+
+def refuse(tmp_path, kind="llama", edit=None, **overrides):
+    folder = save(hf_model(kind, **overrides), tmp_path / "hf")
+    if edit:
+        with open(os.path.join(folder, "config.json")) as fh:
+            config = json.load(fh)
+        edit(config)
+        with open(os.path.join(folder, "config.json"), "w") as fh:
+            json.dump(config, fh)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "kind, edit, message",
+    [
+        ("llama", lambda c: c.update(model_type="mistral"), r"the supported ones are gpt2 .*llama .*qwen2"),
+        (
+            "qwen2",
+            lambda c: c.update(architectures=["Qwen2ForSequenceClassification"]),
+            "only Qwen2ForCausalLM",
+        ),
+        ("qwen2", lambda c: c.update(use_sliding_window=True), "use_sliding_window=True is not supported"),
+        ("llama", lambda c: c.update(attention_bias=True), "attention_bias=True is not supported .*o_proj"),
+        ("llama", lambda c: c.update(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+        (
+            "llama",
+            lambda c: c.update(rope_parameters={"rope_type": "yarn", "factor": 4.0}),
+            "rope type 'yarn'",
+        ),
+        (
+            "llama",
+            lambda c: c.update(intermediate_size=60),
+            r"gate_proj.weight has shape \(56, 32\) but config",
+        ),
+    ],
+)
+def test_unsupported_folder_is_one_line_error(tmp_path, kind, edit, message):
+    folder = refuse(tmp_path, kind, edit)
+    with pytest.raises(ValueError, match=message):
+        weights.load_weights(folder)
+
+
+def test_missing_shard_is_named(tmp_path):
+    folder = save(hf_model("qwen2"), tmp_path / "hf", shard="20KB")
+    with open(os.path.join(folder, "model.safetensors.index.json")) as fh:
+        shard = sorted(set(json.load(fh)["weight_map"].values()))[1]
+    os.remove(os.path.join(folder, shard))
+    with pytest.raises(ValueError, match=f"lacks 1 of the .* shards its index names \\({shard}\\); download"):
+        weights.load_weights(folder)
