@@ -28,7 +28,6 @@ from storage.atomic_files import write_json
 from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
 from text import multiple_choice as mc
 from text.tokenizer import load_tokenizer
-from training.config import LOSS_CHUNK
 
 
 def task_spec(value: str) -> tuple:
@@ -163,7 +162,6 @@ def main(argv=None) -> dict:
     model = build_model(ckpt, device)
     check_tokenizer(model.config, tok)
     # the head runs in chunks of choice tokens, as in an eager training run (a compiled run saves 0)
-    model.config.loss_chunk = model.config.loss_chunk or LOSS_CHUNK
     step = ckpt.get("step")
     del ckpt  # the optimizer state can be as large as the model again
     print(

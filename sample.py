@@ -100,15 +100,15 @@ def generate(
     logits = None
     for _ in range(max_new_tokens):
         if cache is None:
-            logits, _ = model(out[:, -block:])
+            logits = model.next_token_logits(out[:, -block:])
         elif logits is None:  # prefill the prompt once
-            logits, _ = model(out[:, -block:], cache=cache)
+            logits = model.next_token_logits(out[:, -block:], cache)
         elif cache.pos < cache.capacity:  # only the newest token is new to the cache
-            logits, _ = model(out[:, -1:], cache=cache)
+            logits = model.next_token_logits(out[:, -1:], cache)
         else:  # cache full: re-encode the tail at positions 0..keep-1
             cache.reset()
-            logits, _ = model(out[:, -keep:], cache=cache)
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            logits = model.next_token_logits(out[:, -keep:], cache)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)
         if eot_id is not None:
             nxt = nxt.masked_fill(done[:, None], eot_id)
             done |= nxt[:, 0] == eot_id

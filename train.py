@@ -191,7 +191,7 @@ def train_step(
     for i, (x, y, seed) in enumerate(batches):
         torch.manual_seed(seed)  # dropout masks: a pure function of (seed, step, index)
         with sharding.grad_sync(model, i == len(batches) - 1), autocast_ctx:
-            loss = model(x, y)[1]
+            loss = model(x, y)
         loss_sum += loss.detach()
         scaler.scale(loss / len(batches)).backward()
     loss = distributed.all_reduce_mean(loss_sum / len(batches), env)
@@ -270,7 +270,7 @@ def evaluate(model, windows: TokenWindows, cfg: TrainConfig, env: distributed.Di
     for k in range(env.rank, cfg.eval_batches, env.world):
         x, y = windows.batch(k, cfg.micro_batch_size, 0, cfg.micro_batch_size, env.device, stream=1)
         with autocast_ctx:
-            total += model(x, y)[1].float()
+            total += model(x, y).float()
     model.train()
     return distributed.all_reduce_sum(total, env).item() / cfg.eval_batches
 

@@ -72,7 +72,7 @@ def export_run(tmp_path, model, *extra) -> str:
 
 def all_logits(model, idx):
     with torch.no_grad():
-        return model(idx, targets=idx)[0]  # with targets, every position's logits
+        return model.logits(idx)
 
 
 def hf_greedy(hf, idx, n):

@@ -63,7 +63,7 @@ def trained_on(pairs, steps=120):
         x[k, : len(r) - 1], y[k, : len(r) - 1] = torch.tensor(r[:-1]), torch.tensor(r[1:])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(steps):
-        loss = model(x, y)[1]
+        loss = model(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -169,7 +169,7 @@ def test_a_scored_choice_is_the_sum_of_its_tokens_log_probabilities():
     for row, n, lp in zip(e.rows, e.scored, got.logprobs):
         ids = torch.tensor([row])
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids[:, :-1], ids[:, 1:])[0][0].double(), -1)
+            logp = torch.log_softmax(model.logits(ids[:, :-1])[0].double(), -1)
         want = sum(logp[t, row[t + 1]].item() for t in range(len(row) - 1 - n, len(row) - 1))
         assert lp == pytest.approx(want, abs=1e-4)
     assert got.tokens == e.scored

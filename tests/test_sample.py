@@ -42,12 +42,12 @@ def test_prefill_and_step_logits_match_full_forward():
     model, idx = tiny_model(), prompt(length=12)
     cache = KVCache(model.config, idx.size(0), "cpu", torch.float32)
     with torch.no_grad():
-        got, _ = model(idx[:, :6], cache=cache)
-        want, _ = model(idx[:, :6])
+        got = model.next_token_logits(idx[:, :6], cache)
+        want = model.next_token_logits(idx[:, :6])
         torch.testing.assert_close(got, want)
         for t in range(6, 12):  # then one token at a time, each against the full prefix
-            got, _ = model(idx[:, t : t + 1], cache=cache)
-            want, _ = model(idx[:, : t + 1])
+            got = model.next_token_logits(idx[:, t : t + 1], cache)
+            want = model.next_token_logits(idx[:, : t + 1])
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -71,8 +71,8 @@ def reference_windowed_greedy(model, idx, new):
         for _ in range(new):
             if seq.size(1) - start > block:
                 start = seq.size(1) - keep
-            logits, _ = model(seq[:, start:])
-            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            logits = model.next_token_logits(seq[:, start:])
+            seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
     return seq
 
 

@@ -18,7 +18,7 @@ import traceback
 import typing
 from dataclasses import dataclass, fields
 
-from model import GPTConfig, check_preset, checkpointing_value, preset_config
+from model import LOSS_CHUNK, GPTConfig, check_preset, checkpointing_value, preset_config
 from parallel.devices import check_device_name, check_dtype_name
 from text.loader import check_data_mix
 from text.multiple_choice import METRICS, TASK_NAME, metric_key
@@ -26,10 +26,10 @@ from training.metrics import check_wandb
 from training.stopping import Stop
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
-# The loss chunk of an eager run: there chunks were as fast or faster, while under
-# torch.compile the compiler's fused cross-entropy over all logits was faster (both measured:
-# docs/benchmarks.md), so a compiled run takes all logits at once unless loss_chunk says otherwise.
-LOSS_CHUNK = 1024
+# The loss chunk of an eager run is model.LOSS_CHUNK: there chunks were as fast or faster,
+# while under torch.compile the compiler's fused cross-entropy over all logits was faster
+# (both measured: docs/benchmarks.md), so a compiled run takes all logits at once unless
+# loss_chunk says otherwise.
 
 
 def setting(default, doc: str):
@@ -208,8 +208,9 @@ class TrainConfig:
     # ---- derived values: one rule each -------------------------------------------------
 
     def model_config(self, vocab_size: int) -> GPTConfig:
-        """The preset's GPTConfig with this config's non-None model fields replacing its values."""
-        return preset_config(self.model, vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
+        """The preset's GPTConfig with this config's non-None model fields replacing its values,
+        for data of vocab_size tokens (the model's vocabulary, unless the preset has its own)."""
+        return preset_config(self.model, vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
 
     def model_overrides(self) -> dict:
         """The model fields this config sets explicitly (not None)."""
