@@ -146,6 +146,9 @@ def tokenizer_files(tok, block_size: int) -> tuple[dict, str]:
         }  # decode gives back the text exactly
         files["tokenizer_config.json"] = _json_bytes(config)
         note = "tokenizer: GPT-2's (vocab.json, merges.txt, tokenizer_config.json)"
+    elif tok.name == HF_KIND:
+        files = tokenizer_file_bytes(meta)  # the model folder's own files, as imported
+        note = f"tokenizer: the model's own ({', '.join(sorted(files))})"
     elif tok.name == "char":
         meta["vocab"] = {c: i for i, c in enumerate(tok.chars)} | {EOT_TEXT: tok.eot_id}
         note = (
@@ -262,7 +265,7 @@ def export(ckpt: dict, out: str, dtype: str = "float32", source: str | None = No
     path `source`, to the folder `out`; return lines describing what was written."""
     cfg = model_config(ckpt["model_config"])
     tok = load_tokenizer(tokenizer_meta(ckpt))
-    if cfg.vocab_size > tok.n_vocab:
+    if cfg.vocab_size > tok.n_vocab and tok.name != HF_KIND:  # Qwen2.5's embedding has unused rows
         raise ValueError(
             f"the model predicts {cfg.vocab_size} ids but its {tok.name} tokenizer "
             f"has {tok.n_vocab}; the checkpoint's tokenizer entry does not belong to it"

@@ -321,7 +321,7 @@ def _load_llama_folder(folder: str, hf: dict, cfg: GPTConfig, map_location) -> d
     allocated once each (hf_llama.read_state): the import's peak is about the fp32 weights."""
     files = SafetensorsFolder(folder)  # headers only: a missing shard fails here, before any read
     check_folder(files, cfg, model_shapes(cfg))
-    tok_meta = _llama_tokenizer_meta(folder, cfg.vocab_size)
+    tok_meta = _llama_tokenizer_meta(folder, cfg)
     state = read_state(files, cfg, model_shapes(cfg))
     source = {
         "format": f"huggingface-{hf['model_type']}",
@@ -331,15 +331,22 @@ def _load_llama_folder(folder: str, hf: dict, cfg: GPTConfig, map_location) -> d
     return _checkpoint(state, cfg, tok_meta, source, map_location)
 
 
-def _llama_tokenizer_meta(folder: str, vocab_size: int) -> dict:
-    """Our tokenizer meta for a Llama or Qwen2 folder: the one an export recorded."""
+def _llama_tokenizer_meta(folder: str, cfg: GPTConfig) -> dict:
+    """Our tokenizer meta for a Llama or Qwen2 folder: its tokenizer.json and the files
+    beside it (text.tokenizer's hf kind, which carries them: an export writes them back),
+    or the one an export of ours recorded. Every id it makes must have an embedding row."""
     ours = os.path.join(folder, TOKENIZER_META)
     if os.path.isfile(ours):
         with open(ours) as fh:
-            return load_tokenizer(json.load(fh)).meta()
-    raise ValueError(
-        f"{folder} has no tokenizer this project can read; copy the model's tokenizer.json into it"
-    )
+            tok = load_tokenizer(json.load(fh))
+    else:
+        tok = get_tokenizer(folder)  # a folder gives its tokenizer.json, or a one-line error
+    if tok.n_vocab > cfg.padded_vocab:
+        raise ValueError(
+            f"{folder}: its tokenizer makes ids up to {tok.n_vocab - 1} but the model has "
+            f"{cfg.vocab_size} embedding rows; the tokenizer files are another model's"
+        )
+    return tok.meta()
 
 
 # ---- nanoGPT ckpt.pt --------------------------------------------------------------------
