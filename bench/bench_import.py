@@ -71,6 +71,8 @@ def write_folder(folder: str):
     tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as fh:
+        json.dump({"bos_token": "w128000", "eos_token": "w128001"}, fh)
     cfg = llama_config(LLAMA_3_2_1B, "config.json")
     shapes = model_shapes(cfg)
     gen = torch.Generator().manual_seed(0)
