@@ -57,8 +57,10 @@ KNOWN_FIELDS = {
 
 
 def model_config(saved: dict) -> GPTConfig:
-    """The checkpoint's GPTConfig, refusing fields GPT-2's format cannot express."""
-    unknown = sorted(set(saved) - KNOWN_FIELDS)
+    """The checkpoint's GPTConfig, refusing fields GPT-2's format cannot express (any other
+    field is fine at its GPT-2 default: the Llama family's switches, off)."""
+    gpt2 = GPTConfig()
+    unknown = sorted(k for k in set(saved) - KNOWN_FIELDS if saved[k] != getattr(gpt2, k, None))
     if unknown:
         raise ValueError(
             f"model field {unknown[0]}={saved[unknown[0]]!r} has no GPT-2 equivalent; "
