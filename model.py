@@ -330,8 +330,7 @@ def rope_tables(model_cfg: GPTConfig, start: int, T: int, device) -> tuple[torch
 
 def apply_rope(x, cos, sin):
     """x (B, heads, T, head_dim) rotated by position: each dimension i of the first half
-    paired with i + head_dim / 2. cos and sin are cast to x's dtype, as transformers does."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    paired with i + head_dim / 2."""
     half = x.size(-1) // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -366,7 +365,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)
         k, v = (t.view(B, T, kv, hd).transpose(1, 2) for t in (k, v))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cos, sin = (t.to(q.dtype) for t in rope)  # in the compute dtype, as transformers does
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, causal = None, True
         if cache is not None:
             start = cache.pos
@@ -753,6 +753,24 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+
+
+def describe(model_cfg: GPTConfig) -> str:
+    """The architecture's parts in a line, for the planner and the start lines."""
+    parts = [
+        "learned positions"
+        if not model_cfg.rope_theta
+        else f"rotary (theta {model_cfg.rope_theta:,.0f}"
+        + (f", llama3 scaling x{model_cfg.rope_scaling['factor']:g})" if model_cfg.rope_scaling else ")"),
+        "LayerNorm" if model_cfg.norm == "layernorm" else f"RMSNorm (eps {model_cfg.norm_eps:g})",
+        "GELU MLP" if model_cfg.mlp == "gelu" else "SwiGLU MLP",
+    ]
+    if model_cfg.kv_heads != model_cfg.n_head:
+        parts.append(f"{model_cfg.kv_heads} k/v heads (grouped-query)")
+    if model_cfg.has_qkv_bias and not model_cfg.bias:
+        parts.append("q/k/v biases")
+    parts.append("tied head" if model_cfg.tie_embeddings else "untied head")
+    return ", ".join(parts)
 
 
 def count_params(model_cfg: GPTConfig, non_embedding: bool = False) -> int:

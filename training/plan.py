@@ -8,7 +8,7 @@ assumed MFU on A100 and H100.
 
 import torch
 
-from model import GPT, GPTConfig, count_params, float8_layers, flops_per_token, n_linear
+from model import GPT, GPTConfig, count_params, describe, float8_layers, flops_per_token, n_linear
 from parallel.devices import PEAK_FLOPS
 from training.config import TrainConfig
 from training.memory import (
@@ -135,6 +135,8 @@ def make_plan(
         "n_head": model_cfg.n_head,
         "n_embd": model_cfg.n_embd,
         "mlp_dim": model_cfg.mlp_dim,
+        "architecture": describe(model_cfg),
+        "tied": model_cfg.tie_embeddings,
         "block_size": model_cfg.block_size,
         "vocab_size": model_cfg.vocab_size,
         "padded_vocab": model_cfg.padded_vocab,
@@ -265,8 +267,12 @@ def format_plan(plan: dict) -> str:
             f"{plan['model']}: {plan['n_layer']} layers x {plan['n_embd']:,} wide, "
             f"{plan['n_head']} heads, MLP {plan['mlp_dim']:,}, context {plan['block_size']:,}",
         ),
+        row("parts", plan["architecture"]),
         row("vocab", f"{plan['vocab_size']:,} (embedding padded to {plan['padded_vocab']:,} rows)"),
-        row("parameters", f"{plan['params']:,} (tied head counted once)"),
+        row(
+            "parameters",
+            f"{plan['params']:,} (" + ("tied head counted once)" if plan["tied"] else "untied head)"),
+        ),
         row("non-embedding", f"{plan['params_non_embedding']:,}"),
         "Batch",
         row(
