@@ -138,7 +138,7 @@ LLAMA_3 = dict(LLAMA, vocab_size=128256, rope_theta=500000.0, rope_scaling=LLAMA
 QWEN_2_5 = dict(LLAMA, vocab_size=151936, rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True)
 
 # Named shapes. A preset without vocab_size takes the data's (the GPT-2 ones: these defaults
-# are GPT-2's, so `num_params` of a preset is the number in the docs' table); one with a
+# are GPT-2's, so `num_params` of a preset is the number in the presets table of docs/training.md); one with a
 # vocab_size keeps it, the vocabulary of its published tokenizer and weights.
 PRESETS = {
     # CPU work: nanoGPT's CPU recipe shape (4 x 128, context 64).

@@ -54,7 +54,7 @@ from text.loader import (
     load_meta,
     read_mixture_metas,
 )
-from text.tokenizer import load_tokenizer
+from text.tokenizer import describe_tokenizer, load_tokenizer, tokenizer_identity, tokenizer_option
 from training import stopping
 from training.config import ConfigError, TrainConfig, help_text, load_config
 from training.memory import checkpoint_bytes
@@ -563,16 +563,11 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
         return saved
     saved = init_shape(cfg, saved)
     tok = source.get("tokenizer") or {}
-    if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != (
-        meta.get("tokenizer"),
-        meta.get("vocab_size"),
-        meta.get("chars"),
-    ):
+    if tok and tokenizer_identity(tok) != tokenizer_identity(meta):
         raise ConfigError(
-            f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
-            f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
-            f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
-            f"data with the checkpoint's tokenizer"
+            f"--init_from={cfg.init_from} uses the tokenizer {describe_tokenizer(tok)} but "
+            f"{cfg.data_dir} was tokenized with {describe_tokenizer(meta)}; re-prepare the data "
+            f"with the model's: python prepare_data.py --tokenizer={tokenizer_option(tok)} ..."
         )
     if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
         # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no

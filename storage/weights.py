@@ -139,10 +139,11 @@ def build_model(ckpt: dict, device) -> GPT:
 
 def check_tokenizer(cfg: GPTConfig, tok):
     """Refuse a tokenizer whose ids are not the model's: the model predicts vocab_size ids,
-    and every id the tokenizer makes must have an embedding row. A Hugging Face model's
-    embedding may have rows its tokenizer never makes (Qwen2.5: 151,936 for 151,665 ids)."""
-    smallest = 0 if tok.name == HF_KIND else cfg.vocab_size
-    if not smallest <= tok.n_vocab <= cfg.padded_vocab:
+    and every id the tokenizer makes must have an embedding row. A Hugging Face model may
+    predict ids its tokenizer.json lacks (Qwen2.5 pads its embedding past its tokens):
+    those decode to no text."""
+    low = 0 if tok.name == HF_KIND else cfg.vocab_size
+    if not low <= tok.n_vocab <= cfg.padded_vocab:
         raise ValueError(
             f"the model has {cfg.vocab_size} ids but the {tok.name} tokenizer has "
             f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "

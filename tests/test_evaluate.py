@@ -155,7 +155,7 @@ def test_a_bad_task_file_is_an_error_before_the_checkpoint_loads(tmp_path):
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert re.fullmatch(
         r"error: task file '.*missing.jsonl' not found; HellaSwag's validation set is "
-        r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(README: Evaluating models\)\n",
+        r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(docs/evaluation.md\)\n",
         proc.stderr,
     ), proc.stderr
     bad = tmp_path / "bad.jsonl"

@@ -114,7 +114,7 @@ def read_task(path: str) -> list:
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"task file {path!r} not found; HellaSwag's validation set is "
-            f"{HELLASWAG_SOURCE} (README: Evaluating models)"
+            f"{HELLASWAG_SOURCE} (docs/evaluation.md)"
         )
     examples = []
     with open(path, encoding="utf-8") as fh:
@@ -185,7 +185,8 @@ def pick(total: int, limit: int = 0, subset: int = 0) -> list:
 def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
     """Rows of context + " " + choice, the context encoded apart from each choice."""
     try:
-        context = tokenizer.encode(example.context) or [tokenizer.eot_id]
+        # a context starts a document as training data does (Llama 3: after its bos)
+        context = [*tokenizer.doc_prefix, *tokenizer.encode(example.context)] or [tokenizer.eot_id]
         rows, scored = [], []
         for choice in example.choices:
             ending = tokenizer.encode(" " + choice)

@@ -353,9 +353,13 @@ def describe_tokenizer(meta: dict) -> str:
     """A short name of a meta's tokenizer for messages."""
     if meta.get("tokenizer") == HF_KIND:
         return (
-            f"tokenizer.json of {meta.get('source') or '?'} (sha256 {str(meta.get('tokenizer_sha256'))[:12]})"
+            f"tokenizer.json of {meta.get('source') or '?'} (vocab_size {meta.get('vocab_size')}, "
+            f"sha256 {str(meta.get('tokenizer_sha256'))[:12]})"
         )
-    return f"{meta.get('tokenizer', 'gpt2')!r} (vocab_size {meta.get('vocab_size')})"
+    if meta.get("tokenizer") == "char" and isinstance(meta.get("chars"), str):
+        alphabet = hashlib.sha256(meta["chars"].encode("utf-8")).hexdigest()[:12]
+        return f"char (vocab_size {meta.get('vocab_size')}, alphabet sha256 {alphabet})"
+    return f"{meta.get('tokenizer', 'gpt2')} (vocab_size {meta.get('vocab_size')})"
 
 
 def tokenizer_option(meta: dict) -> str:
