@@ -5,6 +5,7 @@ exports that transformers loads as the same model; and the refusals, each naming
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import tokenizer_folder
@@ -249,3 +250,66 @@ def test_missing_shard_is_named(tmp_path):
     os.remove(os.path.join(folder, shard))
     with pytest.raises(ValueError, match=f"lacks 1 of the .* shards its index names \\({shard}\\); download"):
         weights.load_weights(folder)
+
+
+def test_continue_pretraining_end_to_end(tmp_path):
+    """Issue 22's path at CPU size: a Qwen2 folder; prepare_data.py --tokenizer=FOLDER;
+    train.py --init_from=FOLDER for 20 steps; export; transformers loads the export and its
+    loss on a batch of the data equals ours."""
+    import prepare_data
+    from storage.checkpoint import newest_run
+
+    src = save(hf_model("qwen2"), tmp_path / "qwen")
+    corpus = tmp_path / "corpus.jsonl"  # one document a line
+    lines = (json.dumps({"text": f"Document {i}: the cat sat on mat {i * 7 % 13}."}) for i in range(200))
+    corpus.write_text("\n".join(lines) + "\n")
+    prepare_data.main(
+        [
+            f"--input={corpus}",
+            f"--tokenizer={src}",
+            f"--out_dir={tmp_path / 'data'}",
+            "--name=c",
+            "--num_proc=1",
+        ]
+    )
+    data = str(tmp_path / "data" / "c")
+    args = [
+        f"--init_from={src}",
+        f"--data_dir={data}",
+        f"--out_dir={tmp_path / 'runs'}",
+        "--run_name=cont",
+        "--block_size=32",  # a rotary model's context is no weight: shorter than the folder's 64
+        "--global_batch_size=4",
+        "--micro_batch_size=2",
+        "--max_steps=20",
+        "--warmup_steps=2",
+        "--learning_rate=1e-3",
+        "--eval_interval=20",
+        "--eval_batches=1",
+        "--log_interval=10",
+        "--save_interval=20",
+        "--device=cpu",
+        "--dtype=float32",
+        "--compile=False",
+        "--tensorboard=False",
+        "--progress_bar=False",
+    ]
+    assert train.main(args) == 0
+    run = newest_run(str(tmp_path / "runs"))
+    ckpt = weights.load_weights(weights.resolve_checkpoint(run))
+    assert ckpt["step"] == 20 and ckpt["model_config"]["block_size"] == 32
+    export.main([f"--checkpoint={run}", f"--out={tmp_path / 'out'}"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    assert type(hf).__name__ == "Qwen2ForCausalLM"
+    before = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    assert not torch.equal(hf.model.norm.weight, before.model.norm.weight)  # it trained
+    with open(os.path.join(data, "meta.json")) as fh:
+        ids = np.fromfile(os.path.join(data, "train.bin"), dtype=json.load(fh)["dtype"])[: 2 * 33]
+    batch = torch.from_numpy(ids.astype(np.int64)).view(2, 33)
+    model = weights.build_model(ckpt, "cpu")
+    with torch.no_grad():
+        ours = model(batch[:, :-1], batch[:, 1:])
+        theirs = hf(batch, labels=batch).loss
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert tok.decode(tok("the cat sat")["input_ids"]) == "the cat sat"
