@@ -169,7 +169,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT "
+        help="checkpoint file or run folder, a Hugging Face GPT-2, Llama or Qwen2 folder, or a nanoGPT "
         "ckpt.pt (default: best of the newest run in checkpoints/)",
     )
     p.add_argument(

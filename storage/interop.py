@@ -1,9 +1,11 @@
 """Weights from elsewhere, in our checkpoint format; and our parameter names in Hugging Face's.
 
 load_external(path) reads a Hugging Face GPT-2 folder (config.json plus model.safetensors
-or pytorch_model.bin) or a nanoGPT ckpt.pt into the dict checkpoint.load_checkpoint returns
-(step 0, no optimizer), so train.py --init_from and sample.py --checkpoint take either.
-export.py writes the other direction with to_hf_state_dict: the name mapping lives here only.
+or pytorch_model.bin), a Llama or Qwen2 folder (storage/hf_llama.py: model.safetensors or its
+shards) or a nanoGPT ckpt.pt into the dict checkpoint.load_checkpoint returns (step 0, no
+optimizer), so train.py --init_from, sample.py and evaluate.py --checkpoint take any of them.
+export.py writes the other direction with to_hf_state_dict (GPT-2 names, here only) and
+hf_llama.to_hf_llama_state.
 
 All three are the same network under the same module names. What differs is bookkeeping:
   Hugging Face  nests the blocks under "transformer.", stores the four projection weights

@@ -13,6 +13,7 @@ from conftest import tokenizer_folder
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything here is local files; never reach for the Hub
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import evaluate
 import export
 import sample
 import train
@@ -313,3 +314,56 @@ def test_continue_pretraining_end_to_end(tmp_path):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tok.decode(tok("the cat sat")["input_ids"]) == "the cat sat"
+
+
+def test_sample_cli_gives_transformers_greedy_text(tmp_path):
+    hf = hf_model("llama")
+    folder = save(hf, tmp_path / "llama")
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    texts = sample.main(
+        [
+            f"--checkpoint={folder}",
+            "--prompt=the cat",
+            "--temperature=0",
+            "--max_new_tokens=12",
+            "--num_samples=1",
+            "--device=cpu",
+            "--dtype=float32",
+        ]
+    )
+    ids = torch.tensor([tok("the cat")["input_ids"]])  # Llama 3's bos first: a prompt starts a document
+    assert ids[0, 0] == tok.bos_token_id
+    want = hf_greedy(hf, ids, 12)
+    assert texts == ["the cat" + tok.decode(want[0, ids.size(1) :])]
+
+
+def test_evaluate_cli_scores_as_transformers(tmp_path):
+    """evaluate.py on a Llama folder: each choice's log-likelihood as transformers' own model
+    and tokenizer give it (Llama 3's bos before the context)."""
+    from test_evaluate import write_task
+
+    hf = hf_model("llama")
+    folder = save(hf, tmp_path / "llama")
+    task = write_task(tmp_path / "t.jsonl", n=4)
+    ours = evaluate.main(
+        [
+            f"--checkpoint={folder}",
+            f"--task={task}",
+            "--per_example",
+            "--device=cpu",
+            f"--out={tmp_path / 'r.json'}",
+        ]
+    )["tasks"]["t"]["per_example"]
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    with open(task) as fh:
+        for ex, line in zip(ours, fh):
+            row = json.loads(line)
+            context = tok(row["ctx"])["input_ids"]  # bos, then the context
+            assert context[0] == tok.bos_token_id
+            scores = []
+            for ending in row["endings"]:
+                ids = torch.tensor([context + tok(" " + ending, add_special_tokens=False)["input_ids"]])
+                with torch.no_grad():
+                    logp = torch.log_softmax(hf(ids).logits[0].double(), dim=-1)
+                scores.append(sum(logp[t - 1, ids[0, t]].item() for t in range(len(context), ids.size(1))))
+            assert ex["logprobs"] == pytest.approx(scores, rel=1e-4, abs=1e-3)
