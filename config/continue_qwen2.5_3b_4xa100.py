@@ -28,7 +28,7 @@ grad_clip = 1.0
 
 dtype = "bfloat16"
 # What the planner finds fits 40 GB (--dry_run): DDP needs 59+ GiB a GPU, FSDP with selective
-# checkpointing 45.9; FSDP with full activation checkpointing 33.0 GiB, the fastest that fits.
+# checkpointing 50.2; FSDP with full activation checkpointing 33.3 GiB, the fastest that fits.
 parallelism = "fsdp"
 activation_checkpointing = "full"
 loss_chunk = 4096  # 151,936-token vocab: one chunk of logits at a time
