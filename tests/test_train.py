@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 from conftest import (
+    QWEN25_3B,
     ROOT,
     TEXT,
     WITH_FAULTS,
@@ -25,6 +26,7 @@ from conftest import (
 import train
 from model import count_params
 from storage import checkpoint as ckpt
+from storage.interop import hf_model_config
 from storage.run_lock import RunFolderBusy
 from text.loader import GPT2_META, load_meta
 from text.tokenizer import load_tokenizer
@@ -190,17 +192,25 @@ def test_data_vocab_larger_than_the_checkpoint_model(tiny_args, tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))))
-def test_dry_run_for_every_config_plans_that_config(config, capsys):
+def test_dry_run_for_every_config_plans_that_config(config, capsys, tmp_path, monkeypatch):
     """The plan printed is this config's: its model's size and the way its run resolves
-    to on the plan's first card."""
+    to on the plan's first card. A config that starts from a Hugging Face folder is planned
+    from a stand-in holding only the published config.json (all a dry run reads)."""
+    cfg = load_config([config])
+    model_cfg = None
+    if cfg.init_from:
+        monkeypatch.chdir(tmp_path)
+        os.makedirs(cfg.init_from)
+        with open(os.path.join(cfg.init_from, "config.json"), "w") as fh:
+            json.dump(QWEN25_3B, fh)
+        model_cfg = train.init_shape(cfg, hf_model_config(cfg.init_from))
     train.main([config, "--dry_run"])
     out = capsys.readouterr().out
-    cfg = load_config([config])
     meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
     r = resolve(
         cfg,
         Machine.planned(cfg.device, cfg.plan_gpus or 1, cfg.plan_gpu_memory_gib[0]),
-        cfg.model_config(meta["vocab_size"]),
+        model_cfg or cfg.model_config(meta["vocab_size"]),
     )
     assert f"parameters:           {count_params(r.model_cfg):,} " in out
     assert f"This config runs {r.way.name} (" in out
