@@ -19,6 +19,7 @@ SUITE = os.path.join(ROOT, "bench", "gpu_suite.py")
 RUNS = {
     "124m_bf16": ("bfloat16", 0, False, "DDP"),
     "1.2b_bf16": ("bfloat16", 0, False, "DDP"),
+    "llama1b_bf16": ("bfloat16", 0, False, "DDP"),  # llama-tiny in the smoke
     "124m_bf16_chunked": ("bfloat16", 8, False, "DDP"),
     "1.2b_bf16_chunked": ("bfloat16", 8, False, "DDP"),
     "1.2b_bf16_selective": ("bfloat16", 0, "selective", "DDP + selective checkpointing"),

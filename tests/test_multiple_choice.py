@@ -169,9 +169,13 @@ def test_batches_score_every_row_only_at_its_ending():
     )  # "ab e": padding is never scored
 
 
-def test_a_scored_choice_is_the_sum_of_its_tokens_log_probabilities():
+LLAMA = dict(norm="rmsnorm", mlp="swiglu", bias=False, rope_theta=10000.0, n_kv_head=1, tie_embeddings=False)
+
+
+@pytest.mark.parametrize("shape", [{}, LLAMA], ids=["gpt2", "llama"])
+def test_a_scored_choice_is_the_sum_of_its_tokens_log_probabilities(shape):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = GPT(GPTConfig(**SHAPE, **shape)).eval()
     e = mc.encode(TOK, mc.Example("some words", ("here", "and there"), 1, "f:1"), 0, 64)
     got = mc.score_examples(model, [e], "cpu")[0]
     for row, n, lp in zip(e.rows, e.scored, got.logprobs):

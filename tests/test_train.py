@@ -84,9 +84,14 @@ def test_accumulation_equivalence(tiny_args):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
-def test_exact_resume_with_dropout(tiny_args):
+# A Llama shape on the tiny run: rotary, RMSNorm, SwiGLU, one k/v head, an untied head.
+LLAMA_ARGS = ["--model=llama-tiny", "--n_kv_head=1", "--mlp_hidden=64", "--tie_embeddings=False"]
+
+
+@pytest.mark.parametrize("shape", [[], LLAMA_ARGS], ids=["gpt2", "llama"])
+def test_exact_resume_with_dropout(tiny_args, shape):
     """Stopping at step 3 and resuming gives bit-identical losses and weights (CPU, fp32)."""
-    common = tiny_args + ["--dropout=0.1", "--lr_decay_steps=6"]
+    common = tiny_args + shape + ["--dropout=0.1", "--lr_decay_steps=6"]
     whole = common + ["--run_name=whole"]
     train.main(whole)
     part = common + ["--run_name=part", "--max_steps=3"]
@@ -97,6 +102,7 @@ def test_exact_resume_with_dropout(tiny_args):
     assert resumed == {s: full[s] for s in range(3, 6)}  # the resumed launch trains batches 3, 4, 5
     wa, wb = final_weights(run_dir_of(whole)), final_weights(run_dir_of(part))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ("lm_head.weight" in wa) == (shape == LLAMA_ARGS)  # the run trained the shape asked for
 
 
 def test_init_from_fine_tunes_from_weights(tiny_args):
@@ -214,6 +220,26 @@ def test_dry_run_for_every_config_plans_that_config(config, capsys, tmp_path, mo
     )
     assert f"parameters:           {count_params(r.model_cfg):,} " in out
     assert f"This config runs {r.way.name} (" in out
+
+
+def test_dry_run_of_a_llama_preset(capsys):
+    """The plan of llama-3.2-1b on 8 GPUs of 80 GiB: its published size, its parts, and the
+    way that fits (DDP: about 58 GiB at 4 x 4,096 tokens)."""
+    train.main(
+        [
+            "--model=llama-3.2-1b",
+            "--dry_run",
+            "--plan_gpus=8",
+            "--micro_batch_size=4",
+            "--global_batch_size=256",
+            "--plan_gpu_memory_gib=80",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "parameters:           1,235,814,400 (tied head counted once)" in out
+    assert "128,256 (embedding padded to 128,256 rows)" in out
+    assert "rotary (theta 500,000, llama3 scaling x32), RMSNorm (eps 1e-05), SwiGLU MLP, 8 k/v heads" in out
+    assert "This config runs DDP (" in out
 
 
 def test_keep_last_prunes_old_step_checkpoints(tiny_args):

@@ -66,11 +66,17 @@ class TrainConfig:
     )
     n_layer: typing.Optional[int] = setting(None, "transformer blocks (None: the preset's)")
     n_head: typing.Optional[int] = setting(None, "attention heads (None: the preset's)")
+    n_kv_head: typing.Optional[int] = setting(
+        None, "key/value heads, grouped-query attention; 0 = n_head (None: the preset's)"
+    )
     n_embd: typing.Optional[int] = setting(None, "width (None: the preset's)")
     block_size: typing.Optional[int] = setting(None, "context length in tokens (None: the preset's)")
     mlp_hidden: typing.Optional[int] = setting(None, "MLP inner width, 0 = 4 x n_embd (None: the preset's)")
     bias: typing.Optional[bool] = setting(
         None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)"
+    )
+    tie_embeddings: typing.Optional[bool] = setting(
+        None, "the output head is the embedding matrix; False: a separate lm_head (None: the preset's)"
     )
     dropout: float = setting(0.0, "dropout in training (the documented 300M run used 0.1)")
     activation_checkpointing: typing.Union[bool, str] = setting(

@@ -38,9 +38,9 @@ def cost_parts(n_stored: int, world_size: int, accumulation: int, half: bool) ->
             else f"all-gather {2 * accumulation * p_bytes * n_stored / gb:.2f} GB of parameters and "
             f"reduce-scatter {4 * n_stored / gb:.2f} GB of gradients per step, mostly overlapped"
         ),
-        CHECKPOINTING_NAMES[
-            "selective"
-        ]: "recomputes each block's layer norms, GELU, dropout and casts; no matmul",
+        CHECKPOINTING_NAMES["selective"]: (
+            "recomputes each block's norms, GELU or SwiGLU, rotary, dropout and casts; no matmul"
+        ),
         CHECKPOINTING_NAMES["full"]: "+1 forward of every block (~+33% compute)",
         "offload": (
             f"PCIe: {2 * accumulation * shard:.2f} GB of parameters in and {shard:.2f} GB of gradients out "
