@@ -553,6 +553,9 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
     if source is None:
         return cfg.model_config(meta["vocab_size"])
     saved = GPTConfig(**source["model_config"])
+    _refuse_other_tokenizer(
+        source.get("tokenizer") or {}, meta, resume_path or f"--init_from={cfg.init_from}", cfg
+    )
     if resume_path:
         _refuse_shape_change(
             saved,
@@ -562,13 +565,6 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
         )
         return saved
     saved = init_shape(cfg, saved)
-    tok = source.get("tokenizer") or {}
-    if tok and tokenizer_identity(tok) != tokenizer_identity(meta):
-        raise ConfigError(
-            f"--init_from={cfg.init_from} uses the tokenizer {describe_tokenizer(tok)} but "
-            f"{cfg.data_dir} was tokenized with {describe_tokenizer(meta)}; re-prepare the data "
-            f"with the model's: python prepare_data.py --tokenizer={tokenizer_option(tok)} ..."
-        )
     if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
         # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
         # end-of-text id; ours adds one): they start as zero rows and train like the others
@@ -589,6 +585,18 @@ def init_shape(cfg: TrainConfig, saved: GPTConfig) -> GPTConfig:
         "drop those settings",
     )
     return saved
+
+
+def _refuse_other_tokenizer(tok: dict, meta: dict, model: str, cfg: TrainConfig):
+    """The data's ids must mean what they meant to the model: one line naming both
+    tokenizers and the command that re-prepares the data with the model's."""
+    if tok and tokenizer_identity(tok) != tokenizer_identity(meta):
+        data = ", ".join(cfg.datasets())
+        raise ConfigError(
+            f"{model} uses the tokenizer {describe_tokenizer(tok)} but {data} was tokenized "
+            f"with {describe_tokenizer(meta)}; re-prepare the data with the model's: "
+            f"python prepare_data.py --tokenizer={tokenizer_option(tok)} ..."
+        )
 
 
 def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: str):

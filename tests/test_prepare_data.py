@@ -608,6 +608,15 @@ def test_a_damaged_tokenizer_copy_is_refused(tmp_path, model_folders):
     )
     with pytest.raises(ValueError, match="tokenizer.json has sha256 .* its token ids were made with; rerun"):
         loader.read_meta(str(folder))
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "tokenizer.json").write_text(
+        open(os.path.join(model_folders["qwen2.5"], "tokenizer.json")).read()
+    )
+    (folder / "meta.json").write_text(json.dumps({**meta, "doc_suffix": [1]}))
+    with pytest.raises(
+        ValueError, match="meta.json: meta has doc_suffix=.1. but its own tokenizer.json gives .0."
+    ):
+        loader.read_meta(str(folder))
     os.remove(folder / "tokenizer.json")
     with pytest.raises(ValueError, match="tokenizer.json is unreadable .*lost its tokenizer"):
         loader.read_meta(str(folder))

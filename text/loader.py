@@ -29,6 +29,7 @@ from text.tokenizer import (
     TOKENIZER_JSON,
     describe_tokenizer,
     get_tokenizer,
+    load_tokenizer,
     tokenizer_identity,
 )
 
@@ -155,6 +156,10 @@ def _read_meta_json(path: str, data_dir: str) -> dict:
     _check_vocabulary(meta, path, fix)
     if meta["tokenizer"] == HF_KIND:
         meta["files"] = _tokenizer_files(meta, data_dir, fix)
+        try:  # the ids meta.json records (vocab, eot, boundaries) must be the files' own
+            load_tokenizer(meta)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     for key in ("max_token_id", "train_tokens", "val_tokens"):  # optional, but numbers if there
         if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
             raise ValueError(f"{path}: {key} is {meta[key]!r}, not a whole number >= 0; {fix}")

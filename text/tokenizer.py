@@ -68,12 +68,13 @@ class Tokenizer:
     eot_id: int  # the id that ends a document (generation stops there)
     doc_prefix: tuple = ()  # ids before each document (Llama 3: its <|begin_of_text|>)
     doc_suffix: tuple = ()  # ids after each document (GPT-2: <|endoftext|>)
+    extra_stop_ids: tuple = ()  # other ids that end generation (generation_config.json's eos list)
 
     @property
     def stop_ids(self) -> tuple:
         """Ids after which a sampled document is over: eot_id, and the ids that start
         the next document (a model trained on bos-before data predicts bos there)."""
-        return tuple(dict.fromkeys((self.eot_id, *self.doc_prefix, *getattr(self, "extra_stop_ids", ()))))
+        return tuple(dict.fromkeys((self.eot_id, *self.doc_prefix, *self.extra_stop_ids)))
 
     def encode(self, text: str) -> list:
         """Ids of ordinary text; a literal "<|endoftext|>" in it is text, never eot_id."""
