@@ -469,7 +469,7 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     cfg.accumulation(world)  # refuses a batch that does not split over the ranks
     resume_path, source = find_resume(cfg, writer)
     source_path = resume_path or cfg.init_from
-    if cfg.init_from:
+    if cfg.init_from and not resume_path:  # --resume=auto: init_from starts the run, only once
         source = load_weights(resolve_checkpoint(cfg.init_from))
     if resume_path:
         check_same_data(cfg, source, resume_path)
@@ -556,6 +556,8 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
     _refuse_other_tokenizer(
         source.get("tokenizer") or {}, meta, resume_path or f"--init_from={cfg.init_from}", cfg
     )
+    if resume_path and cfg.init_from:  # the run began from init_from: its checkpoint has that shape
+        return init_shape(cfg, saved)
     if resume_path:
         _refuse_shape_change(
             saved,

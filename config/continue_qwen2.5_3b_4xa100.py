@@ -9,6 +9,7 @@
 #      python export.py --checkpoint=checkpoints/continue_qwen2.5_3b --out=exports/qwen2.5-3b-continued --dtype=bfloat16
 run_name = "continue_qwen2.5_3b"
 init_from = "models/Qwen2.5-3B"  # shape, weights and tokenizer from the folder (3.09B parameters)
+resume = "auto"  # the folder's weights on the first launch; after a preemption, this run's newest checkpoint
 data_dir = "data/corpus_qwen"
 block_size = (
     4096  # Qwen2.5's pretraining context (its 32,768 is long-context extension); rope, so no weights change

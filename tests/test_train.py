@@ -258,6 +258,18 @@ def test_resume_auto_starts_fresh_then_continues(tiny_args):
     assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
 
 
+def test_resume_auto_with_init_from_starts_from_it_once(tiny_args):
+    """A continued-pretraining config sets both: the source's weights on the first launch, the
+    run's own newest checkpoint after (a preempted run does not restart from the source)."""
+    train.main(tiny_args)
+    src = ckpt.latest_checkpoint(run_dir_of(tiny_args))
+    args = tiny_args + [f"--init_from={src}", "--resume=auto", "--run_name=cont"]
+    train.main(args + ["--max_steps=3"])
+    train.main(args)  # continues the run from step 3 to 6
+    assert [r["step"] for r in records(run_dir_of(args), "start")] == [0, 3]
+    assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
+
+
 def test_resume_auto_passes_over_a_corrupt_newest_checkpoint_and_says_so(tiny_args, capsys):
     """A flipped bit in the newest checkpoint: --resume=auto says so, sets it aside, resumes
     from the one before, and ends with the weights of a run that was never damaged."""
