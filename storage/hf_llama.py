@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from errors import BadInput, MissingDependency
 from model import GPTConfig
 
 SAFETENSORS = "model.safetensors"
@@ -46,12 +47,12 @@ def _rope(hf: dict, where: str) -> tuple[float, dict | None]:
     theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ROPE_TYPES:
-        raise ValueError(
+        raise BadInput(
             f"{where}: rope type {kind!r} is not supported (only {' and '.join(ROPE_TYPES)}, "
             f"as Llama 2/3 and Qwen2.5 use); this model cannot compute its positions the same way"
         )
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError(
+        raise BadInput(
             f"{where}: partial_rotary_factor={hf['partial_rotary_factor']} is not supported "
             f"(rotary embeddings cover every head dimension here)"
         )
@@ -59,7 +60,7 @@ def _rope(hf: dict, where: str) -> tuple[float, dict | None]:
         return theta, None
     missing = [k for k in LLAMA3_ROPE_KEYS if k not in params]
     if missing:
-        raise ValueError(
+        raise BadInput(
             f"{where}: llama3 rope scaling lacks {', '.join(missing)}; restore the published config.json"
         )
     return theta, {"rope_type": "llama3", **{k: params[k] for k in LLAMA3_ROPE_KEYS}}
@@ -90,21 +91,21 @@ def llama_config(hf: dict, where: str) -> GPTConfig:
     field this model cannot compute the same way."""
     kind = hf.get("model_type")
     if kind not in ARCHITECTURES:
-        raise ValueError(f"{where} is model_type={kind!r}; the supported ones are {SUPPORTED}")
+        raise BadInput(f"{where} is model_type={kind!r}; the supported ones are {SUPPORTED}")
     arch = hf.get("architectures") or [ARCHITECTURES[kind]]
     if arch != [ARCHITECTURES[kind]]:
-        raise ValueError(
+        raise BadInput(
             f"{where} is a {'/'.join(map(str, arch))}; only {ARCHITECTURES[kind]} (the causal "
             f"language model) can be imported"
         )
     missing = [k for k in REQUIRED if not isinstance(hf.get(k), int)]
     if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)}; restore the model's published config.json")
+        raise BadInput(f"{where} lacks {', '.join(missing)}; restore the model's published config.json")
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
     n_kv = hf.get("num_key_value_heads") or n_head
     for field, ok, need in _refusals(hf, n_embd, n_head, n_kv):
         if not ok:
-            raise ValueError(
+            raise BadInput(
                 f"{where}: {field}={hf.get(field)!r} is not supported (this model needs {need}); "
                 f"supported architectures: {SUPPORTED}"
             )
@@ -138,7 +139,7 @@ def hf_family(cfg: GPTConfig) -> str:
             return "gpt2"
     if cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.rope_theta > 0 and not cfg.bias:
         return "qwen2" if qkv_bias else "llama"
-    raise ValueError(
+    raise BadInput(
         f"this model (norm={cfg.norm}, mlp={cfg.mlp}, rope_theta={cfg.rope_theta}, bias={cfg.bias}, "
         f"qkv_bias={cfg.qkv_bias}, n_kv_head={cfg.n_kv_head}, tie_embeddings={cfg.tie_embeddings}) has no "
         f"Hugging Face class: export writes GPT-2 (layernorm, gelu, learned positions, tied) or "
@@ -151,7 +152,7 @@ def hf_llama_config(cfg: GPTConfig, bos_id, eos_id, dtype: str) -> dict:
     in transformers 4's spelling (rope_theta, rope_scaling), which 5 reads too."""
     kind = hf_family(cfg)
     if kind == "gpt2":
-        raise ValueError("a GPT-2-shaped model exports as GPT-2, not Llama")
+        raise BadInput("a GPT-2-shaped model exports as GPT-2, not Llama")
     out = {
         "architectures": [ARCHITECTURES[kind]],
         "model_type": kind,
@@ -232,7 +233,7 @@ class SafetensorsFolder:
         elif os.path.isfile(index):
             files = [os.path.join(folder, f) for f in _shards(index)]
         else:
-            raise ValueError(
+            raise BadInput(
                 f"{folder} has config.json but no {SAFETENSORS} or {SAFETENSORS_INDEX}; "
                 f"download the model's weights into it"
             )
@@ -259,11 +260,11 @@ def _shards(index: str) -> list[str]:
         with open(index) as fh:
             shards = sorted(set(json.load(fh)["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{index} is not a readable weight index ({e}); download it again") from None
+        raise BadInput(f"{index} is not a readable weight index ({e}); download it again") from None
     folder = os.path.dirname(index)
     missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
     if missing:
-        raise ValueError(
+        raise BadInput(
             f"{folder} lacks {len(missing)} of the {len(shards)} shards its index names "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); download them"
         )
@@ -274,13 +275,13 @@ def _open(path: str):
     try:
         from safetensors import safe_open
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependency(
             "reading model.safetensors needs the safetensors package; pip install safetensors"
         ) from e
     try:
         return safe_open(path, framework="pt", device="cpu")
     except Exception as e:  # safetensors raises its own error type for a damaged file
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); download it again") from None
+        raise BadInput(f"{path} is not a readable safetensors file ({e}); download it again") from None
 
 
 def check_folder(files: SafetensorsFolder, cfg: GPTConfig, shapes: dict) -> dict:
@@ -295,7 +296,7 @@ def check_folder(files: SafetensorsFolder, cfg: GPTConfig, shapes: dict) -> dict
     missing = sorted(wanted - have)
     extra = sorted(n for n in have - wanted if not _ignorable(n, cfg))
     if missing or extra:
-        raise ValueError(
+        raise BadInput(
             f"{files.folder} does not hold the model its config.json describes: missing "
             f"{missing[:3]}, unexpected {extra[:3]}; re-download the weights or the config"
         )
@@ -303,12 +304,12 @@ def check_folder(files: SafetensorsFolder, cfg: GPTConfig, shapes: dict) -> dict
         for hf, rows in parts:
             want = (rows, *shapes[name][1:])
             if files.shapes[hf] != want:
-                raise ValueError(
+                raise BadInput(
                     f"{files.where[hf]}: {hf} has shape {files.shapes[hf]} but config.json needs "
                     f"{want}; the config and the weights disagree"
                 )
             if files.dtypes[hf] not in FILE_DTYPES:
-                raise ValueError(
+                raise BadInput(
                     f"{hf} is {files.dtypes[hf]}; only {', '.join(FILE_DTYPES)} weights can be imported "
                     f"(not quantized ones): use the model's unquantized release"
                 )
@@ -341,7 +342,7 @@ def to_hf_llama_state(state: dict, cfg: GPTConfig, dtype=torch.float32) -> dict:
     extra = sorted(set(state) - set(mapping))
     missing = sorted(set(mapping) - set(state))
     if extra or missing:
-        raise ValueError(
+        raise BadInput(
             f"the checkpoint does not hold the model its config describes: missing {missing[:3]}, "
             f"unexpected {extra[:3]}; export another checkpoint"
         )

@@ -27,6 +27,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from errors import BadInput
 from model import GPT, GPTConfig
 from storage.checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
 from storage.hf_llama import (
@@ -194,9 +195,7 @@ def _hf_config(hf: dict, where: str) -> GPTConfig:
     if hf.get("model_type") in ARCHITECTURES:
         return llama_config(hf, where)
     if hf.get("model_type") != "gpt2":
-        raise ValueError(
-            f"{where} is model_type={hf.get('model_type')!r}; the supported ones are {SUPPORTED}"
-        )
+        raise BadInput(f"{where} is model_type={hf.get('model_type')!r}; the supported ones are {SUPPORTED}")
     act = hf.get("activation_function", "gelu_new")
     must = {
         "activation_function": act in HF_GELU,
@@ -301,9 +300,9 @@ def _read_hf_config(folder: str) -> tuple[dict, GPTConfig]:
         with open(where) as fh:
             hf = json.load(fh)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{where} is not readable JSON ({e}); restore the folder's config.json") from None
+        raise BadInput(f"{where} is not readable JSON ({e}); restore the folder's config.json") from None
     if not isinstance(hf, dict):
-        raise ValueError(f"{where} is not a model config (a JSON object); restore the folder's config.json")
+        raise BadInput(f"{where} is not a model config (a JSON object); restore the folder's config.json")
     return hf, _hf_config(hf, where)
 
 
@@ -354,7 +353,7 @@ def _llama_tokenizer_meta(folder: str, cfg: GPTConfig) -> dict:
     else:
         tok = get_tokenizer(folder)  # a folder gives its tokenizer.json, or a one-line error
     if tok.n_vocab > cfg.padded_vocab:
-        raise ValueError(
+        raise BadInput(
             f"{folder}: its tokenizer makes ids up to {tok.n_vocab - 1} but the model has "
             f"{cfg.vocab_size} embedding rows; the tokenizer files are another model's"
         )

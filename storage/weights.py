@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from errors import NotFound
 from model import GPT, GPTConfig
 from storage.checkpoint import (
     best_or_latest,
@@ -67,7 +68,7 @@ def source_config(path: str) -> GPTConfig | None:
     """The model shape of a Hugging Face folder, from its config.json alone (for --dry_run,
     which reads no weights); None for any other kind of checkpoint."""
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise NotFound(
             f"--init_from={path} does not exist; download the model into it first (e.g. "
             f"huggingface-cli download Qwen/Qwen2.5-3B --local-dir {path}); --dry_run reads its config.json only"
         )
