@@ -87,7 +87,7 @@ def _refusals(hf: dict, n_embd: int, n_head: int, n_kv: int) -> list[tuple[str, 
 
 
 def llama_config(hf: dict, where: str) -> GPTConfig:
-    """Our GPTConfig for a Llama or Qwen2 config.json, or a one-line ValueError naming the
+    """Our GPTConfig for a Llama or Qwen2 config.json, or a one-line BadInput naming the
     field this model cannot compute the same way."""
     kind = hf.get("model_type")
     if kind not in ARCHITECTURES:
@@ -98,9 +98,11 @@ def llama_config(hf: dict, where: str) -> GPTConfig:
             f"{where} is a {'/'.join(map(str, arch))}; only {ARCHITECTURES[kind]} (the causal "
             f"language model) can be imported"
         )
-    missing = [k for k in REQUIRED if not isinstance(hf.get(k), int)]
+    missing = [k for k in REQUIRED if not isinstance(hf.get(k), int) or hf[k] <= 0]
     if missing:
-        raise BadInput(f"{where} lacks {', '.join(missing)}; restore the model's published config.json")
+        raise BadInput(
+            f"{where} lacks a positive {', '.join(missing)}; restore the model's published config.json"
+        )
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
     n_kv = hf.get("num_key_value_heads") or n_head
     for field, ok, need in _refusals(hf, n_embd, n_head, n_kv):
