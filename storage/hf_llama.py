@@ -132,7 +132,7 @@ def llama_config(hf: dict, where: str) -> GPTConfig:
 
 
 def hf_family(cfg: GPTConfig) -> str:
-    """Which Hugging Face class holds this model: "gpt2", "llama" or "qwen2"; a ValueError
+    """Which Hugging Face class holds this model: "gpt2", "llama" or "qwen2"; a BadInput
     for a mix of switches that none of them has."""
     kv = cfg.n_kv_head or cfg.n_head
     qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias
