@@ -39,7 +39,7 @@ def run_suite(out, *args):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,  # a loaded 2-core machine; the smoke itself limits its parts
     )
     suite = None
     if os.path.exists(os.path.join(out, "suite.json")):
