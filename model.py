@@ -60,12 +60,12 @@ class GPTConfig:
     gelu_approximate: str = "tanh"  # MLP GELU: "tanh" (GPT-2's form) or "none" (exact erf, as nanoGPT)
     pad_vocab_multiple: int = 64  # embedding rows padded up to this multiple for faster matmuls
     activation_checkpointing: bool | str = False  # one of ACTIVATION_CHECKPOINTING (True: "full")
-    loss_chunk: int = (
-        0  # positions per chunk of the head + loss (training: 0 all at once; scoring: 0 LOSS_CHUNK)
-    )
+    loss_chunk: int = 0  # positions per chunk of head + loss (0: training all at once, scoring LOSS_CHUNK)
 
     def __post_init__(self):
         self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
+        if isinstance(self.rope_scaling, dict):  # its own copy: presets share theirs
+            self.rope_scaling = dict(self.rope_scaling)
         if self.n_embd % self.n_head:
             raise BadInput(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
