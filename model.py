@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
+from errors import BadInput
+
 # What activation_checkpointing may be: False (keep every activation), "full" (keep each
 # block's input, recompute the block) or "selective" (keep the matmuls' and attention's
 # outputs too, recompute only the cheap ops between them). True, as older configs and
@@ -58,45 +60,45 @@ class GPTConfig:
     gelu_approximate: str = "tanh"  # MLP GELU: "tanh" (GPT-2's form) or "none" (exact erf, as nanoGPT)
     pad_vocab_multiple: int = 64  # embedding rows padded up to this multiple for faster matmuls
     activation_checkpointing: bool | str = False  # one of ACTIVATION_CHECKPOINTING (True: "full")
-    loss_chunk: int = (
-        0  # positions per chunk of the head + loss (training: 0 all at once; scoring: 0 LOSS_CHUNK)
-    )
+    loss_chunk: int = 0  # positions per chunk of head + loss (0: training all at once, scoring LOSS_CHUNK)
 
     def __post_init__(self):
         self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
+        if isinstance(self.rope_scaling, dict):  # its own copy: presets share theirs
+            self.rope_scaling = dict(self.rope_scaling)
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise BadInput(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"pick n_head from the divisors of n_embd"
             )
         if self.gelu_approximate not in ("tanh", "none"):
-            raise ValueError(
+            raise BadInput(
                 f"gelu_approximate must be 'tanh' (GPT-2) or 'none' (exact GELU), "
                 f"got {self.gelu_approximate!r}"
             )
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise BadInput(f"{name} must be positive, got {getattr(self, name)}")
         self._check_llama_fields()
 
     def _check_llama_fields(self):
         if self.n_kv_head < 0 or self.n_head % self.kv_heads:
-            raise ValueError(
+            raise BadInput(
                 f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (0 means n_head); "
                 f"pick one of {[k for k in range(1, self.n_head + 1) if self.n_head % k == 0]}"
             )
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+            raise BadInput(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.mlp not in MLPS:
-            raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+            raise BadInput(f"mlp must be one of {MLPS}, got {self.mlp!r}")
         if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+            raise BadInput(f"norm_eps must be positive, got {self.norm_eps}")
         if self.rope_theta < 0:
-            raise ValueError(
+            raise BadInput(
                 f"rope_theta must be 0 (learned positions) or a positive base, got {self.rope_theta}"
             )
         if self.rope_theta > 0 and self.head_dim % 2:
-            raise ValueError(
+            raise BadInput(
                 f"rotary embeddings rotate pairs of dimensions: head_dim={self.head_dim} "
                 f"(n_embd / n_head) must be even; change n_head"
             )
@@ -138,8 +140,8 @@ LLAMA_3 = dict(LLAMA, vocab_size=128256, rope_theta=500000.0, rope_scaling=LLAMA
 QWEN_2_5 = dict(LLAMA, vocab_size=151936, rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True)
 
 # Named shapes. A preset without vocab_size takes the data's (the GPT-2 ones: these defaults
-# are GPT-2's, so `num_params` of a preset is the number in the presets table of docs/training.md); one with a
-# vocab_size keeps it, the vocabulary of its published tokenizer and weights.
+# are GPT-2's, so `num_params` of a preset is the number in docs/training.md's presets
+# table); one with a vocab_size keeps it, the vocabulary of its published tokenizer.
 PRESETS = {
     # CPU work: nanoGPT's CPU recipe shape (4 x 128, context 64).
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
@@ -192,22 +194,22 @@ PRESETS = {
 
 
 def check_rope_scaling(scaling, rope_theta: float):
-    """A ValueError naming the fix unless scaling is Llama 3's rope scaling, complete."""
+    """A BadInput naming the fix unless scaling is Llama 3's rope scaling, complete."""
     if not isinstance(scaling, dict) or scaling.get("rope_type") != "llama3":
-        raise ValueError(
+        raise BadInput(
             f'rope_scaling must be None or Llama 3\'s {{"rope_type": "llama3", ...}}, got {scaling!r}'
         )
     missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
     extra = sorted(set(scaling) - {"rope_type", *LLAMA3_ROPE_KEYS})
     if missing or extra:
-        raise ValueError(
+        raise BadInput(
             f"rope_scaling (llama3) needs exactly {', '.join(LLAMA3_ROPE_KEYS)}: "
             f"missing {missing}, unknown {extra}"
         )
     if rope_theta <= 0:
-        raise ValueError("rope_scaling scales rotary embeddings: set rope_theta > 0 too")
+        raise BadInput("rope_scaling scales rotary embeddings: set rope_theta > 0 too")
     if not scaling["high_freq_factor"] > scaling["low_freq_factor"] > 0 or scaling["factor"] <= 0:
-        raise ValueError(
+        raise BadInput(
             f"rope_scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0, got {scaling}"
         )
 
@@ -218,7 +220,7 @@ def checkpointing_value(value) -> bool | str:
     value = "full" if value is True else value
     if isinstance(value, (bool, str)) and value in ACTIVATION_CHECKPOINTING:
         return value
-    raise ValueError(
+    raise BadInput(
         f"activation_checkpointing must be one of {', '.join(map(repr, ACTIVATION_CHECKPOINTING))} "
         f"(True means 'full'), got {value!r}"
     )
@@ -226,24 +228,24 @@ def checkpointing_value(value) -> bool | str:
 
 def check_preset(name: str):
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise BadInput(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
 
 
 def preset_config(name: str, data_vocab: int | None = None, **overrides) -> GPTConfig:
     """GPTConfig for a preset, with fields replaced by the non-None overrides. data_vocab: the
     vocabulary of the data it will train on, the model's unless the preset has its own (which
-    must hold it: a ValueError otherwise)."""
+    must hold it: a BadInput otherwise)."""
     check_preset(name)
     valid = {f.name for f in fields(GPTConfig)}
     bad = set(overrides) - valid
     if bad:
-        raise ValueError(f"unknown model fields {sorted(bad)}; valid: {sorted(valid)}")
+        raise BadInput(f"unknown model fields {sorted(bad)}; valid: {sorted(valid)}")
     model_cfg = GPTConfig(**PRESETS[name])
     own = PRESETS[name].get("vocab_size")
     if data_vocab is not None and own is None:
         model_cfg = replace(model_cfg, vocab_size=data_vocab)
     elif data_vocab is not None and data_vocab > own:
-        raise ValueError(
+        raise BadInput(
             f"the data's vocabulary of {data_vocab:,} tokens is larger than preset {name!r}'s "
             f"{own:,}; prepare the data with the model's tokenizer (prepare_data.py --tokenizer=FOLDER)"
         )
@@ -608,7 +610,7 @@ def to_float8(model: nn.Module, layers: list[str] | None = None) -> list[str]:
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError as e:
-        raise ValueError(TORCHAO_MISSING) from e
+        raise BadInput(TORCHAO_MISSING) from e
     chosen = float8_layers(model) if layers is None else list(layers)
     convert_to_float8_training(
         model, config=Float8LinearConfig(), module_filter_fn=lambda m, fqn: fqn in chosen

@@ -13,6 +13,7 @@ import json
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from errors import BadInput
 from text.tokenizer import EOT_TEXT, TOKENIZER_JSON, HFTokenizer
 
 BPE_PREFIX = "bpe:"
@@ -24,7 +25,7 @@ def parse_bpe_vocab(spec: str) -> int:
     """VOCAB of "bpe:VOCAB", checked."""
     value = spec[len(BPE_PREFIX) :]
     if not value.isdigit() or not MIN_VOCAB <= int(value) <= MAX_VOCAB:
-        raise ValueError(
+        raise BadInput(
             f"--tokenizer={spec}: VOCAB must be a whole number from {MIN_VOCAB} (the 256 bytes "
             f"and end-of-text) to {MAX_VOCAB:,}, e.g. bpe:32000"
         )

