@@ -147,9 +147,6 @@ def tokenizer_files(tok, block_size: int) -> tuple[dict, str]:
         }  # decode gives back the text exactly
         files["tokenizer_config.json"] = _json_bytes(config)
         note = "tokenizer: GPT-2's (vocab.json, merges.txt, tokenizer_config.json)"
-    elif tok.name == HF_KIND:
-        files = tokenizer_file_bytes(meta)  # the model folder's own files, as imported
-        note = f"tokenizer: the model's own ({', '.join(sorted(files))})"
     elif tok.name == "char":
         meta["vocab"] = {c: i for i, c in enumerate(tok.chars)} | {EOT_TEXT: tok.eot_id}
         note = (

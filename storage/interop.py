@@ -257,17 +257,23 @@ def _hf_weights(folder: str) -> dict:
     )
 
 
+def _recorded_tokenizer(folder: str):
+    """The tokenizer an export of ours recorded in the folder (TOKENIZER_META), or None."""
+    ours = os.path.join(folder, TOKENIZER_META)
+    if not os.path.isfile(ours):
+        return None
+    with open(ours) as fh:
+        recorded = json.load(fh)
+    if recorded.get("tokenizer") == HF_KIND and "files" not in recorded:
+        recorded["files"] = read_tokenizer_files(folder)  # export.py wrote them beside it
+    return load_tokenizer(recorded)
+
+
 def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
     """Our tokenizer for the folder: the one an export recorded, else GPT-2's, whose
     vocabulary must then be the folder's (vocab.json or tokenizer.json, when present)."""
-    ours = os.path.join(folder, TOKENIZER_META)
-    if os.path.isfile(ours):
-        with open(ours) as fh:
-            recorded = json.load(fh)
-        if recorded.get("tokenizer") == HF_KIND and "files" not in recorded:
-            recorded["files"] = read_tokenizer_files(folder)  # export.py wrote them beside it
-        tok = load_tokenizer(recorded)
-    elif vocab_size == GPT2_VOCAB:
+    tok = _recorded_tokenizer(folder)
+    if tok is None and vocab_size == GPT2_VOCAB:
         tok = get_tokenizer("gpt2")
         with open(gpt2_files()[1]) as fh:
             gpt2_vocab = json.load(fh)
@@ -281,7 +287,7 @@ def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
                             f"GPT-2's tokenizer (or exported by export.py) can be imported"
                         )
                 break
-    else:
+    elif tok is None:
         raise BadInput(
             f"{folder} has vocab_size={vocab_size}, not GPT-2's {GPT2_VOCAB}, and no "
             f"{TOKENIZER_META}; only GPT-2-tokenized models (or export.py's) can be imported"
@@ -346,12 +352,7 @@ def _llama_tokenizer_meta(folder: str, cfg: GPTConfig) -> dict:
     """Our tokenizer meta for a Llama or Qwen2 folder: its tokenizer.json and the files
     beside it (text.tokenizer's hf kind, which carries them: an export writes them back),
     or the one an export of ours recorded. Every id it makes must have an embedding row."""
-    ours = os.path.join(folder, TOKENIZER_META)
-    if os.path.isfile(ours):
-        with open(ours) as fh:
-            tok = load_tokenizer(json.load(fh))
-    else:
-        tok = get_tokenizer(folder)  # a folder gives its tokenizer.json, or a one-line error
+    tok = _recorded_tokenizer(folder) or get_tokenizer(folder)  # the folder's tokenizer.json
     if tok.n_vocab > cfg.padded_vocab:
         raise BadInput(
             f"{folder}: its tokenizer makes ids up to {tok.n_vocab - 1} but the model has "
