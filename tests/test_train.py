@@ -330,8 +330,7 @@ class NaNLoss(torch.nn.Module):
         self.inner = inner
 
     def forward(self, x, y):
-        logits, loss = self.inner(x, y)
-        return logits, loss * float("nan")
+        return self.inner(x, y) * float("nan")
 
 
 def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimizer():
