@@ -316,7 +316,7 @@ def boundary_convention(backend, configs: dict, source: str) -> tuple:
 def read_tokenizer_files(folder: str) -> dict:
     """{name: text} of the TOKENIZER_FILES a model (or dataset) folder has."""
     if not os.path.isfile(os.path.join(folder, TOKENIZER_JSON)):
-        raise BadInput(f"{folder} has no {TOKENIZER_JSON}; {_HF_FIX.replace('FOLDER', folder)}")
+        raise BadInput(f"{folder} has no {TOKENIZER_JSON}; {_HF_FIX.replace('FOLDER', repr(folder))}")
     files = {}
     for name in TOKENIZER_FILES:
         path = os.path.join(folder, name)
