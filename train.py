@@ -521,7 +521,9 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
             cfg.run_dir, cfg.keep_last
         )  # a resumed run keeps no more than keep_last says, from the start
         new_saves = sum(map(cfg.should_save, range(state.step + 1, cfg.max_steps + 1)))
-        warning = ckpt.space_warning(cfg.run_dir, checkpoint_bytes(model_cfg, cfg.optimizer), cfg.keep_last, new_saves)
+        warning = ckpt.space_warning(
+            cfg.run_dir, checkpoint_bytes(model_cfg, cfg.optimizer), cfg.keep_last, new_saves
+        )
         if warning:
             print(warning)
     return Start(
