@@ -9,10 +9,14 @@ and label), completion style, as llm.c and build-nanogpt do.
 Face GPT-2 folder, a nanoGPT ckpt.pt. Each --task is PATH or NAME:PATH (the name defaults to
 the file's stem); every line of every file is checked before the checkpoint loads. --limit=N
 scores the first N examples, --subset=N a fixed N spread over the file (the same ones every
-time, and the ones train.py scores with eval_task_examples=N). A GPU computes in bf16
-autocast (--dtype). Prints a table and writes --out (JSON: each task's acc, acc_norm,
-examples and speed; --per_example adds every example's scores). How choices are scored,
-and where that differs from lm-evaluation-harness: multiple_choice.py.
+time, and the ones train.py scores with eval_task_examples=N). --preprocess=lm-eval rewrites
+HellaSwag's text as lm-evaluation-harness does. A GPU computes in bf16 autocast (--dtype).
+
+Prints a table and writes --out (JSON): each task's acc, acc_norm_tokens (llm.c's acc_norm)
+and acc_norm_chars (lm-evaluation-harness's acc_norm), each with its standard error
+(METRIC_stderr), the examples cut to the model's context (a warning names them too), and the
+speed; --per_example adds every example's scores. What each metric compares with:
+evaluation/scoring.py and docs/evaluation.md.
 """
 
 import argparse
@@ -23,9 +27,11 @@ import time
 
 import torch
 
+from errors import run_cli
+from evaluation import scoring
 from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
 from storage.atomic_files import write_json
-from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from storage.weights import build_model, check_tokenizer, find_and_load, tokenizer_meta
 from text import multiple_choice as mc
 from text.tokenizer import load_tokenizer
 from training.config import LOSS_CHUNK
@@ -34,7 +40,7 @@ from training.config import LOSS_CHUNK
 def task_spec(value: str) -> tuple:
     """(name, path) from NAME:PATH or PATH (named after the file's stem)."""
     name, sep, path = value.partition(":")
-    if sep and mc.TASK_NAME.fullmatch(name) and path:
+    if sep and scoring.TASK_NAME.fullmatch(name) and path:
         return name, path
     stem = os.path.splitext(os.path.basename(value))[0]
     return re.sub(r"\W", "_", stem) or "task", value
@@ -71,8 +77,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--batch_tokens",
         type=int,
-        default=mc.BATCH_TOKENS,
+        default=scoring.BATCH_TOKENS,
         help="tokens per forward (rows x longest row); lower it if memory runs out",
+    )
+    p.add_argument(
+        "--preprocess",
+        default="none",
+        choices=mc.PREPROCESS,
+        help="none: the text as the file has it (llm.c); lm-eval: HellaSwag's rewritten as "
+        "lm-evaluation-harness's hellaswag task does (activity_label: ctx_a Ctx_b, [markers] removed)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
@@ -108,17 +121,21 @@ def selection(args, total: int) -> str:
     return "all"
 
 
-def run_task(model, examples: list, args, tok, device, ctx) -> dict:
-    """One task's results: encode the chosen examples, score them, time it."""
+def run_task(model, name: str, examples: list, args, tok, device, ctx) -> dict:
+    """One task's results: encode the chosen examples, warn about those cut to the model's
+    context, score them, time it."""
     start = time.perf_counter()
-    chosen = mc.pick(len(examples), args.limit, args.subset)
-    encoded = [mc.encode(tok, examples[i], i, model.config.block_size) for i in chosen]
+    block_size = model.config.block_size
+    task = mc.encode_task(name, "", examples, tok, block_size, args.limit, args.subset)
     encode_s = time.perf_counter() - start
+    if warning := mc.truncation_warning(task, block_size):
+        print(warning + " (which: --per_example)", file=sys.stderr)
     start = time.perf_counter()
-    scored = mc.score_examples(model, encoded, device, ctx, args.batch_tokens)
+    scored = scoring.score_examples(model, task.examples, device, ctx, args.batch_tokens)
     seconds = time.perf_counter() - start
     result = dict(
-        mc.accuracy(scored),
+        scoring.accuracy(scored),
+        truncated=task.truncated,
         of=len(examples),
         selection=selection(args, len(examples)),
         seconds=seconds,
@@ -131,22 +148,36 @@ def run_task(model, examples: list, args, tok, device, ctx) -> dict:
                 index=s.index,
                 label=s.label,
                 pred=s.pred,
-                pred_norm=s.pred_norm,
+                pred_norm_tokens=s.pred_norm_tokens,
+                pred_norm_chars=s.pred_norm_chars,
                 logprobs=list(s.logprobs),
                 tokens=list(s.tokens),
+                chars=list(s.chars),
+                truncated=s.truncated,
             )
             for s in scored
         ]
     return result
 
 
+def with_stderr(r: dict, metric: str) -> str:
+    err = r[metric + scoring.STDERR]
+    return f"{r[metric]:.4f}" + (f" ± {err:.4f}" if err is not None else "")
+
+
 def table(results: dict) -> str:
-    lines = ["| task | examples | acc | acc_norm | seconds | examples/s |", "|---|---|---|---|---|---|"]
+    """One row per task: each accuracy ± its standard error."""
+    lines = [
+        "| task | examples | acc | acc_norm_tokens (llm.c) | acc_norm_chars (lm-eval) | cut to context "
+        "| seconds | examples/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         speed = f"{r['examples_per_s']:,.1f}" if r["examples_per_s"] else "-"
         lines.append(
-            f"| {name} | {r['examples']:,} of {r['of']:,} | {r['acc']:.4f} | {r['acc_norm']:.4f} | "
-            f"{r['seconds']:.1f} | {speed} |"
+            f"| {name} | {r['examples']:,} of {r['of']:,} | "
+            + " | ".join(with_stderr(r, m) for m in scoring.METRICS)
+            + f" | {r['truncated']:,} | {r['seconds']:.1f} | {speed} |"
         )
     return "\n".join(lines)
 
@@ -154,11 +185,11 @@ def table(results: dict) -> str:
 def main(argv=None) -> dict:
     """Print the table, write --out; return what was written."""
     args = parse_args(argv)
-    tasks = {name: mc.read_task(path) for name, path in args.task}  # bad files fail before the load
+    # bad files fail before the load
+    tasks = {name: mc.read_task(path, args.preprocess) for name, path in args.task}
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_weights(path)
+    path, ckpt = find_and_load(args.checkpoint, args.out_dir)
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = build_model(ckpt, device)
     check_tokenizer(model.config, tok)
@@ -172,7 +203,9 @@ def main(argv=None) -> dict:
         file=sys.stderr,
     )
     results = {
-        name: dict(path=task_path, **run_task(model, tasks[name], args, tok, device, autocast(device, dtype)))
+        name: dict(
+            path=task_path, **run_task(model, name, tasks[name], args, tok, device, autocast(device, dtype))
+        )
         for name, task_path in args.task
     }
     out = dict(
@@ -184,8 +217,11 @@ def main(argv=None) -> dict:
         dtype=dtype_name(dtype),
         torch=torch.__version__,
         batch_tokens=args.batch_tokens,
-        scoring="completion style, as llm.c and build-nanogpt: context tokens, then the tokens of "
-        "' ' + choice; acc: highest summed log-likelihood, acc_norm: highest per token",
+        preprocess=args.preprocess,
+        scoring="completion style: context tokens, then the tokens of ' ' + choice, encoded apart; "
+        "acc: highest summed log-likelihood; acc_norm_tokens: highest per token (llm.c's acc_norm); "
+        "acc_norm_chars: highest per character of the choice (lm-evaluation-harness's acc_norm); "
+        "METRIC_stderr: sqrt(p (1 - p) / (n - 1)), lm-evaluation-harness's mean_stderr",
         tasks=results,
     )
     print(table(results))
@@ -195,7 +231,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -31,11 +31,12 @@ import sys
 
 import torch
 
+from errors import BadInput, CannotWrite, run_cli
 from model import TRAINING_FIELDS, GPTConfig
 from storage.atomic_files import atomic_path
 from storage.checkpoint import KIND
 from storage.interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
-from storage.weights import load_weights, resolve_checkpoint, tokenizer_meta
+from storage.weights import find_and_load, tokenizer_meta
 from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
 
 SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
@@ -60,13 +61,13 @@ def model_config(saved: dict) -> GPTConfig:
     """The checkpoint's GPTConfig, refusing fields GPT-2's format cannot express."""
     unknown = sorted(set(saved) - KNOWN_FIELDS)
     if unknown:
-        raise ValueError(
+        raise BadInput(
             f"model field {unknown[0]}={saved[unknown[0]]!r} has no GPT-2 equivalent; "
             f"export.py cannot express it in Hugging Face's GPT-2 format"
         )
     gelu = saved.get("gelu_approximate", "tanh")
     if gelu not in GELU_TO_HF:
-        raise ValueError(
+        raise BadInput(
             f"model field gelu_approximate={gelu!r} has no GPT-2 activation; "
             f"export supports {sorted(GELU_TO_HF)}"
         )
@@ -154,7 +155,7 @@ def hf_tensors(state: dict, cfg: GPTConfig, dtype_name: str) -> dict:
     tensors = to_hf_state_dict(state, cfg, DTYPES[dtype_name])
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
-            raise ValueError(
+            raise BadInput(
                 f"{name} has values that overflow {dtype_name} (or were not finite in "
                 f"the checkpoint); export with --dtype=bfloat16 or float32"
             )
@@ -164,20 +165,20 @@ def hf_tensors(state: dict, cfg: GPTConfig, dtype_name: str) -> dict:
 def check_out(out: str):
     """Refuse an --out that cannot become the export folder, before anything is loaded."""
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ValueError(f"{out} already exists; remove it or pick another --out")
+        raise BadInput(f"{out} already exists; remove it or pick another --out")
     parent = os.path.dirname(os.path.abspath(out))
     while not os.path.exists(parent):  # the folders write_folder would create
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(f"cannot create {out}: {parent} is a file, not a folder; pick another --out")
+        raise BadInput(f"cannot create {out}: {parent} is a file, not a folder; pick another --out")
     if not os.access(parent, os.W_OK):  # a read-only filesystem says so even to root
-        raise ValueError(
+        raise BadInput(
             f"cannot create {out}: {parent} is not writable (a read-only filesystem, or "
             f"its permissions); pick another --out"
         )
 
 
-class ExportWriteError(OSError):
+class ExportWriteError(CannotWrite):
     """The export folder could not be written; the message says why."""
 
 
@@ -239,7 +240,7 @@ def export(ckpt: dict, out: str, dtype: str = "float32", source: str | None = No
     cfg = model_config(ckpt["model_config"])
     tok = load_tokenizer(tokenizer_meta(ckpt))
     if cfg.vocab_size > tok.n_vocab:
-        raise ValueError(
+        raise BadInput(
             f"the model predicts {cfg.vocab_size} ids but its {tok.name} tokenizer "
             f"has {tok.n_vocab}; the checkpoint's tokenizer entry does not belong to it"
         )
@@ -293,8 +294,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     check_out(args.out)  # before the (slow) load
-    path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_weights(path)
+    path, ckpt = find_and_load(args.checkpoint, args.out_dir)
     print(f"exporting {path} (step {ckpt.get('step')})", file=sys.stderr)
     for line in export(ckpt, args.out, args.dtype, source=path):
         print(line)
@@ -304,13 +304,5 @@ def main(argv=None):
     )
 
 
-def cli(argv=None):
-    """The command line: every error a user can fix is one line, not a traceback."""
-    try:
-        main(argv)
-    except (FileNotFoundError, ValueError, RuntimeError, ExportWriteError) as e:
-        sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-    cli()
+    run_cli(main)

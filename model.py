@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
+from errors import BadInput
+
 # What activation_checkpointing may be: False (keep every activation), "full" (keep each
 # block's input, recompute the block) or "selective" (keep the matmuls' and attention's
 # outputs too, recompute only the cheap ops between them). True, as older configs and
@@ -39,18 +41,18 @@ class GPTConfig:
     def __post_init__(self):
         self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
         if self.n_embd % self.n_head:
-            raise ValueError(
+            raise BadInput(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"pick n_head from the divisors of n_embd"
             )
         if self.gelu_approximate not in ("tanh", "none"):
-            raise ValueError(
+            raise BadInput(
                 f"gelu_approximate must be 'tanh' (GPT-2) or 'none' (exact GELU), "
                 f"got {self.gelu_approximate!r}"
             )
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise BadInput(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def mlp_dim(self) -> int:
@@ -67,7 +69,7 @@ class GPTConfig:
 
 
 # Named shapes. vocab_size is set from the data at train time; these are the
-# GPT-2 defaults so `num_params` of a preset is the number in the README table.
+# GPT-2 defaults so `num_params` of a preset is the number in the presets table of docs/training.md.
 PRESETS = {
     # CPU work: nanoGPT's CPU recipe shape (4 x 128, context 64).
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
@@ -91,7 +93,7 @@ def checkpointing_value(value) -> bool | str:
     value = "full" if value is True else value
     if isinstance(value, (bool, str)) and value in ACTIVATION_CHECKPOINTING:
         return value
-    raise ValueError(
+    raise BadInput(
         f"activation_checkpointing must be one of {', '.join(map(repr, ACTIVATION_CHECKPOINTING))} "
         f"(True means 'full'), got {value!r}"
     )
@@ -99,7 +101,7 @@ def checkpointing_value(value) -> bool | str:
 
 def check_preset(name: str):
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise BadInput(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
 
 
 def preset_config(name: str, **overrides) -> GPTConfig:
@@ -108,7 +110,7 @@ def preset_config(name: str, **overrides) -> GPTConfig:
     valid = {f.name for f in fields(GPTConfig)}
     bad = set(overrides) - valid
     if bad:
-        raise ValueError(f"unknown model fields {sorted(bad)}; valid: {sorted(valid)}")
+        raise BadInput(f"unknown model fields {sorted(bad)}; valid: {sorted(valid)}")
     model_cfg = GPTConfig(**PRESETS[name])
     return replace(model_cfg, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -377,7 +379,7 @@ def to_float8(model: nn.Module, layers: list[str] | None = None) -> list[str]:
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError as e:
-        raise ValueError(TORCHAO_MISSING) from e
+        raise BadInput(TORCHAO_MISSING) from e
     chosen = float8_layers(model) if layers is None else list(layers)
     convert_to_float8_training(
         model, config=Float8LinearConfig(), module_filter_fn=lambda m, fqn: fqn in chosen

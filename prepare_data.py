@@ -32,6 +32,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from errors import BadInput, run_cli
 from storage.atomic_files import atomic_path, write_json
 from text.corpus import (
     DEFAULT_SPLIT,
@@ -91,7 +92,7 @@ def token_dtype(n_vocab: int) -> np.dtype:
     for dtype in DTYPES.values():  # the formats the loader reads, smallest first
         if n_vocab <= np.iinfo(dtype).max + 1:
             return dtype
-    raise ValueError(f"vocabulary of {n_vocab} ids does not fit in uint32; use a smaller tokenizer")
+    raise BadInput(f"vocabulary of {n_vocab} ids does not fit in uint32; use a smaller tokenizer")
 
 
 class ChunkEncoder:
@@ -229,13 +230,13 @@ def prepare(
     """Tokenize `inputs` (None: the Shakespeare corpus) into out_dir/name; return meta."""
     num_proc = default_num_proc() if num_proc is None else num_proc
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        raise BadInput(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if num_proc < 1:
-        raise ValueError(f"num_proc must be at least 1, got {num_proc}")
+        raise BadInput(f"num_proc must be at least 1, got {num_proc}")
     tok = None if tokenizer == "char" else get_tokenizer(tokenizer)  # a bad name fails first
     if inputs:
         if not name:
-            raise ValueError("pass --name NAME: the dataset folder under --out_dir to write")
+            raise BadInput("pass --name NAME: the dataset folder under --out_dir to write")
         files = resolve_inputs(inputs, split)
     else:
         name = name or default_name(tokenizer)
@@ -337,20 +338,17 @@ def main(argv=None):
     p.add_argument("--num_proc", type=int, default=None, help="tokenizer processes (all cores)")
     args = p.parse_args(argv)
     t0 = time.time()
-    try:
-        meta = prepare(
-            args.input,
-            args.out_dir,
-            args.name,
-            args.tokenizer,
-            args.val_fraction,
-            args.seed,
-            args.num_proc,
-            args.text_field,
-            split=args.split,
-        )
-    except (ValueError, RuntimeError, OSError) as e:
-        raise SystemExit(f"error: {e}") from None
+    meta = prepare(
+        args.input,
+        args.out_dir,
+        args.name,
+        args.tokenizer,
+        args.val_fraction,
+        args.seed,
+        args.num_proc,
+        args.text_field,
+        split=args.split,
+    )
     elapsed = time.time() - t0
     folder = os.path.join(args.out_dir, args.name or default_name(args.tokenizer))
     tokens = meta["train_tokens"] + meta["val_tokens"]
@@ -367,4 +365,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

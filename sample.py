@@ -15,9 +15,10 @@ import sys
 
 import torch
 
+from errors import BadInput, run_cli
 from model import KVCache
 from parallel.devices import DTYPES, autocast, pick_device, pick_dtype
-from storage.weights import build_model, check_tokenizer, load_weights, resolve_checkpoint, tokenizer_meta
+from storage.weights import build_model, check_tokenizer, find_and_load, tokenizer_meta
 from text.tokenizer import load_tokenizer
 
 # ---- sampling -------------------------------------------------------------------------
@@ -205,8 +206,7 @@ def main(argv=None):
     """Print num_samples samples; return their texts (prompt + continuation)."""
     args = parse_args(argv)
     device = pick_device(args.device)
-    path = resolve_checkpoint(args.checkpoint, args.out_dir)
-    ckpt = load_weights(path)
+    path, ckpt = find_and_load(args.checkpoint, args.out_dir)
     tok = load_tokenizer(tokenizer_meta(ckpt))
     model = build_model(ckpt, device)
     step = ckpt.get("step")
@@ -223,7 +223,7 @@ def main(argv=None):
     else:
         prompt_ids = tok.encode(args.prompt)
         if not prompt_ids:
-            raise ValueError("the prompt encodes to no tokens; leave --prompt out to sample unconditionally")
+            raise BadInput("the prompt encodes to no tokens; leave --prompt out to sample unconditionally")
     if len(prompt_ids) > model.config.block_size:
         print(
             f"prompt is {len(prompt_ids)} tokens; the model sees its last {model.config.block_size}",
@@ -265,7 +265,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -27,6 +27,8 @@ import time
 import numpy as np
 import torch
 
+from errors import run_cli
+from evaluation import scoring
 from model import (
     GPT,
     GPTConfig,
@@ -44,7 +46,7 @@ from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
 from storage import checkpoint as ckpt
 from storage import run_lock
 from storage.atomic_files import write_json
-from storage.weights import load_resume, load_weights, resolve_checkpoint
+from storage.weights import find_and_load, load_resume
 from text import multiple_choice as mc
 from text.loader import (
     GPT2_META,
@@ -57,6 +59,7 @@ from text.loader import (
 )
 from text.tokenizer import load_tokenizer
 from training import stopping
+from training.checkpointing import CheckpointManager
 from training.config import ConfigError, TrainConfig, help_text, load_config
 from training.memory import checkpoint_bytes
 from training.optimizers import build_optimizers, describe, is_muon, set_learning_rates
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     metas = read_mixture_metas(
         cfg.datasets()
     )  # data that cannot be used is refused before the run folder exists
-    check_output_dir(cfg.run_dir)  # on every rank, so a bad path stops them all, not only rank 0
+    check_output_dir(cfg)  # on every rank, so a bad path stops them all, not only rank 0
     writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
     with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
         return launch(cfg, metas, writer)
@@ -259,7 +262,7 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
     cfg, state = run.cfg, run.state
     done = state.step
     preempted = distributed.any_rank(run.env, signalled)
-    due = preempted or done >= cfg.max_steps or cfg.should_evaluate(done) or cfg.should_save(done)
+    due = preempted or done >= cfg.max_steps or cfg.should_evaluate(done) or run.checkpoints.should_save(done)
     # a step's numbers are read a step late so that the host never waits for the GPU, unless
     # they are needed now: for a log line, or before evaluating, saving or stopping
     for result in copies.pop(wait_for_all=due or cfg.should_log(copies.newest_step)):
@@ -275,9 +278,7 @@ def after_step(run, copies: HostCopies, watch: StepWatch, signalled: bool) -> St
             at_max_steps=done >= cfg.max_steps,
             patience_spent=patience_spent,
         )
-        step_path = save_step_checkpoint(run, watch) if cfg.should_save(done, stop) else None
-        if improved:
-            save_best(run, step_path)
+        run.checkpoints.after_step(state, stop, watch, improved, lambda: checkpoint_contents(run))
     return stop
 
 
@@ -312,7 +313,7 @@ def evaluate_and_track(run) -> tuple[bool, bool]:
     train_estimate = evaluate(inner, run.train_data, cfg, run.env, run.autocast)
     # the eager model: each task batch has its own shape, which a compiled model would recompile for
     scores = (
-        mc.score_tasks(
+        scoring.score_tasks(
             run.raw_model, run.tasks, run.env, run.autocast, cfg.micro_batch_size * run.model_cfg.block_size
         )
         if run.tasks
@@ -340,59 +341,19 @@ def dataset_names(data_dirs: list) -> list:
     return names if len(set(names)) == len(names) else [f"{i}_{n}" for i, n in enumerate(names)]
 
 
-def save(run, name: str) -> str:
-    """Gather the full state to rank 0 (every rank takes part) and write it, then let every
-    rank go on; its path. A step checkpoint first deletes the step checkpoints keep_last no
-    longer keeps, so that the space they held is there for it."""
+def checkpoint_contents(run) -> dict:
+    """What a checkpoint holds (storage.checkpoint's format), gathered whole to rank 0: every
+    rank takes part."""
     model_state, optimizer_state = sharding.full_state(run.raw_model, run.optimizers)
-    path = os.path.join(run.cfg.run_dir, name)
-    if run.env.master:
-        if ckpt.is_step_file(name):
-            ckpt.prune(run.cfg.run_dir, run.cfg.keep_last, before_a_save=True)
-        ckpt.save_checkpoint(
-            dict(
-                model=model_state,
-                optimizer=optimizer_state,
-                scaler=run.scaler.state_dict(),
-                model_config=dataclasses.asdict(run.model_cfg),
-                config=run.cfg.to_dict(),
-                tokenizer=run.meta,
-                **run.state.state_dict(),
-            ),
-            path,
-        )
-        if ckpt.is_step_file(name):
-            ckpt.prune(run.cfg.run_dir, run.cfg.keep_last)
-        run.reporter.checkpoint(run.state.step, path, name == ckpt.BEST_FILE, run.state.elapsed_s)
-    distributed.barrier(run.env)
-    return path
-
-
-def save_step_checkpoint(run, watch: StepWatch) -> str | None:
-    """checkpoint_step_N.pt, unless the last steps were non-finite or diverging: a
-    checkpoint is somewhere to go back to, and that state is not. Its path, if saved."""
-    if watch.streak:
-        what = "not finite" if watch.nonfinite_streak else "far above the steps before them (diverging)"
-        run.reporter.print(
-            f"step {run.state.step:,}: not saving {ckpt.step_file(run.state.step)}: the last "
-            f"steps' losses were {what}"
-        )
-        return None
-    return save(run, ckpt.step_file(run.state.step))
-
-
-def save_best(run, step_path: str | None):
-    """best_model.pt: a link to the step checkpoint of the same state when one was just
-    saved (no second copy on disk), else a save of its own."""
-    if step_path is None:
-        save(run, ckpt.BEST_FILE)
-        return
-    if run.env.master:
-        ckpt.link_best(step_path)
-        run.reporter.checkpoint(
-            run.state.step, os.path.join(run.cfg.run_dir, ckpt.BEST_FILE), True, run.state.elapsed_s
-        )
-    distributed.barrier(run.env)
+    return dict(
+        model=model_state,
+        optimizer=optimizer_state,
+        scaler=run.scaler.state_dict(),
+        model_config=dataclasses.asdict(run.model_cfg),
+        config=run.cfg.to_dict(),
+        tokenizer=run.meta,
+        **run.state.state_dict(),
+    )
 
 
 def finish(run, stop: Stop, message: str) -> Stop:
@@ -418,8 +379,23 @@ def stop_message(stop: Stop, run, watch: StepWatch) -> str:
             f"preempted: saved {ckpt.latest_checkpoint(run.cfg.run_dir)} at step {state.step:,}; continue with "
             f"--resume (exit status {EXIT_PREEMPTED} asks a scheduler to requeue)"
         )
-    best = f"{state.best_val_loss:.4f}" if math.isfinite(state.best_val_loss) else "none"
-    return f"done: {stop.value} at step {state.step:,}; best val loss {best}"
+    return f"done: {stop.value} at step {state.step:,}; {_best_summary(run.cfg, state)}"
+
+
+def _best_summary(cfg: TrainConfig, state: TrainState) -> str:
+    """The best val loss, or why there is none (and so no best_model.pt)."""
+    if math.isfinite(state.best_val_loss):
+        return f"best val loss {state.best_val_loss:.4f}"
+    if cfg.eval_batches == 0:
+        why = "evaluation is off (eval_batches=0)"
+    elif not math.isfinite(state.baseline_val_loss):
+        why = "the starting point's val loss was not finite, so nothing can be measured against it"
+    else:
+        why = f"no evaluation beat the starting point's val loss {state.baseline_val_loss:.4f}"
+    return (
+        f"no best val loss: {why}, so there is no best_model.pt (sample.py, export.py and evaluate.py "
+        f"use the newest step checkpoint, and say so)"
+    )
 
 
 def _where_to_go_on(cfg: TrainConfig, first_bad_step: int) -> str:
@@ -451,7 +427,7 @@ class Start:
     val_data: TokenMixture
     tasks: list  # multiple_choice.Task: each of eval_tasks' fixed subset, encoded
     source: dict | None  # the checkpoint resumed or started from (weights, optimizer, state)
-    source_path: str
+    source_path: str | None  # the checkpoint resumed or started from
     resumed: bool
     state: TrainState
 
@@ -475,6 +451,7 @@ class Run:
     autocast: object
     state: TrainState
     reporter: Reporter
+    checkpoints: CheckpointManager  # when to save, what to keep, best_model.pt
 
     @property
     def tokens_per_step(self) -> int:
@@ -485,15 +462,15 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     """Every check that can fail, and every setting resolved, before any long work: data,
     tasks, the checkpoint to resume or start from, the model's shape, how the run runs.
     metas: each dataset's (one tokenizer). writer: this process writes the run folder (rank
-    0): it alone sets corrupt checkpoints aside and warns about disk space."""
+    0): it alone sets corrupt checkpoints aside."""
     meta = next(iter(metas.values()))
     task_examples = mc.read_tasks(cfg.eval_tasks)  # every line of every task file, before anything slow
     world = distributed.world_size_from_env()
     cfg.accumulation(world)  # refuses a batch that does not split over the ranks
     resume_path, source = find_resume(cfg, writer)
-    source_path = resume_path or cfg.init_from
+    source_path = resume_path
     if cfg.init_from:
-        source = load_weights(resolve_checkpoint(cfg.init_from))
+        source_path, source = find_and_load(cfg.init_from, say=print if writer else lambda line: None)
     if resume_path:
         check_same_data(cfg, source, resume_path)
         check_same_optimizer(cfg, source, resume_path)
@@ -517,15 +494,9 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
             f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)"
         )
     if writer:
-        ckpt.prune(
-            cfg.run_dir, cfg.keep_last
-        )  # a resumed run keeps no more than keep_last says, from the start
-        new_saves = sum(map(cfg.should_save, range(state.step + 1, cfg.max_steps + 1)))
-        warning = ckpt.space_warning(
-            cfg.run_dir, checkpoint_bytes(model_cfg, cfg.optimizer), cfg.keep_last, new_saves
-        )
-        if warning:
-            print(warning)
+        for task in tasks:  # lm-eval warns too; a silent cut would skew the scores unseen
+            if warning := mc.truncation_warning(task, model_cfg.block_size):
+                print(warning)
     return Start(
         resolved, device, meta, train_data, val_data, tasks, source, source_path, bool(resume_path), state
     )
@@ -573,13 +544,22 @@ def check_same_optimizer(cfg: TrainConfig, source: dict, resume_path: str):
         )
 
 
-def check_output_dir(run_dir: str):
+def check_output_dir(cfg: TrainConfig):
+    """Refuse a run folder this process cannot write, naming the fix: for a run to resume,
+    making its folder writable again (another --out_dir would leave its checkpoints behind)."""
+    run_dir = cfg.run_dir
     try:
         os.makedirs(run_dir, exist_ok=True)
         probe = os.path.join(run_dir, f".write_test.{os.getpid()}")
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
+        if cfg.resume and ckpt.step_checkpoints(run_dir):
+            raise ConfigError(
+                f"cannot write to {run_dir!r} ({e.strerror}), which holds the checkpoints to resume: make "
+                f"it writable again (a read-only filesystem: remount it read-write; permissions: chmod "
+                f"u+w), then run the same command"
+            ) from e
         raise ConfigError(f"cannot write to {run_dir!r} ({e.strerror}); pick another --out_dir") from e
 
 
@@ -685,9 +665,10 @@ def build(start: Start, env: distributed.Dist) -> Run:
         autocast(env.device, dtype),
         start.state,
         reporter,
+        CheckpointManager(cfg, env, reporter),
     )
     if env.master:
-        ckpt.remove_stale_temp_files(cfg.run_dir)
+        run.checkpoints.start(start.state.step, checkpoint_bytes(model_cfg, cfg.optimizer))
         announce(run, start)
     return run
 
@@ -762,20 +743,5 @@ def announce(run: Run, start: Start):
     run.reporter.record(dict(kind="start", step=state.step, config=cfg.to_dict(), dtype=cfg.dtype, **derived))
 
 
-def cli():
-    """The command line: an exit status, and for user errors and named faults a one-line
-    message instead of a traceback."""
-    try:
-        sys.exit(main())
-    except (
-        ConfigError,
-        FileNotFoundError,
-        ValueError,
-        ckpt.CheckpointWriteError,
-        distributed.CollectiveFailure,
-    ) as e:
-        sys.exit(f"error: {e}")
-
-
 if __name__ == "__main__":
-    cli()
+    run_cli(main)

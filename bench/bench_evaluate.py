@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from evaluation import scoring
 from model import GPT, PRESETS, GPTConfig
 from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dtype
 from storage.atomic_files import write_json
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--examples", type=int, default=500, help="synthetic examples, or the first N of --task (0: all)"
     )
-    p.add_argument("--batch_tokens", type=int, default=mc.BATCH_TOKENS)
+    p.add_argument("--batch_tokens", type=int, default=scoring.BATCH_TOKENS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--json", default=None, help="also write the figures to this file")
@@ -91,7 +92,9 @@ def main(argv=None) -> dict:
             "bench", path, tok, model.config.block_size, limit=args.examples if args.task else 0
         )
         encoded_s = time.perf_counter() - start
-        scored = mc.score_examples(model, task.examples, device, autocast(device, dtype), args.batch_tokens)
+        scored = scoring.score_examples(
+            model, task.examples, device, autocast(device, dtype), args.batch_tokens
+        )
         seconds = time.perf_counter() - start
     tokens = sum(len(r) - 1 for e in task.examples for r in e.rows)
     out = dict(

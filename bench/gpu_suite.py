@@ -10,7 +10,8 @@ because a GPU is lent only now and then, for minutes at a time.
 Parts, in priority order (what is least measured, or a goal depends on, first); each runs in
 a process of its own, so a crash or an OOM ends only that part, and suite.json / suite.md in
 --out are rewritten after every part:
-  tests               pytest -m cuda tests: one row per test (tests/test_cuda.py)
+  tests               pytest -m cuda tests: one row per test (tests/test_cuda.py), and one
+                      "not_collected" row per test module skipped whole at collection
   124m_bf16           train.py, gpt2-124m, micro-batch 32 x 1,024, bf16, compiled (all logits at once)
   1.2b_bf16           train.py, 1.2b, micro-batch 8 x 1,024, bf16, compiled (all logits at once)
   124m_bf16_chunked   as 124m_bf16 with the memory-saving loss, --loss_chunk=1024
@@ -257,8 +258,32 @@ def cuda_tests(out: str, slot: Slot, env: dict) -> list[dict]:
             else failure(rc, log, slot.seconds)
         )
         return [dict(part="tests", name="pytest -m cuda", status=status)]
+    rows = junit_rows(xml)
+    if not any(r["part"] == "tests" for r in rows):  # exit status 5: no test is marked cuda
+        rows.append(dict(part="tests", name="pytest -m cuda", status=failure(rc or 1, log, slot.seconds)))
+    return rows
+
+
+def junit_rows(xml: str) -> list[dict]:
+    """One row per test of pytest's JUnit XML report. A module skipped whole while pytest
+    collected it (pytest.importorskip at module level: tests/test_fp8.py without torchao) is
+    no test: JUnit lists it as a testcase with no class, named after the module, whatever -m
+    selects. Its row is a "not_collected" one, the reason as its status, so that the tests'
+    rows are the tests marked cuda and no other, and a skipped module is still in sight."""
     rows = []
     for case in ET.parse(xml).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        if not case.get("classname") and skipped is not None:
+            said = skipped.text or skipped.get("message") or "skipped"
+            reason = re.search(r"Skipped: (.*?)['\"]?\)?$", said.strip())
+            rows.append(
+                dict(
+                    part="not_collected",
+                    name=case.get("name").replace(".", "/") + ".py",
+                    status="skipped: " + (reason.group(1) if reason else said)[:300],
+                )
+            )
+            continue
         name = f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
         status = "ok"
         for tag, word in (("failure", "failed"), ("error", "failed"), ("skipped", "skipped")):
@@ -267,8 +292,6 @@ def cuda_tests(out: str, slot: Slot, env: dict) -> list[dict]:
                 status = f"{word}: {(found.get('message') or tag).strip().splitlines()[0][:300]}"
                 break
         rows.append(dict(part="tests", name=name, status=status, seconds=float(case.get("time", 0))))
-    if not rows:  # exit status 5: no test is marked cuda
-        rows.append(dict(part="tests", name="pytest -m cuda", status=failure(rc or 1, log, slot.seconds)))
     return rows
 
 
@@ -531,6 +554,11 @@ def markdown(suite: dict, rows: list[dict]) -> str:
     if tests:
         lines += ["## CUDA tests", "", "| test | status | seconds |", "|---|---|---|"]
         lines += [f"| {r['name']} | {cell(r['status'])} | {_num(r.get('seconds'), '.1f')} |" for r in tests]
+        lines.append("")
+    skipped_modules = [r for r in rows if r["part"] == "not_collected"]
+    if skipped_modules:
+        lines += ["Test modules skipped whole at collection (any CUDA tests in them did not run):", ""]
+        lines += [f"- {r['name']}: {r['status'].removeprefix('skipped: ')}" for r in skipped_modules]
         lines.append("")
     runs = [r for r in rows if r["part"] == "throughput"]
     if runs:

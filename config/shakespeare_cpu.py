@@ -2,7 +2,7 @@
 # Prepare the data first: python prepare_data.py --tokenizer=char --name=shakespeare_char
 # Bar: nanoGPT's documented CPU recipe (this shape: 4 x 128, context 64; batch 12, 2,000
 # iterations) reaches val loss 1.88 in about 3 minutes. Here a batch of 32 at lr 2e-3 for
-# 1,500 steps reaches 1.77 in 3-4 minutes on 2 cores (README: "Where the numbers come from").
+# 1,500 steps reaches 1.77 in 3-4 minutes on 2 cores (README: "Headline figures").
 run_name = "shakespeare_cpu"
 data_dir = "data/shakespeare_char"
 model = "tiny"

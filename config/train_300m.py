@@ -8,7 +8,7 @@
 # the same optimizer steps.
 run_name = "train_300m"
 data_dir = "data/corpus_300m"  # the 38 GB corpus, prepared with the GPT-2 tokenizer (95/5 split)
-model = "300m"  # 24 x 1,024, context 2,048, tied; true count 299.2M (README: presets)
+model = "300m"  # 24 x 1,024, context 2,048, tied; true count 299.2M (docs/training.md: presets)
 dropout = 0.1
 
 global_batch_size = 512

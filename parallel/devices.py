@@ -6,6 +6,8 @@ import re
 
 import torch
 
+from errors import BadInput
+
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -41,12 +43,12 @@ def peak_flops(device_name: str) -> float | None:
 def check_device_name(name: str):
     """Raise ValueError unless name is one this project can run on."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ValueError(f"device {name!r} is not supported; use {DEVICE_NAMES}")
+        raise BadInput(f"device {name!r} is not supported; use {DEVICE_NAMES}")
 
 
 def check_dtype_name(name: str):
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        raise BadInput(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
 
 
 def pick_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -59,10 +61,10 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
-        raise ValueError(f"--device={name} but CUDA is not available; use --device=cpu")
+        raise BadInput(f"--device={name} but CUDA is not available; use --device=cpu")
     index = local_rank if local_rank is not None else (device.index or 0)
     if index >= torch.cuda.device_count():
-        raise ValueError(
+        raise BadInput(
             f"--device={name}: there is no cuda:{index} ({torch.cuda.device_count()} GPUs); "
             f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
         )

@@ -18,6 +18,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from errors import UserError
 from parallel.devices import configure, pick_device
 
 # These torch modules bind `group.WORLD` as a default argument when first imported. Imported
@@ -117,7 +118,7 @@ def heartbeat(env: Dist, step: int):
         env.heartbeats.set(str(env.rank), str(step))
 
 
-class CollectiveFailure(RuntimeError):
+class CollectiveFailure(UserError, RuntimeError):
     """A collective timed out or lost a peer; the message names the rank that stopped."""
 
 

@@ -9,7 +9,8 @@ A checkpoint is a dict that loads with torch.load(weights_only=True):
 No RNG state is saved: batches and dropout masks are drawn from seeds of (seed, step, ...),
 so a resumed run needs none.
 Files in a run folder: checkpoint_step_N.pt (every save_interval and at the end) and
-best_model.pt (whenever val loss improves); the names are written here only.
+best_model.pt (whenever val loss improves); the names are written here only. When a run saves,
+what it keeps and best_model.pt's link are training/checkpointing.py's (the policy).
 
     python -m storage.checkpoint checkpoints/<run>    # every checkpoint: step, intact / corrupt / no digest
 """
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from errors import BadInput, CannotWrite, NotFound, run_cli
 from storage.atomic_files import atomic_path
 
 KIND = "gpt-checkpoint"
@@ -43,10 +45,6 @@ HASHES = {
     "sha256": lambda buf: hashlib.sha256(buf).hexdigest(),
 }
 DIGEST = "crc32"
-# At its peak a run folder holds its kept step checkpoints, best_model.pt and one more file being
-# written: an atomic save writes beside the file it replaces, and best_model.pt is rewritten
-# while the step checkpoints are all there.
-EXTRA_FILES_AT_PEAK = 2
 
 
 def step_file(step: int) -> str:
@@ -57,13 +55,40 @@ def is_step_file(path: str) -> bool:
     return bool(_STEP_FILE.search(path))
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the message says why and what is still safe."""
+class CheckpointWriteError(CannotWrite):
+    """A checkpoint could not be written. The message says why, what it needed and what is
+    still safe; its fix is checkpointing's to size for a run (with_fix)."""
+
+    def __init__(self, path: str, reason: str, need: int, free: int, disk_full: bool, fix: str | None = None):
+        self.path, self.reason, self.need, self.free, self.disk_full = path, reason, need, free, disk_full
+        folder = os.path.dirname(os.path.abspath(path))
+        previous = (
+            os.path.join(folder, BEST_FILE)
+            if os.path.basename(path) == BEST_FILE
+            else latest_checkpoint(folder)
+        )
+        safe = (
+            f"The previous checkpoint, {previous}, is intact"
+            if previous and os.path.isfile(previous)
+            else "No earlier checkpoint was touched"
+        )
+        fix = fix or (
+            f"free at least {format_bytes(need * 1.05 - free)} there"
+            if disk_full
+            else f"remove the cause ({reason})"
+        )
+        super().__init__(
+            f"could not write {path} ({'the disk is full: ' if disk_full else ''}{reason}); it needs about "
+            f"{format_bytes(need)} and {format_bytes(free)} is free there. {safe}: {fix}"
+        )
+
+    def with_fix(self, fix: str) -> "CheckpointWriteError":
+        return CheckpointWriteError(self.path, self.reason, self.need, self.free, self.disk_full, fix)
 
 
-class CorruptCheckpoint(ValueError):
+class CorruptCheckpoint(BadInput):
     """A checkpoint whose bytes are not the ones written: `what` fails its digest, or the
-    archive fails its own CRC. A ValueError, so every command prints it as one line."""
+    archive fails its own CRC."""
 
     def __init__(self, path: str, what: str, fix: str | None = None):
         self.path, self.what = path, what
@@ -96,66 +121,19 @@ def save_checkpoint(obj: dict, path: str):
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(obj, fh)
     except (OSError, RuntimeError) as e:
-        raise CheckpointWriteError(_write_failure(path, obj, e)) from e
+        raise _write_failure(path, obj, e) from e
 
 
-def _write_failure(path: str, obj: dict, error: BaseException) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    need, free = tensor_bytes(obj), shutil.disk_usage(folder).free
+def _write_failure(path: str, obj: dict, error: BaseException) -> CheckpointWriteError:
+    need, free = tensor_bytes(obj), shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
     cause = error
     while cause is not None and not (isinstance(cause, OSError) and cause.strerror):
         cause = cause.__cause__ or cause.__context__
     reason = cause.strerror if cause is not None else str(error).strip().splitlines()[-1][:160]
-    full = free < need * 1.05
-    previous = (
-        os.path.join(folder, BEST_FILE) if os.path.basename(path) == BEST_FILE else latest_checkpoint(folder)
-    )
-    safe = (
-        f"The previous checkpoint, {previous}, is intact"
-        if previous and os.path.isfile(previous)
-        else "No earlier checkpoint was touched"
-    )
-    if full:
-        older = [p for _, p in step_checkpoints(folder)][:-1]  # the newest stays: it is the resume point
-        held = (
-            f" (this run's {len(older)} older step checkpoints hold {_size(sum(map(os.path.getsize, older)))}: "
-            f"{os.path.basename(older[0])} to {os.path.basename(older[-1])})"
-            if older
-            else ""
-        )
-        fits = _keep_last_that_fits(folder, need)
-        rotate = (
-            f", or set --keep_last={fits} (older step checkpoints are then deleted before each save)"
-            if fits
-            else ""
-        )
-        fix = f"free at least {_size(need * 1.05 - free)} there{held}{rotate}, then continue with --resume"
-    else:
-        fix = f"remove the cause ({reason}), then continue with --resume"
-    return (
-        f"could not write {path} ({'the disk is full: ' if full else ''}{reason}); it needs about "
-        f"{_size(need)} and {_size(free)} is free there. {safe}: {fix}"
-    )
+    return CheckpointWriteError(path, reason, need, free, disk_full=free < need * 1.05)
 
 
-def _keep_last_that_fits(folder: str, checkpoint_bytes: int) -> int | None:
-    """The largest --keep_last whose peak (those step checkpoints, best_model.pt and one being
-    written) fits the free space plus the run's own checkpoints, which rotation reuses; None
-    when not even one fits."""
-    room = shutil.disk_usage(folder).free + _bytes_held(folder)
-    fits = int(room // (checkpoint_bytes * 1.05)) - EXTRA_FILES_AT_PEAK
-    return fits if fits >= 1 else None
-
-
-def _bytes_held(run_dir: str) -> int:
-    """Disk bytes of a run folder's step checkpoints and best_model.pt, a file linked under
-    two names counted once."""
-    best = os.path.join(run_dir, BEST_FILE)
-    files = [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else [])
-    return sum({(st.st_dev, st.st_ino): st.st_size for st in map(os.stat, files)}.values())
-
-
-def _size(n_bytes: float) -> str:
+def format_bytes(n_bytes: float) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
 
 
@@ -286,12 +264,15 @@ def load_checkpoint(path: str) -> dict:
 def _read(path: str, mmap: bool = False) -> dict:
     """The checkpoint dict of a file train.py wrote, unverified; a one-line error otherwise."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise NotFound(
             f"no checkpoint at {path!r}; give the path of a checkpoint_step_N.pt "
             f"or best_model.pt (train one with `python train.py CONFIG`)"
         )
     if not zipfile.is_zipfile(path):  # every torch.save file since torch 1.6 is a zip archive
-        raise ValueError(
+        damage = _damage(path)
+        if damage:
+            raise CorruptCheckpoint(path, f"it is damaged ({damage})")
+        raise BadInput(
             f"{path!r} is not a PyTorch checkpoint file; pass a checkpoint_step_N.pt "
             f"or best_model.pt written by train.py"
         )
@@ -301,16 +282,46 @@ def _read(path: str, mmap: bool = False) -> dict:
         with contextlib.suppress(OSError):
             pickle_bytes(path)  # a pickle that fails its CRC is corruption: say so
         first_line = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise ValueError(
+        if _ours(path):
+            raise CorruptCheckpoint(
+                path, f"it is damaged (torch cannot read it: {type(e).__name__}: {first_line})"
+            ) from None
+        raise BadInput(
             f"{path!r} is not a readable checkpoint ({type(e).__name__}: {first_line}); "
             f"pass a checkpoint_step_N.pt or best_model.pt written by train.py"
         ) from None
     if not isinstance(obj, dict) or obj.get("kind") != KIND:
-        raise ValueError(
+        raise BadInput(
             f"{path!r} is not a checkpoint written by train.py "
             f"(no kind={KIND!r} entry); pass a checkpoint_step_N.pt or best_model.pt"
         )
     return obj
+
+
+def _ours(path: str) -> bool:
+    """A file named as train.py names its checkpoints (set aside or not)."""
+    name = os.path.basename(path).removesuffix(CORRUPT_SUFFIX)
+    return name == BEST_FILE or bool(_STEP_FILE.fullmatch(name))
+
+
+def _damage(path: str) -> str | None:
+    """How a file that is not a whole zip archive looks damaged (None: it looks like another
+    kind of file): empty, zeroed (as a crash can leave a file's blocks), cut short, or named
+    as train.py names its checkpoints."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty: 0 bytes"
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+        fh.seek(max(size - (1 << 20), 0))
+        tail = fh.read(1 << 20)
+    if not head.strip(b"\0") and not tail.strip(b"\0"):
+        return f"its {size:,} bytes are zeros"
+    if head.startswith(b"PK\x03\x04"):  # a zip archive's first record, without its end: truncated
+        return f"cut short: its zip archive ends after {size:,} bytes without its closing directory"
+    if _ours(path):
+        return "not a whole zip archive, as every checkpoint train.py writes is"
+    return None
 
 
 def _torch_load(path: str, mmap: bool):
@@ -352,41 +363,21 @@ def newest_run(out_dir: str = "checkpoints") -> str | None:
     return max(runs)[1] if runs else None
 
 
-def remove_stale_temp_files(run_dir: str):
-    """A kill mid-save leaves a hidden temp file as large as a checkpoint: drop them."""
-    for path in glob.glob(os.path.join(run_dir, ".*.pt.tmp.*")):
-        os.remove(path)
-
-
-def prune(run_dir: str, keep_last: int, before_a_save: bool = False):
-    """Delete all but the newest keep_last step checkpoints (best_model.pt stays). Before a
-    save, make room for it: keep one fewer, but never none, so that a save that fails
-    leaves a checkpoint to resume from."""
-    if keep_last > 0:
-        keep = max(keep_last - 1, 1) if before_a_save else keep_last
-        for _, path in step_checkpoints(run_dir)[:-keep]:
-            os.remove(path)
-
-
-def link_best(step_path: str):
-    """best_model.pt as the step checkpoint just written with the same state: a hard link,
-    so it takes no second copy of the space (a copy where the filesystem has no links)."""
-    best = os.path.join(os.path.dirname(step_path), BEST_FILE)
-    with atomic_path(best) as tmp:
-        try:
-            os.link(step_path, tmp)
-        except OSError:
-            shutil.copyfile(step_path, tmp)
+def stale_temp_files(run_dir: str) -> list[str]:
+    """The hidden temp files a kill mid-save leaves, each as large as a checkpoint."""
+    return glob.glob(os.path.join(run_dir, ".*.pt.tmp.*"))
 
 
 # ---- a run folder's checkpoints -----------------------------------------------------------
 
 
-def newest_intact(run_dir: str, say=print, set_aside: bool = True) -> tuple[str | None, dict | None]:
+def newest_intact(
+    run_dir: str, say=print, set_aside: bool = True, resuming: bool = True
+) -> tuple[str | None, dict | None]:
     """(path, contents) of the newest step checkpoint of run_dir that loads and matches its
     digest; (None, None) when there is none. Newer ones that fail are passed over, and say()
-    tells which and why. set_aside (for the run folder's one writer) renames them to
-    NAME.corrupt, so that neither a later resume nor keep_last's rotation counts them. When
+    tells which and why (and, resuming, which one the run resumes from). set_aside (for the
+    run folder's one writer) renames them to NAME.corrupt, so that neither a later resume nor keep_last's rotation counts them. When
     every step checkpoint fails, nothing is renamed and the error names the newest."""
     failed = []
     for _, path in reversed(step_checkpoints(run_dir)):
@@ -404,7 +395,7 @@ def newest_intact(run_dir: str, say=print, set_aside: bool = True) -> tuple[str 
                 moved = f"; moved it to {os.path.basename(bad) + CORRUPT_SUFFIX}"
             if say:
                 say(f"warning: passing over {bad}: {what}{moved}")
-        if failed and say:
+        if failed and say and resuming:
             say(f"resuming from {path}, the newest intact checkpoint (step {obj.get('step')})")
         return path, obj
     if failed:
@@ -436,53 +427,39 @@ def checkpoint_state(path: str) -> tuple[int | None, str, str]:
     return step, "intact", f"sha256:{obj['digest']['content']}"
 
 
-def run_files(run_dir: str) -> list[str]:
-    """The checkpoint files of a run folder: step checkpoints by step, best_model.pt, and
-    step checkpoints set aside as corrupt."""
-    best = os.path.join(run_dir, BEST_FILE)
-    aside = sorted(glob.glob(os.path.join(run_dir, "*.pt" + CORRUPT_SUFFIX)))
-    return [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else []) + aside
+def set_aside_files(run_dir: str) -> list[str]:
+    """Step checkpoints a resume set aside as corrupt (NAME.corrupt): kept, never used."""
+    return sorted(glob.glob(os.path.join(run_dir, "*.pt" + CORRUPT_SUFFIX)))
 
 
 def list_checkpoints(run_dir: str) -> tuple[list[str], bool]:
-    """(lines naming each checkpoint's step and state, whether any is corrupt)."""
+    """(lines naming each checkpoint's step and state, and which file each command would use;
+    whether one the commands may use is corrupt). Files a resume set aside are listed apart:
+    no command uses them, so they do not count."""
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"no run folder at {run_dir!r}; pass one like checkpoints/<run_name>")
-    rows = [(os.path.basename(p), *checkpoint_state(p)) for p in run_files(run_dir)]
-    if not rows:
+        raise NotFound(f"no run folder at {run_dir!r}; pass one like checkpoints/<run_name>")
+    best = os.path.join(run_dir, BEST_FILE)
+    used = [p for _, p in step_checkpoints(run_dir)] + ([best] if os.path.isfile(best) else [])
+    rows = [(os.path.basename(p), *checkpoint_state(p)) for p in used]
+    aside = [(os.path.basename(p), *checkpoint_state(p)) for p in set_aside_files(run_dir)]
+    if not rows and not aside:
         return [f"{run_dir}: no checkpoints"], False
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{run_dir}: {len(rows)} checkpoint files"]
-    lines += [
+    width = max(len(r[0]) for r in rows + aside)
+    show = lambda rows: [
         f"  {name:{width}}  step {'?' if step is None else step:<8} {state:10} {detail}"
         for name, step, state, detail in rows
     ]
+    lines = [f"{run_dir}: {len(rows)} checkpoint files", *show(rows)]
+    if aside:
+        lines += [f"set aside as corrupt by a resume ({len(aside)}; no command uses them):", *show(aside)]
+    usable = [name for name, _, state, _ in rows if state != "corrupt"]
+    steps = [name for name in usable if name != BEST_FILE]
+    pick = BEST_FILE if BEST_FILE in usable else steps[-1] if steps else None
+    lines.append(
+        f"--resume continues from {steps[-1] if steps else 'none (no intact step checkpoint)'}; "
+        f"sample.py, export.py and evaluate.py use {pick or 'none (no intact checkpoint)'}"
+    )
     return lines, any(r[2] == "corrupt" for r in rows)
-
-
-def space_warning(run_dir: str, checkpoint_bytes: int, keep_last: int, new_saves: int) -> str | None:
-    """A warning when the disk of run_dir cannot hold the checkpoints a run will keep (None
-    when it can). The run keeps keep_last step checkpoints (every one when 0: those already
-    there plus new_saves), best_model.pt and one being written. The folder's checkpoints
-    count as space it has: rotation replaces them."""
-    files = [p for _, p in step_checkpoints(run_dir)]
-    used = _bytes_held(run_dir)
-    kept = min(keep_last, len(files) + new_saves) if keep_last else len(files) + new_saves
-    need = (kept + EXTRA_FILES_AT_PEAK) * checkpoint_bytes
-    room = shutil.disk_usage(run_dir).free + used
-    if need <= room:
-        return None
-    fits = int(room // checkpoint_bytes) - EXTRA_FILES_AT_PEAK  # the largest keep_last that fits
-    fix = (
-        f"set --keep_last={fits} (it fits), free {_size(need - room)}, or pick another --out_dir"
-        if fits >= 1
-        else f"free at least {_size((1 + EXTRA_FILES_AT_PEAK) * checkpoint_bytes - room)} or pick another --out_dir"
-    )
-    return (
-        f"warning: {run_dir} has room for {_size(room)} of checkpoints but this run keeps {kept} step "
-        f"checkpoint{'s' * (kept != 1)}, best_model.pt and one being written, {_size(checkpoint_bytes)} "
-        f"each ({_size(need)}): a save will fail when the disk fills; {fix}"
-    )
 
 
 def main(argv=None) -> int:
@@ -490,8 +467,9 @@ def main(argv=None) -> int:
     if not folders or any(a.startswith("-") for a in folders):
         print(
             "usage: python -m storage.checkpoint RUN_FOLDER [RUN_FOLDER ...]\n"
-            "lists each checkpoint with its step and state (intact, corrupt, no digest); "
-            "exit status 1 when one is corrupt"
+            "lists each checkpoint with its step and state (intact, corrupt, no digest), and "
+            "which one each command uses; exit status 1 when one a command may use is corrupt "
+            "(those a resume set aside are listed apart)"
         )
         return 0 if folders and folders[0] in ("-h", "--help") else 2
     any_corrupt = False
@@ -503,7 +481,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

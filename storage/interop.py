@@ -25,6 +25,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from errors import BadInput, MissingDependency
 from model import GPT, GPTConfig
 from storage.checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
 from text.loader import read_meta_pkl
@@ -68,7 +69,7 @@ def to_hf_state_dict(state: dict, cfg: GPTConfig, dtype=torch.float32) -> dict:
     full = model_shapes(replace(cfg, bias=True))
     extra = sorted(set(state) - set(full))
     if extra:
-        raise ValueError(
+        raise BadInput(
             f"the checkpoint has weights GPT-2's format cannot hold: {extra[:5]}; "
             f"export.py only knows model.py's GPT layout"
         )
@@ -77,7 +78,7 @@ def to_hf_state_dict(state: dict, cfg: GPTConfig, dtype=torch.float32) -> dict:
         t = state.get(name)
         if t is None:
             if cfg.bias or not name.endswith(".bias"):
-                raise ValueError(f"the checkpoint lacks {name}; it is incomplete, export another one")
+                raise BadInput(f"the checkpoint lacks {name}; it is incomplete, export another one")
             t = torch.zeros(shape)  # GPT-2 always has biases; zeros compute what bias=False does
         if name == "wte.weight":
             t = t[: cfg.vocab_size]
@@ -100,7 +101,7 @@ def _strip_names(state: dict, source: str) -> dict:
             out[k] = v
     head = out.pop("lm_head.weight", None)
     if head is not None and "wte.weight" in out and not torch.equal(head, out["wte.weight"]):
-        raise ValueError(
+        raise BadInput(
             f"{source} has an output head (lm_head.weight) different from its token "
             f"embedding; this model ties them, so it cannot load an untied head"
         )
@@ -118,7 +119,7 @@ def to_our_state_dict(
     missing = [k for k in want if k not in src]
     extra = [k for k in src if k not in want]
     if missing or extra:
-        raise ValueError(
+        raise BadInput(
             f"{source} does not hold a GPT-2 model of the shape its config says: "
             f"missing {missing[:4]}, unexpected {extra[:4]}"
         )
@@ -128,7 +129,7 @@ def to_our_state_dict(
         if transposed and name.endswith(CONV1D_WEIGHTS):
             t = t.t()
         if tuple(t.shape) != want_src[name]:
-            raise ValueError(
+            raise BadInput(
                 f"{source}: {name} has shape {tuple(t.shape)} but its config needs "
                 f"{want_src[name]}; the config and the weights disagree"
             )
@@ -175,7 +176,7 @@ def _hf_config(hf: dict, where: str) -> GPTConfig:
     """Our GPTConfig for a Hugging Face GPT-2 config.json, or a ValueError naming the field
     that this model cannot compute the same way."""
     if hf.get("model_type") != "gpt2":
-        raise ValueError(
+        raise BadInput(
             f"{where} is model_type={hf.get('model_type')!r}; only gpt2 folders "
             f"can be imported (GPT-2's architecture is the one this model has)"
         )
@@ -190,7 +191,7 @@ def _hf_config(hf: dict, where: str) -> GPTConfig:
     }
     bad = [k for k, ok in must.items() if not ok]
     if bad:
-        raise ValueError(
+        raise BadInput(
             f"{where}: {bad[0]}={hf.get(bad[0])!r} is not supported (this model "
             f"needs a GELU activation ({', '.join(HF_GELU)}), layer_norm_epsilon 1e-5, "
             f"scaled attention, no cross-attention, tied embeddings)"
@@ -198,7 +199,7 @@ def _hf_config(hf: dict, where: str) -> GPTConfig:
     n_embd = hf.get("n_embd", 768)
     n_inner = hf.get("n_inner")
     if n_inner is not None and (not isinstance(n_inner, int) or n_inner <= 0):
-        raise ValueError(
+        raise BadInput(
             f"{where}: n_inner={n_inner!r} must be a positive whole number or null (null means 4 x n_embd)"
         )
     return GPTConfig(
@@ -230,11 +231,11 @@ def _hf_weights(folder: str) -> dict:
         try:
             return torch.load(binary, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(
+            raise BadInput(
                 f"{binary} is not a plain state dict ({type(e).__name__}); convert it "
                 f"to model.safetensors with transformers' save_pretrained"
             ) from None
-    raise ValueError(
+    raise BadInput(
         f"{folder} has config.json but no model.safetensors or pytorch_model.bin; "
         f"copy the weights file into it"
     )
@@ -256,18 +257,18 @@ def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as fh:
                     if get(json.load(fh)) != gpt2_vocab:
-                        raise ValueError(
+                        raise BadInput(
                             f"{path} is not GPT-2's vocabulary; only models with "
                             f"GPT-2's tokenizer (or exported by export.py) can be imported"
                         )
                 break
     else:
-        raise ValueError(
+        raise BadInput(
             f"{folder} has vocab_size={vocab_size}, not GPT-2's {GPT2_VOCAB}, and no "
             f"{TOKENIZER_META}; only GPT-2-tokenized models (or export.py's) can be imported"
         )
     if tok.n_vocab < vocab_size:
-        raise ValueError(
+        raise BadInput(
             f"{folder}: the model predicts {vocab_size} ids but its {tok.name} "
             f"tokenizer has {tok.n_vocab}; fix vocab_size in config.json"
         )
@@ -280,7 +281,7 @@ def load_hf_folder(folder: str, map_location="cpu") -> dict:
         with open(where) as fh:
             hf = json.load(fh)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{where} is not readable JSON ({e}); restore the folder's config.json") from None
+        raise BadInput(f"{where} is not readable JSON ({e}); restore the folder's config.json") from None
     cfg = _hf_config(hf, where)
     tok_meta = _hf_tokenizer_meta(folder, cfg.vocab_size)
     src = _strip_names(_hf_weights(folder), folder)
@@ -305,7 +306,7 @@ def _load_torch_file(path: str):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         if _pickle_mentions(path, b"model_args"):
-            raise ValueError(
+            raise BadInput(
                 f"{path!r} looks like a nanoGPT checkpoint but holds objects a safe "
                 f"(weights-only) load refuses ({type(e).__name__}); in nanoGPT, re-save "
                 f"it as {{'model': ..., 'model_args': ...}} with plain values"
@@ -334,7 +335,7 @@ def _nanogpt_chars(meta_path: str, vocab: int) -> dict:
         fix="pass the meta.pkl of the model's own dataset, or remove it to read the model as GPT-2-tokenized",
     )
     if len(meta["chars"]) != vocab:
-        raise ValueError(
+        raise BadInput(
             f"{meta_path} has {len(meta['chars'])} characters for a model of vocab {vocab}; "
             f"pass the meta.pkl of the model's own dataset"
         )
@@ -357,7 +358,7 @@ def _nanogpt_tokenizer(path: str, obj: dict, vocab: int) -> tuple:
         return _nanogpt_chars(meta_path, vocab), vocab
     if vocab in (GPT2_VOCAB, NANOGPT_GPT2_VOCAB):
         return get_tokenizer("gpt2").meta(), GPT2_VOCAB
-    raise ValueError(
+    raise BadInput(
         f"{path!r} has vocab_size={vocab}, not GPT-2's, and no meta.pkl was found at "
         f"{candidates[-1]}; copy nanoGPT's data/<dataset>/meta.pkl next to the checkpoint"
     )
@@ -369,7 +370,7 @@ def load_nanogpt(path: str, obj: dict, map_location="cpu") -> dict:
         n_layer, n_head, n_embd = int(args["n_layer"]), int(args["n_head"]), int(args["n_embd"])
         block_size, vocab = int(args["block_size"]), int(args["vocab_size"])
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
+        raise BadInput(
             f"{path!r}: model_args lacks a usable {e}; it needs n_layer, n_head, "
             f"n_embd, block_size, vocab_size (as nanoGPT's train.py saves)"
         ) from None
@@ -421,7 +422,7 @@ def safetensors_torch():
     try:
         import safetensors.torch
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependency(
             "reading and writing model.safetensors needs the safetensors package; "
             "run `pip install safetensors`"
         ) from e

@@ -25,14 +25,15 @@ import os
 import socket
 import time
 
+from errors import BadInput
+
 LOCK_FILE = "run.lock"
 # flock's answers on filesystems that do not lock at all (Lustre without -o flock, some FUSE)
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
 
-class RunFolderBusy(ValueError):
-    """Another live process holds the run folder; the message names it. A ValueError, so
-    train.py's command line prints it as one line."""
+class RunFolderBusy(BadInput):
+    """Another live process holds the run folder; the message names it."""
 
 
 class RunLock:

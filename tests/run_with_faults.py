@@ -16,6 +16,7 @@ import signal
 import time
 
 import train
+from errors import run_cli
 
 
 def inject(spec: str):
@@ -56,4 +57,4 @@ if __name__ == "__main__":
     if os.environ.get("FAULT"):
         inject(os.environ["FAULT"])
     atexit.register(lambda: print("THREADS_AT_EXIT=" + json.dumps(thread_names()), flush=True))
-    train.cli()
+    run_cli(train.main)

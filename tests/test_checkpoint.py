@@ -1,6 +1,4 @@
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -62,8 +60,6 @@ def test_finding_runs_and_checkpoints(tmp_path):
     assert ckpt.best_or_latest(str(new)).endswith("checkpoint_step_100.pt")
     ckpt.save_checkpoint({"step": 10}, str(new / "best_model.pt"))
     assert ckpt.best_or_latest(str(new)).endswith("best_model.pt")
-    ckpt.prune(str(new), keep_last=1)
-    assert [s for s, _ in ckpt.step_checkpoints(str(new))] == [100]
     assert ckpt.newest_run(str(tmp_path / "none")) is None
 
 
@@ -103,7 +99,7 @@ def test_a_failed_write_names_the_file_the_space_and_the_checkpoint_that_is_safe
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert f"could not write {second}" in out and "File too large" in out
     assert "it needs about 4.0 MB" in out
-    assert f"The previous checkpoint, {first}, is intact" in out and "--resume" in out
+    assert f"The previous checkpoint, {first}, is intact: remove the cause (File too large)" in out
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_step_1.pt"]  # no partial file, no temp file
     assert ckpt.load_checkpoint(str(first))["step"] == 1
 
@@ -256,7 +252,7 @@ def test_the_listing_command_names_each_checkpoints_step_and_state(tmp_path):
         timeout=120,
     )
     assert done.returncode == 1, done.stderr  # one is corrupt: a script can act on it
-    rows = {line.split()[0]: line.split()[1:4] for line in done.stdout.splitlines()[1:]}
+    rows = {line.split()[0]: line.split()[1:4] for line in done.stdout.splitlines()[1:-1]}
     digest = ckpt.load_checkpoint(str(run / "checkpoint_step_10.pt"))["digest"]["content"]
     assert rows == {
         "checkpoint_step_10.pt": ["step", "10", "intact"],
@@ -265,29 +261,37 @@ def test_the_listing_command_names_each_checkpoints_step_and_state(tmp_path):
         "best_model.pt": ["step", "30", "no"],
     }
     assert f"sha256:{digest}" in done.stdout and "tensor model/wte.weight does not match" in done.stdout
+    assert done.stdout.splitlines()[-1] == (
+        "--resume continues from checkpoint_step_30.pt; sample.py, export.py and evaluate.py use best_model.pt"
+    )
     os.remove(run / "checkpoint_step_20.pt")
     assert ckpt.main([str(run)]) == 0
+
+
+def test_the_listing_keeps_set_aside_files_apart_and_exits_by_what_is_used(tmp_path, capsys):
+    """After a resume set a corrupt newest checkpoint aside, the folder is healthy: the listing
+    shows the .corrupt file apart, names the intact one each command uses, and exits 0."""
+    corrupt_run(tmp_path, steps=(1, 2, 3), bad=(3,))
+    assert ckpt.main([str(tmp_path)]) == 1  # the newest is corrupt, and not yet set aside
+    ckpt.newest_intact(str(tmp_path), say=None)  # what --resume=auto does
+    capsys.readouterr()
+    assert ckpt.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{tmp_path}: 2 checkpoint files"
+    assert lines[3] == "set aside as corrupt by a resume (1; no command uses them):"
+    assert lines[4].split()[:4] == ["checkpoint_step_3.pt.corrupt", "step", "3", "corrupt"]
+    assert lines[5] == (
+        "--resume continues from checkpoint_step_2.pt; sample.py, export.py and evaluate.py use "
+        "checkpoint_step_2.pt"
+    )
 
 
 # ---- disk space ---------------------------------------------------------------------
 
 
-def test_space_warning_names_a_keep_last_that_fits(tmp_path):
-    """The folder holds one 1/5-of-free-space checkpoint already: it counts as room, as
-    rotation replaces it. Keeping every one of 10 more saves cannot fit; --keep_last=3 can."""
-    free = shutil.disk_usage(tmp_path).free
-    size = int(free / 5.5)
-    assert ckpt.space_warning(str(tmp_path), size, keep_last=2, new_saves=10) is None  # 4 files
-    warning = ckpt.space_warning(str(tmp_path), size, keep_last=0, new_saves=10)
-    assert warning.startswith(f"warning: {tmp_path} has room for") and "keeps 10 step checkpoints" in warning
-    assert "set --keep_last=3 (it fits)" in warning
-    assert ckpt.space_warning(str(tmp_path), size, keep_last=3, new_saves=10) is None  # the advice, followed
-    assert "free at least" in ckpt.space_warning(str(tmp_path), free, keep_last=1, new_saves=1)
-
-
-def test_a_full_disk_names_what_to_free_and_following_it_works(tmp_path):
-    """A real ENOSPC on a 2 MB tmpfs: the message names the space to free and the older
-    step checkpoints that hold it; deleting those, the same save succeeds."""
+def test_a_full_disk_names_the_space_the_save_needs(tmp_path):
+    """A real ENOSPC on a 2 MB tmpfs: one line naming the file, the space it needs and the one
+    still intact (advice for a run's whole rest is checkpointing's: test_checkpointing.py)."""
     with tmpfs(tmp_path / "disk", "size=2m") as disk:
         obj = {"step": 0, "model": {"w": torch.randn(100_000)}}  # 400 kB a file
         with pytest.raises(ckpt.CheckpointWriteError) as e:
@@ -295,16 +299,35 @@ def test_a_full_disk_names_what_to_free_and_following_it_works(tmp_path):
                 ckpt.save_checkpoint({**obj, "step": step}, os.path.join(disk, ckpt.step_file(step)))
         message = str(e.value)
         assert "the disk is full: No space left on device" in message and "\n" not in message
-        m = re.search(
-            r"free at least ([\d.]+) MB there \(this run's (\d+) older step checkpoints hold [\d.]+ MB: "
-            r"checkpoint_step_(\d+)\.pt to checkpoint_step_(\d+)\.pt\), or set --keep_last=\d+ \(older step "
-            r"checkpoints are then deleted before each save\), then continue with --resume",
-            message,
-        )
-        assert m, message
-        first, last = int(m.group(3)), int(m.group(4))
-        assert last == step - 2 and ckpt.latest_checkpoint(disk).endswith(ckpt.step_file(step - 1))
-        for s in range(first, last + 1):  # what the message says to delete
-            os.remove(os.path.join(disk, ckpt.step_file(s)))
-        ckpt.save_checkpoint({**obj, "step": step}, os.path.join(disk, ckpt.step_file(step)))
-        assert ckpt.load_checkpoint(ckpt.latest_checkpoint(disk))["step"] == step
+        previous = os.path.join(disk, ckpt.step_file(step - 1))
+        assert f"The previous checkpoint, {previous}, is intact: free at least" in message
+        assert e.value.disk_full and e.value.need == 400_000 and e.value.free < e.value.need
+        assert sorted(os.listdir(disk)) == [ckpt.step_file(s) for s in sorted(range(1, step), key=str)]
+
+
+def test_a_truncated_or_zeroed_checkpoint_is_named_damaged_and_the_listing_it_names_finds_one_intact(
+    tmp_path,
+):
+    """A file train.py wrote, cut short or zeroed by a crash: said to be damaged (not "not a
+    checkpoint"), in load and in resume's pass-over note; the listing command the message
+    names shows which one is intact, and that one loads."""
+    corrupt_run(tmp_path, steps=(1, 2, 3, 4), bad=())
+    cut, zeroed, empty = (tmp_path / ckpt.step_file(s) for s in (4, 3, 2))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    zeroed.write_bytes(bytes(zeroed.stat().st_size))
+    empty.write_bytes(b"")
+    messages = {}
+    for path, what in ((cut, "cut short"), (zeroed, "bytes are zeros"), (empty, "empty: 0 bytes")):
+        with pytest.raises(ckpt.CorruptCheckpoint) as e:
+            ckpt.load_checkpoint(str(path))
+        messages[path] = str(e.value)
+        assert f"{path} is corrupt: it is damaged (" in messages[path] and what in messages[path]
+        assert messages[path].endswith(f"(`python -m storage.checkpoint {tmp_path}` lists which are intact)")
+    said = []
+    assert ckpt.newest_intact(str(tmp_path), say=said.append, set_aside=False)[0].endswith(ckpt.step_file(1))
+    assert said[0].startswith(f"warning: passing over {cut}: it is damaged (cut short")
+    lines, corrupt = ckpt.list_checkpoints(str(tmp_path))  # the command the message names
+    states = {line.split()[0]: line.split()[3] for line in lines[1:-1]}
+    assert states == {f"checkpoint_step_{s}.pt": "intact" if s == 1 else "corrupt" for s in (1, 2, 3, 4)}
+    assert lines[-1].startswith("--resume continues from checkpoint_step_1.pt") and corrupt
+    assert ckpt.load_checkpoint(str(tmp_path / ckpt.step_file(1)))["step"] == 1  # the intact one, used

@@ -14,7 +14,6 @@ from training.config import (
     parse_value,
     read_config_file,
 )
-from training.stopping import Stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +71,12 @@ def test_file_then_overrides(tmp_path):
         ),
         (
             ["--eval_tasks=h:a.jsonl", "--early_stopping_metric=h_accuracy"],
-            "one of val_loss, h_acc, h_acc_norm",
+            "one of val_loss, h_acc, h_acc_norm_tokens, h_acc_norm_chars",
+        ),
+        (  # the name of older versions, token-normalised, now named for what it divides by
+            ["--eval_tasks=h:a.jsonl", "--early_stopping_metric=h_acc_norm"],
+            "got 'h_acc_norm'; h_acc_norm is now h_acc_norm_tokens \\(normalised per token, as llm.c\\) "
+            "or h_acc_norm_chars \\(per character, as lm-evaluation-harness\\)$",
         ),
         (["--eval_task_examples=-1"], "eval_task_examples must be >= 0"),
         (["stray"], "unexpected argument"),
@@ -196,8 +200,8 @@ def test_cadences_each_written_once():
         max_steps=100, eval_interval=30, save_interval=40, log_interval=25, warmup_steps=7, save_steps=(10,)
     )
     assert [s for s in range(101) if cfg.should_evaluate(s)] == [0, 10, 30, 60, 90, 100]
-    assert [s for s in range(101) if cfg.should_save(s)] == [0, 10, 40, 80, 100]
-    # every log_interval, the end of warmup, and wherever a checkpoint is saved (the report's rows)
+    # every log_interval, the end of warmup, and wherever a checkpoint is saved (the report's rows:
+    # 10, 40, 80, 100, checkpointing's schedule)
     assert [s for s in range(101) if cfg.should_log(s)] == [0, 7, 10, 25, 40, 50, 75, 80, 100]
 
 
@@ -215,23 +219,20 @@ def test_model_fields_come_from_the_model_config():
     }  # loss_chunk: resolved per run
 
 
-def test_stops_that_save_and_the_zero_settings_for_benchmarks():
-    cfg = TrainConfig(max_steps=100, save_interval=40)
-    assert cfg.should_save(7, Stop.PREEMPTED) and cfg.should_save(7, Stop.EARLY_STOPPING)
-    assert not cfg.should_save(7, Stop.NONFINITE) and not cfg.should_save(7)
+def test_zero_eval_batches_never_evaluates_for_benchmarks():
     bench = TrainConfig(max_steps=100, save_interval=0, eval_batches=0)
-    assert not any(bench.should_save(s, Stop.PREEMPTED) or bench.should_evaluate(s) for s in range(101))
+    assert not any(bench.should_evaluate(s) for s in range(101))
 
 
 def test_eval_tasks_from_the_command_line_and_from_a_file(tmp_path):
     cfg = load_config(
         [
             "--eval_tasks=hellaswag:data/hellaswag_val.jsonl, mine:/abs/path:with colon.jsonl",
-            "--early_stopping_metric=hellaswag_acc_norm",
+            "--early_stopping_metric=hellaswag_acc_norm_chars",
         ]
     )
     assert cfg.eval_tasks == {"hellaswag": "data/hellaswag_val.jsonl", "mine": "/abs/path:with colon.jsonl"}
-    assert cfg.early_stopping_metric == "hellaswag_acc_norm" and cfg.eval_task_examples == 250
+    assert cfg.early_stopping_metric == "hellaswag_acc_norm_chars" and cfg.eval_task_examples == 250
     f = tmp_path / "c.py"
     f.write_text('eval_tasks = {"hellaswag": "data/hellaswag_val.jsonl"}\neval_task_examples = 0\n')
     cfg = load_config([str(f)])

@@ -92,14 +92,22 @@ def test_choices_agree_with_transformers_example_by_example(tmp_path):
     )["tasks"]["hellaswag"]
     theirs = transformers_choice_logprobs(folder, task)
     assert len(ours["per_example"]) == len(theirs) == 12
-    right = right_norm = 0
-    for ex, (scores, tokens) in zip(ours["per_example"], theirs):
+    right = [0, 0, 0]
+    with open(task) as fh:
+        endings = [json.loads(line)["endings"] for line in fh]
+    for ex, (scores, tokens), ends in zip(ours["per_example"], theirs, endings):
         assert ex["logprobs"] == pytest.approx(scores, rel=1e-4, abs=1e-3) and ex["tokens"] == tokens
-        want = max(range(4), key=lambda k: scores[k])
-        want_norm = max(range(4), key=lambda k: scores[k] / tokens[k])
-        assert (ex["pred"], ex["pred_norm"]) == (want, want_norm)
-        right, right_norm = right + (want == ex["label"]), right_norm + (want_norm == ex["label"])
-    assert (ours["acc"], ours["acc_norm"]) == (right / 12, right_norm / 12)
+        assert ex["chars"] == [len(e) for e in ends]  # lm-eval's completion_len: the ending, no space
+        want = [
+            max(range(4), key=lambda k: scores[k]),
+            max(range(4), key=lambda k: scores[k] / tokens[k]),
+            max(range(4), key=lambda k: scores[k] / len(ends[k])),
+        ]
+        assert [ex["pred"], ex["pred_norm_tokens"], ex["pred_norm_chars"]] == want
+        right = [r + (w == ex["label"]) for r, w in zip(right, want)]
+    assert [ours[m] for m in ("acc", "acc_norm_tokens", "acc_norm_chars")] == [r / 12 for r in right]
+    for m in ("acc", "acc_norm_tokens", "acc_norm_chars"):  # lm-eval's mean_stderr
+        assert ours[m + "_stderr"] == pytest.approx((ours[m] * (1 - ours[m]) / 11) ** 0.5)
     assert (
         len({ex["pred"] for ex in ours["per_example"]}) > 1
     )  # a model with preferences, not one constant answer
@@ -128,7 +136,11 @@ def test_the_table_and_json_with_limit_and_subset(tmp_path, capsys):
     r = got["tasks"]["t"]  # named after the file
     assert (r["examples"], r["of"], r["selection"], r["path"]) == (5, 30, "the first 5", str(task))
     assert got["step"] == 7 and got["tokenizer"] == "char" and got["dtype"] == "float32"
-    assert f"| t | 5 of 30 | {r['acc']:.4f} | {r['acc_norm']:.4f} |" in capsys.readouterr().out
+    assert (
+        f"| t | 5 of 30 | {r['acc']:.4f} ± {r['acc_stderr']:.4f} | {r['acc_norm_tokens']:.4f} ± "
+        f"{r['acc_norm_tokens_stderr']:.4f} | {r['acc_norm_chars']:.4f} ± {r['acc_norm_chars_stderr']:.4f} | 0 |"
+        in capsys.readouterr().out
+    )
     got = evaluate.main(
         [
             f"--checkpoint={run}",
@@ -155,7 +167,7 @@ def test_a_bad_task_file_is_an_error_before_the_checkpoint_loads(tmp_path):
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert re.fullmatch(
         r"error: task file '.*missing.jsonl' not found; HellaSwag's validation set is "
-        r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(README: Evaluating models\)\n",
+        r"data/hellaswag_val.jsonl of github.com/rowanz/hellaswag \(docs/evaluation.md\)\n",
         proc.stderr,
     ), proc.stderr
     bad = tmp_path / "bad.jsonl"
@@ -171,3 +183,43 @@ def test_a_bad_task_file_is_an_error_before_the_checkpoint_loads(tmp_path):
     assert evaluate.task_spec("hellaswag:data/h.jsonl") == ("hellaswag", "data/h.jsonl")
     assert evaluate.task_spec("data/hellaswag_val.jsonl") == ("hellaswag_val", "data/hellaswag_val.jsonl")
     assert not os.path.exists(tmp_path / "r.json")
+
+
+def test_lm_eval_preprocessing_and_examples_cut_to_the_context(tmp_path, capsys):
+    """--preprocess=lm-eval scores the harness's text; an example longer than the model's
+    context is scored cut, counted and warned about."""
+    run = save_run(tmp_path, random_model(**CASES["gpt2_vocab_padded"]))  # GPT-2's tokenizer, block_size 64
+    ctx_a = "a man is in a kitchen, " * 8 + "[title] he cuts"  # over 64 tokens
+    record = {
+        "activity_label": "Cooking",
+        "ctx_a": ctx_a,
+        "ctx_b": "then he",
+        "ctx": ctx_a + " then he",
+        "endings": ["stirs the pot.", "eats it  all.", "[step] sits."],
+    }
+    task = tmp_path / "h.jsonl"
+    task.write_text(
+        json.dumps(dict(record, label=0))
+        + "\n"
+        + json.dumps(dict(record, ctx="a", label=1))  # short: not cut
+        + "\n"
+    )
+    common = [f"--checkpoint={run}", f"--task=h:{task}", "--device=cpu", "--per_example"]
+    plain = evaluate.main([*common, f"--out={tmp_path / 'plain.json'}"])
+    err = capsys.readouterr().err
+    assert plain["preprocess"] == "none" and plain["tasks"]["h"]["truncated"] == 1
+    assert [e["truncated"] for e in plain["tasks"]["h"]["per_example"]] == [True, False]
+    assert (
+        "warning: h: 1 of 2 examples are longer than the model's 64-token context; their oldest tokens "
+        "were dropped, so their scores are not the whole text's (which: --per_example)"
+    ) in err
+    harness = evaluate.main([*common, "--preprocess=lm-eval", f"--out={tmp_path / 'lm.json'}"])
+    examples = harness["tasks"]["h"]["per_example"]
+    assert harness["preprocess"] == "lm-eval" and harness["tasks"]["h"]["truncated"] == 2
+    # the endings as the harness has them: "eats it all.", " sits." (brackets gone, spaces halved)
+    assert examples[0]["chars"] == [14, 12, 6] and plain["tasks"]["h"]["per_example"][0]["chars"] == [
+        14,
+        13,
+        12,
+    ]
+    assert examples[0]["logprobs"] != plain["tasks"]["h"]["per_example"][0]["logprobs"]

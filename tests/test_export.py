@@ -14,6 +14,7 @@ from conftest import flip_a_bit, flip_a_bit_in_member
 
 import export
 import sample
+from errors import run_cli
 from model import GPT, GPTConfig
 from storage import checkpoint
 from storage.checkpoint import save_checkpoint
@@ -307,7 +308,7 @@ def test_an_export_records_the_digest_of_the_checkpoint_it_came_from(tmp_path):
 def cli_error(*args) -> str:
     """What `python export.py ARGS` prints when it fails: one line, no traceback."""
     with pytest.raises(SystemExit) as e:
-        export.cli(list(args))
+        run_cli(export.main, list(args))
     message = e.value.code
     assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
     return message

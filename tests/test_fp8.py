@@ -2,7 +2,7 @@
 is a slow reference kernel), so a run can be checked end to end on a CPU that stands in for a
 machine with float8 tensor cores. A real CPU refuses --fp8 (tests/test_resolve.py); its
 speed and its loss against bf16 are GPU measurements (bench/gpu_suite.py). Skipped without
-torchao (requirements-fp8.txt)."""
+torchao (the fp8 extra: pip install -e ".[fp8]")."""
 
 import dataclasses
 import math

@@ -64,6 +64,9 @@ def test_the_smoke_suite_writes_every_row_from_the_runs_own_logs(tmp_path):
     tests = [r for r in suite["rows"] if r["part"] == "tests"]
     assert {r["name"] for r in tests} == cuda_tests  # every test marked cuda, no other
     assert all(r["status"].startswith("skipped: ") for r in tests)  # CUDA is hidden from a smoke run
+    # a module skipped whole at collection (tests/test_fp8.py without torchao) is no test row
+    for r in (r for r in suite["rows"] if r["part"] == "not_collected"):
+        assert os.path.isfile(os.path.join(ROOT, r["name"])) and r["status"].startswith("skipped: "), r
 
     runs = [r for r in suite["rows"] if r["part"] == "throughput"]
     assert [r["name"] for r in runs] == list(RUNS)
@@ -142,3 +145,50 @@ def test_a_bad_train_setting_is_refused_before_anything_runs(tmp_path):
     proc, suite = run_suite(out, "--n_layr=3")
     assert proc.returncode == 1 and suite is None
     assert "error: unknown config key 'n_layr'; did you mean 'n_layer'?" in proc.stderr
+
+
+def test_a_module_skipped_at_collection_is_a_not_collected_row_not_a_test(tmp_path, monkeypatch):
+    """pytest's JUnit report lists a module skipped whole (importorskip at module level) as a
+    testcase of no class; the suite's rows keep it apart from the tests -m cuda selected."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    import gpu_suite
+
+    folder = tmp_path / "tests"
+    folder.mkdir()
+    (folder / "test_needs_absent.py").write_text(
+        "import pytest\npytest.importorskip('no_such_module_here')\n\n\ndef test_a():\n    pass\n"
+    )
+    (folder / "test_gpu.py").write_text(
+        "import pytest\n\n\n@pytest.mark.cuda\ndef test_b():\n    pass\n\n\ndef test_c():\n    pass\n"
+    )
+    xml = tmp_path / "report.xml"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-m",
+            "cuda",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+            "tests",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    rows = gpu_suite.junit_rows(str(xml))
+    assert [(r["part"], r["name"]) for r in rows] == [
+        ("not_collected", "tests/test_needs_absent.py"),
+        ("tests", "test_gpu::test_b"),
+    ]
+    assert (
+        rows[0]["status"]
+        == "skipped: could not import 'no_such_module_here': No module named 'no_such_module_here'"
+    )
+    md = gpu_suite.markdown(
+        dict(device="CPU", torch="x", date="d", seconds=1, time_limit_s=9, command="c", smoke=True), rows
+    )
+    assert "- tests/test_needs_absent.py: could not import 'no_such_module_here'" in md

@@ -37,12 +37,12 @@ def test_scalars_are_the_finite_numbers_of_train_and_eval_records():
             "step": 5,
             "time": 1.0,
             "val_loss": 2.5,
-            "hellaswag_acc_norm": 0.3,
+            "hellaswag_acc_norm_tokens": 0.3,
             "train_loss": None,
             "applied": True,
             "val_ppl": math.inf,
         }
-    ) == {"eval/val_loss": 2.5, "eval/hellaswag_acc_norm": 0.3}
+    ) == {"eval/val_loss": 2.5, "eval/hellaswag_acc_norm_tokens": 0.3}
     assert scalars({"kind": "checkpoint", "step": 5, "elapsed_s": 1.0}) == {}
 
 
@@ -61,7 +61,9 @@ def test_wandb_offline_gets_tensorboard_s_scalars_and_a_resume_continues_its_run
     monkeypatch.setenv("WANDB_MODE", "offline")  # no network, no account
     monkeypatch.setenv("WANDB_SILENT", "true")
     log = RunLog(str(tmp_path), tensorboard=True, wandb_project="gpt", run_name="t", config={"max_steps": 9})
-    log.log({"kind": "eval", "step": 0, "val_loss": 10.8, "hellaswag_acc_norm": 0.25, "train_loss": None})
+    log.log(
+        {"kind": "eval", "step": 0, "val_loss": 10.8, "hellaswag_acc_norm_tokens": 0.25, "train_loss": None}
+    )
     log.log({"kind": "train", "step": 0, "loss": 10.9, "mfu": None, "lr": 1e-4})
     log.log({"kind": "spike", "step": 1, "loss": 30.0})  # events are in metrics.jsonl only, as in TensorBoard
     log.log({"kind": "train", "step": 2, "loss": 9.5, "lr": 2e-4})
@@ -71,7 +73,7 @@ def test_wandb_offline_gets_tensorboard_s_scalars_and_a_resume_continues_its_run
     log.close()
     assert summary == {
         "eval/val_loss": 10.8,
-        "eval/hellaswag_acc_norm": 0.25,
+        "eval/hellaswag_acc_norm_tokens": 0.25,
         "train/loss": 10.9,
         "train/lr": 1e-4,
     }

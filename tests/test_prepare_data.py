@@ -16,6 +16,7 @@ import tiktoken
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 import prepare_data as P
+from errors import run_cli
 from text import columnar, loader
 from text import corpus as C
 from text.tokenizer import load_tokenizer
@@ -321,7 +322,7 @@ def test_bad_tokenizer_fails_before_download(tmp_path, monkeypatch):
 
 def test_cli_error_is_a_message(tmp_path):
     with pytest.raises(SystemExit, match="error: --input .*does not exist"):
-        P.main(["--input", str(tmp_path / "missing"), "--name", "x", "--out_dir", str(tmp_path)])
+        run_cli(P.main, ["--input", str(tmp_path / "missing"), "--name", "x", "--out_dir", str(tmp_path)])
 
 
 def test_fetch_shakespeare_uses_verified_cache_and_checks_downloads(tmp_path, monkeypatch):
@@ -475,7 +476,9 @@ def test_hf_input_streams_through_datasets_offline(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"hf:.*hub \(split 'test'\) has no column 'body'"):
         run([f"hf:{tmp_path / 'hub'}"], tmp_path / "h", split="test", text_field="body")
     with pytest.raises(SystemExit) as info:
-        P.main(["--input=hf:no-such-org/no-such-dataset:default", "--name=x", f"--out_dir={tmp_path}"])
+        run_cli(
+            P.main, ["--input=hf:no-such-org/no-such-dataset:default", "--name=x", f"--out_dir={tmp_path}"]
+        )
     message = str(info.value)
     assert message.startswith(
         "error: cannot load Hugging Face dataset hf:no-such-org/no-such-dataset:default"

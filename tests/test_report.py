@@ -324,7 +324,13 @@ def write_run(tmp_path, records, config):
 
 def with_tasks(records):
     return [
-        dict(r, hellaswag_acc=0.25 + r["step"] / 1e7, hellaswag_acc_norm=0.26 + r["step"] / 1e7)
+        dict(
+            r,
+            hellaswag_acc=0.25 + r["step"] / 1e7,
+            hellaswag_acc_stderr=0.0043,
+            hellaswag_acc_norm_tokens=0.26 + r["step"] / 1e7,
+            hellaswag_acc_norm_chars=0.27 + r["step"] / 1e7,
+        )
         if r["kind"] == "eval"
         else r
         for r in records
@@ -336,10 +342,15 @@ def test_the_picture_has_loss_task_accuracy_and_the_documented_run_s_losses(tmp_
     width, height = png_size(os.path.join(run, "report.png"))
     assert "![Loss against tokens](report.png)" in text
     assert "Marked: the documented 300M run's losses from docs/reference_runs.md (8 of 8" in text
-    assert "Dotted: GPT-2's HellaSwag acc_norm, scored the same way (llm.c): 124M 0.2955" in text
+    assert (
+        "Dotted: GPT-2's HellaSwag acc_norm_tokens, scored the same way (llm.c dev/vislog.ipynb): "
+        "124M 0.2945, 350M 0.3752, 774M 0.432, 1.5B 0.4889." in text
+    )
     header, rows = table(text, "| Step | Val Loss |")
-    assert header == "| Step | Val Loss | Val Perplexity | hellaswag acc | hellaswag acc_norm |"
-    assert rows[-1] == ["100,000", "2.93", "18.73", "0.2600", "0.2700"]
+    assert header == (
+        "| Step | Val Loss | Val Perplexity | hellaswag acc | hellaswag acc_norm_tokens | hellaswag acc_norm_chars |"
+    )
+    assert rows[-1] == ["100,000", "2.93", "18.73", "0.2600 ± 0.0043", "0.2700", "0.2800"]
     # without tasks: one panel (a shorter picture), no GPT-2 lines, no task columns
     plain, text = write_run(tmp_path, documented_run(), CONFIG)
     assert png_size(os.path.join(plain, "report.png"))[1] < height and "GPT-2" not in text

@@ -48,12 +48,15 @@ def test_an_older_checkpoint_keeps_its_patience_on_the_val_loss():
 
 def test_early_stopping_can_watch_a_task_accuracy_while_the_best_model_follows_the_val_loss():
     s = TrainState(step=10)
-    assert s.record_eval(4.0, "hellaswag_acc_norm", 0.30) is True and s.evals_without_improvement == 0
+    assert s.record_eval(4.0, "hellaswag_acc_norm_tokens", 0.30) is True and s.evals_without_improvement == 0
     s.step = 20  # val loss worse, accuracy better: no best model, patience reset
-    assert s.record_eval(4.1, "hellaswag_acc_norm", 0.32) is False and s.evals_without_improvement == 0
+    assert s.record_eval(4.1, "hellaswag_acc_norm_tokens", 0.32) is False and s.evals_without_improvement == 0
     s.step = 30  # val loss better, accuracy worse: a best model, patience counts
-    assert s.record_eval(3.9, "hellaswag_acc_norm", 0.31) is True and s.evals_without_improvement == 1
-    assert s.record_eval(3.8, "hellaswag_acc_norm", float("nan")) is True and s.evals_without_improvement == 2
+    assert s.record_eval(3.9, "hellaswag_acc_norm_tokens", 0.31) is True and s.evals_without_improvement == 1
+    assert (
+        s.record_eval(3.8, "hellaswag_acc_norm_tokens", float("nan")) is True
+        and s.evals_without_improvement == 2
+    )
     assert (s.best_val_loss, s.best_watched) == (3.8, -0.32)
     # switching the watched metric (a resumed run with another early_stopping_metric) starts afresh
     assert (

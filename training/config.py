@@ -2,9 +2,9 @@
 
 A config file in config/ is plain Python assignments (`max_steps = 5_000`); command-line
 `--key=value` overrides are parsed to the field's type. Unknown keys are errors that name
-the closest valid key. The cadences (when to evaluate, save and log) are methods here, so
-each is written once. What depends on the machine a run runs on ("auto", unset defaults) is
-resolved once, by resolve.resolve().
+the closest valid key. The cadences of evaluating and logging are methods here, so each is
+written once (when a run saves is training/checkpointing.py's). What depends on the machine a
+run runs on ("auto", unset defaults) is resolved once, by resolve.resolve().
 """
 
 import dataclasses
@@ -18,14 +18,15 @@ import traceback
 import typing
 from dataclasses import dataclass, fields
 
+from errors import BadInput
+from evaluation.scoring import METRICS, TASK_NAME, metric_key, unknown_metric_hint
 from model import GPTConfig, check_preset, checkpointing_value, preset_config
 from parallel.devices import check_device_name, check_dtype_name
 from text.loader import check_data_mix
-from text.multiple_choice import METRICS, TASK_NAME, metric_key
+from training.checkpointing import save_scheduled
 from training.metrics import check_wandb
 from training.optimizers import MUON_ADJUST_LR, check_optimizer
 from training.schedule import SCHEDULES
-from training.stopping import Stop
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
 # The loss chunk of an eager run: there chunks were as fast or faster, while under
@@ -44,8 +45,8 @@ def setting(default, doc: str):
     return dataclasses.field(default=default, metadata={"doc": doc, "default": default})
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(BadInput):
+    """A setting that cannot be meant; the message names the fix."""
 
 
 @dataclass
@@ -178,7 +179,7 @@ class TrainConfig:
     early_stopping_metric: str = setting(
         "val_loss",
         "what early stopping watches: val_loss (lower is better), or "
-        "TASK_acc / TASK_acc_norm of an eval_tasks task (higher is better)",
+        "TASK_acc / TASK_acc_norm_tokens / TASK_acc_norm_chars of an eval_tasks task (higher is better)",
     )
     eval_tasks: dict[str, str] = setting(
         {},
@@ -282,21 +283,12 @@ class TrainConfig:
             step % self.eval_interval == 0 or step in self.save_steps or step >= self.max_steps
         )
 
-    def should_save(self, step: int, stop: Stop | None = None) -> bool:
-        """A step checkpoint after `step` updates: every save_interval, at save_steps, at the
-        end, and where a run that stops saves where it stops (Stop.saves_where_it_stops)."""
-        return self.save_interval > 0 and (
-            step % self.save_interval == 0
-            or step in self.save_steps
-            or step >= self.max_steps
-            or (stop is not None and stop.saves_where_it_stops)
-        )
-
     def should_log(self, step: int) -> bool:
         """Log the loss of step `step`, which was measured on the weights after `step`
         updates (so it lines up with an evaluation after `step` updates): every
-        log_interval, and where the report has a row (the end of warmup, every save)."""
-        return step % self.log_interval == 0 or step == self.warmup_steps or self.should_save(step)
+        log_interval, and where the report has a row (the end of warmup, every scheduled save:
+        checkpointing.save_scheduled)."""
+        return step % self.log_interval == 0 or step == self.warmup_steps or save_scheduled(self, step)
 
     def datasets(self) -> dict:
         """{data_dir: weight} of the data this run trains on: data_mix, else data_dir alone."""
@@ -443,6 +435,7 @@ class TrainConfig:
             raise ConfigError(
                 f"early_stopping_metric must be one of {', '.join(metrics)} (a task's metrics exist "
                 f"when eval_tasks names it), got {self.early_stopping_metric!r}"
+                + unknown_metric_hint(self.early_stopping_metric)
             )
         if self.wandb_project:
             try:

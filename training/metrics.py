@@ -4,7 +4,7 @@ optionally the same scalars in Weights & Biases.
 Only rank 0 makes a RunLog; other ranks log nothing. Every record gets the wall-clock
 "time" it was written, so a report can tell training time from time lost to restarts.
 The train and eval records' numbers are the scalars, named "<kind>/<key>" (train/loss,
-eval/val_loss, eval/hellaswag_acc_norm), at the record's step, in both TensorBoard and W&B.
+eval/val_loss, eval/hellaswag_acc_norm_tokens), at the record's step, in both TensorBoard and W&B.
 """
 
 import importlib.util
@@ -14,16 +14,19 @@ import os
 import secrets
 import time
 
+from errors import BadInput
 from storage.atomic_files import write_text
 
 SCALAR_KINDS = ("train", "eval")
+# The record a RunLog writes first into a metrics.jsonl it recreated: the records before it are lost.
+LOST = "lost_records"
 WANDB_ID_FILE = "wandb_run_id"  # in the run folder: a resumed launch continues the same W&B run
 
 
 def check_wandb():
     """ValueError, naming the fix, when wandb is not installed (it is optional)."""
     if importlib.util.find_spec("wandb") is None:
-        raise ValueError(
+        raise BadInput(
             "wandb_project is set but wandb is not installed: pip install wandb "
             "(or leave wandb_project empty)"
         )
@@ -87,6 +90,7 @@ class RunLog:
         """Append one record (it must have "kind" and "step") and mirror its numbers to
         TensorBoard and W&B."""
         record = {**record, "time": record.get("time", time.time())}
+        self._recreate_if_gone(record)
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()  # a crash loses at most the line being written
         values = scalars(record)
@@ -95,6 +99,19 @@ class RunLog:
                 self.tb.add_scalar(key, value, record["step"])
         if self.wandb is not None and values and record["step"] >= self.wandb.step:
             self.wandb.log(values, step=record["step"])
+
+    def _recreate_if_gone(self, record: dict):
+        """metrics.jsonl deleted (or replaced) while the run trains: what is written to the open
+        file would be lost with it. Start the file again, with a record of what is missing."""
+        try:
+            here = os.path.samestat(os.fstat(self.file.fileno()), os.stat(self.path))
+        except FileNotFoundError:
+            here = False
+        if not here:
+            self.file.close()
+            self.file = open(self.path, "a")
+            lost = dict(kind=LOST, step=record["step"], time=record["time"])
+            self.file.write(json.dumps(lost) + "\n")
 
     def close(self):
         self.file.close()

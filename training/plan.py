@@ -8,6 +8,7 @@ assumed MFU on A100 and H100.
 
 import torch
 
+from errors import BadInput
 from model import GPT, count_params, float8_layers, flops_per_token, n_linear
 from parallel.devices import PEAK_FLOPS
 from training.config import TrainConfig
@@ -74,9 +75,9 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) 
     """Everything --dry_run prints, as plain numbers (format_plan renders it). The config is
     resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it."""
     if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+        raise BadInput(f"world_size must be >= 1, got {world_size}")
     if not 0 < cfg.plan_mfu <= 1:
-        raise ValueError(f"plan_mfu is a fraction of peak in (0, 1], got {cfg.plan_mfu}")
+        raise BadInput(f"plan_mfu is a fraction of peak in (0, 1], got {cfg.plan_mfu}")
     resolved = resolve(
         cfg, Machine.planned(cfg.device, world_size, cfg.plan_gpu_memory_gib[0]), cfg.model_config(vocab_size)
     )

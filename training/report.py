@@ -12,9 +12,11 @@ import math
 import os
 from datetime import datetime, timezone
 
+from errors import BadInput, NotFound
+from evaluation.scoring import STDERR, metric_order, split_metric_key
 from storage.atomic_files import atomic_path, write_text
 from storage.checkpoint import is_step_file
-from text.multiple_choice import split_metric_key
+from training.metrics import LOST
 from training.stopping import Stop
 
 _MARK = "†"  # flags a row whose loss comes from an earlier logged step
@@ -189,7 +191,7 @@ def _val_table(evals: list[dict]) -> list[str]:
     finite = [e for e in evals if e.get("val_loss") is not None and math.isfinite(e["val_loss"])]
     best = min(finite, key=lambda e: e["val_loss"])["step"] if finite else None
     datasets = sorted({k for e in evals for k in e if k.startswith(DATASET_LOSS)})
-    tasks = datasets + sorted({k for e in evals for k in e if split_metric_key(k)}, key=split_metric_key)
+    tasks = datasets + sorted({k for e in evals for k in e if split_metric_key(k)}, key=metric_order)
     names = [f"Val Loss {k.removeprefix(DATASET_LOSS)}" for k in datasets] + [
         "{} {}".format(*split_metric_key(k)) for k in tasks[len(datasets) :]
     ]
@@ -200,9 +202,17 @@ def _val_table(evals: list[dict]) -> list[str]:
     for e in evals:
         loss = e.get("val_loss")
         mark = " (best)" if e["step"] == best else ""
-        scores = "".join(f" {e[k]:.4f} |" if isinstance(e.get(k), (int, float)) else " — |" for k in tasks)
+        scores = "".join(_score_cell(e, k) for k in tasks)
         lines.append(f"| {e['step']:,} | {fmt_loss(loss)}{mark} | {fmt_ppl(loss)} |{scores}")
     return lines
+
+
+def _score_cell(e: dict, key: str) -> str:
+    """A loss, or an accuracy with its standard error when the record has one: 0.2931 ± 0.0091."""
+    value, err = e.get(key), e.get(key + STDERR)
+    if not isinstance(value, (int, float)):
+        return " — |"
+    return f" {value:.4f}" + (f" ± {err:.4f}" if isinstance(err, (int, float)) else "") + " |"
 
 
 def _config_lines(cfg: dict, derived: dict) -> list[str]:
@@ -353,7 +363,7 @@ def render_report(
     picture: lines under the title about report.png (draw_picture)."""
     train = latest_by_step(records, "train")
     if not train:
-        raise ValueError("no train records in metrics.jsonl; the run has not logged a step yet")
+        raise BadInput("no train records in metrics.jsonl; the run has not logged a step yet")
     cfg = _train_config(records, config)
     starts = [r for r in records if r.get("kind") == "start"]
     ends = [r for r in records if r.get("kind") == "end" and isinstance(r.get("step"), int)]
@@ -402,6 +412,14 @@ def render_report(
         "",
         *_event_lines(records, train[-1]),
     ]
+    lost = [r.get("step") for r in records if r.get("kind") == LOST]
+    if lost:
+        out += [
+            "",
+            f"Note: metrics.jsonl was deleted while the run trained, and started again at step "
+            f"{lost[-1]:,}: the records before that are lost (the checkpoints are not), so this "
+            f"report covers less of the run.",
+        ]
     if skipped_lines:
         out += [
             "",
@@ -434,13 +452,13 @@ def write_report(run_dir: str) -> str:
     """Write <run_dir>/report.md from its metrics.jsonl (and config.json); return its path."""
     metrics = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(metrics):
-        raise FileNotFoundError(
+        raise NotFound(
             f"no metrics.jsonl in {run_dir!r}: give a run folder "
             f"(out_dir/run_name) that train.py has logged into"
         )
     records, bad = read_metrics(metrics)
     if not records:
-        raise ValueError(f"{metrics} has no records: the run has not logged anything yet")
+        raise BadInput(f"{metrics} has no records: the run has not logged anything yet")
     config = None
     config_path = os.path.join(run_dir, "config.json")
     if os.path.isfile(config_path):

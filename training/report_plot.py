@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from text.multiple_choice import GPT2_HELLASWAG_ACC_NORM, split_metric_key
+from evaluation.scoring import GPT2_HELLASWAG_ACC_NORM_TOKENS, GPT2_HELLASWAG_SOURCE, split_metric_key
 
 # The documented runs' loss figures (docs/reference_runs.md, which gives their source and
 # what is wrong with them), by optimizer step. A run is one of them when its model preset,
@@ -169,12 +169,12 @@ def _draw_tasks(ax, tasks: dict, x) -> list:
             [x(s) for s, _ in points],
             [v for _, v in points],
             marker=".",
-            ls="-" if metric == "acc_norm" else "--",
+            ls="-" if metric == "acc_norm_tokens" else "-." if metric == "acc_norm_chars" else "--",
             label=f"{task} {metric}",
         )
     notes = []
     if any(task == "hellaswag" for task, _ in tasks):
-        for size, value in GPT2_HELLASWAG_ACC_NORM.items():
+        for size, value in GPT2_HELLASWAG_ACC_NORM_TOKENS.items():
             ax.axhline(value, color="gray", ls=":", lw=0.8)
             ax.annotate(
                 f"GPT-2 {size}",
@@ -185,8 +185,9 @@ def _draw_tasks(ax, tasks: dict, x) -> list:
                 va="bottom",
             )
         notes.append(
-            "Dotted: GPT-2's HellaSwag acc_norm, scored the same way (llm.c): "
-            + ", ".join(f"{s} {v}" for s, v in GPT2_HELLASWAG_ACC_NORM.items())
+            "Dotted: GPT-2's HellaSwag acc_norm_tokens, scored the same way "
+            f"({GPT2_HELLASWAG_SOURCE}): "
+            + ", ".join(f"{s} {v}" for s, v in GPT2_HELLASWAG_ACC_NORM_TOKENS.items())
             + "."
         )
     ax.set_ylabel("accuracy")

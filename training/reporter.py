@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from errors import UserError
 from parallel.devices import peak_flops
 from training.metrics import RunLog
 from training.report import write_report
@@ -148,7 +149,11 @@ class Reporter:
             return
         self.record(dict(kind="end", step=step, elapsed_s=elapsed_s, reason=reason))
         self.close()
-        print(f"{message}\nreport: {write_report(self.cfg.run_dir)}", flush=True)
+        try:
+            report = write_report(self.cfg.run_dir)
+        except UserError as e:  # the run is done: what its report lacks is no reason to fail it
+            report = f"not written: {e}"
+        print(f"{message}\nreport: {report}", flush=True)
 
     def close(self):
         """Close the log and the bar (again: a no-op)."""

@@ -1,6 +1,6 @@
 """Why a run stops, and what each reason means: the process's exit status and whether the
 run saves a checkpoint where it stopped. decide() is the one place a step's outcome becomes
-a reason; train.py acts on it and TrainConfig.should_save reads it."""
+a reason; train.py acts on it and checkpointing.CheckpointManager.should_save reads it."""
 
 import enum
 
