@@ -11,7 +11,8 @@ the mean final val loss of the adamw:cosine runs (which always run to their end,
 --target=X sets it. Every other run stops as soon as an evaluation reaches the target ("first
 reaches" is all the table reports, so stopping there changes nothing in it), or at its end.
 Evaluations come every --eval_every steps (default max_steps / 30). Any other --key=value
-goes to train.py for every run. Runs go under --out (a temp folder unless given); the
+goes to train.py for every run. Runs go under --out (a temp folder unless given); a run
+already finished there is read instead of rerun, so an interrupted benchmark continues. The
 table is printed, and with --markdown=PATH appended to that file.
 """
 
@@ -69,6 +70,8 @@ def run_one(
         f"--log_interval={eval_every}",
     ]
     metrics = os.path.join(out, name, "metrics.jsonl")
+    if finished(metrics):  # a run of an earlier invocation on the same --out: read, not rerun
+        return evals(metrics), 0.0, steps
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT)
     start = time.time()
     while proc.poll() is None:
@@ -86,6 +89,13 @@ def evals(path: str) -> list:
         return []
     with open(path) as fh:
         return [r for r in map(json.loads, fh) if r.get("kind") == "eval"]
+
+
+def finished(path: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    with open(path) as fh:
+        return any(r.get("kind") == "end" for r in map(json.loads, fh))
 
 
 def first_reach(records: list, target: float) -> dict | None:

@@ -28,6 +28,7 @@ RUNS = {
     "1b_16gb": ("float32", 8, "full", "FSDP + activation checkpointing"),
     "124m_fp16": ("float16", 0, False, "DDP"),
     "1.2b_bf16_ckpt": ("bfloat16", 0, "full", "DDP + activation checkpointing"),
+    "124m_bf16_muon": ("bfloat16", 0, False, "DDP"),
 }
 NOT_RUN_IN_SMOKE = {"1.2b_fp8", "124m_fp8"}  # a CPU has no float8: planned, not run
 
