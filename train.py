@@ -67,7 +67,7 @@ from training.plan import format_plan, make_plan
 from training.report import DATASET_LOSS, write_comparison, write_report
 from training.reporter import Reporter
 from training.resolve import Machine, Resolved, resolve
-from training.schedule import lr_at
+from training.schedule import lr_at, wsd_decay_start
 from training.state import TrainState
 from training.step_stats import HostCopies, StepValues, StepWatch
 from training.stopping import Stop
@@ -493,6 +493,8 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
             f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
             f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)"
         )
+    if writer and resume_path and (warning := extension_warning(cfg, source, state.step)):
+        print(warning)
     if writer:
         for task in tasks:  # lm-eval warns too; a silent cut would skew the scores unseen
             if warning := mc.truncation_warning(task, model_cfg.block_size):
@@ -530,6 +532,25 @@ def check_same_data(cfg: TrainConfig, source: dict, resume_path: str):
                 f"data_mix={cfg.data_mix or {}}; a resume must draw the same batches: keep its "
                 f"data_mix, or start a new run from its weights with --init_from"
             )
+
+
+def extension_warning(cfg: TrainConfig, source: dict, step: int) -> str | None:
+    """A wsd run resumed with a later decay end trains as a run planned that long only from
+    a checkpoint of its constant stage; say so when the checkpoint was already decaying."""
+    saved = source.get("config") or {}
+    if cfg.lr_schedule != "wsd" or saved.get("lr_schedule") != "wsd":
+        return None
+    old_end = saved.get("lr_decay_steps") or saved.get("max_steps")
+    if not old_end or old_end == cfg.lr_decay_steps:
+        return None
+    start = wsd_decay_start(saved.get("warmup_steps", 0), old_end, saved.get("decay_fraction", 0.2))
+    if step <= start:
+        return None
+    return (
+        f"warning: this checkpoint (step {step:,}) is past its run's wsd decay start (step {start:,}): "
+        f"extended to {cfg.lr_decay_steps:,} steps it will not match a run planned that long; resume "
+        f"a checkpoint from step {start:,} or before for that"
+    )
 
 
 def check_same_optimizer(cfg: TrainConfig, source: dict, resume_path: str):

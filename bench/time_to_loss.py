@@ -125,7 +125,7 @@ def table(rows: list, target: float, tokens_per_step: int, header: str) -> str:
         )
     lines += [
         "",
-        "| Variant | Seeds reaching the target | Median steps to target | vs AdamW cosine | Mean s/step | vs AdamW cosine |",
+        "| Variant | Seeds reaching the target | Median steps to target | AdamW cosine's steps / these | Mean s/step | / AdamW cosine's |",
         "|---|---|---|---|---|---|",
     ]
     summary = {}
@@ -138,7 +138,7 @@ def table(rows: list, target: float, tokens_per_step: int, header: str) -> str:
         )
     ref_steps, ref_time = summary.get(REFERENCE, (None, None))
     for variant, (steps, s_per_step) in summary.items():
-        ratio = f"{ref_steps / steps:.2f}x fewer" if steps and ref_steps else "-"
+        ratio = f"{ref_steps / steps:.2f}x" if steps and ref_steps else "-"
         cost = f"{s_per_step / ref_time:.2f}x" if ref_time else "-"
         reached = sum(1 for r in rows if r["variant"] == variant and r["hit"])
         total = sum(1 for r in rows if r["variant"] == variant)

@@ -766,3 +766,18 @@ def test_a_run_that_never_beats_its_start_says_why_and_sample_says_which_checkpo
         f"best_model.pt is missing: no evaluation beat the starting point's val loss {baseline:.4f}. This "
         f"one's val loss is" in capsys.readouterr().err
     )
+
+
+def test_extending_a_wsd_run_from_a_decaying_checkpoint_warns_where_to_resume_from():
+    from training.config import TrainConfig
+
+    longer = TrainConfig(lr_schedule="wsd", max_steps=200, lr_decay_steps=200, warmup_steps=10)
+    saved = {
+        "config": dict(
+            lr_schedule="wsd", max_steps=100, lr_decay_steps=100, warmup_steps=10, decay_fraction=0.2
+        )
+    }
+    assert train.extension_warning(longer, saved, 80) is None  # steps 0-79: all constant
+    assert "resume a checkpoint from step 80 or before" in train.extension_warning(longer, saved, 90)
+    same = TrainConfig(lr_schedule="wsd", max_steps=100, lr_decay_steps=100, warmup_steps=10)
+    assert train.extension_warning(same, saved, 90) is None  # a plain resume of the same plan
