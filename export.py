@@ -37,7 +37,7 @@ from storage.atomic_files import atomic_path
 from storage.checkpoint import KIND
 from storage.interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
 from storage.weights import find_and_load, tokenizer_meta
-from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
+from text.tokenizer import EOT_TEXT, HF_KIND, gpt2_files, load_tokenizer, tokenizer_file_bytes
 
 SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -138,6 +138,10 @@ def tokenizer_files(tok, block_size: int) -> tuple[dict, str]:
             f"written; the vocabulary is in {TOKENIZER_META} (\"vocab\": character -> id, "
             f"{EOT_TEXT} is id {tok.eot_id})"
         )
+    elif tok.name == HF_KIND:
+        files.update(tokenizer_file_bytes(meta))
+        meta.pop("files")  # they are the folder's own files now
+        note = f"tokenizer: its own files ({', '.join(sorted(tokenizer_file_bytes(tok.meta())))})"
     else:
         note = (
             f"tokenizer: no Hugging Face tokenizer files for tiktoken's {tok.name!r}; tokenize "

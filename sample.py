@@ -71,8 +71,9 @@ def generate(
     (B, T + n_new). The model conditions on at most block_size tokens: longer prompts are
     cropped to their last block_size tokens (the returned tensor keeps the whole prompt).
 
-    eot_id: a row that produces it is finished; its later positions are filled with
-    eot_id and generation stops early once every row is finished.
+    eot_id: an id, or a sequence of ids (tokenizer.stop_ids), that finishes a row; its
+    later positions are filled with the first of them, and generation stops early once
+    every row is finished.
     on_token(tokens): called after each step with the new ids, shape (B,).
 
     Within the context both paths see exactly the same tokens at the same positions,
@@ -93,6 +94,8 @@ def generate(
     if use_cache:
         cache = KVCache(model.config, B, idx.device, _cache_dtype(model, idx.device))
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    if eot_id is not None:
+        stop = torch.tensor([eot_id] if isinstance(eot_id, int) else list(eot_id), device=idx.device)
     logits = None
     for _ in range(max_new_tokens):
         if cache is None:
@@ -106,8 +109,8 @@ def generate(
             logits, _ = model(out[:, -keep:], cache=cache)
         nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
         if eot_id is not None:
-            nxt = nxt.masked_fill(done[:, None], eot_id)
-            done |= nxt[:, 0] == eot_id
+            nxt = nxt.masked_fill(done[:, None], int(stop[0]))
+            done |= torch.isin(nxt[:, 0], stop)
         out = torch.cat([out, nxt], dim=1)
         if on_token is not None:
             on_token(nxt[:, 0])
@@ -219,11 +222,13 @@ def main(argv=None):
     )
 
     if args.prompt is None:
-        prompt_ids = [tok.eot_id]  # unconditional: start as a new document would
+        # unconditional: start as a new document would (after an eot, or with Llama 3's bos)
+        prompt_ids = list(tok.doc_prefix) or [tok.eot_id]
     else:
         prompt_ids = tok.encode(args.prompt)
         if not prompt_ids:
             raise BadInput("the prompt encodes to no tokens; leave --prompt out to sample unconditionally")
+        prompt_ids = [*tok.doc_prefix, *prompt_ids]  # a prompt starts a document, as in training
     if len(prompt_ids) > model.config.block_size:
         print(
             f"prompt is {len(prompt_ids)} tokens; the model sees its last {model.config.block_size}",
@@ -240,10 +245,10 @@ def main(argv=None):
         head = args.prompt or ""
         print(head, end="", flush=True)
         dec = IncrementalDecoder(tok)
-        eot = tok.eot_id if args.stop_at_eot else None
+        eot = tok.stop_ids if args.stop_at_eot else None
 
-        def show(t, dec=dec, eot=eot):
-            if int(t[0]) != eot:  # the stopping token itself is not part of the text
+        def show(t, dec=dec, eot=eot or ()):
+            if int(t[0]) not in eot:  # the stopping token itself is not part of the text
                 print(dec.push(int(t[0])), end="", flush=True)
 
         with ctx:

@@ -57,7 +57,7 @@ from text.loader import (
     load_meta,
     read_mixture_metas,
 )
-from text.tokenizer import load_tokenizer
+from text.tokenizer import describe_tokenizer, load_tokenizer, tokenizer_identity, tokenizer_option
 from training import stopping
 from training.checkpointing import CheckpointManager
 from training.config import ConfigError, TrainConfig, help_text, load_config
@@ -592,6 +592,9 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
     if source is None:
         return cfg.model_config(meta["vocab_size"])
     saved = GPTConfig(**source["model_config"])
+    _refuse_other_tokenizer(
+        source.get("tokenizer") or {}, meta, resume_path or f"--init_from={cfg.init_from}", cfg
+    )
     if resume_path:
         _refuse_shape_change(
             saved,
@@ -606,23 +609,23 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
         f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
         "drop those settings",
     )
-    tok = source.get("tokenizer") or {}
-    if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != (
-        meta.get("tokenizer"),
-        meta.get("vocab_size"),
-        meta.get("chars"),
-    ):
-        raise ConfigError(
-            f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
-            f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
-            f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
-            f"data with the checkpoint's tokenizer"
-        )
     if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
         # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
         # end-of-text id; ours adds one): they start as zero rows and train like the others
         saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
     return saved
+
+
+def _refuse_other_tokenizer(tok: dict, meta: dict, model: str, cfg: TrainConfig):
+    """The data's ids must mean what they meant to the model: one line naming both
+    tokenizers and the command that re-prepares the data with the model's."""
+    if tok and tokenizer_identity(tok) != tokenizer_identity(meta):
+        data = ", ".join(cfg.datasets())
+        raise ConfigError(
+            f"{model} uses the tokenizer {describe_tokenizer(tok)} but {data} was tokenized "
+            f"with {describe_tokenizer(meta)}; re-prepare the data with the model's: "
+            f"python prepare_data.py --tokenizer={tokenizer_option(tok)} ..."
+        )
 
 
 def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: str):

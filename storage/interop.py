@@ -29,7 +29,14 @@ from errors import BadInput, MissingDependency
 from model import GPT, GPTConfig
 from storage.checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
 from text.loader import read_meta_pkl
-from text.tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
+from text.tokenizer import (
+    GPT2_EOT_ID,
+    HF_KIND,
+    get_tokenizer,
+    gpt2_files,
+    load_tokenizer,
+    read_tokenizer_files,
+)
 
 HF_PREFIX = "transformer."
 # nn.Linear weights (out, in) that Hugging Face's Conv1D stores as (in, out).
@@ -247,7 +254,10 @@ def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
     ours = os.path.join(folder, TOKENIZER_META)
     if os.path.isfile(ours):
         with open(ours) as fh:
-            tok = load_tokenizer(json.load(fh))
+            recorded = json.load(fh)
+        if recorded.get("tokenizer") == HF_KIND and "files" not in recorded:
+            recorded["files"] = read_tokenizer_files(folder)  # export.py wrote them beside it
+        tok = load_tokenizer(recorded)
     elif vocab_size == GPT2_VOCAB:
         tok = get_tokenizer("gpt2")
         with open(gpt2_files()[1]) as fh:

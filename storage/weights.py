@@ -23,6 +23,7 @@ from storage.checkpoint import (
 )
 from storage.interop import HF_WEIGHTS, is_hf_folder, load_external
 from text.loader import load_meta
+from text.tokenizer import HF_KIND
 
 
 def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
@@ -199,8 +200,11 @@ def build_model(ckpt: dict, device) -> GPT:
 
 def check_tokenizer(cfg: GPTConfig, tok):
     """Refuse a tokenizer whose ids are not the model's: the model predicts vocab_size ids,
-    and every id the tokenizer makes must have an embedding row."""
-    if not cfg.vocab_size <= tok.n_vocab <= cfg.padded_vocab:
+    and every id the tokenizer makes must have an embedding row. A Hugging Face model may
+    predict ids its tokenizer.json lacks (Qwen2.5 pads its embedding past its tokens):
+    those decode to no text."""
+    low = 0 if tok.name == HF_KIND else cfg.vocab_size
+    if not low <= tok.n_vocab <= cfg.padded_vocab:
         raise BadInput(
             f"the model has {cfg.vocab_size} ids but the {tok.name} tokenizer has "
             f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "

@@ -1,4 +1,5 @@
 import glob
+import hashlib
 import json
 import math
 import os
@@ -9,13 +10,24 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TEXT, WITH_FAULTS, flip_a_bit, records, run_dir_of, tmpfs, write_dataset
+from conftest import (
+    ROOT,
+    TEXT,
+    WITH_FAULTS,
+    flip_a_bit,
+    records,
+    run_dir_of,
+    tmpfs,
+    tokenizer_folder,
+    write_dataset,
+)
 
 import train
 from model import count_params
 from storage import checkpoint as ckpt
 from storage.run_lock import RunFolderBusy
 from text.loader import GPT2_META, load_meta
+from text.tokenizer import load_tokenizer
 from training.config import ConfigError, load_config
 from training.resolve import Machine, resolve
 from training.stopping import Stop
@@ -689,6 +701,53 @@ def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(
     # the two labels alternate, so one choice always wins half: accuracy never beats its value
     # at step 0, and patience 1 stops the run at the first evaluation after it
     assert records(run, "end")[-1]["reason"] == "early_stopping" and [e["step"] for e in evals] == [0, 3]
+
+
+# ---- a model folder's tokenizer ---------------------------------------------------------------
+
+
+def test_a_run_keeps_its_datas_tokenizer_and_refuses_data_of_another(tiny_args, tmp_path):
+    import prepare_data
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in TEXT.split("\n\n") if d))
+    data, models = {}, {}
+    for name, style in (("llama", "llama3"), ("llama_again", "llama3"), ("qwen", "qwen2.5")):
+        models[name] = tokenizer_folder(tmp_path / "models" / style, style)
+        data[name] = str(tmp_path / "data" / name)
+        seed = 1 if name == "llama_again" else 1337  # another split: other data, the same tokenizer
+        prepare_data.prepare(
+            [str(corpus)], str(tmp_path / "data"), name, models[name], seed=seed, progress=False
+        )
+    args = tiny_args + [
+        f"--data_dir={data['llama']}",
+        "--run_name=llama",
+        "--max_steps=2",
+        "--eval_interval=2",
+    ]
+    train.main(args)
+    src = ckpt.latest_checkpoint(run_dir_of(args))
+    saved = load_tokenizer(ckpt.load_checkpoint(src)["tokenizer"])  # self-contained: the files are in it
+    assert (
+        saved.sha256
+        == hashlib.sha256(open(os.path.join(models["llama"], "tokenizer.json"), "rb").read()).hexdigest()
+    )
+    assert saved.doc_prefix == (saved.backend.token_to_id("<|begin_of_text|>"),)
+    ft = tiny_args + [
+        f"--data_dir={data['llama_again']}",
+        f"--init_from={src}",
+        "--run_name=ft",
+        "--max_steps=1",
+    ]
+    train.main(ft)  # the same tokenizer on other data is fine
+    with pytest.raises(ConfigError) as refused:
+        train.main(tiny_args + [f"--data_dir={data['qwen']}", f"--init_from={src}", "--run_name=no"])
+    message = str(refused.value)
+    assert "\n" not in message
+    assert (
+        f"tokenizer.json of {models['llama']}" in message and f"tokenizer.json of {models['qwen']}" in message
+    )
+    assert message.endswith(f"python prepare_data.py --tokenizer={models['llama']} ...")
 
 
 def test_a_disk_too_small_for_one_checkpoint_says_to_pick_another_out_dir_which_works(
