@@ -12,6 +12,7 @@ with a KV cache (prefill the prompt once, then one token per step) or without on
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -92,22 +93,26 @@ def generate(
     out = idx
     cache = None
     if use_cache:
-        cache = KVCache(model.config, B, idx.device, _cache_dtype(model, idx.device))
+        # no longer than this call can fill: a 128K-context model's full cache is gigabytes
+        need = min(block, min(idx.size(1), block) + max_new_tokens)
+        cache = KVCache(
+            replace(model.config, block_size=need), B, idx.device, _cache_dtype(model, idx.device)
+        )
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     if eot_id is not None:
         stop = torch.tensor([eot_id] if isinstance(eot_id, int) else list(eot_id), device=idx.device)
     logits = None
     for _ in range(max_new_tokens):
         if cache is None:
-            logits, _ = model(out[:, -block:])
+            logits = model.next_token_logits(out[:, -block:])
         elif logits is None:  # prefill the prompt once
-            logits, _ = model(out[:, -block:], cache=cache)
+            logits = model.next_token_logits(out[:, -block:], cache)
         elif cache.pos < cache.capacity:  # only the newest token is new to the cache
-            logits, _ = model(out[:, -1:], cache=cache)
+            logits = model.next_token_logits(out[:, -1:], cache)
         else:  # cache full: re-encode the tail at positions 0..keep-1
             cache.reset()
-            logits, _ = model(out[:, -keep:], cache=cache)
-        nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            logits = model.next_token_logits(out[:, -keep:], cache)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)
         if eot_id is not None:
             nxt = nxt.masked_fill(done[:, None], int(stop[0]))
             done |= torch.isin(nxt[:, 0], stop)
@@ -165,7 +170,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT "
+        help="checkpoint file or run folder, a Hugging Face GPT-2, Llama or Qwen2 folder, or a nanoGPT "
         "ckpt.pt (default: best of the newest run in checkpoints/)",
     )
     p.add_argument(

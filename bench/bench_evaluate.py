@@ -27,7 +27,6 @@ from parallel.devices import DTYPES, autocast, dtype_name, pick_device, pick_dty
 from storage.atomic_files import write_json
 from text import multiple_choice as mc
 from text.tokenizer import get_tokenizer
-from training.config import LOSS_CHUNK
 
 WORDS = (
     "the a man woman person is are was then he she they it on in at to of and with his her their "
@@ -83,7 +82,7 @@ def main(argv=None) -> dict:
         **{k: v for k in ("n_layer", "n_embd", "n_head") if (v := getattr(args, k)) is not None},
     }
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**shape, loss_chunk=LOSS_CHUNK)).to(device).eval()  # as evaluate.py runs it
+    model = GPT(GPTConfig(**shape)).to(device).eval()  # scoring chunks by model.LOSS_CHUNK
     tok = get_tokenizer("gpt2")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.task or write_synthetic(os.path.join(tmp, "synthetic.jsonl"), args.examples)

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from model import GPT, PRESETS, GPTConfig
+from model import GPT, PRESETS, GPTConfig, preset_config
 from sample import generate
 
 
@@ -39,10 +39,15 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     shape = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size)
+    model_cfg = (
+        preset_config(args.preset, data_vocab=args.vocab_size)  # a Llama preset keeps its own vocab
+        if args.preset
+        else GPTConfig(vocab_size=args.vocab_size, **shape)
+    )
     if args.preset:
         shape = PRESETS[args.preset]
     torch.manual_seed(args.seed)
-    model = GPT(GPTConfig(vocab_size=args.vocab_size, **shape)).to(args.device).eval()
+    model = GPT(model_cfg).to(args.device).eval()
     # A short random prompt: any ids do, and it keeps the bench free of tokenizer files.
     idx = torch.randint(0, args.vocab_size, (1, args.prompt_tokens), device=args.device)
     print(

@@ -138,7 +138,7 @@ def batch_tensors(examples: list, device) -> tuple:
 def score_batch(model, examples: list, device, autocast_ctx) -> list:
     idx, targets = batch_tensors(examples, device)
     with autocast_ctx:
-        losses = model(idx, targets, reduction="none")[1]
+        losses = model.position_losses(idx, targets)
     logprobs = (-losses.sum(dim=1)).double().cpu().tolist()  # one copy to the host per batch
     out, k = [], 0
     for e in examples:
@@ -176,7 +176,7 @@ def score_examples(
             else:
                 blank = torch.zeros((1, 1), dtype=torch.long, device=device)
                 with autocast_ctx:
-                    model(blank, blank - 1, reduction="none")
+                    model.position_losses(blank, blank - 1)
     finally:
         model.train(was_training)
     return sorted(out, key=lambda s: s.index)

@@ -26,14 +26,25 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 try:  # torch >= 2.6
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        FSDPModule,
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 except ImportError:  # torch 2.5
     from torch.distributed._composable.fsdp import (
         CPUOffloadPolicy,
         FSDPModule,
         MixedPrecisionPolicy,
         fully_shard,
+        register_fsdp_forward_method,
     )
+
+# GPT's calls besides forward (model.py's docstring): FSDP gathers the root's parameters
+# (embeddings, final norm, an untied head) around these too.
+FORWARD_METHODS = ("next_token_logits", "position_losses", "logits")
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -55,6 +66,8 @@ def shard(model, env, dtype: torch.dtype, offload: bool):
     for block in model.h:
         fully_shard(block, **options)
     fully_shard(model, **options)
+    for name in FORWARD_METHODS:
+        register_fsdp_forward_method(model, name)
     # FSDP warns when a module returns a view (the logits sliced to the real vocab), in case
     # it is modified in place, which would skip a hook; nothing here modifies model outputs
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")

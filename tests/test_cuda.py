@@ -268,6 +268,24 @@ def test_greedy_sampling_with_the_kv_cache_on_cuda_equals_without():
         assert bf16.shape == cached.shape and torch.equal(bf16[:, : idx.size(1)], idx)
 
 
+@native_bf16
+def test_a_llama_shape_trains_compiled_in_bf16_and_its_gpu_cache_generates_as_without(tiny_args):
+    """Rotary, RMSNorm, SwiGLU and grouped-query attention through flash attention and
+    torch.compile in bf16, selective checkpointing and an untied head: a finite, falling
+    loss; then the KV cache on the GPU (fp32) generates what no cache does."""
+    llama = ["--model=llama-tiny", "--n_kv_head=1", "--mlp_hidden=64", "--tie_embeddings=False"]
+    args = on_gpu(tiny_args + llama, compile=True, activation_checkpointing="selective", max_steps=12)
+    assert train.main(args) == 0
+    run_losses = losses(args)
+    assert all(math.isfinite(x) for x in run_losses) and run_losses[-1] < run_losses[0]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, idx = tiny_model(norm="rmsnorm", mlp="swiglu", rope_theta=1e4, n_kv_head=1), prompt()
+    model, idx = model.to(CUDA), idx.to(CUDA)
+    new = model.config.block_size - idx.size(1) + 1
+    cached = sample.generate(model, idx, new, temperature=0.0, use_cache=True)
+    assert torch.equal(cached, sample.generate(model, idx, new, temperature=0.0, use_cache=False))
+
+
 def test_a_checkpoint_saved_on_the_gpu_samples_on_a_machine_without_one(tiny_args):
     args = on_gpu(tiny_args, compile=True)  # a GPU run's defaults: compiled, bf16
     assert train.main(args) == 0
@@ -308,7 +326,7 @@ def test_fsdp_with_offload_on_one_gpu_trains_and_its_checkpoint_loads_on_the_cpu
     model = build_model(load_weights(ckpt.latest_checkpoint(run)), "cpu")
     x = torch.randint(0, model.config.vocab_size, (2, model.config.block_size))
     with torch.no_grad():
-        assert math.isfinite(model(x, x)[1].item())
+        assert math.isfinite(model(x, x).item())
 
 
 def test_fsdp_with_offload_trains_as_one_plain_gpu_does(tiny_args):
@@ -341,7 +359,7 @@ def test_selective_checkpointing_keeps_the_matmul_outputs_the_planner_counts_and
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         with autocast(CUDA, torch.bfloat16):  # autocast's cached weight copies go when it exits
-            loss = model(x, y)[1]
+            loss = model(x, y)
         kept[how] = torch.cuda.memory_allocated() - before
         loss.backward()
         grads[how] = {n: p.grad for n, p in model.named_parameters()}
@@ -377,7 +395,7 @@ def test_fp8_runs_float8_matmuls_on_the_gpu_and_tracks_bf16():
             assert len(to_float8(model)) == 4
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             with autocast(CUDA, torch.bfloat16):
-                loss = model(x, y)[1]
+                loss = model(x, y)
             loss.backward()
         ops = {e.key for e in prof.key_averages()}
         assert ("aten::_scaled_mm" in ops) == fp8

@@ -118,6 +118,57 @@ def test_every_parallelism_trains_the_same_and_leaves_no_gloo_thread(tiny_args):
     assert {r["step"]: r["loss"] for r in records(run_dir_of(halves), "train")} == whole  # bit for bit
 
 
+def test_a_llama_shape_trains_the_same_under_ddp_and_fsdp_and_scores_tasks_under_fsdp(tiny_args, tmp_path):
+    """A Llama shape (rotary, RMSNorm, SwiGLU, 2 k/v heads, an untied head that FSDP shards
+    with the root) as one process, as DDP over 2 ranks with full checkpointing and as FSDP
+    over 2 with selective checkpointing and the loss in chunks: the same losses, evaluations,
+    weights and multiple-choice accuracies (scored through position_losses, which FSDP
+    gathers the root's parameters for)."""
+    task = tmp_path / "task.jsonl"
+    choices = ["Speak, speak.", "All:\nfamish"]
+    task.write_text(
+        "".join(
+            json.dumps({"context": "First:\n", "choices": choices, "label": i % 2}) + "\n" for i in range(6)
+        )
+    )
+    llama = dict(
+        model="llama-tiny",
+        n_layer=2,
+        n_embd=64,
+        n_kv_head=2,
+        mlp_hidden=128,
+        block_size=32,
+        global_batch_size=8,
+        micro_batch_size=2,
+        eval_batches=2,
+        tie_embeddings=False,
+        max_steps=8,
+        lr_decay_steps=8,
+        eval_interval=4,
+        save_interval=4,
+        eval_tasks=f"toy:{task}",
+    )
+    single = demo_model(tiny_args, run_name="llama_single", loss_chunk=0, **llama)
+    train.main(single)
+    for name, parallelism, recompute in (("llama_ddp2", "ddp", "full"), ("llama_fsdp2", "fsdp", "selective")):
+        args = demo_model(
+            tiny_args,
+            run_name=name,
+            parallelism=parallelism,
+            loss_chunk=24,  # 64 positions per micro-batch: two chunks and a short one
+            activation_checkpointing=recompute,
+            **llama,
+        )
+        proc = torchrun(args, nproc=2)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        same_run(
+            run_dir_of(single),
+            run_dir_of(args),
+            (("train", "loss"), ("eval", "val_loss"), ("eval", "toy_acc")),
+        )
+    assert "lm_head.weight" in ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir_of(single)))["model"]
+
+
 def test_a_run_resumes_under_any_parallelism_and_world_size(tiny_args):
     """DDP on 2 ranks -> FSDP on 2 -> FSDP on 1 -> one plain process, each resuming the last
     one's checkpoint: the losses of a run that never changed."""

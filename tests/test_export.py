@@ -74,7 +74,7 @@ def export_run(tmp_path, model, *extra) -> str:
 
 def all_logits(model, idx):
     with torch.no_grad():
-        return model(idx, targets=idx)[0]  # with targets, every position's logits
+        return model.logits(idx)
 
 
 def hf_greedy(hf, idx, n):
@@ -284,7 +284,7 @@ def test_field_gpt2_cannot_express_is_an_error_naming_it(tmp_path):
         "model_config": {**vars(model.config), "rotary": True},
         "tokenizer": get_tokenizer("char", CHARS).meta(),
     }
-    with pytest.raises(ValueError, match="model field rotary=True has no GPT-2 equivalent"):
+    with pytest.raises(ValueError, match="model field rotary=True has no GPT-2 or Llama equivalent"):
         export.export(ckpt, str(tmp_path / "x"))
     ckpt["model_config"] = {**vars(model.config), "gelu_approximate": "sigmoid"}
     with pytest.raises(ValueError, match="gelu_approximate='sigmoid'"):

@@ -19,6 +19,7 @@ SUITE = os.path.join(ROOT, "bench", "gpu_suite.py")
 RUNS = {
     "124m_bf16": ("bfloat16", 0, False, "DDP"),
     "1.2b_bf16": ("bfloat16", 0, False, "DDP"),
+    "llama1b_bf16": ("bfloat16", 0, False, "DDP"),  # llama-tiny in the smoke
     "124m_bf16_chunked": ("bfloat16", 8, False, "DDP"),
     "1.2b_bf16_chunked": ("bfloat16", 8, False, "DDP"),
     "1.2b_bf16_selective": ("bfloat16", 0, "selective", "DDP + selective checkpointing"),
@@ -39,7 +40,7 @@ def run_suite(out, *args):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,  # a loaded 2-core machine; the smoke itself limits its parts
     )
     suite = None
     if os.path.exists(os.path.join(out, "suite.json")):

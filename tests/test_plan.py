@@ -2,13 +2,14 @@
 tokens, FLOPs, wall time, the ways that fit each card. (The memory model it prints is
 tested in test_memory.py, how a run resolves in test_resolve.py.)"""
 
+import dataclasses
 import os
 
 import pytest
 
 from model import count_params, flops_per_token, preset_config
 from training.config import TrainConfig
-from training.memory import RESERVE_GIB, GiB, Way
+from training.memory import RESERVE_GIB, GiB, Way, block_activation_bytes, memory_estimate, param_counts
 from training.plan import format_plan, make_plan
 
 VOCAB = 50257
@@ -194,3 +195,54 @@ def test_a_mixture_plan_shows_what_each_dataset_gives():
     text = format_plan(plan)
     assert "data/web: weight 0.75, 116,121,600,000 tokens, 1.161 epochs of 100,000,000,000" in text
     assert "data/code: weight 0.25, 38,707,200,000 tokens, epochs unknown (not prepared)" in text
+
+
+def test_a_llama_plan_counts_its_own_vocab_gqa_swiglu_and_no_position_table(capsys):
+    """llama-3.2-1b planned on GPT-2 data: the preset keeps its 128,256-row vocabulary, the
+    parameters are Llama-3.2-1B's published 1,235,814,400, the weights are what GPT on the
+    meta device holds, and one block's activations are this hand count: rotary (rotated q
+    and k, no wpe), 8 k/v heads of 64, SwiGLU's four 8,192-wide tensors, RMSNorm's rstd."""
+    cfg = TrainConfig(
+        model="llama-3.2-1b", micro_batch_size=1, global_batch_size=8, plan_gpus=8, max_steps=10
+    )
+    plan = make_plan(cfg, 8, VOCAB, None)
+    assert (plan["vocab_size"], plan["block_size"], plan["params"]) == (128256, 4096, 1_235_814_400)
+    assert (
+        "rotary (theta 500,000, llama3 scaling x32), RMSNorm (eps 1e-05), SwiGLU MLP" in plan["architecture"]
+    )
+    model_cfg = preset_config("llama-3.2-1b")
+    sb, h = 4096, 2048
+    by_hand = (
+        2 * 4 * sb * h
+        + 2 * 4 * sb  # two norms' fp32 inputs and rstd
+        + 2 * sb * h  # c_attn's input
+        + 2 * sb * (2048 + 2 * 512)
+        + 4 * 32 * sb  # q, k, v (k, v: 8 heads of 64) + logsumexp
+        + 2 * sb * (2048 + 512)
+        + 2 * 2 * 4096 * 64  # rotated q and k, cos and sin
+        + 2 * sb * 2048  # attention output
+        + 2 * sb * h  # c_fc's input
+        + 4 * 2 * sb * 8192  # [gate; up], silu(gate), the product
+    )
+    assert block_activation_bytes(model_cfg, 1, 4096, 2) == by_hand
+    ddp = ways_of(plan)[Way("ddp")]["memory"]["items"]
+    assert ddp["weights (fp32)"] == 4 * 1_235_814_400  # no padding rows: 128,256 = 64 x 2,004
+    norms = (2 * 16 + 1) * 2048  # RMSNorm gains, the only 1-D parameters
+    assert ddp["16-bit weight copies (autocast)"] == 2 * (1_235_814_400 - norms)  # wte is the head: cast
+    untied = make_plan(dataclasses.replace(cfg, model="llama-tiny"), 8, VOCAB, None)
+    assert untied["vocab_size"] == VOCAB  # no vocabulary of its own: the data's
+
+
+def test_an_untied_head_is_cast_and_the_embedding_only_indexed():
+    model_cfg = preset_config("llama-tiny", data_vocab=1000)
+    untied = dataclasses.replace(model_cfg, tie_embeddings=False)
+    items = {}
+    for c in (model_cfg, untied):
+        n_stored, n_matrix = param_counts(c)
+        items[c.tie_embeddings] = memory_estimate(c, n_stored, n_matrix, 4, "bfloat16", 1, Way("ddp"))[
+            "items"
+        ]
+    head = model_cfg.padded_vocab * model_cfg.n_embd
+    assert items[False]["weights (fp32)"] - items[True]["weights (fp32)"] == 4 * head
+    # wte is no longer cast (only indexed); lm_head is: the same count of 16-bit copies
+    assert items[False]["16-bit weight copies (autocast)"] == items[True]["16-bit weight copies (autocast)"]

@@ -170,6 +170,21 @@ def test_throughput_and_config_summary():
     assert "betas (0.9, 0.95)" in text and "world size: 4" in text
 
 
+def test_the_summary_names_a_llama_shapes_parts_and_untied_head():
+    records = documented_run()
+    llama = dict(
+        MODEL, n_kv_head=4, norm="rmsnorm", mlp="swiglu", bias=False, rope_theta=1e6, tie_embeddings=False
+    )
+    records = [dict(r, model_config=llama) if r["kind"] == "start" else r for r in records]  # every launch
+    text = render_report(records, None)
+    assert (
+        "context 2,048, vocab 50,257; rotary (theta 1,000,000), RMSNorm (eps 1e-05), SwiGLU MLP, 4 k/v heads"
+        in text
+    )
+    assert "Parameters: 299,220,992 (untied head)" in text
+    assert "learned positions, LayerNorm, GELU MLP, tied head" in render_report(documented_run(), None)
+
+
 def test_coinciding_rows_merge():
     recs = [
         start(),

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from training.config import LOSS_CHUNK, ConfigError, TrainConfig
+from model import LOSS_CHUNK
+from training.config import ConfigError, TrainConfig
 from training.memory import GiB, Way
 from training.resolve import Machine, resolve
 

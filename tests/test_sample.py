@@ -18,11 +18,16 @@ VOCAB = len(CHARS) + 1  # not a multiple of 64, so the embedding has padding row
 BLOCK = 16
 
 
-def tiny_model(seed=0, vocab=VOCAB, block=BLOCK):
+# A Llama shape: rotary positions (which the cache must continue), one k/v head, untied head.
+LLAMA = dict(norm="rmsnorm", mlp="swiglu", bias=False, rope_theta=10000.0, n_kv_head=1, tie_embeddings=False)
+SHAPES = pytest.mark.parametrize("shape", [{}, LLAMA], ids=["gpt2", "llama"])
+
+
+def tiny_model(seed=0, vocab=VOCAB, block=BLOCK, **shape):
     """A random model with large, varied logits: the default init is so flat that greedy
     decoding collapses to one repeated token, which would hide cache bugs."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32))
+    model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32, **shape))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() >= 2:
@@ -43,17 +48,18 @@ def test_prefill_and_step_logits_match_full_forward():
     model, idx = tiny_model(), prompt(length=12)
     cache = KVCache(model.config, idx.size(0), "cpu", torch.float32)
     with torch.no_grad():
-        got, _ = model(idx[:, :6], cache=cache)
-        want, _ = model(idx[:, :6])
+        got = model.next_token_logits(idx[:, :6], cache)
+        want = model.next_token_logits(idx[:, :6])
         torch.testing.assert_close(got, want)
         for t in range(6, 12):  # then one token at a time, each against the full prefix
-            got, _ = model(idx[:, t : t + 1], cache=cache)
-            want, _ = model(idx[:, : t + 1])
+            got = model.next_token_logits(idx[:, t : t + 1], cache)
+            want = model.next_token_logits(idx[:, : t + 1])
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_greedy_with_cache_equals_without_within_context():
-    model, idx = tiny_model(), prompt()
+@SHAPES
+def test_greedy_with_cache_equals_without_within_context(shape):
+    model, idx = tiny_model(**shape), prompt()
     new = BLOCK - idx.size(1) + 1  # the last step conditions on a full block
     cached = generate(model, idx, new, temperature=0.0, use_cache=True)
     plain = generate(model, idx, new, temperature=0.0, use_cache=False)
@@ -72,13 +78,14 @@ def reference_windowed_greedy(model, idx, new):
         for _ in range(new):
             if seq.size(1) - start > block:
                 start = seq.size(1) - keep
-            logits, _ = model(seq[:, start:])
-            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            logits = model.next_token_logits(seq[:, start:])
+            seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
     return seq
 
 
-def test_generation_past_context():
-    model, idx = tiny_model(), prompt()
+@SHAPES
+def test_generation_past_context(shape):
+    model, idx = tiny_model(**shape), prompt()
     cached = generate(model, idx, 40, temperature=0.0, use_cache=True)
     plain = generate(model, idx, 40, temperature=0.0, use_cache=False)
     assert cached.shape == plain.shape == (3, 45)

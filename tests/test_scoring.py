@@ -51,7 +51,7 @@ def trained_on(pairs, steps=120):
         x[k, : len(r) - 1], y[k, : len(r) - 1] = torch.tensor(r[:-1]), torch.tensor(r[1:])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(steps):
-        loss = model(x, y)[1]
+        loss = model(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,15 +122,19 @@ def test_batches_score_every_row_only_at_its_ending():
     )  # "ab e": padding is never scored
 
 
-def test_a_scored_choice_is_the_sum_of_its_tokens_log_probabilities():
+LLAMA = dict(norm="rmsnorm", mlp="swiglu", bias=False, rope_theta=10000.0, n_kv_head=1, tie_embeddings=False)
+
+
+@pytest.mark.parametrize("shape", [{}, LLAMA], ids=["gpt2", "llama"])
+def test_a_scored_choice_is_the_sum_of_its_tokens_log_probabilities(shape):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE)).eval()
+    model = GPT(GPTConfig(**SHAPE, **shape)).eval()
     e = mc.encode(TOK, mc.Example("some words", ("here", "and there"), 1, "f:1"), 0, 64)
     got = scoring.score_examples(model, [e], "cpu")[0]
     for row, n, lp in zip(e.rows, e.scored, got.logprobs):
         ids = torch.tensor([row])
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids[:, :-1], ids[:, 1:])[0][0].double(), -1)
+            logp = torch.log_softmax(model.logits(ids[:, :-1])[0].double(), -1)
         want = sum(logp[t, row[t + 1]].item() for t in range(len(row) - 1 - n, len(row) - 1))
         assert lp == pytest.approx(want, abs=1e-4)
     assert got.tokens == e.scored and got.chars == (4, 9)

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 from conftest import (
+    QWEN25_3B,
     ROOT,
     TEXT,
     WITH_FAULTS,
@@ -25,6 +26,7 @@ from conftest import (
 import train
 from model import count_params
 from storage import checkpoint as ckpt
+from storage.interop import hf_model_config
 from storage.run_lock import RunFolderBusy
 from text.loader import GPT2_META, load_meta
 from text.tokenizer import load_tokenizer
@@ -82,9 +84,14 @@ def test_accumulation_equivalence(tiny_args):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
-def test_exact_resume_with_dropout(tiny_args):
+# A Llama shape on the tiny run: rotary, RMSNorm, SwiGLU, one k/v head, an untied head.
+LLAMA_ARGS = ["--model=llama-tiny", "--n_kv_head=1", "--mlp_hidden=64", "--tie_embeddings=False"]
+
+
+@pytest.mark.parametrize("shape", [[], LLAMA_ARGS], ids=["gpt2", "llama"])
+def test_exact_resume_with_dropout(tiny_args, shape):
     """Stopping at step 3 and resuming gives bit-identical losses and weights (CPU, fp32)."""
-    common = tiny_args + ["--dropout=0.1", "--lr_decay_steps=6"]
+    common = tiny_args + shape + ["--dropout=0.1", "--lr_decay_steps=6"]
     whole = common + ["--run_name=whole"]
     train.main(whole)
     part = common + ["--run_name=part", "--max_steps=3"]
@@ -95,6 +102,7 @@ def test_exact_resume_with_dropout(tiny_args):
     assert resumed == {s: full[s] for s in range(3, 6)}  # the resumed launch trains batches 3, 4, 5
     wa, wb = final_weights(run_dir_of(whole)), final_weights(run_dir_of(part))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ("lm_head.weight" in wa) == (shape == LLAMA_ARGS)  # the run trained the shape asked for
 
 
 def test_init_from_fine_tunes_from_weights(tiny_args):
@@ -190,20 +198,48 @@ def test_data_vocab_larger_than_the_checkpoint_model(tiny_args, tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))))
-def test_dry_run_for_every_config_plans_that_config(config, capsys):
+def test_dry_run_for_every_config_plans_that_config(config, capsys, tmp_path, monkeypatch):
     """The plan printed is this config's: its model's size and the way its run resolves
-    to on the plan's first card."""
+    to on the plan's first card. A config that starts from a Hugging Face folder is planned
+    from a stand-in holding only the published config.json (all a dry run reads)."""
+    cfg = load_config([config])
+    model_cfg = None
+    if cfg.init_from:
+        monkeypatch.chdir(tmp_path)
+        os.makedirs(cfg.init_from)
+        with open(os.path.join(cfg.init_from, "config.json"), "w") as fh:
+            json.dump(QWEN25_3B, fh)
+        model_cfg = train.init_shape(cfg, hf_model_config(cfg.init_from))
     train.main([config, "--dry_run"])
     out = capsys.readouterr().out
-    cfg = load_config([config])
     meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
     r = resolve(
         cfg,
         Machine.planned(cfg.device, cfg.plan_gpus or 1, cfg.plan_gpu_memory_gib[0]),
-        cfg.model_config(meta["vocab_size"]),
+        model_cfg or cfg.model_config(meta["vocab_size"]),
     )
     assert f"parameters:           {count_params(r.model_cfg):,} " in out
     assert f"This config runs {r.way.name} (" in out
+
+
+def test_dry_run_of_a_llama_preset(capsys):
+    """The plan of llama-3.2-1b on 8 GPUs of 80 GiB: its published size, its parts, and the
+    way that fits (DDP: about 58 GiB at 4 x 4,096 tokens)."""
+    train.main(
+        [
+            "--model=llama-3.2-1b",
+            "--dry_run",
+            "--plan_gpus=8",
+            "--micro_batch_size=4",
+            "--global_batch_size=256",
+            "--plan_gpu_memory_gib=80",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "parameters:           1,235,814,400 (tied head counted once)" in out
+    assert "128,256 (embedding padded to 128,256 rows)" in out
+    assert "rotary (theta 500,000, llama3 scaling x32), RMSNorm (eps 1e-05), SwiGLU MLP, 8 k/v heads" in out
+    assert "This config runs DDP (" in out
 
 
 def test_keep_last_prunes_old_step_checkpoints(tiny_args):
@@ -219,6 +255,18 @@ def test_resume_auto_starts_fresh_then_continues(tiny_args):
     train.main(tiny_args + ["--resume=auto"])  # continues from step 3 to 6
     steps = [r["step"] for r in records(run_dir_of(args), "start")]
     assert steps == [0, 3]
+    assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
+
+
+def test_resume_auto_with_init_from_starts_from_it_once(tiny_args):
+    """A continued-pretraining config sets both: the source's weights on the first launch, the
+    run's own newest checkpoint after (a preempted run does not restart from the source)."""
+    train.main(tiny_args)
+    src = ckpt.latest_checkpoint(run_dir_of(tiny_args))
+    args = tiny_args + [f"--init_from={src}", "--resume=auto", "--run_name=cont"]
+    train.main(args + ["--max_steps=3"])
+    train.main(args)  # continues the run from step 3 to 6
+    assert [r["step"] for r in records(run_dir_of(args), "start")] == [0, 3]
     assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
 
 
@@ -299,7 +347,7 @@ def test_train_step_applies_one_update_and_reports_loss_and_norm():
     model, opt, scaler, x, env = _tiny_step_setup()
     batches = [(x[:2], x[:2], 1), (x[2:], x[2:], 2)]
     with torch.no_grad():
-        expected = (model(x[:2], x[:2])[1] + model(x[2:], x[2:])[1]) / 2
+        expected = (model(x[:2], x[:2]) + model(x[2:], x[2:])) / 2
     before = [p.detach().clone() for p in model.parameters()]
     values = train.train_step(model, [opt], scaler, batches, 1.0, torch.autocast("cpu", enabled=False), env)
     assert values.loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -316,8 +364,7 @@ class NaNLoss(torch.nn.Module):
         self.inner = inner
 
     def forward(self, x, y):
-        logits, loss = self.inner(x, y)
-        return logits, loss * float("nan")
+        return self.inner(x, y) * float("nan")
 
 
 def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimizer():

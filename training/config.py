@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 from errors import BadInput
 from evaluation.scoring import METRICS, TASK_NAME, metric_key, unknown_metric_hint
-from model import GPTConfig, check_preset, checkpointing_value, preset_config
+from model import LOSS_CHUNK, GPTConfig, check_preset, checkpointing_value, preset_config
 from parallel.devices import check_device_name, check_dtype_name
 from text.loader import check_data_mix
 from training.checkpointing import save_scheduled
@@ -29,10 +29,10 @@ from training.optimizers import MUON_ADJUST_LR, check_optimizer
 from training.schedule import SCHEDULES
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
-# The loss chunk of an eager run: there chunks were as fast or faster, while under
-# torch.compile the compiler's fused cross-entropy over all logits was faster (both measured:
-# docs/benchmarks.md), so a compiled run takes all logits at once unless loss_chunk says otherwise.
-LOSS_CHUNK = 1024
+# The loss chunk of an eager run is model.LOSS_CHUNK: there chunks were as fast or faster,
+# while under torch.compile the compiler's fused cross-entropy over all logits was faster
+# (both measured: docs/benchmarks.md), so a compiled run takes all logits at once unless
+# loss_chunk says otherwise.
 
 
 def setting(default, doc: str):
@@ -69,11 +69,17 @@ class TrainConfig:
     )
     n_layer: typing.Optional[int] = setting(None, "transformer blocks (None: the preset's)")
     n_head: typing.Optional[int] = setting(None, "attention heads (None: the preset's)")
+    n_kv_head: typing.Optional[int] = setting(
+        None, "key/value heads, grouped-query attention; 0 = n_head (None: the preset's)"
+    )
     n_embd: typing.Optional[int] = setting(None, "width (None: the preset's)")
     block_size: typing.Optional[int] = setting(None, "context length in tokens (None: the preset's)")
     mlp_hidden: typing.Optional[int] = setting(None, "MLP inner width, 0 = 4 x n_embd (None: the preset's)")
     bias: typing.Optional[bool] = setting(
         None, "biases in Linear and LayerNorm layers (None: the preset's, GPT-2: True)"
+    )
+    tie_embeddings: typing.Optional[bool] = setting(
+        None, "the output head is the embedding matrix; False: a separate lm_head (None: the preset's)"
     )
     dropout: float = setting(0.0, "dropout in training (the documented 300M run used 0.1)")
     activation_checkpointing: typing.Union[bool, str] = setting(
@@ -224,7 +230,11 @@ class TrainConfig:
     resume: str = setting(
         "", '"latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path'
     )
-    init_from: str = setting("", "start a new run from this checkpoint's weights and shape (fine-tuning)")
+    init_from: str = setting(
+        "",
+        "start a new run from this checkpoint's (or Hugging Face folder's) weights and shape; "
+        "with --resume=auto only while the run has no checkpoint",
+    )
     dry_run: bool = setting(False, "print the plan (memory, FLOPs, time) and exit; builds nothing")
     report: str = setting(
         "",
@@ -245,8 +255,9 @@ class TrainConfig:
     # ---- derived values: one rule each -------------------------------------------------
 
     def model_config(self, vocab_size: int) -> GPTConfig:
-        """The preset's GPTConfig with this config's non-None model fields replacing its values."""
-        return preset_config(self.model, vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
+        """The preset's GPTConfig with this config's non-None model fields replacing its values,
+        for data of vocab_size tokens (the model's vocabulary, unless the preset has its own)."""
+        return preset_config(self.model, vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
 
     def model_overrides(self) -> dict:
         """The model fields this config sets explicitly (not None)."""
@@ -387,11 +398,12 @@ class TrainConfig:
                 check_data_mix(self.data_mix)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        if self.resume and self.init_from:
+        if self.resume and self.init_from and self.resume != "auto":
             raise ConfigError(
                 "--resume and --init_from cannot be used together: --resume continues this run "
                 "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
-                "weights. Drop one of them"
+                "weights. Drop one of them, or use --resume=auto: --init_from's weights the first "
+                "time, this run's newest checkpoint after"
             )
 
     def _validate_optimizer(self):

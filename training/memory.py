@@ -18,6 +18,19 @@ GiB = 1024**3
 RESERVE_GIB = 2
 
 
+def norm_stat_bytes(model_cfg) -> int:
+    """Bytes per position a norm keeps besides its input: LayerNorm's fp32 mean and rstd,
+    RMSNorm's fp32 rstd (torch's fused kernel on CUDA, torch >= 2.8; the CPU's composite
+    RMSNorm keeps its normalized output too, which tests/test_memory.py adds)."""
+    return 8 if model_cfg.norm == "layernorm" else 4
+
+
+def qkv_width(model_cfg) -> int:
+    """Columns of the fused q, k, v projection: grouped-query attention's k and v are
+    n_kv_head heads wide."""
+    return (model_cfg.n_head + 2 * model_cfg.kv_heads) * model_cfg.head_dim
+
+
 def block_activation_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> int:
     """Bytes one transformer block saves for backward on one micro-batch, eager PyTorch.
 
@@ -26,20 +39,27 @@ def block_activation_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> i
     to this model (checked against saved_tensors_hooks in tests/test_memory.py):
     - no 5*a*s/h term: flash/efficient SDPA keep q, k, v, the output and a logsumexp, never
       the T x T scores; attention-prob dropout is replayed from an RNG seed, no mask;
-    - the two LayerNorm inputs are the residual stream, which stays fp32 under autocast
+    - the two norm inputs are the residual stream, which stays fp32 under autocast
       with fp32 params: 4 B each, not 2 (+4 sbh);
-    - the MLP terms scale with mlp_dim, not a fixed 4h;
+    - q, k, v are one matmul's output, k and v n_kv_head heads wide (grouped-query attention
+      keeps them unrepeated); rotary embeddings add the rotated q and k (the kernel's inputs)
+      and the cos/sin tables cast to the compute dtype;
+    - the MLP terms scale with mlp_dim, not a fixed 4h: GELU keeps its input and output;
+      SwiGLU its [gate; up] output (2x), silu(gate) and the product (c_proj's input);
     - the two residual dropout masks (1 B bool each) exist only when dropout > 0.
     """
     s, b, f = seq, batch, model_cfg.mlp_dim
     sb, sbh = s * b, s * b * model_cfg.n_embd
+    q, kv = model_cfg.n_head * model_cfg.head_dim, model_cfg.kv_heads * model_cfg.head_dim
     resid = 4  # fp32 residual stream (autocast leaves it fp32; fp32 runs are fp32 anyway)
-    total = 2 * resid * sbh + 2 * 2 * 4 * sb  # ln_1, ln_2 inputs + their fp32 mean/rstd
+    total = 2 * resid * sbh + 2 * norm_stat_bytes(model_cfg) * sb  # ln_1, ln_2 inputs + stats
     total += act_bytes * sbh  # c_attn input (ln_1 output)
-    total += 3 * act_bytes * sbh + 4 * model_cfg.n_head * sb  # q, k, v + fp32 logsumexp
-    total += act_bytes * sbh  # attention output = attn.c_proj input
+    total += act_bytes * sb * qkv_width(model_cfg) + 4 * model_cfg.n_head * sb  # q, k, v + fp32 logsumexp
+    if model_cfg.rope_theta:
+        total += act_bytes * (sb * (q + kv) + 2 * s * model_cfg.head_dim)  # rotated q, k; cos, sin
+    total += act_bytes * sb * q  # attention output = attn.c_proj input
     total += act_bytes * sbh  # mlp.c_fc input (ln_2 output)
-    total += 2 * act_bytes * sb * f  # GELU input and GELU output (= mlp.c_proj input)
+    total += (4 if model_cfg.mlp == "swiglu" else 2) * act_bytes * sb * f
     if model_cfg.dropout > 0:
         total += 2 * sbh  # bool masks after attn.c_proj and mlp.c_proj
     return total
@@ -47,12 +67,29 @@ def block_activation_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> i
 
 def selective_block_bytes(model_cfg, batch: int, seq: int, act_bytes: int) -> int:
     """Bytes selective checkpointing keeps per block besides its input (model.SELECTIVE_SAVE_OPS):
-    the four matmuls' outputs (q, k, v together; attention's projection; the MLP's two) and
-    the attention kernel's output and fp32 logsumexp, all in the compute dtype. No autocast
-    weight copy is kept: the casts are recomputed. (Checked against the storages a forward
-    leaves alive in tests/test_memory.py.)"""
-    sb, sbh = seq * batch, seq * batch * model_cfg.n_embd
-    return act_bytes * (6 * sbh + sb * model_cfg.mlp_dim) + 4 * model_cfg.n_head * sb
+    the four matmuls' outputs (q, k, v together; attention's projection; the MLP's two,
+    SwiGLU's first one [gate; up]) and the attention kernel's output and fp32 logsumexp, all
+    in the compute dtype. No autocast weight copy is kept: the casts are recomputed, as are
+    the rotary embeddings. (Checked against the storages a forward leaves alive in
+    tests/test_memory.py.)"""
+    sb = seq * batch
+    q = model_cfg.n_head * model_cfg.head_dim
+    up = 2 if model_cfg.mlp == "swiglu" else 1
+    matmuls = qkv_width(model_cfg) + q + 2 * model_cfg.n_embd + up * model_cfg.mlp_dim
+    return act_bytes * sb * matmuls + 4 * model_cfg.n_head * sb
+
+
+def root_parameters(model_cfg) -> dict:
+    """The parameters outside the blocks (FSDP's root unit), by what autocast does with each:
+    {"head": the output matrix, cast to 16 bits for the head's matmul (wte when tied);
+    "lookups": matrices only indexed, never cast (wpe; wte when untied); "norm": ln_f's}."""
+    h = model_cfg.n_embd
+    head = model_cfg.padded_vocab * h
+    lookups = (0 if model_cfg.rope_theta else model_cfg.block_size * h) + (
+        0 if model_cfg.tie_embeddings else head
+    )
+    norm = 2 * h if model_cfg.norm == "layernorm" and model_cfg.bias else h
+    return {"head": head, "lookups": lookups, "norm": norm}
 
 
 # What a way calls each kind of recomputation (the planner's table and its costs).
@@ -130,10 +167,11 @@ def memory_estimate(
     differs). "moment" says which one binds."""
     half = dtype in ("bfloat16", "float16")
     act = 2 if half else 4
-    s, b, h = model_cfg.block_size, micro_batch, model_cfg.n_embd
-    root = model_cfg.padded_vocab * h + model_cfg.block_size * h + 2 * h  # wte, wpe, ln_f: FSDP's root unit
+    s, b = model_cfg.block_size, micro_batch
+    parts = root_parameters(model_cfg)
+    root = sum(parts.values())  # wte, wpe or lm_head, ln_f: FSDP's root unit
     block = (n_stored - root) // model_cfg.n_layer
-    block_matrix = (n_matrix - model_cfg.padded_vocab * h - model_cfg.block_size * h) // model_cfg.n_layer
+    block_matrix = (n_matrix - parts["head"] - parts["lookups"]) // model_cfg.n_layer
     if way.parallelism == "ddp":
         # gradient_as_bucket_view: DDP's buckets are the gradients, no second copy
         state = {"weights (fp32)": 4 * n_stored, **_optimizer_state(n_stored, n_muon)}
@@ -142,13 +180,13 @@ def memory_estimate(
         if half:
             # autocast's 16-bit weight copies live while backward needs them: all of them
             # without checkpointing; with it (full or selective: the casts are recomputed),
-            # the tied head's plus one recomputed block's. (wpe is 2-D but only indexed,
-            # never cast.) Float8 layers keep none.
+            # the head's plus one recomputed block's. (wpe, and wte when the head is untied,
+            # are 2-D but only indexed, never cast.) Float8 layers keep none.
             block_fp8 = n_fp8 // model_cfg.n_layer
             copies = (
-                n_matrix - model_cfg.block_size * h - n_fp8
+                n_matrix - parts["lookups"] - n_fp8
                 if not way.checkpointing
-                else model_cfg.padded_vocab * h + block_matrix - block_fp8
+                else parts["head"] + block_matrix - block_fp8
             )
             state["16-bit weight copies (autocast)"] = 2 * copies
     else:
@@ -198,7 +236,8 @@ def _activation_items(model_cfg, b: int, s: int, act: int, checkpointing: bool |
     h = model_cfg.n_embd
     one_block = block_activation_bytes(model_cfg, b, s, act)
     # Around the stack: embedding dropout mask, ln_f input (fp32) + stats, head input.
-    edges = (s * b * h if model_cfg.dropout > 0 else 0) + 4 * s * b * h + 8 * s * b + act * s * b * h
+    edges = (s * b * h if model_cfg.dropout > 0 else 0) + 4 * s * b * h + norm_stat_bytes(model_cfg) * s * b
+    edges += act * s * b * h
     if not checkpointing:
         return {"activations (all blocks)": model_cfg.n_layer * one_block + edges}
     # Each block keeps its fp32 input (and, selective, its matmuls' outputs); backward
@@ -214,7 +253,7 @@ def _activation_items(model_cfg, b: int, s: int, act: int, checkpointing: bool |
 
 
 def _logit_bytes(model_cfg, positions: int, act: int, weight_bytes: int, compiled: bool) -> int:
-    """The tied head and the loss. All at once, eager: the 16-bit (padded) logits, the fp32
+    """The head (tied or not) and the loss. All at once, eager: the 16-bit (padded) logits, the fp32
     log-softmax saved for the loss, and in its backward the fp32 gradients of its output and
     input. All at once, compiled: the compiler fuses the cross-entropy, keeping the logits in
     the compute dtype and one fp32 copy (fitted to one measured run: docs/benchmarks.md,
@@ -236,14 +275,15 @@ def _logit_bytes(model_cfg, positions: int, act: int, weight_bytes: int, compile
 
 
 def param_counts(model_cfg) -> tuple[int, int]:
-    """(stored parameter elements, of which in 2-D weights), from the model on the meta device."""
+    """(stored parameter elements, of which in 2-D weights), from the model on the meta device;
+    checked against count_params, the closed form (an untied head's padding rows included)."""
     with torch.device("meta"):
         model = GPT(model_cfg)
     n_stored = sum(p.numel() for p in model.parameters())  # the tied matrix once
     n_matrix = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
-    if n_stored - (model_cfg.padded_vocab - model_cfg.vocab_size) * model_cfg.n_embd != count_params(
-        model_cfg
-    ):
+    heads = 1 if model_cfg.tie_embeddings else 2
+    padding = heads * (model_cfg.padded_vocab - model_cfg.vocab_size) * model_cfg.n_embd
+    if n_stored - padding != count_params(model_cfg):
         raise RuntimeError(
             f"model has {n_stored:,} parameters but count_params says {count_params(model_cfg):,}"
         )

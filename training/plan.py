@@ -9,7 +9,7 @@ assumed MFU on A100 and H100.
 import torch
 
 from errors import BadInput
-from model import GPT, count_params, float8_layers, flops_per_token, n_linear
+from model import GPT, GPTConfig, count_params, describe, float8_layers, flops_per_token, n_linear
 from parallel.devices import PEAK_FLOPS
 from training.config import TrainConfig
 from training.memory import (
@@ -39,9 +39,9 @@ def cost_parts(n_stored: int, world_size: int, accumulation: int, half: bool) ->
             else f"all-gather {2 * accumulation * p_bytes * n_stored / gb:.2f} GB of parameters and "
             f"reduce-scatter {4 * n_stored / gb:.2f} GB of gradients per step, mostly overlapped"
         ),
-        CHECKPOINTING_NAMES[
-            "selective"
-        ]: "recomputes each block's layer norms, GELU, dropout and casts; no matmul",
+        CHECKPOINTING_NAMES["selective"]: (
+            "recomputes each block's norms, GELU or SwiGLU, rotary, dropout and casts; no matmul"
+        ),
         CHECKPOINTING_NAMES["full"]: "+1 forward of every block (~+33% compute)",
         "offload": (
             f"PCIe: {2 * accumulation * shard:.2f} GB of parameters in and {shard:.2f} GB of gradients out "
@@ -71,16 +71,23 @@ def _drawn(train_tokens, total_tokens: int) -> list:
     ]
 
 
-def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) -> dict:
+def make_plan(
+    cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens, model_cfg: GPTConfig | None = None
+) -> dict:
     """Everything --dry_run prints, as plain numbers (format_plan renders it). The config is
-    resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it."""
+    resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it. model_cfg:
+    the model's shape where it is not the config's (--init_from's source); vocab_size is then
+    unused."""
     if world_size < 1:
         raise BadInput(f"world_size must be >= 1, got {world_size}")
     if not 0 < cfg.plan_mfu <= 1:
         raise BadInput(f"plan_mfu is a fraction of peak in (0, 1], got {cfg.plan_mfu}")
     resolved = resolve(
-        cfg, Machine.planned(cfg.device, world_size, cfg.plan_gpu_memory_gib[0]), cfg.model_config(vocab_size)
+        cfg,
+        Machine.planned(cfg.device, world_size, cfg.plan_gpu_memory_gib[0]),
+        model_cfg or cfg.model_config(vocab_size),
     )
+    source = cfg.init_from if model_cfg is not None else None
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
     n_stored, _ = param_counts(model_cfg)
     datasets = _drawn(train_tokens, cfg.global_batch_size * model_cfg.block_size * cfg.max_steps)
@@ -124,11 +131,13 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) 
         "run_name": cfg.run_name,
         "world_size": world_size,
         "dtype": dtype,
-        "model": cfg.model,
+        "model": f"--init_from={source}" if source else cfg.model,
         "n_layer": model_cfg.n_layer,
         "n_head": model_cfg.n_head,
         "n_embd": model_cfg.n_embd,
         "mlp_dim": model_cfg.mlp_dim,
+        "architecture": describe(model_cfg),
+        "tied": model_cfg.tie_embeddings,
         "block_size": model_cfg.block_size,
         "vocab_size": model_cfg.vocab_size,
         "padded_vocab": model_cfg.padded_vocab,
@@ -259,8 +268,12 @@ def format_plan(plan: dict) -> str:
             f"{plan['model']}: {plan['n_layer']} layers x {plan['n_embd']:,} wide, "
             f"{plan['n_head']} heads, MLP {plan['mlp_dim']:,}, context {plan['block_size']:,}",
         ),
+        row("parts", plan["architecture"]),
         row("vocab", f"{plan['vocab_size']:,} (embedding padded to {plan['padded_vocab']:,} rows)"),
-        row("parameters", f"{plan['params']:,} (tied head counted once)"),
+        row(
+            "parameters",
+            f"{plan['params']:,} (" + ("tied head counted once)" if plan["tied"] else "untied head)"),
+        ),
         row("non-embedding", f"{plan['params_non_embedding']:,}"),
         "Batch",
         row(

@@ -7,6 +7,7 @@ then the val-loss table, a config summary and throughput. render_report() is pur
 write_report() reads the folder and writes report.md atomically.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from datetime import datetime, timezone
 
 from errors import BadInput, NotFound
 from evaluation.scoring import STDERR, metric_order, split_metric_key
+from model import GPTConfig, describe
 from storage.atomic_files import atomic_path, write_text
 from storage.checkpoint import is_step_file
 from training.metrics import LOST
@@ -215,6 +217,12 @@ def _score_cell(e: dict, key: str) -> str:
     return f" {value:.4f}" + (f" ± {err:.4f}" if isinstance(err, (int, float)) else "") + " |"
 
 
+def _model_config(saved: dict) -> GPTConfig:
+    """The run's GPTConfig from its start record (fields this version lacks left out)."""
+    known = {f.name for f in dataclasses.fields(GPTConfig)}
+    return GPTConfig(**{k: v for k, v in saved.items() if k in known})
+
+
 def _config_lines(cfg: dict, derived: dict) -> list[str]:
     model_cfg = derived.get("model_config") or {}
     get = cfg.get
@@ -225,12 +233,13 @@ def _config_lines(cfg: dict, derived: dict) -> list[str]:
         lines.append(
             f"- Model: `{get('model', '?')}`, {model_cfg.get('n_layer')} layers x {model_cfg.get('n_embd', 0):,} "
             f"wide, {model_cfg.get('n_head')} heads, MLP {mlp:,}, context {model_cfg.get('block_size', 0):,}, "
-            f"vocab {model_cfg.get('vocab_size', 0):,}"
+            f"vocab {model_cfg.get('vocab_size', 0):,}; {describe(_model_config(model_cfg))}"
         )
     elif get("model"):
         lines.append(f"- Model: `{get('model')}`")
     if derived.get("params") is not None:
-        lines.append(f"- Parameters: {derived['params']:,} (tied head counted once)")
+        head = "tied head counted once" if model_cfg.get("tie_embeddings", True) else "untied head"
+        lines.append(f"- Parameters: {derived['params']:,} ({head})")
     for d in derived.get("datasets") or []:  # what the run draws from each dataset
         lines.append(
             f"- Data: `{d['data_dir']}`, weight {d['weight']:.2f}: {d['tokens']:,.0f} tokens, "

@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from model import TORCHAO_MISSING, TRAINING_FIELDS, GPTConfig
+from model import LOSS_CHUNK, TORCHAO_MISSING, TRAINING_FIELDS, GPTConfig
 from parallel.devices import auto_dtype_name, native_bf16, native_fp8
-from training.config import LOSS_CHUNK, ConfigError, TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.memory import GiB, Way, estimate, fits
 
 
