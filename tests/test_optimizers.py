@@ -92,3 +92,29 @@ def test_the_start_line_names_both_optimizers_and_the_schedule():
     line = optimizers.describe(cfg)
     assert line.startswith("optimizer Muon on the blocks' matrices: lr 0.02") and "AdamW lr 0.0006" in line
     assert "schedule wsd: warmup 10, constant, linear decay over the last 0.2" in line
+
+
+def test_a_llama_shape_splits_by_the_same_rule_and_trains():
+    """Llama-tiny with an untied head: the fused q,k,v and gate+up matrices go to Muon whole;
+    the untied lm_head, the embedding and the RMSNorm weights to AdamW; a step moves both."""
+    from model import preset_config
+
+    model = GPT(preset_config("llama-tiny", vocab_size=40, tie_embeddings=False, n_layer=2))
+    opts = optimizers.build_optimizers(model, TrainConfig(optimizer="muon"))
+    assert set(optimizers.muon_names(model)) == {
+        f"h.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert "lm_head.weight" in {names[id(p)] for g in opts[0].param_groups for p in g["params"]}
+    x = torch.randint(0, 40, (2, 8))
+    model(x, x).backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for o in opts:
+        o.step()
+    assert all(
+        not torch.equal(before[n], p)
+        for n, p in model.named_parameters()
+        if n.endswith(("c_fc.weight", "lm_head.weight"))
+    )
