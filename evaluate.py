@@ -6,7 +6,7 @@ and label), completion style, as llm.c and build-nanogpt do.
     python evaluate.py --checkpoint=nanoGPT/out/ckpt.pt --task=mytask:tasks/mine.jsonl --limit=200 --out=mine.json
 
 --checkpoint takes what sample.py takes: a checkpoint file or run folder of ours, a Hugging
-Face GPT-2 folder, a nanoGPT ckpt.pt. Each --task is PATH or NAME:PATH (the name defaults to
+Face GPT-2, Llama or Qwen2 folder, a nanoGPT ckpt.pt. Each --task is PATH or NAME:PATH (the name defaults to
 the file's stem); every line of every file is checked before the checkpoint loads. --limit=N
 scores the first N examples, --subset=N a fixed N spread over the file (the same ones every
 time, and the ones train.py scores with eval_task_examples=N). --preprocess=lm-eval rewrites
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT ckpt.pt "
+        help="checkpoint file or run folder, a Hugging Face GPT-2, Llama or Qwen2 folder, or a nanoGPT ckpt.pt "
         "(default: best of the newest run in checkpoints/)",
     )
     p.add_argument(

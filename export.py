@@ -1,13 +1,17 @@
-"""Export a checkpoint as a Hugging Face GPT-2 folder, for transformers, lm-evaluation-harness,
-vLLM, llama.cpp's converter, and sharing.
+"""Export a checkpoint as a Hugging Face folder (GPT2LMHeadModel, or LlamaForCausalLM /
+Qwen2ForCausalLM for a model of that shape), for transformers, lm-evaluation-harness, vLLM,
+llama.cpp's converter, and sharing.
 
     python export.py --checkpoint=checkpoints/<run> --out=exports/<name>
     python export.py --checkpoint=checkpoints/<run>/checkpoint_step_5000.pt --out=exports/x \
                      --dtype=bfloat16
     python export.py --checkpoint=out-shakespeare/ckpt.pt --out=exports/y   # nanoGPT's, too
 
-The folder loads offline with transformers.GPT2LMHeadModel.from_pretrained(folder) and, for
-GPT-2-tokenized models, AutoTokenizer.from_pretrained(folder). It holds:
+The folder loads offline with transformers.AutoModelForCausalLM.from_pretrained(folder) and, for
+GPT-2-tokenized models and imported Llama/Qwen ones, AutoTokenizer.from_pretrained(folder).
+A Llama- or Qwen-shaped model (rmsnorm, swiglu, rope: storage/hf_llama.py) gets Llama's or
+Qwen2's config.json and tensor names, and the tokenizer files it was imported with. A GPT-2
+export holds:
   config.json             GPT-2's fields; n_inner for MLP widths other than 4x; vocab without
                           our padding rows; tied embeddings; bos/eos = the end-of-text id
   model.safetensors       Conv1D weights transposed, the tied matrix stored once, {"format": "pt"}
@@ -35,9 +39,10 @@ from errors import BadInput, CannotWrite, run_cli
 from model import TRAINING_FIELDS, GPTConfig
 from storage.atomic_files import atomic_path
 from storage.checkpoint import KIND
-from storage.interop import GELU_TO_HF, LAYER_NORM_EPS, TOKENIZER_META, safetensors_torch, to_hf_state_dict
+from storage.hf_llama import hf_family, hf_llama_config, to_hf_llama_state
+from storage.interop import GELU_TO_HF, TOKENIZER_META, safetensors_torch, to_hf_state_dict
 from storage.weights import find_and_load, tokenizer_meta
-from text.tokenizer import EOT_TEXT, gpt2_files, load_tokenizer
+from text.tokenizer import EOT_TEXT, HF_KIND, gpt2_files, load_tokenizer, tokenizer_file_bytes
 
 SOURCE_FILE = "source_checkpoint.json"  # the checkpoint an export came from, with its digest
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,19 +58,26 @@ KNOWN_FIELDS = {
     "bias",  # bias=False exports zero biases: the same function
     "gelu_approximate",
     "pad_vocab_multiple",
+    # the Llama/Qwen switches: hf_family picks the class that has the checkpoint's values
+    "n_kv_head",
+    "qkv_bias",
+    "norm",
+    "norm_eps",
+    "mlp",
+    "rope_theta",
+    "rope_scaling",
+    "tie_embeddings",
     *TRAINING_FIELDS,
 }
 
 
 def model_config(saved: dict) -> GPTConfig:
-    """The checkpoint's GPTConfig, refusing fields GPT-2's format cannot express (any other
-    field is fine at its GPT-2 default: the Llama family's switches, off)."""
-    gpt2 = GPTConfig()
-    unknown = sorted(k for k in set(saved) - KNOWN_FIELDS if saved[k] != getattr(gpt2, k, None))
+    """The checkpoint's GPTConfig, refusing fields no Hugging Face format here can express."""
+    unknown = sorted(set(saved) - KNOWN_FIELDS)
     if unknown:
         raise BadInput(
-            f"model field {unknown[0]}={saved[unknown[0]]!r} has no GPT-2 equivalent; "
-            f"export.py cannot express it in Hugging Face's GPT-2 format"
+            f"model field {unknown[0]}={saved[unknown[0]]!r} has no GPT-2 or Llama equivalent; "
+            f"export.py cannot express it in a Hugging Face format"
         )
     gelu = saved.get("gelu_approximate", "tanh")
     if gelu not in GELU_TO_HF:
@@ -73,7 +85,9 @@ def model_config(saved: dict) -> GPTConfig:
             f"model field gelu_approximate={gelu!r} has no GPT-2 activation; "
             f"export supports {sorted(GELU_TO_HF)}"
         )
-    return GPTConfig(**saved)
+    cfg = GPTConfig(**saved)
+    hf_family(cfg)  # a mix of switches no Hugging Face class has is refused here
+    return cfg
 
 
 def hf_config(cfg: GPTConfig, eot_id: int | None, dtype: str) -> dict:
@@ -90,7 +104,7 @@ def hf_config(cfg: GPTConfig, eot_id: int | None, dtype: str) -> dict:
         "n_head": cfg.n_head,
         "n_inner": None if mlp == 4 * cfg.n_embd else mlp,
         "activation_function": GELU_TO_HF[gelu],
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": cfg.norm_eps,
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
@@ -140,6 +154,10 @@ def tokenizer_files(tok, block_size: int) -> tuple[dict, str]:
             f"written; the vocabulary is in {TOKENIZER_META} (\"vocab\": character -> id, "
             f"{EOT_TEXT} is id {tok.eot_id})"
         )
+    elif tok.name == HF_KIND:
+        files.update(tokenizer_file_bytes(meta))
+        meta.pop("files")  # they are the folder's own files now
+        note = f"tokenizer: its own files ({', '.join(sorted(tokenizer_file_bytes(tok.meta())))})"
     else:
         note = (
             f"tokenizer: no Hugging Face tokenizer files for tiktoken's {tok.name!r}; tokenize "
@@ -154,7 +172,11 @@ def _json_bytes(obj) -> bytes:
 
 
 def hf_tensors(state: dict, cfg: GPTConfig, dtype_name: str) -> dict:
-    tensors = to_hf_state_dict(state, cfg, DTYPES[dtype_name])
+    """The Hugging Face tensors of the model's family (hf_family), in dtype_name, all finite."""
+    if hf_family(cfg) == "gpt2":
+        tensors = to_hf_state_dict(state, cfg, DTYPES[dtype_name])
+    else:
+        tensors = to_hf_llama_state(state, cfg, DTYPES[dtype_name])
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise BadInput(
@@ -241,34 +263,45 @@ def export(ckpt: dict, out: str, dtype: str = "float32", source: str | None = No
     path `source`, to the folder `out`; return lines describing what was written."""
     cfg = model_config(ckpt["model_config"])
     tok = load_tokenizer(tokenizer_meta(ckpt))
-    if cfg.vocab_size > tok.n_vocab:
+    if cfg.vocab_size > tok.n_vocab and tok.name != HF_KIND:  # Qwen2.5's embedding has unused rows
         raise BadInput(
             f"the model predicts {cfg.vocab_size} ids but its {tok.name} tokenizer "
             f"has {tok.n_vocab}; the checkpoint's tokenizer entry does not belong to it"
         )
-    # An end-of-text id the model cannot predict (a nanoGPT char model's) is no use as bos/eos.
-    eot = tok.eot_id if tok.eot_id < cfg.vocab_size else None
+    family = hf_family(cfg)
     files, note = tokenizer_files(tok, cfg.block_size)
-    files["config.json"] = _json_bytes(hf_config(cfg, eot, dtype))
-    files["generation_config.json"] = _json_bytes({"bos_token_id": eot, "eos_token_id": eot})
+    if family == "gpt2":
+        # An end-of-text id the model cannot predict (a nanoGPT char model's) is no use as bos/eos.
+        eot = tok.eot_id if tok.eot_id < cfg.vocab_size else None
+        files["config.json"] = _json_bytes(hf_config(cfg, eot, dtype))
+        files.setdefault("generation_config.json", _json_bytes({"bos_token_id": eot, "eos_token_id": eot}))
+        shape = f"GPT-2 {cfg.n_layer} x {cfg.n_embd}, MLP {cfg.mlp_dim}"
+    else:
+        bos, eos = special_ids(tok, files)
+        files["config.json"] = _json_bytes(hf_llama_config(cfg, bos, eos, dtype))
+        files.setdefault("generation_config.json", _json_bytes({"bos_token_id": bos, "eos_token_id": eos}))
+        shape = (
+            f"{hf_llama_config(cfg, bos, eos, dtype)['architectures'][0]} {cfg.n_layer} x {cfg.n_embd}, "
+            f"{cfg.n_head} heads ({cfg.n_kv_head or cfg.n_head} key/value), MLP {cfg.mlp_dim}"
+        )
     record = source_record(ckpt, source)
     files[SOURCE_FILE] = _json_bytes(record)
     tensors = hf_tensors(ckpt["model"], cfg, dtype)
     write_folder(out, files, tensors)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     lines = [
-        f"wrote {out}: GPT-2 {cfg.n_layer} x {cfg.n_embd}, MLP {cfg.mlp_dim}, "
-        f"context {cfg.block_size}, vocab {cfg.vocab_size:,}, {dtype} weights ({size / 2**20:,.1f} MiB)",
+        f"wrote {out}: {shape}, context {cfg.block_size}, vocab {cfg.vocab_size:,}, "
+        f"{dtype} weights ({size / 2**20:,.1f} MiB)",
         note,
         f"source: {record['checkpoint']}, step {record['step']}, "
         f"{'sha256 ' + record['sha256'] if record['sha256'] else 'no digest'} ({SOURCE_FILE})",
     ]
-    if cfg.mlp_dim != 4 * cfg.n_embd:
+    if family == "gpt2" and cfg.mlp_dim != 4 * cfg.n_embd:
         lines.append(
             f"note: n_inner={cfg.mlp_hidden}: transformers and vLLM read it; llama.cpp's "
             f"GPT-2 converter assumes a 4x MLP and needs a patch for this model"
         )
-    if getattr(cfg, "gelu_approximate", "tanh") == "none":
+    if family == "gpt2" and cfg.gelu_approximate == "none":
         lines.append(
             "note: activation_function=gelu (exact, as nanoGPT): transformers computes it "
             "exactly; llama.cpp's GPT-2 uses the tanh form"
@@ -276,9 +309,19 @@ def export(ckpt: dict, out: str, dtype: str = "float32", source: str | None = No
     return lines
 
 
+def special_ids(tok, files: dict) -> tuple:
+    """(bos, eos) ids of a Llama/Qwen export: the carried generation_config.json's, else the
+    end-of-text id for both."""
+    gen = files.get("generation_config.json")
+    if gen is not None:
+        gen = json.loads(gen)
+        return gen.get("bos_token_id"), gen.get("eos_token_id")
+    return tok.eot_id, tok.eot_id
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Export a checkpoint as a Hugging Face GPT-2 folder.",
+        description="Export a checkpoint as a Hugging Face folder (GPT-2, Llama or Qwen2).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -301,8 +344,8 @@ def main(argv=None):
     for line in export(ckpt, args.out, args.dtype, source=path):
         print(line)
     print(
-        f"check it: python -c \"from transformers import GPT2LMHeadModel; "
-        f"GPT2LMHeadModel.from_pretrained('{args.out}')\""
+        f"check it: python -c \"from transformers import AutoModelForCausalLM; "
+        f"AutoModelForCausalLM.from_pretrained('{args.out}')\""
     )
 
 

@@ -5,9 +5,16 @@
     python prepare_data.py --input corpus/ more.jsonl.gz --name web --tokenizer gpt2
     python prepare_data.py --input 'fineweb-edu/sample/10BT/*.parquet' --name fineweb_edu
     python prepare_data.py --input hf:HuggingFaceFW/fineweb-edu:sample-10BT --name fineweb_edu
+    python prepare_data.py --input corpus/ --name mine --tokenizer=models/Qwen2.5-3B
+    python prepare_data.py --input corpus/ --name mine_bpe --tokenizer=bpe:32000
 
 train.bin/val.bin are raw little-endian token ids (uint16 when the vocabulary fits,
-else uint32), documents joined by appending the end-of-text id after each one.
+else uint32), documents joined as the tokenizer's convention says: gpt2, char and
+tiktoken append the end-of-text id after each one; a model folder's tokenizer.json
+(--tokenizer=FOLDER) adds what its files say (Llama 3: <|begin_of_text|> before each
+document; GPT-2, Qwen2.5: eos after), and the folder keeps a copy of those files.
+--tokenizer=bpe:VOCAB trains a byte-level BPE of VOCAB ids on the train split only
+(val stays unseen) and tokenizes with it; its tokenizer.json is the dataset's.
 Documents are split between train and val by a seeded hash of their index, so the
 split is reproducible and independent of num_proc and of the input's format: the same
 texts as .jsonl lines, Parquet rows or a Hugging Face dataset give the same bytes.
@@ -34,6 +41,7 @@ from tqdm import tqdm
 
 from errors import BadInput, run_cli
 from storage.atomic_files import atomic_path, write_json
+from text.bpe import BPE_PREFIX, parse_bpe_vocab, train_bpe
 from text.corpus import (
     DEFAULT_SPLIT,
     JSONL_EXTS,
@@ -48,7 +56,14 @@ from text.corpus import (
     resolve_inputs,
 )
 from text.loader import DTYPES, INCOMPLETE_MARKER, MORE_DOCUMENTS
-from text.tokenizer import get_tokenizer, load_tokenizer
+from text.tokenizer import (
+    HF_KIND,
+    TOKENIZER_FILES,
+    describe_tokenizer,
+    get_tokenizer,
+    load_tokenizer,
+    tokenizer_file_bytes,
+)
 
 CHUNK_CHARS = 1 << 18  # per task: amortises IPC, and keeps the last (lone) task short
 
@@ -96,8 +111,10 @@ def token_dtype(n_vocab: int) -> np.dtype:
 
 
 class ChunkEncoder:
-    """Tokenizes a chunk (first doc index, texts, progress) into train and val bytes,
-    with the chunk's largest id (meta.json's max_token_id, which the loader checks)."""
+    """Tokenizes a chunk (first doc index, pieces, progress, whether its first piece starts
+    a document) into train and val bytes, with the chunk's largest id (meta.json's
+    max_token_id, which the loader checks). Each document gets the tokenizer's doc_prefix
+    before its first piece and doc_suffix after its last."""
 
     def __init__(self, tok_meta: dict, dtype: str, plan: SplitPlan):
         self.tok = load_tokenizer(tok_meta)
@@ -105,16 +122,20 @@ class ChunkEncoder:
         self.plan = plan
 
     def __call__(self, chunk):
-        index, pieces, progress = chunk  # index: the document the first piece belongs to
+        index, pieces, progress, first = chunk  # index: the document the first piece belongs to
         ids = {False: [], True: []}
         docs = {False: 0, True: 0}
-        for text, last in pieces:
+        prefix, suffix = list(self.tok.doc_prefix), list(self.tok.doc_suffix)
+        for (_, last), piece_ids in zip(pieces, self.tok.encode_batch([text for text, _ in pieces])):
             split = self.plan.is_val(index)
-            ids[split] += self.tok.encode(text)
+            if first:
+                ids[split] += prefix
+            ids[split] += piece_ids
             if last:
-                ids[split].append(self.tok.eot_id)
+                ids[split] += suffix
                 docs[split] += 1
                 index += 1
+            first = last
         train, val = np.array(ids[False], self.dtype), np.array(ids[True], self.dtype)
         top = max((int(a.max()) for a in (train, val) if a.size), default=-1)
         return train.tobytes(), val.tobytes(), docs[False], docs[True], top, progress
@@ -133,17 +154,18 @@ def _encode_in_worker(chunk):
 
 
 def _chunks(pieces, stats: ReadStats, max_chars: int):
-    """Batches of (text, is_last) pieces with the index of their first piece's document."""
-    start, batch, size, docs = 0, [], 0, 0
+    """Batches of (text, is_last) pieces with the index of their first piece's document
+    and whether that piece is the document's first."""
+    start, batch, size, docs, first = 0, [], 0, 0, True
     for text, last in pieces:
         batch.append((text, last))
         size += len(text)
         docs += last
         if size >= max_chars:
-            yield start, batch, stats.bytes_done
-            start, batch, size, docs = start + docs, [], 0, 0
+            yield start, batch, stats.bytes_done, first
+            start, batch, size, docs, first = start + docs, [], 0, 0, last
     if batch:
-        yield start, batch, stats.bytes_done
+        yield start, batch, stats.bytes_done, first
 
 
 def _encode_chunks(chunks, encoder_args: tuple, num_proc: int):
@@ -152,6 +174,9 @@ def _encode_chunks(chunks, encoder_args: tuple, num_proc: int):
     if num_proc <= 1:
         yield from map(ChunkEncoder(*encoder_args), chunks)
         return
+    # The workers are the parallelism: threads inside each (the `tokenizers` library's
+    # encode_batch) would only oversubscribe the cores, and after a fork they warn.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # fork shares the already-built tokenizer; spawn is the fallback where there is no fork
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(num_proc, initializer=_init_worker, initargs=encoder_args) as pool:
@@ -202,9 +227,56 @@ def _collect_chars(files, text_field, total_bytes, progress) -> str:
     return "".join(sorted(chars))
 
 
+def _train_tokenizer(files, text_field, plan: SplitPlan, vocab_size: int, folder: str, total_bytes, progress):
+    """(plan, tokenizer): a byte-level BPE trained on the documents `plan` puts in train,
+    and the plan, with forced_assignments added where the corpus is tiny (trained again
+    then, so that no val document ever feeds it)."""
+    while True:
+        docs = {False: 0, True: 0}
+
+        def train_texts(plan=plan, docs=docs):
+            stats, index = ReadStats(), 0
+            bar = tqdm(
+                total=total_bytes, unit="B", unit_scale=True, desc="training BPE", disable=not progress
+            )
+            with bar:
+                for text, last in iter_documents(files, text_field, stats):
+                    is_val = plan.is_val(index)
+                    if not is_val:
+                        yield text
+                    if last:
+                        docs[is_val] += 1
+                        index += 1
+                    bar.update(stats.bytes_done - bar.n)
+
+        tok = train_bpe(train_texts(), vocab_size, source=folder)
+        forced = forced_assignments(docs[False] + docs[True], docs[False], docs[True], plan)
+        if not forced or plan.forced:
+            return plan, tok
+        plan = SplitPlan(plan.seed, plan.val_fraction, forced)
+
+
+def _write_tokenizer_files(folder: str, tok) -> list:
+    """Copy an hf tokenizer's files into the dataset folder (and remove a previous
+    dataset's); return their names."""
+    files = tokenizer_file_bytes(tok.meta()) if tok.name == HF_KIND else {}
+    for name in TOKENIZER_FILES:
+        path = os.path.join(folder, name)
+        if name in files:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                fh.write(files[name])
+        elif os.path.exists(path):
+            os.remove(path)
+    return sorted(files)
+
+
 def default_name(tokenizer: str) -> str:
     """Folder of the default corpus: one per tokenizer, so they never overwrite each other."""
-    return "shakespeare" if tokenizer == "gpt2" else f"shakespeare_{tokenizer}"
+    if tokenizer == "gpt2":
+        return "shakespeare"
+    if tokenizer.startswith(BPE_PREFIX):
+        return f"shakespeare_bpe{tokenizer[len(BPE_PREFIX) :]}"
+    return f"shakespeare_{os.path.basename(os.path.normpath(tokenizer))}"
 
 
 def default_num_proc() -> int:
@@ -233,7 +305,9 @@ def prepare(
         raise BadInput(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if num_proc < 1:
         raise BadInput(f"num_proc must be at least 1, got {num_proc}")
-    tok = None if tokenizer == "char" else get_tokenizer(tokenizer)  # a bad name fails first
+    bpe_vocab = parse_bpe_vocab(tokenizer) if tokenizer.startswith(BPE_PREFIX) else None
+    # a bad name or tokenizer folder fails first
+    tok = None if tokenizer == "char" or bpe_vocab else get_tokenizer(tokenizer)
     if inputs:
         if not name:
             raise BadInput("pass --name NAME: the dataset folder under --out_dir to write")
@@ -252,9 +326,12 @@ def prepare(
         if not chars:
             raise empty
         tok = get_tokenizer("char", chars)
+    folder = os.path.join(out_dir, name)
+    plan = SplitPlan(seed, val_fraction)
+    if bpe_vocab:
+        plan, tok = _train_tokenizer(files, text_field, plan, bpe_vocab, folder, total_bytes, progress)
     dtype = token_dtype(tok.n_vocab)
 
-    folder = os.path.join(out_dir, name)
     os.makedirs(folder, exist_ok=True)
     for stale in glob.glob(os.path.join(folder, ".*.tmp.*")):  # left by a killed run
         os.remove(stale)
@@ -262,7 +339,6 @@ def prepare(
         key: os.path.join(folder, f)
         for key, f in (("train", "train.bin"), ("val", "val.bin"), ("meta", "meta.json"))
     }
-    plan = SplitPlan(seed, val_fraction)
     with atomic_path(paths["train"]) as train_tmp, atomic_path(paths["val"]) as val_tmp:
 
         def run(plan):
@@ -289,6 +365,7 @@ def prepare(
         open(marker, "w").close()
         if os.path.exists(paths["meta"]):
             os.remove(paths["meta"])
+    tokenizer_files = _write_tokenizer_files(folder, tok)
     meta = {
         "tokenizer": tok.name,
         "vocab_size": tok.n_vocab,
@@ -301,9 +378,13 @@ def prepare(
         "replaced_bytes": stats.replaced_bytes,
         **tok.meta(),
     }
+    if tok.name == HF_KIND:  # the files lie beside meta.json; loader.read_meta checks them
+        meta.pop("files")
+        meta["tokenizer_files"] = tokenizer_files
+        meta["trained_bpe_vocab"] = bpe_vocab  # None: the tokenizer came from a model folder
     write_json(paths["meta"], meta)
     os.remove(marker)
-    return meta
+    return {**meta, "files": tok.meta()["files"]} if tok.name == HF_KIND else meta
 
 
 def main(argv=None):
@@ -326,7 +407,12 @@ def main(argv=None):
         default=DEFAULT_SPLIT,
         help=f"split of an hf: dataset or a saved DatasetDict ({DEFAULT_SPLIT})",
     )
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (default), char, or a tiktoken encoding")
+    p.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help="gpt2 (default), char, a tiktoken encoding, a model folder with a tokenizer.json "
+        "(models/Qwen2.5-3B), or bpe:VOCAB to train a byte-level BPE of VOCAB ids on the train split",
+    )
     p.add_argument(
         "--name",
         default=None,
@@ -352,10 +438,7 @@ def main(argv=None):
     elapsed = time.time() - t0
     folder = os.path.join(args.out_dir, args.name or default_name(args.tokenizer))
     tokens = meta["train_tokens"] + meta["val_tokens"]
-    print(
-        f"wrote {folder}/{{train.bin,val.bin,meta.json}} "
-        f"({meta['tokenizer']}, vocab {meta['vocab_size']}, {meta['dtype']})"
-    )
+    print(f"wrote {folder}/{{train.bin,val.bin,meta.json}} ({describe_tokenizer(meta)}, {meta['dtype']})")
     print(f"  train: {meta['train_tokens']:,} tokens, {meta['train_docs']:,} docs")
     print(f"  val:   {meta['val_tokens']:,} tokens, {meta['val_docs']:,} docs")
     print(

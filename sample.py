@@ -12,6 +12,7 @@ with a KV cache (prefill the prompt once, then one token per step) or without on
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -71,8 +72,9 @@ def generate(
     (B, T + n_new). The model conditions on at most block_size tokens: longer prompts are
     cropped to their last block_size tokens (the returned tensor keeps the whole prompt).
 
-    eot_id: a row that produces it is finished; its later positions are filled with
-    eot_id and generation stops early once every row is finished.
+    eot_id: an id, or a sequence of ids (tokenizer.stop_ids), that finishes a row; its
+    later positions are filled with the first of them, and generation stops early once
+    every row is finished.
     on_token(tokens): called after each step with the new ids, shape (B,).
 
     Within the context both paths see exactly the same tokens at the same positions,
@@ -91,8 +93,14 @@ def generate(
     out = idx
     cache = None
     if use_cache:
-        cache = KVCache(model.config, B, idx.device, _cache_dtype(model, idx.device))
+        # no longer than this call can fill: a 128K-context model's full cache is gigabytes
+        need = min(block, min(idx.size(1), block) + max_new_tokens)
+        cache = KVCache(
+            replace(model.config, block_size=need), B, idx.device, _cache_dtype(model, idx.device)
+        )
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    if eot_id is not None:
+        stop = torch.tensor([eot_id] if isinstance(eot_id, int) else list(eot_id), device=idx.device)
     logits = None
     for _ in range(max_new_tokens):
         if cache is None:
@@ -106,8 +114,8 @@ def generate(
             logits = model.next_token_logits(out[:, -keep:], cache)
         nxt = sample_next(logits, temperature, top_k, top_p, generator)
         if eot_id is not None:
-            nxt = nxt.masked_fill(done[:, None], eot_id)
-            done |= nxt[:, 0] == eot_id
+            nxt = nxt.masked_fill(done[:, None], int(stop[0]))
+            done |= torch.isin(nxt[:, 0], stop)
         out = torch.cat([out, nxt], dim=1)
         if on_token is not None:
             on_token(nxt[:, 0])
@@ -162,7 +170,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="checkpoint file or run folder, a Hugging Face GPT-2 folder, or a nanoGPT "
+        help="checkpoint file or run folder, a Hugging Face GPT-2, Llama or Qwen2 folder, or a nanoGPT "
         "ckpt.pt (default: best of the newest run in checkpoints/)",
     )
     p.add_argument(
@@ -219,11 +227,13 @@ def main(argv=None):
     )
 
     if args.prompt is None:
-        prompt_ids = [tok.eot_id]  # unconditional: start as a new document would
+        # unconditional: start as a new document would (after an eot, or with Llama 3's bos)
+        prompt_ids = list(tok.doc_prefix) or [tok.eot_id]
     else:
         prompt_ids = tok.encode(args.prompt)
         if not prompt_ids:
             raise BadInput("the prompt encodes to no tokens; leave --prompt out to sample unconditionally")
+        prompt_ids = [*tok.doc_prefix, *prompt_ids]  # a prompt starts a document, as in training
     if len(prompt_ids) > model.config.block_size:
         print(
             f"prompt is {len(prompt_ids)} tokens; the model sees its last {model.config.block_size}",
@@ -240,10 +250,10 @@ def main(argv=None):
         head = args.prompt or ""
         print(head, end="", flush=True)
         dec = IncrementalDecoder(tok)
-        eot = tok.eot_id if args.stop_at_eot else None
+        eot = tok.stop_ids if args.stop_at_eot else None
 
-        def show(t, dec=dec, eot=eot):
-            if int(t[0]) != eot:  # the stopping token itself is not part of the text
+        def show(t, dec=dec, eot=eot or ()):
+            if int(t[0]) not in eot:  # the stopping token itself is not part of the text
                 print(dec.push(int(t[0])), end="", flush=True)
 
         with ctx:

@@ -45,7 +45,7 @@ from parallel.preemption import EXIT_PREEMPTED, PreemptionSignal
 from storage import checkpoint as ckpt
 from storage import run_lock
 from storage.atomic_files import write_json
-from storage.weights import find_and_load, load_resume
+from storage.weights import find_and_load, load_resume, source_config
 from text import multiple_choice as mc
 from text.loader import (
     GPT2_META,
@@ -56,7 +56,7 @@ from text.loader import (
     load_meta,
     read_mixture_metas,
 )
-from text.tokenizer import load_tokenizer
+from text.tokenizer import describe_tokenizer, load_tokenizer, tokenizer_identity, tokenizer_option
 from training import stopping
 from training.checkpointing import CheckpointManager
 from training.config import ConfigError, TrainConfig, help_text, load_config
@@ -80,22 +80,8 @@ def main(argv=None) -> int:
     if cfg.report:
         print(f"wrote {write_report(cfg.report)}")
         return 0
-    if cfg.dry_run:  # data not prepared yet: planned as GPT-2 tokens of unknown count
-        metas = {d: load_meta(d) if os.path.isdir(d) else GPT2_META for d in cfg.datasets()}
-        data = {
-            d: (w, metas[d].get("train_tokens") if os.path.isdir(d) else None)
-            for d, w in check_data_mix(cfg.datasets()).items()
-        }
-        print(
-            format_plan(
-                make_plan(
-                    cfg,
-                    cfg.plan_gpus or distributed.world_size_from_env(),
-                    next(iter(metas.values()))["vocab_size"],
-                    data,
-                )
-            )
-        )
+    if cfg.dry_run:
+        print(format_plan(dry_run_plan(cfg)))
         return 0
     metas = read_mixture_metas(
         cfg.datasets()
@@ -104,6 +90,25 @@ def main(argv=None) -> int:
     writer = distributed.rank_from_env() == 0  # rank 0 writes the run folder, and alone holds its lock
     with run_lock.hold(cfg.run_dir) if writer else contextlib.nullcontext():
         return launch(cfg, metas, writer)
+
+
+def dry_run_plan(cfg: TrainConfig) -> dict:
+    """make_plan for this config, reading no weights. Data not prepared yet is planned as
+    GPT-2 tokens of unknown count; --init_from a Hugging Face folder plans its config.json's
+    shape (with this config's context, init_shape)."""
+    metas = {d: load_meta(d) if os.path.isdir(d) else GPT2_META for d in cfg.datasets()}
+    data = {
+        d: (w, metas[d].get("train_tokens") if os.path.isdir(d) else None)
+        for d, w in check_data_mix(cfg.datasets()).items()
+    }
+    source = source_config(cfg.init_from) if cfg.init_from else None
+    return make_plan(
+        cfg,
+        cfg.plan_gpus or distributed.world_size_from_env(),
+        next(iter(metas.values()))["vocab_size"],
+        data,
+        init_shape(cfg, source) if source else None,
+    )
 
 
 def launch(cfg: TrainConfig, metas: dict, writer: bool) -> int:
@@ -441,7 +446,7 @@ def prepare(cfg: TrainConfig, metas: dict, device: torch.device, writer: bool) -
     cfg.accumulation(world)  # refuses a batch that does not split over the ranks
     resume_path, source = find_resume(cfg, writer)
     source_path = resume_path
-    if cfg.init_from:
+    if cfg.init_from and not resume_path:  # --resume=auto: init_from starts the run, only once
         source_path, source = find_and_load(cfg.init_from, say=print if writer else lambda line: None)
     if resume_path:
         check_same_data(cfg, source, resume_path)
@@ -530,6 +535,11 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
     if source is None:
         return cfg.model_config(meta["vocab_size"])
     saved = GPTConfig(**source["model_config"])
+    _refuse_other_tokenizer(
+        source.get("tokenizer") or {}, meta, resume_path or f"--init_from={cfg.init_from}", cfg
+    )
+    if resume_path and cfg.init_from:  # the run began from init_from: its checkpoint has that shape
+        return init_shape(cfg, saved)
     if resume_path:
         _refuse_shape_change(
             saved,
@@ -538,29 +548,39 @@ def model_shape(cfg: TrainConfig, meta: dict, source: dict | None, resume_path: 
             "use the config it was trained with, or a new --run_name",
         )
         return saved
+    saved = init_shape(cfg, saved)
+    if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
+        # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
+        # end-of-text id; ours adds one): they start as zero rows and train like the others
+        saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
+    return saved
+
+
+def init_shape(cfg: TrainConfig, saved: GPTConfig) -> GPTConfig:
+    """--init_from's shape (saved), refusing config fields that change it; but a rotary
+    model's context is no weight, so an explicit block_size sets it (continued pretraining
+    trains at 4,096 what was published for 32,768)."""
+    if saved.rope_theta > 0 and cfg.block_size is not None:
+        saved = dataclasses.replace(saved, block_size=cfg.block_size)
     _refuse_shape_change(
         saved,
         dataclasses.replace(saved, **cfg.model_overrides()),
         f"--init_from={cfg.init_from} sets the model's shape, but the config changes it",
         "drop those settings",
     )
-    tok = source.get("tokenizer") or {}
-    if tok and (tok.get("tokenizer"), tok.get("vocab_size"), tok.get("chars")) != (
-        meta.get("tokenizer"),
-        meta.get("vocab_size"),
-        meta.get("chars"),
-    ):
-        raise ConfigError(
-            f"--init_from={cfg.init_from} was trained on tokenizer {tok.get('tokenizer')!r} "
-            f"(vocab_size {tok.get('vocab_size')}) but {cfg.data_dir} holds "
-            f"{meta.get('tokenizer')!r} (vocab_size {meta.get('vocab_size')}); prepare the "
-            f"data with the checkpoint's tokenizer"
-        )
-    if saved.vocab_size < meta["vocab_size"] <= saved.padded_vocab:
-        # the data has ids past the model's, inside its padding rows (a nanoGPT char model has no
-        # end-of-text id; ours adds one): they start as zero rows and train like the others
-        saved = dataclasses.replace(saved, vocab_size=meta["vocab_size"])
     return saved
+
+
+def _refuse_other_tokenizer(tok: dict, meta: dict, model: str, cfg: TrainConfig):
+    """The data's ids must mean what they meant to the model: one line naming both
+    tokenizers and the command that re-prepares the data with the model's."""
+    if tok and tokenizer_identity(tok) != tokenizer_identity(meta):
+        data = ", ".join(cfg.datasets())
+        raise ConfigError(
+            f"{model} uses the tokenizer {describe_tokenizer(tok)} but {data} was tokenized "
+            f"with {describe_tokenizer(meta)}; re-prepare the data with the model's: "
+            f"python prepare_data.py --tokenizer={tokenizer_option(tok)} ..."
+        )
 
 
 def _refuse_shape_change(saved: GPTConfig, wanted: GPTConfig, what: str, fix: str):

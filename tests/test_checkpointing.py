@@ -127,7 +127,7 @@ def test_space_warning_names_a_keep_last_that_fits(tmp_path):
     """Keeping every one of 10 saves cannot fit; --keep_last=3 can (5 checkpoints' room: 3,
     best_model.pt and one being written)."""
     free = shutil.disk_usage(tmp_path).free
-    size = int(free / 5.5 / checkpointing.FILE_OVERHEAD)
+    size = int(free / 5.5 / ckpt.FILE_OVERHEAD)
     assert manager(tmp_path / "a", max_steps=10, save_interval=1, keep_last=2).space_warning(0, size) is None
     warning = manager(tmp_path / "b", max_steps=10, save_interval=1).space_warning(0, size)
     assert (

@@ -18,8 +18,9 @@ from errors import run_cli
 from model import GPT, GPTConfig
 from storage import checkpoint
 from storage.checkpoint import save_checkpoint
-from storage.interop import CONV1D_WEIGHTS
-from text.tokenizer import EOT_TEXT, get_tokenizer, gpt2_files
+from storage.interop import CONV1D_WEIGHTS, load_external
+from text.bpe import train_bpe
+from text.tokenizer import EOT_TEXT, get_tokenizer, gpt2_files, tokenizer_identity
 
 CHARS = "".join(sorted("\n !',.:;?abcdefghijklmnopqrstuvwxyzAB"))  # 37 + eot: vocab 38, padded to 64
 CASES = {  # the three shapes the issue names, each a real export path
@@ -155,6 +156,29 @@ def test_exported_gpt2_tokenizer_gives_tokenizer_py_ids(tmp_path):
     assert hf_tok.decode([ours.eot_id]) == EOT_TEXT
 
 
+def test_a_trained_bpe_travels_with_the_export_and_back(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    text = "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. "
+    tok = train_bpe([text * 20], 300, source="data/mine")
+    model = random_model(vocab_size=tok.n_vocab, n_embd=32)
+    run = tmp_path / "run"
+    save_checkpoint(
+        {"step": 1, "model": model.state_dict(), "model_config": vars(model.config), "tokenizer": tok.meta()},
+        str(run / "best_model.pt"),
+    )
+    out = str(tmp_path / "exports" / "bpe")
+    export.main([f"--checkpoint={run}", f"--out={out}"])
+    assert "tokenizer: its own files (tokenizer.json, tokenizer_config.json)" in capsys.readouterr().out
+    with open(os.path.join(out, "tokenizer.json")) as fh:
+        assert fh.read() == tok.files["tokenizer.json"]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    sample_text = "Speak, citizen: naïve 🎭 words it never saw."
+    assert hf_tok(sample_text)["input_ids"] == tok.encode(sample_text)
+    assert hf_tok.decode(tok.document(sample_text)) == sample_text + EOT_TEXT
+    back = load_external(out)  # --init_from=the export gets the same tokenizer
+    assert tokenizer_identity(back["tokenizer"]) == tokenizer_identity(tok.meta())
+
+
 # ---- what the folder holds ----------------------------------------------------------------
 
 
@@ -260,7 +284,7 @@ def test_field_gpt2_cannot_express_is_an_error_naming_it(tmp_path):
         "model_config": {**vars(model.config), "rotary": True},
         "tokenizer": get_tokenizer("char", CHARS).meta(),
     }
-    with pytest.raises(ValueError, match="model field rotary=True has no GPT-2 equivalent"):
+    with pytest.raises(ValueError, match="model field rotary=True has no GPT-2 or Llama equivalent"):
         export.export(ckpt, str(tmp_path / "x"))
     ckpt["model_config"] = {**vars(model.config), "gelu_approximate": "sigmoid"}
     with pytest.raises(ValueError, match="gelu_approximate='sigmoid'"):

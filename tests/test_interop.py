@@ -188,7 +188,10 @@ def write_hf_folder(transformers, folder, **overrides):
         ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon=1e-06 is not supported"),
         ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx=True"),
         ({"tie_word_embeddings": False}, "tie_word_embeddings=False"),
-        ({"model_type": "gpt_neox"}, "only gpt2 folders can be imported"),
+        (
+            {"model_type": "gpt_neox"},
+            r"model_type=.gpt_neox.; the supported ones are gpt2 \(GPT2LMHeadModel\), llama",
+        ),
         ({"n_inner": 96}, r"h\.0\.mlp\.c_fc\.weight has shape \(88, 32\) but its config needs \(96, 32\)"),
         ({"n_inner": 2.5}, "n_inner=2.5 must be a positive whole number"),
         ({"vocab_size": 50000}, "not GPT-2's 50257"),

@@ -5,6 +5,7 @@ import json
 import random
 
 import pytest
+from conftest import tokenizer_folder
 
 from errors import BadInput, NotFound
 from text import multiple_choice as mc
@@ -43,6 +44,14 @@ def test_rows_are_context_tokens_then_space_and_ending_tokens():
         TOK.eot_id,
         *TOK.encode(" a"),
     )
+
+
+def test_a_tokenizer_that_starts_documents_with_bos_starts_every_row_with_it(tmp_path):
+    llama = get_tokenizer(tokenizer_folder(tmp_path / "llama", "llama3"))
+    e = mc.encode(llama, mc.Example("Speak, speak.", ("First", "All"), 0, "f:1"), 0, 64)
+    bos = llama.backend.token_to_id("<|begin_of_text|>")
+    assert e.rows[1] == (bos, *llama.encode("Speak, speak."), *llama.encode(" All"))
+    assert e.scored[1] == len(llama.encode(" All"))
 
 
 def test_gpt2_rows_encode_context_and_ending_apart():

@@ -15,6 +15,8 @@ import tiktoken
 # No test reaches the Hugging Face Hub: `datasets` reads these when it is first imported
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+from conftest import TEXT, tokenizer_folder
+
 import prepare_data as P
 from errors import run_cli
 from text import columnar, loader
@@ -119,7 +121,7 @@ def test_workers_read_a_bounded_window_ahead():
     def chunks():
         for i in range(30):
             pulled.append(i)
-            yield i, [(f"chunk {i}", True)], i
+            yield i, [(f"chunk {i}", True)], i, True
 
     tok_meta = {"tokenizer": "char", "chars": "chunk 0123456789"}
     results = P._encode_chunks(chunks(), (tok_meta, "<u2", P.SplitPlan(1, 0.5)), 2)
@@ -549,3 +551,133 @@ def test_damaged_parquet_keeps_previous_dataset(tmp_path):
         run([good, bad], tmp_path / "out")
     after = {f: (tmp_path / "out/ds" / f).read_bytes() for f in os.listdir(tmp_path / "out/ds")}
     assert after == before  # still complete, and no temp file left behind
+
+
+# ---------------------------------------------------------------- a model folder's tokenizer, bpe:VOCAB
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {style: tokenizer_folder(root / style, style) for style in ("llama3", "qwen2.5", "gpt2")}
+
+
+def hf_documents(folder):
+    """{split: [document ids]} of an hf-tokenized dataset, cut where its convention says."""
+    meta = loader.read_meta(str(folder))
+    prefix, suffix = meta["doc_prefix"], meta["doc_suffix"]
+    marker = (prefix or suffix)[0]
+    out = {}
+    for split in ("train", "val"):
+        ids = np.fromfile(folder / f"{split}.bin", dtype=meta["dtype"]).tolist()
+        cuts = [i for i, t in enumerate(ids) if t == marker]
+        bounds = cuts + [len(ids)] if prefix else [0] + [c + 1 for c in cuts]
+        docs = [ids[a:b] for a, b in zip(bounds, bounds[1:])]
+        assert len(docs) == meta[f"{split}_docs"] and (not prefix or cuts[0] == 0)
+        out[split] = docs
+    return meta, out
+
+
+@pytest.mark.parametrize("style", ["llama3", "qwen2.5"])
+def test_a_model_folders_tokenizer_joins_documents_by_its_convention(tmp_path, model_folders, style):
+    docs = [d for d in DOCS if d.strip()] + [f"First Citizen {i}: speak, speak." for i in range(20)]
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    meta = run([src], tmp_path / "out", tokenizer=model_folders[style])
+    tok = load_tokenizer(meta)
+    _, splits = hf_documents(tmp_path / "out" / "ds")
+    want = sorted(tok.document(d) for d in docs)  # Llama 3: [bos, ...]; Qwen2.5: [..., eos]
+    assert sorted(splits["train"] + splits["val"]) == want
+    assert (meta["doc_prefix"], meta["doc_suffix"]) == (
+        ([tok.backend.token_to_id("<|begin_of_text|>")], []) if style == "llama3" else ([], [tok.eot_id])
+    )
+    # the folder keeps the tokenizer's files, so it stands on its own
+    folder = tmp_path / "out" / "ds"
+    on_disk = json.loads((folder / "meta.json").read_text())
+    assert "files" not in on_disk and on_disk["tokenizer_files"] == sorted(meta["files"])
+    for name in on_disk["tokenizer_files"]:
+        assert (folder / name).read_bytes() == open(os.path.join(model_folders[style], name), "rb").read()
+    assert loader.read_meta(str(folder)) == meta
+    # a dataset folder is itself a tokenizer folder: re-preparing with it gives the same bytes
+    run([src], tmp_path / "again", tokenizer=str(folder))
+    assert (tmp_path / "again/ds/train.bin").read_bytes() == (folder / "train.bin").read_bytes()
+
+
+def test_a_damaged_tokenizer_copy_is_refused(tmp_path, model_folders):
+    src = write_jsonl(tmp_path / "c.jsonl", DOCS)
+    run([src], tmp_path / "out", tokenizer=model_folders["qwen2.5"])
+    folder = tmp_path / "out" / "ds"
+    (folder / "tokenizer.json").write_text(
+        (folder / "tokenizer.json").read_text().replace("Citizen", "Citizens")
+    )
+    with pytest.raises(ValueError, match="tokenizer.json has sha256 .* its token ids were made with; rerun"):
+        loader.read_meta(str(folder))
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "tokenizer.json").write_text(
+        open(os.path.join(model_folders["qwen2.5"], "tokenizer.json")).read()
+    )
+    (folder / "meta.json").write_text(json.dumps({**meta, "doc_suffix": [1]}))
+    with pytest.raises(
+        ValueError, match="meta.json: meta has doc_suffix=.1. but its own tokenizer.json gives .0."
+    ):
+        loader.read_meta(str(folder))
+    os.remove(folder / "tokenizer.json")
+    with pytest.raises(ValueError, match="tokenizer.json is unreadable .*lost its tokenizer"):
+        loader.read_meta(str(folder))
+    run([src], tmp_path / "out", tokenizer="gpt2")  # a gpt2 dataset in the same folder: no stale copies
+    assert set(os.listdir(folder)) == {"train.bin", "val.bin", "meta.json"}
+
+
+def test_pieces_and_workers_give_one_prefix_per_document(tmp_path, monkeypatch, model_folders):
+    monkeypatch.setattr(P, "CHUNK_CHARS", 200)
+    monkeypatch.setattr(C, "PIECE_CHARS", 150)  # long .txt documents come in several pieces
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"{i:02d}.txt").write_text(f"Document {i}.\n" + "Speak, speak; hear me speak.\n" * (i * 3))
+    one = run([src], tmp_path / "one", num_proc=1, tokenizer=model_folders["llama3"])
+    two = run([src], tmp_path / "two", num_proc=2, tokenizer=model_folders["llama3"])
+    assert {k: v for k, v in one.items() if k != "source"} == {k: v for k, v in two.items() if k != "source"}
+    for f in ("train.bin", "val.bin"):
+        assert (tmp_path / "one/ds" / f).read_bytes() == (tmp_path / "two/ds" / f).read_bytes()
+    tok = load_tokenizer(one)
+    _, splits = hf_documents(tmp_path / "one" / "ds")
+    texts = sorted(p.read_text() for p in src.iterdir())
+    assert sorted(splits["train"] + splits["val"]) == sorted(tok.document(t) for t in texts)
+
+
+def test_gpt2s_folder_gives_the_bytes_of_tokenizer_gpt2(tmp_path, model_folders):
+    src = write_txt(tmp_path / "src", DOCS)
+    run([src], tmp_path / "a", tokenizer="gpt2")
+    run([src], tmp_path / "b", tokenizer=model_folders["gpt2"])
+    for f in ("train.bin", "val.bin"):
+        assert (tmp_path / "a/ds" / f).read_bytes() == (tmp_path / "b/ds" / f).read_bytes()
+
+
+def test_bpe_is_trained_on_the_train_split_only(tmp_path):
+    plan = P.SplitPlan(1337, 0.2)
+    docs = [
+        TEXT[: 400 + 7 * i] + (" quokkavalonly" if plan.is_val(i) else " wombattrainonly") * 30
+        for i in range(30)
+    ]
+    assert any(plan.is_val(i) for i in range(30))
+    src = write_jsonl(tmp_path / "c.jsonl", docs)
+    meta = run([src], tmp_path / "out", tokenizer="bpe:340", val_fraction=0.2)
+    tok = load_tokenizer(meta)
+    vocab = tok.backend.get_vocab()
+    assert meta["vocab_size"] == 340 == len(vocab) and meta["trained_bpe_vocab"] == 340
+    assert tok.encode(" wombattrainonly") == [vocab["Ġwombattrainonly"]]  # a train word is one token
+    assert not any("quokka" in t or "valonly" in t for t in vocab)  # a val word never fed a merge
+    assert tok.decode(tok.encode(docs[0])) == docs[0]
+    assert (meta["doc_prefix"], meta["doc_suffix"], meta["eot_id"]) == ([], [0], 0)  # <|endoftext|> after
+    _, splits = hf_documents(tmp_path / "out" / "ds")
+    assert sorted(splits["train"] + splits["val"]) == sorted(tok.document(d) for d in docs)
+    assert meta["source"] == str(tmp_path / "out" / "ds")  # --tokenizer=that folder gives it again
+
+
+@pytest.mark.parametrize("spec", ["bpe:abc", "bpe:100", "bpe:"])
+def test_bad_tokenizer_specs_fail_before_any_work(tmp_path, monkeypatch, spec):
+    monkeypatch.setattr(P, "fetch_shakespeare", lambda cache_dir: pytest.fail("downloaded"))
+    with pytest.raises(ValueError, match=f"--tokenizer={spec}: VOCAB must be a whole number from 257"):
+        P.prepare(None, str(tmp_path), tokenizer=spec, progress=False)
+    with pytest.raises(ValueError, match="has no tokenizer.json; save it with transformers"):
+        P.prepare(None, str(tmp_path), tokenizer=str(tmp_path), progress=False)

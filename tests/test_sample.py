@@ -5,12 +5,13 @@ import os
 
 import pytest
 import torch
+from conftest import tokenizer_folder
 
 from model import GPT, GPTConfig, KVCache
 from sample import IncrementalDecoder, generate, main, sample_next
 from storage.checkpoint import save_checkpoint
 from storage.weights import resolve_checkpoint
-from text.tokenizer import EOT_TEXT, load_tokenizer
+from text.tokenizer import EOT_TEXT, load_tokenizer, tokenizer_meta_from_folder
 
 CHARS = "".join(sorted("\n !',.:;?abcdefghijklmnopqrstuvwxyzAB"))  # 37; eot is id 37
 VOCAB = len(CHARS) + 1  # not a multiple of 64, so the embedding has padding rows
@@ -420,3 +421,52 @@ def test_tokenizer_smaller_than_model_is_an_error(tmp_path):
     save_checkpoint({k: v for k, v in ckpt.items() if k != "digest"}, path)
     with pytest.raises(ValueError, match="the model has 38 ids but the char tokenizer has 4"):
         main(["--checkpoint", str(run), "--device", "cpu"])
+
+
+# ---- a model folder's tokenizer (hf) ------------------------------------------------------
+
+
+def test_any_of_several_stop_ids_ends_a_row():
+    model, idx = tiny_model(), prompt(batch=1)
+    free = generate(model, idx, 10, temperature=0.0)[0, 5:].tolist()
+    first, second = free[3], next(i for i in free if i != free[3])
+    out = generate(model, idx, 10, temperature=0.0, eot_id=(first, second))[0, 5:].tolist()
+    stop = min(free.index(first), free.index(second))
+    assert out == free[: stop + 1]  # ends at whichever comes first
+
+
+def test_incremental_decoder_with_a_byte_level_bpe(tmp_path):
+    tok = load_tokenizer(tokenizer_meta_from_folder(tokenizer_folder(tmp_path / "qwen", "qwen2.5")))
+    text = "Speak, naïve 🙂 日本語."  # trained on English only: these characters are byte tokens
+    ids = tok.encode(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)
+    dec = IncrementalDecoder(tok)
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_a_llama3_tokenizer_starts_prompts_with_bos_and_stops_at_bos_or_eos(tmp_path, monkeypatch, capsys):
+    import sample
+
+    meta = tokenizer_meta_from_folder(tokenizer_folder(tmp_path / "llama", "llama3"))
+    tok = load_tokenizer(meta)
+    bos, eos = tok.doc_prefix[0], tok.eot_id
+    run = tmp_path / "run"
+    model = tiny_model(vocab=tok.n_vocab + 30)  # padded past its tokens, as Qwen2.5's embedding
+    save_checkpoint(
+        {"model": model.state_dict(), "model_config": vars(model.config), "step": 1, "tokenizer": meta},
+        os.path.join(run, "checkpoint_step_1.pt"),
+    )
+    seen = []
+
+    def spy(model, idx, *args, **kw):
+        seen.append((idx[0].tolist(), kw["eot_id"]))
+        return generate(model, idx, *args, **kw)
+
+    monkeypatch.setattr(sample, "generate", spy)
+    base = ["--checkpoint", str(run), "--device", "cpu", "--max_new_tokens", "8", "--stop_at_eot"]
+    texts = main(base + ["--prompt", "Speak, speak."])
+    assert seen[-1] == ([bos, *tok.encode("Speak, speak.")], (eos, bos))
+    assert texts[0].startswith("Speak, speak.") and "<|begin_of_text|>" not in texts[0]
+    main(base)
+    assert seen[-1][0] == [bos]  # unconditional: a document's start

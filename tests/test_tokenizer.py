@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tiktoken
+from conftest import tokenizer_folder
 
 from text import tokenizer as T
 from text.tokenizer import get_tokenizer, load_tokenizer
@@ -169,3 +170,111 @@ def test_tiktoken_download_failure_is_explained(monkeypatch):
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(RuntimeError, match="o200k_base.*download.*TIKTOKEN_CACHE_DIR"):
         get_tokenizer("o200k_base")
+
+
+# ---- a model folder's tokenizer.json (hf) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {style: tokenizer_folder(root / style, style) for style in ("llama3", "qwen2.5", "gpt2")}
+
+
+def test_boundary_convention_is_read_from_the_folder(folders):
+    llama, qwen, gpt2_folder = (get_tokenizer(folders[s]) for s in ("llama3", "qwen2.5", "gpt2"))
+    # Llama 3: its template puts <|begin_of_text|> before each document; eos ends generation
+    bos, eos = (llama.backend.token_to_id(t) for t in ("<|begin_of_text|>", "<|end_of_text|>"))
+    assert (llama.doc_prefix, llama.doc_suffix, llama.eot_id) == ((bos,), (), eos)
+    assert llama.document("a b") == [bos, *llama.encode("a b")]
+    assert set(llama.stop_ids) == {bos, eos}
+    # Qwen2.5: no template and bos_token null: its eos <|endoftext|> after each document
+    endoftext = qwen.backend.token_to_id("<|endoftext|>")
+    assert (qwen.doc_prefix, qwen.doc_suffix, qwen.eot_id) == ((), (endoftext,), endoftext)
+    # GPT-2's folder names its eos only in generation_config.json
+    assert (gpt2_folder.doc_prefix, gpt2_folder.doc_suffix, gpt2_folder.n_vocab) == ((), (50256,), 50257)
+
+
+def test_gpt2_folder_gives_tiktokens_ids(folders, gpt2):
+    tok = get_tokenizer(folders["gpt2"])
+    for text in [
+        "Hello world",
+        "It's 2024! naïve café's",
+        "  lots   of\n\n\nspace ",
+        "🎭x",
+        "a<|endoftext|>b",
+    ]:
+        assert tok.encode(text) == gpt2.encode(text)  # a literal <|endoftext|> stays text
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode_batch(["Hello world", "🎭x"]) == [gpt2.encode("Hello world"), gpt2.encode("🎭x")]
+    assert tok.decode([15496, 50256]) == "Hello<|endoftext|>"
+
+
+def test_matches_transformers_autotokenizer(folders):
+    transformers = pytest.importorskip("transformers")
+    text = "First Citizen:\nSpeak, speak. Ünïcödé 🎭"
+    for style in ("llama3", "qwen2.5"):
+        ours = get_tokenizer(folders[style])
+        theirs = transformers.AutoTokenizer.from_pretrained(folders[style])
+        # what transformers adds around a text is what goes before/after a document here
+        assert theirs(text)["input_ids"] == [*ours.doc_prefix, *ours.encode(text)]
+        assert theirs.decode(ours.document(text)) == ours.decode(ours.document(text))
+
+
+def test_hf_meta_is_self_contained_and_checked(folders, tmp_path):
+    tok = get_tokenizer(folders["llama3"])
+    folder = shutil.copytree(folders["llama3"], tmp_path / "model")
+    meta = json.loads(json.dumps(T.tokenizer_meta_from_folder(str(folder))))  # as a checkpoint keeps it
+    assert set(meta["files"]) == {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}
+    digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+    assert meta["tokenizer_sha256"] == digest
+    shutil.rmtree(folder)
+    again = load_tokenizer(meta)  # needs no folder: the files travel in the meta
+    assert again.document("Speak, speak.") == tok.document("Speak, speak.")
+    assert T.tokenizer_identity(again.meta()) == T.tokenizer_identity(meta)
+    assert T.tokenizer_identity(meta) != T.tokenizer_identity(
+        T.tokenizer_meta_from_folder(folders["qwen2.5"])
+    )
+    # export.py writes the files back; the folder they make is the same tokenizer
+    out = tmp_path / "exported"
+    out.mkdir()
+    for name, data in T.tokenizer_file_bytes(meta).items():
+        (out / name).write_bytes(data)
+    assert T.tokenizer_identity(T.tokenizer_meta_from_folder(str(out))) == T.tokenizer_identity(meta)
+    with pytest.raises(ValueError, match="tokenizer_sha256=.*different tokenizers"):
+        load_tokenizer({**meta, "tokenizer_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="no tokenizer files"):
+        load_tokenizer({"tokenizer": "hf"})
+
+
+def test_tokenizer_config_flags_override_the_template(folders, tmp_path):
+    folder = tmp_path / "flags"
+    shutil.copytree(folders["llama3"], folder)
+    config = json.load(open(folder / "tokenizer_config.json"))
+    json.dump(
+        {**config, "add_bos_token": False, "add_eos_token": True}, open(folder / "tokenizer_config.json", "w")
+    )
+    tok = get_tokenizer(str(folder))
+    assert (tok.doc_prefix, tok.doc_suffix) == ((), (tok.backend.token_to_id("<|end_of_text|>"),))
+
+
+def test_folder_errors_name_the_fix(folders, tmp_path):
+    with pytest.raises(ValueError, match="has no tokenizer.json.*save_pretrained"):
+        get_tokenizer(str(tmp_path))
+    folder = tmp_path / "no_eos"
+    shutil.copytree(folders["qwen2.5"], folder)
+    json.dump({"bos_token": None}, open(folder / "tokenizer_config.json", "w"))
+    os.remove(folder / "generation_config.json")
+    with pytest.raises(ValueError, match="marks no document boundary.*set eos_token"):
+        get_tokenizer(str(folder))
+    json.dump({"eos_token": "<|nope|>"}, open(folder / "tokenizer_config.json", "w"))
+    with pytest.raises(ValueError, match="'<|nope|>', which is not in tokenizer.json"):
+        get_tokenizer(str(folder))
+
+
+def test_hf_decode_skips_ids_past_its_vocabulary(folders):
+    tok = get_tokenizer(folders["qwen2.5"])
+    ids = tok.encode("Speak")
+    assert tok.decode([*ids, tok.n_vocab, tok.n_vocab + 5]) == "Speak"  # a model's padding rows
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([-1])

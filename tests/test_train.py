@@ -1,4 +1,5 @@
 import glob
+import hashlib
 import json
 import math
 import os
@@ -9,13 +10,26 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TEXT, WITH_FAULTS, flip_a_bit, records, run_dir_of, tmpfs, write_dataset
+from conftest import (
+    QWEN25_3B,
+    ROOT,
+    TEXT,
+    WITH_FAULTS,
+    flip_a_bit,
+    records,
+    run_dir_of,
+    tmpfs,
+    tokenizer_folder,
+    write_dataset,
+)
 
 import train
 from model import count_params
 from storage import checkpoint as ckpt
+from storage.interop import hf_model_config
 from storage.run_lock import RunFolderBusy
 from text.loader import GPT2_META, load_meta
+from text.tokenizer import load_tokenizer
 from training.config import ConfigError, load_config
 from training.resolve import Machine, resolve
 from training.stopping import Stop
@@ -184,17 +198,25 @@ def test_data_vocab_larger_than_the_checkpoint_model(tiny_args, tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))))
-def test_dry_run_for_every_config_plans_that_config(config, capsys):
+def test_dry_run_for_every_config_plans_that_config(config, capsys, tmp_path, monkeypatch):
     """The plan printed is this config's: its model's size and the way its run resolves
-    to on the plan's first card."""
+    to on the plan's first card. A config that starts from a Hugging Face folder is planned
+    from a stand-in holding only the published config.json (all a dry run reads)."""
+    cfg = load_config([config])
+    model_cfg = None
+    if cfg.init_from:
+        monkeypatch.chdir(tmp_path)
+        os.makedirs(cfg.init_from)
+        with open(os.path.join(cfg.init_from, "config.json"), "w") as fh:
+            json.dump(QWEN25_3B, fh)
+        model_cfg = train.init_shape(cfg, hf_model_config(cfg.init_from))
     train.main([config, "--dry_run"])
     out = capsys.readouterr().out
-    cfg = load_config([config])
     meta = load_meta(cfg.data_dir) if os.path.isdir(cfg.data_dir) else GPT2_META
     r = resolve(
         cfg,
         Machine.planned(cfg.device, cfg.plan_gpus or 1, cfg.plan_gpu_memory_gib[0]),
-        cfg.model_config(meta["vocab_size"]),
+        model_cfg or cfg.model_config(meta["vocab_size"]),
     )
     assert f"parameters:           {count_params(r.model_cfg):,} " in out
     assert f"This config runs {r.way.name} (" in out
@@ -233,6 +255,18 @@ def test_resume_auto_starts_fresh_then_continues(tiny_args):
     train.main(tiny_args + ["--resume=auto"])  # continues from step 3 to 6
     steps = [r["step"] for r in records(run_dir_of(args), "start")]
     assert steps == [0, 3]
+    assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
+
+
+def test_resume_auto_with_init_from_starts_from_it_once(tiny_args):
+    """A continued-pretraining config sets both: the source's weights on the first launch, the
+    run's own newest checkpoint after (a preempted run does not restart from the source)."""
+    train.main(tiny_args)
+    src = ckpt.latest_checkpoint(run_dir_of(tiny_args))
+    args = tiny_args + [f"--init_from={src}", "--resume=auto", "--run_name=cont"]
+    train.main(args + ["--max_steps=3"])
+    train.main(args)  # continues the run from step 3 to 6
+    assert [r["step"] for r in records(run_dir_of(args), "start")] == [0, 3]
     assert ckpt.latest_checkpoint(run_dir_of(args)).endswith("checkpoint_step_6.pt")
 
 
@@ -615,6 +649,53 @@ def test_eval_tasks_are_scored_at_every_evaluation_and_can_drive_early_stopping(
     # the two labels alternate, so one choice always wins half: accuracy never beats its value
     # at step 0, and patience 1 stops the run at the first evaluation after it
     assert records(run, "end")[-1]["reason"] == "early_stopping" and [e["step"] for e in evals] == [0, 3]
+
+
+# ---- a model folder's tokenizer ---------------------------------------------------------------
+
+
+def test_a_run_keeps_its_datas_tokenizer_and_refuses_data_of_another(tiny_args, tmp_path):
+    import prepare_data
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in TEXT.split("\n\n") if d))
+    data, models = {}, {}
+    for name, style in (("llama", "llama3"), ("llama_again", "llama3"), ("qwen", "qwen2.5")):
+        models[name] = tokenizer_folder(tmp_path / "models" / style, style)
+        data[name] = str(tmp_path / "data" / name)
+        seed = 1 if name == "llama_again" else 1337  # another split: other data, the same tokenizer
+        prepare_data.prepare(
+            [str(corpus)], str(tmp_path / "data"), name, models[name], seed=seed, progress=False
+        )
+    args = tiny_args + [
+        f"--data_dir={data['llama']}",
+        "--run_name=llama",
+        "--max_steps=2",
+        "--eval_interval=2",
+    ]
+    train.main(args)
+    src = ckpt.latest_checkpoint(run_dir_of(args))
+    saved = load_tokenizer(ckpt.load_checkpoint(src)["tokenizer"])  # self-contained: the files are in it
+    assert (
+        saved.sha256
+        == hashlib.sha256(open(os.path.join(models["llama"], "tokenizer.json"), "rb").read()).hexdigest()
+    )
+    assert saved.doc_prefix == (saved.backend.token_to_id("<|begin_of_text|>"),)
+    ft = tiny_args + [
+        f"--data_dir={data['llama_again']}",
+        f"--init_from={src}",
+        "--run_name=ft",
+        "--max_steps=1",
+    ]
+    train.main(ft)  # the same tokenizer on other data is fine
+    with pytest.raises(ConfigError) as refused:
+        train.main(tiny_args + [f"--data_dir={data['qwen']}", f"--init_from={src}", "--run_name=no"])
+    message = str(refused.value)
+    assert "\n" not in message
+    assert (
+        f"tokenizer.json of {models['llama']}" in message and f"tokenizer.json of {models['qwen']}" in message
+    )
+    assert message.endswith(f"python prepare_data.py --tokenizer={models['llama']} ...")
 
 
 def test_a_disk_too_small_for_one_checkpoint_says_to_pick_another_out_dir_which_works(

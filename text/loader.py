@@ -13,16 +13,26 @@ device-side assert on a GPU). nanoGPT's folders work too: its char-level meta.pk
 read, and a folder with no meta at all holds GPT-2 ids.
 """
 
+import hashlib
 import json
 import os
 import pickle
+import re
 import sys
 
 import numpy as np
 import torch
 
 from errors import BadInput, NotFound
-from text.tokenizer import GPT2_EOT_ID, get_tokenizer
+from text.tokenizer import (
+    GPT2_EOT_ID,
+    HF_KIND,
+    TOKENIZER_JSON,
+    describe_tokenizer,
+    get_tokenizer,
+    load_tokenizer,
+    tokenizer_identity,
+)
 
 SPLITS = {"train": 0, "val": 1}
 INCOMPLETE_MARKER = ".incomplete"  # prepare_data.py holds it while it writes a dataset
@@ -145,6 +155,12 @@ def _read_meta_json(path: str, data_dir: str) -> dict:
             f"{path}: eot_id {meta['eot_id']:,} is outside the vocab [0, {meta['vocab_size']:,}); {fix}"
         )
     _check_vocabulary(meta, path, fix)
+    if meta["tokenizer"] == HF_KIND:
+        meta["files"] = _tokenizer_files(meta, data_dir, fix)
+        try:  # the ids meta.json records (vocab, eot, boundaries) must be the files' own
+            load_tokenizer(meta)
+        except ValueError as e:
+            raise BadInput(f"{path}: {e}") from None
     for key in ("max_token_id", "train_tokens", "val_tokens"):  # optional, but numbers if there
         if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
             raise BadInput(f"{path}: {key} is {meta[key]!r}, not a whole number >= 0; {fix}")
@@ -171,6 +187,31 @@ def _check_vocabulary(meta: dict, path: str, fix: str):
             f"{path}: vocab_size {meta['vocab_size']:,} and eot_id {meta['eot_id']:,} disagree "
             f"with {what} (vocab_size {want[0]:,}, eot_id {want[1]:,}); {fix}"
         )
+
+
+def _tokenizer_files(meta: dict, data_dir: str, fix: str) -> dict:
+    """{name: text} of the tokenizer files an hf dataset keeps beside meta.json, checked
+    against the tokenizer.json digest meta.json records."""
+    names = meta.get("tokenizer_files", [TOKENIZER_JSON])
+    if TOKENIZER_JSON not in names or not isinstance(meta.get("tokenizer_sha256"), str):
+        raise BadInput(f"{data_dir}/meta.json lacks tokenizer_files or tokenizer_sha256; {fix}")
+    files = {}
+    for name in names:
+        path = os.path.join(data_dir, os.path.basename(name))
+        try:
+            with open(path, "rb") as fh:
+                files[name] = fh.read()
+        except OSError as e:
+            raise BadInput(
+                f"{path} is unreadable ({e.strerror}): the dataset lost its tokenizer; {fix}"
+            ) from None
+    digest = hashlib.sha256(files[TOKENIZER_JSON]).hexdigest()
+    if digest != meta["tokenizer_sha256"]:
+        raise BadInput(
+            f"{data_dir}/{TOKENIZER_JSON} has sha256 {digest[:12]}..., not the "
+            f"{meta['tokenizer_sha256'][:12]}... its token ids were made with; {fix}"
+        )
+    return {name: data.decode("utf-8") for name, data in files.items()}
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -229,7 +270,9 @@ def _prepare_hint(data_dir: str) -> str:
     if name == "shakespeare":
         return "python prepare_data.py"
     if name.startswith("shakespeare_"):  # the default corpus with another tokenizer
-        return f"python prepare_data.py --tokenizer={name.split('_', 1)[1]} --name={name}"
+        tokenizer = name.split("_", 1)[1]
+        tokenizer = re.sub(r"^bpe(\d+)$", r"bpe:\1", tokenizer)
+        return f"python prepare_data.py --tokenizer={tokenizer} --name={name}"
     return f"python prepare_data.py --input=YOUR_FILES --name={name}"
 
 
@@ -371,7 +414,6 @@ def _to_device(xy: torch.Tensor, device):
 
 # ---------------------------------------------------------------- mixtures
 
-TOKENIZER_KEYS = ("tokenizer", "vocab_size", "eot_id", "chars")  # what an id means
 MIX_TAG = 0x6D6978  # separates the draw of each sequence's dataset from the windows' draws
 
 
@@ -406,17 +448,12 @@ def read_mixture_metas(data_mix: dict) -> dict:
     metas = {data_dir: read_meta(data_dir) for data_dir in check_data_mix(data_mix)}
     (first, ref), *rest = metas.items()
     for data_dir, meta in rest:
-        for key in TOKENIZER_KEYS:
-            if meta.get(key) != ref.get(key):
-                shown = [
-                    m.get(key) if key != "chars" else f"{len(m.get(key) or '')} characters"
-                    for m in (ref, meta)
-                ]
-                raise BadInput(
-                    f"data_mix: {first} and {data_dir} have different tokenizers ({key} "
-                    f"{shown[0]!r} vs {shown[1]!r}); prepare every dataset of a mixture "
-                    f"with the same --tokenizer"
-                )
+        if tokenizer_identity(meta) != tokenizer_identity(ref):
+            raise BadInput(
+                f"data_mix: {first} and {data_dir} have different tokenizers ("
+                f"{describe_tokenizer(ref)} vs {describe_tokenizer(meta)}); prepare every "
+                f"dataset of a mixture with the same --tokenizer"
+            )
     return metas
 
 

@@ -187,7 +187,8 @@ def pick(total: int, limit: int = 0, subset: int = 0) -> list:
 def encode(tokenizer, example: Example, index: int, block_size: int) -> Encoded:
     """Rows of context + " " + choice, the context encoded apart from each choice."""
     try:
-        context = tokenizer.encode(example.context) or [tokenizer.eot_id]
+        # a context starts a document as training data does (Llama 3: after its bos)
+        context = [*tokenizer.doc_prefix, *tokenizer.encode(example.context)] or [tokenizer.eot_id]
         rows, scored, truncated = [], [], False
         for choice in example.choices:
             ending = tokenizer.encode(" " + choice)

@@ -26,9 +26,6 @@ from training.stopping import Stop
 # written: an atomic save writes beside the file it replaces, and best_model.pt is rewritten
 # while the step checkpoints are all there.
 EXTRA_FILES_AT_PEAK = 2
-# A checkpoint file is its tensors' bytes and a little more (the pickle, the zip's headers and
-# alignment, the filesystem's blocks): room is counted against this much per file.
-FILE_OVERHEAD = 1.05
 
 
 def save_scheduled(cfg, step: int) -> bool:
@@ -54,7 +51,7 @@ def keep_last_that_fits(room: float, size: float) -> int | None:
     """The largest keep_last whose peak (those step checkpoints, best_model.pt and one being
     written, `size` bytes each) fits in `room` bytes; None when not even one fits. The one
     rule behind the start-up warning and the advice after a full disk, so that both agree."""
-    fits = int(room // (size * FILE_OVERHEAD)) - EXTRA_FILES_AT_PEAK
+    fits = int(room // (size * ckpt.FILE_OVERHEAD)) - EXTRA_FILES_AT_PEAK
     return fits if fits >= 1 else None
 
 
@@ -188,7 +185,7 @@ class CheckpointManager:
         updates; saving_now: the save at `step` is still to be written."""
         files = len(ckpt.step_checkpoints(self.run_dir)) + saves_after(self.cfg, step) + saving_now
         kept = min(self.cfg.keep_last, files) if self.cfg.keep_last else files
-        return int((kept + EXTRA_FILES_AT_PEAK) * size * FILE_OVERHEAD), kept
+        return int((kept + EXTRA_FILES_AT_PEAK) * size * ckpt.FILE_OVERHEAD), kept
 
     def _room_fix(self, step: int, size: int, room: int, need: int, resume: bool) -> str:
         """What makes the rest of the run fit, each option whole when followed: a keep_last that
@@ -196,7 +193,7 @@ class CheckpointManager:
         --out_dir; on a disk too small for even one checkpoint, only the last. resume: the run
         stopped, and the advice says how it goes on."""
         total = shutil.disk_usage(self.run_dir).total
-        one = int((1 + EXTRA_FILES_AT_PEAK) * size * FILE_OVERHEAD)  # keep_last=1's peak
+        one = int((1 + EXTRA_FILES_AT_PEAK) * size * ckpt.FILE_OVERHEAD)  # keep_last=1's peak
         if one > total:
             return (
                 f"that disk ({ckpt.format_bytes(total)} in all) cannot hold one checkpoint, best_model.pt "
@@ -247,5 +244,5 @@ class CheckpointManager:
             return f"remove the cause ({error.reason}), then {self._go_on()}"
         room = self._room()
         need, _ = self._peak(step, error.need, saving_now=step_file)
-        lacking_now = int(error.need * FILE_OVERHEAD) - error.free  # what this save alone lacked
+        lacking_now = int(error.need * ckpt.FILE_OVERHEAD) - error.free  # what this save alone lacked
         return self._room_fix(step, error.need, room, max(need, room + lacking_now), resume=True)

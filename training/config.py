@@ -198,7 +198,11 @@ class TrainConfig:
     resume: str = setting(
         "", '"latest": newest checkpoint of this run; "auto": latest if any, else start fresh; or a path'
     )
-    init_from: str = setting("", "start a new run from this checkpoint's weights and shape (fine-tuning)")
+    init_from: str = setting(
+        "",
+        "start a new run from this checkpoint's (or Hugging Face folder's) weights and shape; "
+        "with --resume=auto only while the run has no checkpoint",
+    )
     dry_run: bool = setting(False, "print the plan (memory, FLOPs, time) and exit; builds nothing")
     report: str = setting("", "write report.md for this run folder from its metrics.jsonl and exit")
     # ---- planning (--dry_run)
@@ -357,11 +361,12 @@ class TrainConfig:
                 check_data_mix(self.data_mix)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        if self.resume and self.init_from:
+        if self.resume and self.init_from and self.resume != "auto":
             raise ConfigError(
                 "--resume and --init_from cannot be used together: --resume continues this run "
                 "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
-                "weights. Drop one of them"
+                "weights. Drop one of them, or use --resume=auto: --init_from's weights the first "
+                "time, this run's newest checkpoint after"
             )
 
     def _validate_tasks_and_loggers(self):

@@ -9,7 +9,7 @@ assumed MFU on A100 and H100.
 import torch
 
 from errors import BadInput
-from model import GPT, count_params, describe, float8_layers, flops_per_token, n_linear
+from model import GPT, GPTConfig, count_params, describe, float8_layers, flops_per_token, n_linear
 from parallel.devices import PEAK_FLOPS
 from training.config import TrainConfig
 from training.memory import (
@@ -71,16 +71,23 @@ def _drawn(train_tokens, total_tokens: int) -> list:
     ]
 
 
-def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) -> dict:
+def make_plan(
+    cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens, model_cfg: GPTConfig | None = None
+) -> dict:
     """Everything --dry_run prints, as plain numbers (format_plan renders it). The config is
-    resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it."""
+    resolved as a run on the first of plan_gpu_memory_gib's cards would resolve it. model_cfg:
+    the model's shape where it is not the config's (--init_from's source); vocab_size is then
+    unused."""
     if world_size < 1:
         raise BadInput(f"world_size must be >= 1, got {world_size}")
     if not 0 < cfg.plan_mfu <= 1:
         raise BadInput(f"plan_mfu is a fraction of peak in (0, 1], got {cfg.plan_mfu}")
     resolved = resolve(
-        cfg, Machine.planned(cfg.device, world_size, cfg.plan_gpu_memory_gib[0]), cfg.model_config(vocab_size)
+        cfg,
+        Machine.planned(cfg.device, world_size, cfg.plan_gpu_memory_gib[0]),
+        model_cfg or cfg.model_config(vocab_size),
     )
+    source = cfg.init_from if model_cfg is not None else None
     cfg, model_cfg = resolved.cfg, resolved.model_cfg
     n_stored, _ = param_counts(model_cfg)
     datasets = _drawn(train_tokens, cfg.global_batch_size * model_cfg.block_size * cfg.max_steps)
@@ -124,7 +131,7 @@ def make_plan(cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens) 
         "run_name": cfg.run_name,
         "world_size": world_size,
         "dtype": dtype,
-        "model": cfg.model,
+        "model": f"--init_from={source}" if source else cfg.model,
         "n_layer": model_cfg.n_layer,
         "n_head": model_cfg.n_head,
         "n_embd": model_cfg.n_embd,
