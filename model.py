@@ -747,10 +747,11 @@ class GPT(nn.Module):
         rows (never used) left out. non_embedding drops wte, wpe and an untied lm_head."""
         return count_params(self.config, non_embedding)
 
-    def optimizer_groups(self, weight_decay: float):
+    def optimizer_groups(self, weight_decay: float, skip: frozenset = frozenset()):
         """AdamW groups: decay on matrices (2-D and up), none on biases and norms.
-        named_parameters() yields the tied matrix once."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        named_parameters() yields the tied matrix once. skip: ids of parameters another
+        optimizer trains (--optimizer=muon's hidden matrices)."""
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
         return [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

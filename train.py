@@ -4,6 +4,7 @@
     torchrun --standalone --nproc_per_node=8 train.py config/production_8gpu.py
     python train.py config/production_8gpu.py --dry_run      # the plan, on any machine
     python train.py --report=checkpoints/<run>                # rewrite report.md
+    python train.py --report=checkpoints/<a>,checkpoints/<b>  # and compare runs' val loss
 
 One step = one optimizer update over global_batch_size sequences, split into
 micro-batches across ranks and accumulation steps. Step s trains on batch s, which
@@ -62,11 +63,12 @@ from text.tokenizer import describe_tokenizer, load_tokenizer, tokenizer_identit
 from training.checkpointing import CheckpointManager
 from training.config import ConfigError, TrainConfig, help_text, load_config
 from training.memory import checkpoint_bytes
+from training.optimizers import build_optimizers, describe, is_muon, set_learning_rates
 from training.plan import format_plan, make_plan
-from training.report import DATASET_LOSS, write_report
+from training.report import DATASET_LOSS, write_comparison, write_report
 from training.reporter import Reporter
 from training.resolve import Machine, Resolved, resolve
-from training.schedule import lr_at
+from training.schedule import lr_at, wsd_decay_start
 from training.state import TrainState
 from training.step_stats import HostCopies, StepValues, StepWatch
 from training.stopping import Stop, decide
@@ -79,7 +81,8 @@ def main(argv=None) -> int:
         return 0
     cfg = load_config(argv)
     if cfg.report:
-        print(f"wrote {write_report(cfg.report)}")
+        runs = [r for r in cfg.report.split(",") if r]
+        print(f"wrote {write_report(runs[0]) if len(runs) == 1 else write_comparison(runs)}")
         return 0
     if cfg.dry_run:
         print(format_plan(dry_run_plan(cfg)))
@@ -162,12 +165,19 @@ def train(run: Run, preempt: PreemptionSignal) -> Stop:
     clock_zero = time.time() - state.elapsed_s
     while True:
         step = state.step
-        lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.lr_decay_steps)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        lr = lr_at(
+            step,
+            cfg.learning_rate,
+            cfg.min_lr,
+            cfg.warmup_steps,
+            cfg.lr_decay_steps,
+            cfg.lr_schedule,
+            cfg.decay_fraction,
+        )
+        set_learning_rates(run.optimizers, lr / cfg.learning_rate, cfg)
         values = train_step(
             run.model,
-            run.optimizer,
+            run.optimizers,
             run.scaler,
             micro_batches(run, step),
             cfg.grad_clip,
@@ -184,14 +194,17 @@ def train(run: Run, preempt: PreemptionSignal) -> Stop:
 
 
 def train_step(
-    model, optimizer, scaler, batches: list, grad_clip: float, autocast_ctx, env: distributed.Dist
+    model, optimizers: list, scaler, batches: list, grad_clip: float, autocast_ctx, env: distributed.Dist
 ) -> StepValues:
-    """One optimizer update over the micro-batches (x, y, dropout seed) of a step.
+    """One update of every optimizer over the micro-batches (x, y, dropout seed) of a step.
 
     Gradients are synchronized across ranks on the last micro-batch only. The update is
-    applied only when the loss and the gradient norm are finite, decided on the device:
-    the fused AdamW skips its update when given GradScaler's `found_inf` tensor, so no step
-    waits for the GPU. Returns the step's numbers, still on the device.
+    applied only when the loss and the gradient norm are finite. The fused AdamW decides on
+    the device, skipping its update when given GradScaler's `found_inf` tensor, so an AdamW
+    step never waits for the GPU. Muon has no such input: with --optimizer=muon the host
+    reads the verdict (one wait for the GPU per step, after backward) and skips Muon's step
+    itself; in fp16 GradScaler does the same for it. Returns the step's numbers, still on
+    the device.
     """
     loss_sum = torch.zeros((), device=env.device)
     for i, (x, y, seed) in enumerate(batches):
@@ -201,21 +214,36 @@ def train_step(
         loss_sum += loss.detach()
         scaler.scale(loss / len(batches)).backward()
     loss = distributed.all_reduce_mean(loss_sum / len(batches), env)
-    scaler.unscale_(optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)
+    params = [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]]
     grad_norm = sharding.clip_grad_norm(params, grad_clip if grad_clip > 0 else math.inf).to(loss.device)
     applied = torch.isfinite(loss) & torch.isfinite(grad_norm)
     if scaler.is_enabled():  # fp16: the scaler skips inf/NaN gradients itself, and adapts its scale
-        scaler.step(optimizer)
+        for optimizer in optimizers:
+            scaler.step(optimizer)
         scaler.update()
-    else:  # found_inf on the parameters' device (the CPU with offload)
-        optimizer.found_inf, optimizer.grad_scale = (~applied).float().to(params[0].device), None
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.found_inf, optimizer.grad_scale
-    optimizer.zero_grad(set_to_none=True)
+    else:
+        step_unless_nonfinite(optimizers, applied, params[0].device)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     return StepValues(loss=loss, grad_norm=grad_norm.float(), applied=applied.float())
+
+
+def step_unless_nonfinite(optimizers: list, applied: torch.Tensor, param_device: torch.device):
+    """Step each optimizer unless `applied` is False: the fused AdamW reads it on the device
+    as found_inf (on the parameters' device: the CPU with offload); any other optimizer
+    (Muon) only after the host has read it."""
+    found_inf = (~applied).float().to(param_device)
+    for optimizer in optimizers:
+        if not is_muon(optimizer):
+            optimizer.found_inf, optimizer.grad_scale = found_inf, None
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf, optimizer.grad_scale
+        elif applied.item():
+            optimizer.step()
 
 
 def micro_batches(run: Run, step: int) -> list:
@@ -325,7 +353,7 @@ def dataset_names(data_dirs: list) -> list:
 def checkpoint_contents(run: Run) -> dict:
     """What a checkpoint holds (storage.checkpoint's format), gathered whole to rank 0: every
     rank takes part."""
-    model_state, optimizer_state = sharding.full_state(run.raw_model, run.optimizer)
+    model_state, optimizer_state = sharding.full_state(run.raw_model, run.optimizers)
     return dict(
         model=model_state,
         optimizer=optimizer_state,
@@ -427,7 +455,7 @@ class Run:
     accumulation: int
     raw_model: GPT
     model: torch.nn.Module  # raw_model, compiled and/or wrapped in DDP
-    optimizer: torch.optim.Optimizer
+    optimizers: list  # torch.optim.Optimizer: [AdamW], or [AdamW, Muon] (training/optimizers.py)
     scaler: torch.amp.GradScaler
     autocast: contextlib.AbstractContextManager  # mixed precision for forward passes
     state: TrainState
@@ -450,6 +478,7 @@ def prepare(cfg: TrainConfig, metas: dict, process: distributed.Dist) -> Start:
         source_path, source = find_and_load(cfg.init_from, say=print if process.master else lambda line: None)
     if resume_path:
         check_same_data(cfg, source, resume_path)
+        check_same_optimizer(cfg, source, resume_path)
     resolved = resolve(
         cfg, Machine.of(process.device, process.world), model_shape(cfg, meta, source, resume_path)
     )
@@ -471,6 +500,8 @@ def prepare(cfg: TrainConfig, metas: dict, process: distributed.Dist) -> Start:
             f"{resume_path} is at step {state.step:,}, past max_steps={cfg.max_steps:,}; "
             f"raise --max_steps to train on (and --lr_decay_steps if the schedule should stretch)"
         )
+    if process.master and resume_path and (warning := extension_warning(cfg, source, state.step)):
+        print(warning)
     if process.master:
         for task in tasks:  # lm-eval warns too; a silent cut would skew the scores unseen
             if warning := mc.truncation_warning(task, model_cfg.block_size):
@@ -518,6 +549,37 @@ def check_same_data(cfg: TrainConfig, source: dict, resume_path: str):
                 f"data_mix={cfg.data_mix or {}}; a resume must draw the same batches: keep its "
                 f"data_mix, or start a new run from its weights with --init_from"
             )
+
+
+def extension_warning(cfg: TrainConfig, source: dict, step: int) -> str | None:
+    """A wsd run resumed with a later decay end trains as a run planned that long only from
+    a checkpoint of its constant stage; say so when the checkpoint was already decaying."""
+    saved = source.get("config") or {}
+    if cfg.lr_schedule != "wsd" or saved.get("lr_schedule") != "wsd":
+        return None
+    old_end = saved.get("lr_decay_steps") or saved.get("max_steps")
+    if not old_end or old_end == cfg.lr_decay_steps:
+        return None
+    start = wsd_decay_start(saved.get("warmup_steps", 0), old_end, saved.get("decay_fraction", 0.2))
+    if step <= start:
+        return None
+    return (
+        f"warning: this checkpoint (step {step:,}) is past its run's wsd decay start (step {start:,}): "
+        f"extended to {cfg.lr_decay_steps:,} steps it will not match a run planned that long; resume "
+        f"a checkpoint from step {start:,} or before for that"
+    )
+
+
+def check_same_optimizer(cfg: TrainConfig, source: dict, resume_path: str):
+    """A resume continues the optimizers' state: refuse another optimizer (a checkpoint from
+    before --optimizer existed was trained with AdamW)."""
+    saved = (source.get("config") or {}).get("optimizer", "adamw")
+    if saved != cfg.optimizer:
+        raise ConfigError(
+            f"{resume_path} was trained with --optimizer={saved}, whose state this run cannot "
+            f"continue with --optimizer={cfg.optimizer}; resume with --optimizer={saved}, or start "
+            f"a new run from its weights with --init_from={resume_path}"
+        )
 
 
 def check_output_dir(cfg: TrainConfig):
@@ -615,18 +677,12 @@ def build(start: Start, env: distributed.Dist) -> Run:
         to_float8(raw_model)
     if cfg.parallelism == "fsdp":
         sharding.shard(raw_model, env, dtype, cfg.offload)
-    optimizer = torch.optim.AdamW(
-        raw_model.optimizer_groups(cfg.weight_decay),
-        lr=cfg.learning_rate,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        fused=True,
-    )
+    optimizers = build_optimizers(raw_model, cfg)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     if source:
         sharding.load_full_state(
             raw_model,
-            optimizer if start.resumed else None,
+            optimizers if start.resumed else None,
             ckpt.clean_state_dict(source["model"]),
             source["optimizer"] if start.resumed else None,
         )
@@ -657,7 +713,7 @@ def build(start: Start, env: distributed.Dist) -> Run:
         start.accumulation,
         raw_model,
         model,
-        optimizer,
+        optimizers,
         scaler,
         autocast(env.device, dtype),
         start.state,
@@ -665,7 +721,7 @@ def build(start: Start, env: distributed.Dist) -> Run:
         CheckpointManager(cfg, env, reporter),
     )
     if env.master:
-        run.checkpoints.start(start.state.step, checkpoint_bytes(model_cfg))
+        run.checkpoints.start(start.state.step, checkpoint_bytes(model_cfg, cfg.optimizer))
         announce(run, start)
     return run
 
@@ -685,6 +741,10 @@ def announce(run: Run, start: Start):
         model_config=dataclasses.asdict(model_cfg),
         resolved=start.resolved.to_dict(),
         fp8_layers=fp8_layers,
+        optimizer_params={
+            type(o).__name__: sum(p.numel() for g in o.param_groups for p in g["params"])
+            for o in run.optimizers
+        },
     )
     derived["datasets"] = run.train_data.drawn(total_tokens)  # tokens and epochs of each
     write_json(os.path.join(cfg.run_dir, "config.json"), dict(config=cfg.to_dict(), derived=derived))
@@ -716,6 +776,7 @@ def announce(run: Run, start: Start):
             f"({source.n_tokens:,} tokens" + (f", weight {d['weight']:.2f})" if len(source_list) > 1 else ")")
             for d, source in zip(derived["datasets"], source_list)
         )
+        + f"\n{describe(cfg)}"
         + f"\nparameters {count_params(model_cfg):,} | "
         f"{flops_per_token(model_cfg) * tokens_per_step:.3e} FLOPs per step"
         + (

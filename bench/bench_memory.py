@@ -100,7 +100,7 @@ def measure(cfg: TrainConfig, model_cfg: GPTConfig, env, steps: int) -> tuple[fl
             ]
             with _cpu_peak() if env.device.type == "cpu" and last else _no_peak() as cpu:
                 values = train.train_step(
-                    model, optimizer, scaler, batches, 1.0, autocast(env.device, dtype), env
+                    model, [optimizer], scaler, batches, 1.0, autocast(env.device, dtype), env
                 )
             losses.append(values.loss.item())
             if last:

@@ -26,6 +26,7 @@ a process of its own, so a crash or an OOM ends only that part, and suite.json /
                       chunks) within an emulated 16 GiB card (bench/emulate_card.py)
   124m_fp16           as 124m_bf16 in fp16 with the GradScaler
   1.2b_bf16_ckpt      as 1.2b_bf16 with --activation_checkpointing=full
+  124m_bf16_muon      as 124m_bf16 with --optimizer=muon (the host reads each step's verdict)
   hellaswag           bench/bench_evaluate.py: gpt2-124m scores 10,042 HellaSwag-format examples
                       (synthetic text of HellaSwag's shape: no data leaves the suite's machine), bf16
   bench_memory        bench/bench_memory.py --steps=50 (its table, a 16 GiB card emulated)
@@ -91,6 +92,7 @@ class Case:
     fp8: bool | None = None  # None: the config file's, else off
     config: str | None = None  # a config file the run starts from (the settings above override it)
     card_gib: float | None = None  # run within this much GPU memory (bench/emulate_card.py)
+    optimizer: str | None = None  # None: the config file's (AdamW by default)
 
 
 # Fixed step counts, not counts timed from the first steps: train.py fixes max_steps at start,
@@ -123,6 +125,7 @@ CASES = (
     ),
     Case("124m_fp16", "gpt2-124m", 32, "float16", 120, 10, 150),
     Case("1.2b_bf16_ckpt", "1.2b", 8, "bfloat16", 60, 5, 240, activation_checkpointing="full"),
+    Case("124m_bf16_muon", "gpt2-124m", 32, "bfloat16", 120, 10, 150, optimizer="muon"),
 )
 # The CPU smoke: with the GPT-2 vocab the tied head is nearly all of a tiny model's work, and
 # 16-bit matmuls are far slower than fp32 on a CPU without bf16 units (docs/benchmarks.md,
@@ -180,6 +183,13 @@ SPEED_GOALS = (
     ),
     ("1.2b_fp8", "1.2b_bf16", "tokens_per_s", 1.2, "1.2B: fp8 at >= 1.2x bf16"),
     ("llama1b_bf16", "1.2b_bf16", "mfu", 1.0, "llama-3.2-1b bf16: MFU at least the GPT-2 1.2B's"),
+    (
+        "124m_bf16_muon",
+        "124m_bf16",
+        "tokens_per_s",
+        1 / 1.03,
+        "124M: a Muon step at most 1.03x an AdamW step",
+    ),
 )
 PLANNER_GOAL = 0.10  # the planner within 10% of the measured peak
 
@@ -331,6 +341,7 @@ def train_args(case: Case, data: str, runs: str, smoke: bool, extra: list) -> li
         compile=not smoke,
         activation_checkpointing=case.activation_checkpointing,
         fp8=case.fp8,
+        optimizer=case.optimizer,
         max_steps=case.steps,
         warmup_steps=case.log_interval,
         log_interval=case.log_interval,

@@ -1,8 +1,9 @@
 """How the model is spread over the ranks, and the checkpoint state that is the same
 whichever way it was.
 
-- ddp: every rank holds the whole model, its gradients and AdamW state (DDP averages the
-  gradients). One process: the plain model.
+- ddp: every rank holds the whole model, its gradients and optimizer state (DDP averages
+  the gradients; each rank's Muon orthogonalises the same averaged matrices). One process:
+  the plain model.
 - fsdp: torch's FSDP2 (`fully_shard`) on each transformer block, then on the root, over a
   mesh of all ranks (one rank too): parameters, gradients and AdamW state are sharded, and
   each block's full parameters exist only while it computes. With offload, the shards
@@ -108,22 +109,27 @@ def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def full_state(model, optimizer) -> tuple[dict, dict]:
+def full_state(model, optimizers: list) -> tuple[dict, dict]:
     """(model state, optimizer state), full and on the CPU, on rank 0 (other ranks get empty
-    dicts). Every rank must call it: FSDP gathers each parameter from its shards."""
-    return get_state_dict(model, optimizer, options=_FULL)
+    dicts). Every rank must call it: FSDP gathers each parameter from its shards. Several
+    optimizers (AdamW and Muon) make one optimizer state, keyed by parameter name."""
+    return get_state_dict(model, optimizers, options=_FULL)
 
 
-def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict | None):
-    """Load full state into a model, and an optimizer unless optimizer_state is None (weights
-    only), however the model is spread over the ranks."""
+def load_full_state(model, optimizers: list | None, model_state: dict, optimizer_state: dict | None):
+    """Load full state into a model, and its optimizers unless optimizer_state is None
+    (weights only), however the model is spread over the ranks."""
     options = StateDictOptions(full_state_dict=True)
     if optimizer_state is None:
         set_model_state_dict(model, model_state, options=options)
-    elif all(isinstance(k, int) for k in optimizer_state["state"]) and not isinstance(model, FSDPModule):
+    elif (
+        all(isinstance(k, int) for k in optimizer_state["state"])
+        and not isinstance(model, FSDPModule)
+        and len(optimizers) == 1
+    ):
         model.load_state_dict(model_state)  # a checkpoint from before state was keyed by name
-        optimizer.load_state_dict(optimizer_state)
+        optimizers[0].load_state_dict(optimizer_state)
     else:
         set_state_dict(
-            model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options
+            model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options
         )

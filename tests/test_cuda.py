@@ -74,7 +74,7 @@ def test_a_bf16_step_computes_in_bf16_and_updates_fp32_weights():
     before = [p.detach().clone() for p in model.parameters()]
     loss, norm, applied = train.train_step(
         model,
-        opt,
+        [opt],
         torch.amp.GradScaler("cuda", enabled=False),
         [(x, y, 1)],
         1.0,
@@ -111,7 +111,7 @@ def test_an_fp16_overflow_skips_the_update_and_halves_the_scale():
 
     def step(seed):
         return train.train_step(
-            model, opt, scaler, [(x, x, seed)], 1.0, autocast(CUDA, torch.float16), Dist(device=CUDA)
+            model, [opt], scaler, [(x, x, seed)], 1.0, autocast(CUDA, torch.float16), Dist(device=CUDA)
         ).tolist()
 
     assert step(1)[2] == 1.0  # a scale of 1,024 fits fp16: applied
@@ -172,11 +172,12 @@ def test_train_builds_fused_adamw_and_its_step_runs_the_fused_kernel(tiny_args):
     env = Dist(device=CUDA)
     run = train.build(train.prepare(cfg, {cfg.data_dir: read_meta(cfg.data_dir)}, env), env)  # rank 0 of 1
     try:
-        assert isinstance(run.optimizer, torch.optim.AdamW) and run.optimizer.defaults["fused"] is True
+        (adamw,) = run.optimizers
+        assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["fused"] is True
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             train.train_step(
                 run.model,
-                run.optimizer,
+                run.optimizers,
                 run.scaler,
                 train.micro_batches(run, 0),
                 cfg.grad_clip,

@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from conftest import ROOT, records, run_dir_of, torchrun, torchrun_cmd
 
 import train
 from storage import checkpoint as ckpt
+
+MUON_SHARDS = os.path.join(ROOT, "tests", "muon_on_shards.py")
 
 
 def common(tiny_args, **overrides):
@@ -248,3 +251,45 @@ def test_two_nodes_on_one_machine_match_one_process(tiny_args):
     start = records(run_dir_of(nodes), "start")[0]
     assert start["world_size"] == 2
     same_run(run_dir_of(single), run_dir_of(nodes))
+
+
+def test_muon_under_ddp_and_fsdp_trains_as_one_process_and_its_checkpoints_move_between_them(tiny_args):
+    """--optimizer=muon: DDP over 2 ranks, then FSDP over 2 resuming its checkpoint, then one
+    plain process resuming that: the losses and weights of one process that ran throughout.
+    Muon orthogonalises in bf16, so equal means within its rounding (DDP's all-reduce alone
+    moves the weights by ~3e-3 after 8 steps), not bit for bit. Under FSDP torch.optim.Muon
+    sees each matrix as a DTensor and orthogonalises the whole matrix (DTensor's matmuls
+    gather what they need): one step on a row-sharded matrix equals the whole matrix's step,
+    10x closer than orthogonalising each rank's rows alone would be."""
+    single = demo_model(
+        tiny_args, run_name="single", optimizer="muon", max_steps=8, save_interval=4, dropout=0.0
+    )
+    train.main(single)
+    chain = demo_model(
+        tiny_args, run_name="chain", optimizer="muon", max_steps=8, save_interval=4, dropout=0.0
+    )
+    for max_steps, nproc, parallelism in ((4, 2, "ddp"), (8, 2, "fsdp")):
+        proc = torchrun(
+            chain + [f"--max_steps={max_steps}", f"--parallelism={parallelism}", "--resume=auto"], nproc
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    train.main(chain + ["--max_steps=12", "--resume"])  # and on in one process
+    a = {r["step"]: r["loss"] for r in records(run_dir_of(single), "train")}
+    b = {r["step"]: r["loss"] for r in records(run_dir_of(chain), "train") if r["step"] < 8}
+    assert list(b.values()) == pytest.approx(list(a.values()), rel=2e-3) and b.keys() == a.keys()
+    wa = ckpt.load_checkpoint(os.path.join(run_dir_of(single), ckpt.step_file(8)))["model"]
+    wb = ckpt.load_checkpoint(os.path.join(run_dir_of(chain), ckpt.step_file(8)))["model"]
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 2e-2
+    assert records(run_dir_of(chain), "eval")[-1]["step"] == 12
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    shards = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", MUON_SHARDS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    found = re.search(r"MUON_SHARDS whole=(\S+) per_shard=(\S+)", shards.stdout)
+    assert found, shards.stderr[-3000:]
+    whole, per_shard = map(float, found.groups())
+    assert whole < per_shard / 5, (whole, per_shard)

@@ -29,6 +29,7 @@ RUNS = {
     "1b_16gb": ("float32", 8, "full", "FSDP + activation checkpointing"),
     "124m_fp16": ("float16", 0, False, "DDP"),
     "1.2b_bf16_ckpt": ("bfloat16", 0, "full", "DDP + activation checkpointing"),
+    "124m_bf16_muon": ("bfloat16", 0, False, "DDP"),
 }
 NOT_RUN_IN_SMOKE = {"1.2b_fp8", "124m_fp8"}  # a CPU has no float8: planned, not run
 
@@ -111,7 +112,8 @@ def test_the_smoke_suite_writes_every_row_from_the_runs_own_logs(tmp_path):
     with open(os.path.join(out, "suite.md")) as fh:
         md = fh.read()
     assert md.startswith(f"# GPU suite: {suite['device']}\n") and f"torch {suite['torch']}" in md
-    assert all(f"| {name} | tiny (2 x 64, context 32) |" in md for name in RUNS)
+    smoke_model = {"llama1b_bf16": "llama-tiny"}  # a Llama row runs a Llama shape
+    assert all(f"| {name} | {smoke_model.get(name, 'tiny')} (2 x 64, context 32) |" in md for name in RUNS)
     assert "Not measured: a CPU smoke run." in md
     assert "## Multiple-choice scoring: bench/bench_evaluate.py --preset=tiny" in md
     assert md.strip() in proc.stdout  # and the table is printed

@@ -228,3 +228,23 @@ def test_the_peak_is_the_end_of_forward_or_of_backward_and_gradients_count_only_
     assert ckpt["items"]["activations (first block)"] == block_activation_bytes(model_cfg, 8, 1024, 2)
     fsdp = memory_estimate(model_cfg, *counts, 8, "bfloat16", 4, Way("fsdp"), accumulation=2)
     assert fsdp["items"]["gradients (unsharded, between micro-steps)"] == 4 * n_stored
+
+
+def test_muon_state_is_one_momentum_buffer_per_matrix_element_and_the_checkpoint_shrinks_with_it():
+    """--optimizer=muon: the blocks' matrices keep one fp32 buffer (4 B), not AdamW's m and v
+    (8 B); the plan, the per-GPU estimate (whole and in shards) and the checkpoint size say so."""
+    from training.memory import checkpoint_bytes, muon_param_count
+
+    model_cfg = preset_config("gpt2-124m", vocab_size=VOCAB)
+    n_muon = muon_param_count(model_cfg)
+    assert n_muon == 12 * 12 * 768 * 768  # 12 blocks of q,k,v (3d^2), proj (d^2), MLP (8d^2)
+    n_stored = param_counts(model_cfg)[0]
+    muon = TrainConfig(optimizer="muon", dtype="bfloat16", compile=False)
+    items = estimate(muon, 1, model_cfg, Way("ddp"))["items"]
+    assert items["AdamW + Muon state (fp32)"] == 8 * (n_stored - n_muon) + 4 * n_muon
+    assert "AdamW state (fp32 m, v)" not in items
+    shards = estimate(muon, 4, model_cfg, Way("fsdp"))["items"]
+    assert shards["AdamW + Muon state (fp32 shards)"] == 8 * (-(-n_stored // 4) - n_muon // 4) + 4 * (
+        n_muon // 4
+    )
+    assert checkpoint_bytes(model_cfg, "muon") == checkpoint_bytes(model_cfg) - 4 * n_muon

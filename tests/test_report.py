@@ -398,3 +398,34 @@ def test_without_matplotlib_the_report_says_how_to_get_the_picture(tmp_path, mon
     run, text = write_run(tmp_path, documented_run(), CONFIG)
     assert "No picture: matplotlib is not installed (`pip install matplotlib`" in text
     assert "report.png" not in os.listdir(run)
+
+
+def test_runs_compared_side_by_side_name_their_optimizer_and_schedule(tmp_path):
+    """--report=RUN1,RUN2: each run's report, and one picture of their val losses against
+    tokens with a table of where each ended; the report says which optimizer and schedule."""
+    from training.report import write_comparison
+
+    muon = dict(CONFIG, optimizer="muon", lr_schedule="wsd", decay_fraction=0.2, muon_lr=0.02)
+    muon.update(muon_adjust_lr="original", muon_momentum=0.95, muon_ns_steps=5, muon_weight_decay=0.01)
+    runs = []
+    for name, config, final in (("adamw_run", CONFIG, 3.0), ("muon_run", muon, 2.9)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        records = [dict(r, config=config) if r["kind"] == "start" else r for r in documented_run()]
+        records = [
+            dict(r, val_loss=final) if r["kind"] == "eval" and r["step"] == 100_000 else r for r in records
+        ]
+        write_lines(run / "metrics.jsonl", records)
+        (run / "config.json").write_text(
+            json.dumps(dict(config=config, derived=dict(tokens_per_step=1_048_576)))
+        )
+        runs.append(str(run))
+    text = open(write_comparison(runs)).read()
+    assert os.path.isfile(tmp_path / "runs" / "comparison.png")
+    assert "| adamw_run (adamw, cosine) | 100,000 | 104,857,600,000 | 3.0000 |" in text
+    assert "| muon_run (muon, wsd) | 100,000 | 104,857,600,000 | 2.9000 |" in text
+    report = open(os.path.join(runs[1], "report.md")).read()
+    assert "- Optimizer: Muon on the blocks' matrices (lr 2e-2, original scaling" in report
+    assert (
+        "LR schedule (wsd): linear warmup to 6e-4 over 2,000 steps, constant, then a linear decay" in report
+    )

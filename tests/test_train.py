@@ -342,7 +342,7 @@ def test_train_step_applies_one_update_and_reports_loss_and_norm():
     with torch.no_grad():
         expected = (model(x[:2], x[:2]) + model(x[2:], x[2:])) / 2
     before = [p.detach().clone() for p in model.parameters()]
-    values = train.train_step(model, opt, scaler, batches, 1.0, torch.autocast("cpu", enabled=False), env)
+    values = train.train_step(model, [opt], scaler, batches, 1.0, torch.autocast("cpu", enabled=False), env)
     assert values.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert values.grad_norm.item() > 0 and values.applied.item() == 1.0
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -362,16 +362,115 @@ class NaNLoss(torch.nn.Module):
 
 def test_train_step_skips_a_non_finite_update_without_touching_weights_or_optimizer():
     model, opt, scaler, x, env = _tiny_step_setup()
-    train.train_step(model, opt, scaler, [(x, x, 1)], 1.0, torch.autocast("cpu", enabled=False), env)
+    train.train_step(model, [opt], scaler, [(x, x, 1)], 1.0, torch.autocast("cpu", enabled=False), env)
     state_before = {k: v.clone() for k, v in opt.state[next(model.parameters())].items()}
     weights_before = [p.detach().clone() for p in model.parameters()]
     values = train.train_step(
-        NaNLoss(model), opt, scaler, [(x, x, 2)], 1.0, torch.autocast("cpu", enabled=False), env
+        NaNLoss(model), [opt], scaler, [(x, x, 2)], 1.0, torch.autocast("cpu", enabled=False), env
     )
     assert math.isnan(values.loss.item()) and values.applied.item() == 0.0
     assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))
     state_after = opt.state[next(model.parameters())]
     assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)  # step count too
+
+
+def test_train_step_skips_a_non_finite_update_in_both_of_muons_optimizers():
+    from training.config import TrainConfig
+    from training.optimizers import build_optimizers
+
+    model, _, scaler, x, env = _tiny_step_setup()
+    opts = build_optimizers(model, TrainConfig(optimizer="muon", learning_rate=1e-2))
+    off = torch.autocast("cpu", enabled=False)
+    train.train_step(model, opts, scaler, [(x, x, 1)], 1.0, off, env)
+    states = [{id(p): {k: v.clone() for k, v in o.state[p].items()} for p in o.state} for o in opts]
+    assert all(states) and "momentum_buffer" in next(iter(states[1].values()))
+    weights_before = [p.detach().clone() for p in model.parameters()]
+    values = train.train_step(NaNLoss(model), opts, scaler, [(x, x, 2)], 1.0, off, env)
+    assert values.applied.item() == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))
+    for before, o in zip(states, opts):
+        assert all(torch.equal(before[id(p)][k], v) for p in o.state for k, v in o.state[p].items())
+    train.train_step(model, opts, scaler, [(x, x, 3)], 1.0, off, env)  # a finite step applies again
+    assert not all(torch.equal(a, b) for a, b in zip(weights_before, model.parameters()))
+
+
+# ---- Muon and the wsd schedule in whole runs ------------------------------------------------
+
+
+def test_muon_resumes_exactly_with_both_optimizers_state_in_the_checkpoint(tiny_args, capsys):
+    common = tiny_args + ["--optimizer=muon", "--dropout=0.1", "--lr_decay_steps=6"]
+    whole = common + ["--run_name=whole"]
+    train.main(whole)
+    assert "optimizer Muon on the blocks' matrices: lr 0.02" in capsys.readouterr().out
+    part = common + ["--run_name=part", "--max_steps=3"]
+    train.main(part)
+    train.main(common + ["--run_name=part", "--resume"])
+    full = {r["step"]: r["loss"] for r in records(run_dir_of(whole), "train")}
+    resumed = {r["step"]: r["loss"] for r in records(run_dir_of(part), "train")[3:]}
+    assert resumed == {s: full[s] for s in range(3, 6)}
+    wa, wb = final_weights(run_dir_of(whole)), final_weights(run_dir_of(part))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir_of(part)))["optimizer"]["state"]
+    assert set(state["h.0.attn.c_attn.weight"]) == {"momentum_buffer"}  # Muon's
+    assert {"exp_avg", "exp_avg_sq"} <= set(state["wte.weight"])  # AdamW's
+    start = records(run_dir_of(whole), "start")[0]
+    assert start["config"]["optimizer"] == "muon" and start["optimizer_params"]["Muon"] == 2 * 12 * 32 * 32
+    report = open(os.path.join(run_dir_of(whole), "report.md")).read()
+    assert "Muon" in report and "cosine" in report
+
+
+def test_another_optimizer_cannot_resume_but_starts_from_the_weights_with_fresh_state(tiny_args):
+    train.main(tiny_args)
+    with pytest.raises(ConfigError, match="trained with --optimizer=adamw.*--init_from="):
+        train.main(tiny_args + ["--optimizer=muon", "--max_steps=8", "--resume"])
+    src = ckpt.latest_checkpoint(run_dir_of(tiny_args))
+    args = tiny_args + ["--run_name=ft", f"--init_from={src}", "--optimizer=muon", "--max_steps=2"]
+    train.main(args)
+    assert (
+        records(run_dir_of(args), "eval")[0]["val_loss"]
+        == records(run_dir_of(tiny_args), "eval")[-1]["val_loss"]
+    )
+    # fresh state: after 2 steps AdamW's step count is 2, not the source's 6 + 2
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir_of(args)))["optimizer"]["state"]
+    assert float(state["wte.weight"]["step"]) == 2.0
+
+
+def test_muon_in_fp16_skips_overflowing_steps_through_the_scaler(tiny_args, monkeypatch):
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(
+        train.torch.amp,
+        "GradScaler",
+        lambda device, enabled: real(device, init_scale=2.0**40, enabled=enabled),
+    )
+    args = tiny_args + [
+        "--dtype=float16",
+        "--run_name=fp16",
+        "--n_embd=16",
+        "--max_steps=4",
+        "--optimizer=muon",
+    ]
+    train.main(args)
+    recs = records(run_dir_of(args), "train")
+    assert recs[-1]["skipped_steps"] >= 1 and recs[-1]["loss_scale"] < 2.0**40
+    assert all(math.isfinite(w.float().abs().max()) for w in final_weights(run_dir_of(args)).values())
+
+
+def test_a_wsd_run_resumed_from_its_constant_stage_with_more_steps_ends_as_one_planned_that_long(tiny_args):
+    common = tiny_args + [
+        "--lr_schedule=wsd",
+        "--decay_fraction=0.25",
+        "--optimizer=muon",
+        "--eval_interval=100",
+    ]
+    short = common + ["--run_name=short", "--max_steps=8", "--save_steps=4"]  # decays over steps 6-7
+    train.main(short)
+    planned = common + ["--run_name=planned", "--max_steps=16"]
+    train.main(planned)
+    extended = common + ["--run_name=extended", "--max_steps=16"]
+    train.main(extended + [f"--resume={os.path.join(run_dir_of(short), ckpt.step_file(4))}"])
+    a, b = (records(run_dir_of(x), "eval")[-1] for x in (planned, extended))
+    assert (a["step"], a["val_loss"]) == (b["step"], b["val_loss"]) == (16, a["val_loss"])
+    assert records(run_dir_of(short), "eval")[-1]["val_loss"] != a["val_loss"]
 
 
 # ---- when a step goes wrong ---------------------------------------------------------------
@@ -768,3 +867,18 @@ def test_a_run_that_never_beats_its_start_says_why_and_sample_says_which_checkpo
         f"best_model.pt is missing: no evaluation beat the starting point's val loss {baseline:.4f}. This "
         f"one's val loss is" in capsys.readouterr().err
     )
+
+
+def test_extending_a_wsd_run_from_a_decaying_checkpoint_warns_where_to_resume_from():
+    from training.config import TrainConfig
+
+    longer = TrainConfig(lr_schedule="wsd", max_steps=200, lr_decay_steps=200, warmup_steps=10)
+    saved = {
+        "config": dict(
+            lr_schedule="wsd", max_steps=100, lr_decay_steps=100, warmup_steps=10, decay_fraction=0.2
+        )
+    }
+    assert train.extension_warning(longer, saved, 80) is None  # steps 0-79: all constant
+    assert "resume a checkpoint from step 80 or before" in train.extension_warning(longer, saved, 90)
+    same = TrainConfig(lr_schedule="wsd", max_steps=100, lr_decay_steps=100, warmup_steps=10)
+    assert train.extension_warning(same, saved, 90) is None  # a plain resume of the same plan

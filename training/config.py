@@ -25,6 +25,8 @@ from parallel.devices import check_device_name, check_dtype_name
 from text.loader import check_data_mix
 from training.checkpointing import save_scheduled
 from training.metrics import check_wandb
+from training.optimizers import MUON_ADJUST_LR, check_optimizer
+from training.schedule import SCHEDULES
 
 PARALLELISMS = ("auto", "ddp", "fsdp")
 # The loss chunk of an eager run is model.LOSS_CHUNK: there chunks were as fast or faster,
@@ -98,16 +100,46 @@ class TrainConfig:
     # ---- optimizer and schedule
     max_steps: int = setting(100_000, "optimizer steps to train")
     learning_rate: float = setting(6e-4, "peak learning rate, reached at the end of warmup")
-    min_lr: typing.Optional[float] = setting(None, "floor of the cosine decay (None: learning_rate / 10)")
+    min_lr: typing.Optional[float] = setting(
+        None, "where the schedule's decay ends (None: learning_rate / 10); Muon's ends at the same fraction"
+    )
     warmup_steps: int = setting(2_000, "linear warmup steps from learning_rate / (warmup_steps + 1)")
     lr_decay_steps: typing.Optional[int] = setting(
-        None, "step where the cosine reaches min_lr (None: max_steps)"
+        None, "step where the decay reaches min_lr (None: max_steps)"
     )
     weight_decay: float = setting(0.1, "AdamW decoupled weight decay on 2-D+ weights only")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
     eps: float = setting(1e-8, "AdamW epsilon")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 disables)")
+    optimizer: str = setting(
+        "adamw",
+        "adamw | muon: muon trains the blocks' 2-D matrices with torch.optim.Muon (at muon_lr) "
+        "and the rest with AdamW (at learning_rate); needs torch >= 2.9",
+    )
+    muon_lr: float = setting(
+        0.02,
+        "Muon's peak learning rate, on learning_rate's schedule shape; with muon_adjust_lr=original "
+        "0.02 needs no retuning alongside any AdamW learning_rate (docs/training.md)",
+    )
+    muon_adjust_lr: str = setting(
+        "original",
+        "how Muon scales muon_lr per matrix (torch's adjust_lr_fn): original (sqrt(max(1, rows/cols)), "
+        "Keller Jordan's) or match_rms_adamw (0.2 sqrt(max(rows, cols)), Moonshot's)",
+    )
+    muon_momentum: float = setting(0.95, "Muon's Nesterov momentum")
+    muon_weight_decay: float = setting(
+        0.01, "Muon's decoupled weight decay (torch applies muon_lr x this per step, as Keller Jordan's Muon)"
+    )
+    muon_ns_steps: int = setting(5, "Newton-Schulz iterations that orthogonalise each Muon update")
+    lr_schedule: str = setting(
+        "cosine",
+        "cosine | wsd: warmup, then a cosine to min_lr; or warmup, constant, and a linear decay "
+        "to min_lr over the last decay_fraction of the steps (extendable from a constant-stage checkpoint)",
+    )
+    decay_fraction: float = setting(
+        0.2, "wsd: the share of the steps (up to lr_decay_steps) its final linear decay takes"
+    )
     # ---- hardware
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun the local rank picks N)")
     dtype: str = setting(
@@ -204,7 +236,11 @@ class TrainConfig:
         "with --resume=auto only while the run has no checkpoint",
     )
     dry_run: bool = setting(False, "print the plan (memory, FLOPs, time) and exit; builds nothing")
-    report: str = setting("", "write report.md for this run folder from its metrics.jsonl and exit")
+    report: str = setting(
+        "",
+        "write report.md for this run folder from its metrics.jsonl and exit; RUN1,RUN2,...: each "
+        "run's, and comparison.md + comparison.png (val loss against tokens) in their common folder",
+    )
     # ---- planning (--dry_run)
     plan_gpus: int = setting(0, "GPUs the --dry_run plan is for (0: this launch's world size)")
     plan_mfu: float = setting(0.4, "model FLOPs utilization the --dry_run wall-time estimate assumes")
@@ -323,6 +359,7 @@ class TrainConfig:
             raise ConfigError(
                 f"lr_decay_steps must be positive (or None for max_steps), got {self.lr_decay_steps}"
             )
+        self._validate_optimizer()
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.loss_spike_factor != 0 and not self.loss_spike_factor > 1:
@@ -368,6 +405,30 @@ class TrainConfig:
                 "weights. Drop one of them, or use --resume=auto: --init_from's weights the first "
                 "time, this run's newest checkpoint after"
             )
+
+    def _validate_optimizer(self):
+        try:
+            check_optimizer(self.optimizer)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(
+                f"decay_fraction must be in (0, 1], got {self.decay_fraction}: the share of the steps "
+                f"the wsd decay takes (0.2: the last fifth)"
+            )
+        if self.muon_adjust_lr not in MUON_ADJUST_LR:
+            raise ConfigError(
+                f"muon_adjust_lr must be one of {', '.join(MUON_ADJUST_LR)}, got {self.muon_adjust_lr!r}"
+            )
+        if not self.muon_lr > 0 or not 0 <= self.muon_momentum < 1 or self.muon_weight_decay < 0:
+            raise ConfigError(
+                f"muon_lr must be > 0, muon_momentum in [0, 1) and muon_weight_decay >= 0; got "
+                f"{self.muon_lr}, {self.muon_momentum}, {self.muon_weight_decay}"
+            )
+        if not 1 <= self.muon_ns_steps < 100:
+            raise ConfigError(f"muon_ns_steps must be in 1..99, got {self.muon_ns_steps} (5 is Muon's)")
 
     def _validate_tasks_and_loggers(self):
         bad = [name for name in self.eval_tasks if not TASK_NAME.fullmatch(name)]

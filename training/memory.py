@@ -10,6 +10,7 @@ import dataclasses
 import torch
 
 from model import GPT, checkpointing_value, count_params, float8_layers
+from training.optimizers import muon_names
 
 GiB = 1024**3
 # A way "fits" a card when its estimate leaves this much for what the estimate leaves out:
@@ -151,6 +152,7 @@ def memory_estimate(
     accumulation: int = 1,
     compiled: bool = False,
     n_fp8: int = 0,
+    n_muon: int = 0,
 ) -> dict:
     """Itemized per-GPU bytes at the peak: the larger of two moments. The end of forward
     holds every activation and the logits; the end of backward every gradient and the last
@@ -159,7 +161,9 @@ def memory_estimate(
     parameter element (padding rows included); n_matrix the elements of 2-D weights, which
     16-bit compute casts; n_fp8 those of the weights in float8 layers (--fp8), which are
     cast from fp32 to float8 when used and keep no 16-bit copy (torchao saves the fp32
-    weight itself for backward). compiled: under torch.compile (only the unchunked loss
+    weight itself for backward); n_muon those Muon trains (--optimizer=muon), whose state
+    is one fp32 momentum buffer, not AdamW's two (Muon's Newton-Schulz temporaries live only
+    in the optimizer step, after backward has freed the activations: not counted). compiled: under torch.compile (only the unchunked loss
     differs). "moment" says which one binds."""
     half = dtype in ("bfloat16", "float16")
     act = 2 if half else 4
@@ -170,7 +174,7 @@ def memory_estimate(
     block_matrix = (n_matrix - parts["head"] - parts["lookups"]) // model_cfg.n_layer
     if way.parallelism == "ddp":
         # gradient_as_bucket_view: DDP's buckets are the gradients, no second copy
-        state = {"weights (fp32)": 4 * n_stored, "AdamW state (fp32 m, v)": 8 * n_stored}
+        state = {"weights (fp32)": 4 * n_stored, **_optimizer_state(n_stored, n_muon)}
         grads = {"gradients (fp32)": 4 * n_stored}
         between_micro_steps = grads
         if half:
@@ -189,7 +193,10 @@ def memory_estimate(
         shard = -(-n_stored // world_size)
         state, grads = {}, {}
         if not way.offload:  # with offload these live in pinned CPU memory
-            state = {"weights (fp32 shards)": 4 * shard, "AdamW state (fp32 shards)": 8 * shard}
+            state = {
+                "weights (fp32 shards)": 4 * shard,
+                **_optimizer_state(shard, -(-n_muon // world_size), " shards"),
+            }
             grads = {"gradients (fp32 shards)": 4 * shard}
         # no reduce-scatter before the last micro-step: full gradients wait
         between_micro_steps = {"gradients (unsharded, between micro-steps)": 4 * n_stored}
@@ -216,6 +223,13 @@ def memory_estimate(
         ("end of forward", forward), ("end of backward", backward), key=lambda m: sum(m[1].values())
     )
     return {"items": items, "total": sum(items.values()), "moment": moment}
+
+
+def _optimizer_state(n: int, n_muon: int, shards: str = "") -> dict:
+    """The optimizer state of n parameter elements, n_muon of them Muon's: {label: bytes}."""
+    if not n_muon:
+        return {f"AdamW state (fp32{shards or ' m, v'})": 8 * n}
+    return {f"AdamW + Muon state (fp32{shards})": 8 * (n - n_muon) + 4 * n_muon}
 
 
 def _activation_items(model_cfg, b: int, s: int, act: int, checkpointing: bool | str) -> dict:
@@ -276,6 +290,14 @@ def param_counts(model_cfg) -> tuple[int, int]:
     return n_stored, n_matrix
 
 
+def muon_param_count(model_cfg) -> int:
+    """Elements of the parameters --optimizer=muon trains with Muon (optimizers.is_hidden_matrix)."""
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    named = dict(model.named_parameters())
+    return sum(named[n].numel() for n in muon_names(model))
+
+
 def fp8_weight_count(model_cfg) -> int:
     """Elements of the weights model.float8_layers converts (from the model on the meta device)."""
     with torch.device("meta"):
@@ -297,13 +319,15 @@ def estimate(cfg, world_size: int, model_cfg, way: Way) -> dict:
         cfg.accumulation(world_size),
         cfg.compile,
         fp8_weight_count(model_cfg) if cfg.fp8 else 0,
+        muon_param_count(model_cfg) if cfg.optimizer == "muon" else 0,
     )
 
 
-def checkpoint_bytes(model_cfg) -> int:
+def checkpoint_bytes(model_cfg, optimizer: str = "adamw") -> int:
     """About the size of one checkpoint file: fp32 weights and AdamW's m and v, 12 bytes per
-    stored parameter."""
-    return 12 * param_counts(model_cfg)[0]
+    stored parameter; 8 for those Muon trains (one momentum buffer)."""
+    n_muon = muon_param_count(model_cfg) if optimizer == "muon" else 0
+    return 12 * param_counts(model_cfg)[0] - 4 * n_muon
 
 
 def fits(total_bytes: float, card_bytes: float) -> bool:

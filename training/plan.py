@@ -156,7 +156,7 @@ def make_plan(
         "this_way": this_way,
         "this_way_why": why,
         "memory": next(w["memory"] for w in ways if w["way"] == this_way),
-        "checkpoint_bytes": checkpoint_bytes(model_cfg),
+        "checkpoint_bytes": checkpoint_bytes(model_cfg, cfg.optimizer),
         "n_stored": n_stored,
         "mfu": cfg.plan_mfu,
         "wall_time": wall,
@@ -217,7 +217,7 @@ def _memory_lines(plan: dict) -> list[str]:
     lines.append(f"    {'total:':46}{_gib(plan['memory']['total'])}")
     size = plan["checkpoint_bytes"]
     lines.append(
-        f"  Checkpoint: {size / 1e9:.2f} GB per save (fp32 weights + AdamW m, v); writing it takes "
+        f"  Checkpoint: {size / 1e9:.2f} GB per save (fp32 weights + optimizer state); writing it takes "
         f"{size / 1e9:.0f} s at 1 GB/s, {size / 2e8:.0f} s at 200 MB/s"
     )
     return lines

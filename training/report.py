@@ -256,15 +256,28 @@ def _config_lines(cfg: dict, derived: dict) -> list[str]:
         lines.append(f"- Batch: {get('global_batch_size'):,} sequences per step{split}{tps}")
     if get("learning_rate") is not None:  # min_lr and lr_decay_steps as the run resolved them
         decay = f"{get('lr_decay_steps'):,}" if get("lr_decay_steps") else "max_steps"
+        shape = (
+            f"constant, then a linear decay over the last {get('decay_fraction')} of the steps"
+            if get("lr_schedule") == "wsd"
+            else "cosine decay"
+        )
         lines.append(
-            f"- LR schedule: linear warmup to {fmt_sci(get('learning_rate'))} over "
-            f"{get('warmup_steps', 0):,} steps, cosine decay to {fmt_sci(get('min_lr'))} at step "
+            f"- LR schedule ({get('lr_schedule', 'cosine')}): linear warmup to {fmt_sci(get('learning_rate'))} "
+            f"over {get('warmup_steps', 0):,} steps, {shape} to {fmt_sci(get('min_lr'))} at step "
             f"{decay} (max_steps {get('max_steps', 0):,})"
         )
     if get("weight_decay") is not None:
+        adamw = (
+            f"AdamW, betas ({get('beta1')}, {get('beta2')}), eps {fmt_sci(get('eps'))}, "
+            f"weight decay {get('weight_decay')}"
+        )
         lines.append(
-            f"- Optimizer: AdamW, betas ({get('beta1')}, {get('beta2')}), eps {fmt_sci(get('eps'))}, "
-            f"weight decay {get('weight_decay')}, grad clip {get('grad_clip')}"
+            f"- Optimizer: Muon on the blocks' matrices (lr {fmt_sci(get('muon_lr'))}, "
+            f"{get('muon_adjust_lr')} scaling, momentum {get('muon_momentum')}, {get('muon_ns_steps')} "
+            f"Newton-Schulz steps, weight decay {get('muon_weight_decay')}, same schedule shape); "
+            f"{adamw} for the rest; grad clip {get('grad_clip')}"
+            if get("optimizer") == "muon"
+            else f"- Optimizer: {adamw}, grad clip {get('grad_clip')}"
         )
     lines.append(
         f"- Dropout: {get('dropout', model_cfg.get('dropout'))}; dtype: {derived.get('dtype', get('dtype'))}; "
@@ -464,6 +477,57 @@ def write_report(run_dir: str) -> str:
     picture = draw_picture(run_dir, records, config)
     write_text(path, render_report(records, config, skipped_lines=bad, picture=picture))
     return path
+
+
+def write_comparison(run_dirs: list[str]) -> str:
+    """Runs side by side (`train.py --report=RUN1,RUN2`): each run's report.md, and
+    comparison.md with comparison.png (every run's val loss against tokens) in the folder
+    that holds them all; the path of comparison.md."""
+    rows, curves = [], []
+    for run_dir in run_dirs:
+        write_report(run_dir)
+        records, _ = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+        config = None
+        if os.path.isfile(os.path.join(run_dir, "config.json")):
+            with open(os.path.join(run_dir, "config.json")) as fh:
+                config = json.load(fh)
+        cfg, derived = _train_config(records, config), _derived(records, config)
+        evals = [e for e in latest_by_step(records, "eval") if e.get("val_loss") is not None]
+        per_step = derived.get("tokens_per_step") or 0
+        label = f"{os.path.basename(os.path.normpath(run_dir))} ({_optimizer_and_schedule(cfg)})"
+        curves.append((label, [e["step"] * per_step for e in evals], [e["val_loss"] for e in evals]))
+        last = evals[-1] if evals else {}
+        rows.append(
+            f"| {label} | {last.get('step', 0):,} | {last.get('step', 0) * per_step:,} | "
+            + (f"{last['val_loss']:.4f} | {min(e['val_loss'] for e in evals):.4f}" if evals else "— | —")
+            + f" | {fmt_elapsed(last.get('elapsed_s'))} |"
+        )
+    folder = os.path.commonpath([os.path.abspath(d) for d in run_dirs])
+    with atomic_path(os.path.join(folder, "comparison.png")) as tmp:
+        from training import report_plot
+
+        report_plot.draw_comparison(tmp, curves)
+    path = os.path.join(folder, "comparison.md")
+    write_text(
+        path,
+        "\n".join(
+            [
+                "# Runs compared",
+                "",
+                "![Val loss against tokens](comparison.png)",
+                "",
+                "| Run (optimizer, schedule) | Last eval step | Tokens | Last val loss | Best val loss | Time |",
+                "|---|---|---|---|---|---|",
+                *rows,
+                "",
+            ]
+        ),
+    )
+    return path
+
+
+def _optimizer_and_schedule(cfg: dict) -> str:
+    return f"{cfg.get('optimizer', 'adamw')}, {cfg.get('lr_schedule', 'cosine')}"
 
 
 def draw_picture(run_dir: str, records: list[dict], config: dict | None) -> list[str]:

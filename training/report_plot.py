@@ -106,6 +106,22 @@ def draw(path: str, train: list, evals: list, cfg: dict, derived: dict) -> list:
     return notes
 
 
+def draw_comparison(path: str, curves: list):
+    """Several runs' val loss against tokens on one axis; curves: (label, tokens, losses)."""
+    fig = Figure(figsize=(9, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, tokens, losses in curves:
+        ax.plot(tokens, losses, marker=".", label=label)
+    ax.set_title("val loss against tokens")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("val loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: short_number(v)))
+    fig.savefig(path, format="png")
+
+
 def _mark_reference(ax, ref: dict | None, x, last: float) -> list:
     """The documented run's figures up to this run's last token (those beyond are left out,
     so a run in progress is not squeezed into a corner)."""
