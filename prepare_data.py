@@ -279,6 +279,10 @@ def default_name(tokenizer: str) -> str:
     return f"shakespeare_{os.path.basename(os.path.normpath(tokenizer))}"
 
 
+def empty_corpus(files) -> BadInput:
+    return BadInput(f"the corpus has no non-empty document (inputs: {[f.path for f in files][:5]})")
+
+
 def default_num_proc() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -317,7 +321,7 @@ def prepare(
         files = [Source("shakespeare", fetch_shakespeare(cache_dir or os.path.join(out_dir, ".cache")))]
     # a streamed dataset's size is unknown: the progress bar then counts bytes without a total
     total_bytes = None if any(f.kind == "hf" for f in files) else sum(os.path.getsize(f.path) for f in files)
-    empty = ValueError(f"the corpus has no non-empty document (inputs: {[f.path for f in files][:5]})")
+    empty = empty_corpus(files)
     if total_bytes == 0:
         raise empty
     check_sources(files, text_field)
@@ -330,8 +334,14 @@ def prepare(
     plan = SplitPlan(seed, val_fraction)
     if bpe_vocab:
         plan, tok = _train_tokenizer(files, text_field, plan, bpe_vocab, folder, total_bytes, progress)
-    dtype = token_dtype(tok.n_vocab)
+    return _write_dataset(files, text_field, tok, plan, folder, num_proc, total_bytes, progress, bpe_vocab)
 
+
+def _write_dataset(files, text_field, tok, plan, folder, num_proc, total_bytes, progress, bpe_vocab) -> dict:
+    """Write train.bin, val.bin, the tokenizer files and meta.json into folder; return meta.
+    A folder caught between old and new files is marked incomplete until meta.json exists."""
+    dtype = token_dtype(tok.n_vocab)
+    empty = empty_corpus(files)
     os.makedirs(folder, exist_ok=True)
     for stale in glob.glob(os.path.join(folder, ".*.tmp.*")):  # left by a killed run
         os.remove(stale)
@@ -351,7 +361,7 @@ def prepare(
             raise empty
         forced = forced_assignments(n_docs, counts["train_docs"], counts["val_docs"], plan)
         if forced:  # only tiny corpora get here, so the second pass is cheap
-            plan = SplitPlan(seed, val_fraction, forced)
+            plan = SplitPlan(plan.seed, plan.val_fraction, forced)
             counts, stats = run(plan)
         if counts["val_tokens"] == 0:
             print(
@@ -372,8 +382,8 @@ def prepare(
         "dtype": dtype.name,
         "eot_id": tok.eot_id,
         **counts,
-        "val_fraction": val_fraction,
-        "seed": seed,
+        "val_fraction": plan.val_fraction,
+        "seed": plan.seed,
         "sources": stats.sources,
         "replaced_bytes": stats.replaced_bytes,
         **tok.meta(),

@@ -15,6 +15,8 @@ keyed by parameter name, whichever way the model is spread over the ranks.
 
 import torch
 
+from errors import BadInput
+
 OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR = ("original", "match_rms_adamw")
 MUON_MIN_TORCH = (2, 9)  # torch.optim.Muon first shipped in torch 2.9
@@ -23,10 +25,10 @@ MUON_MIN_TORCH = (2, 9)  # torch.optim.Muon first shipped in torch 2.9
 def check_optimizer(name: str, version: str | None = None):
     """Refuse an optimizer that is not one of OPTIMIZERS, or Muon on a torch without it."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+        raise BadInput(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
     version = version or torch.__version__
     if name == "muon" and _major_minor(version) < MUON_MIN_TORCH:
-        raise ValueError(
+        raise BadInput(
             f"--optimizer=muon needs torch >= 2.9 (torch.optim.Muon); this is torch {version}: "
             f"upgrade torch, or drop --optimizer=muon to train with AdamW"
         )
