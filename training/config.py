@@ -322,6 +322,44 @@ class TrainConfig:
             self.activation_checkpointing = checkpointing_value(self.activation_checkpointing)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        self._validate_ranges()
+        self._validate_optimizer()
+        if any(s <= 0 for s in self.save_steps):
+            raise ConfigError(f"save_steps must be positive steps, got {self.save_steps}")
+        if not self.plan_gpu_memory_gib or any(g <= 0 for g in self.plan_gpu_memory_gib):
+            raise ConfigError(
+                f"plan_gpu_memory_gib must be GPU memory sizes in GiB, got {self.plan_gpu_memory_gib}"
+            )
+        if self.parallelism not in PARALLELISMS:
+            raise ConfigError(
+                f"parallelism must be one of {', '.join(PARALLELISMS)}, got {self.parallelism!r}"
+            )
+        if self.fp8 and self.dtype not in ("auto", "bfloat16"):
+            raise ConfigError(
+                f"--fp8 runs bf16 autocast around its float8 matmuls, not {self.dtype}: "
+                f"use --dtype=bfloat16 (or auto)"
+            )
+        if self.offload and self.parallelism == "ddp":
+            raise ConfigError(
+                "--offload keeps FSDP's shards in CPU memory: use it with --parallelism=fsdp "
+                "(or auto), not ddp"
+            )
+        self._validate_tasks_and_loggers()
+        if self.data_mix:
+            try:
+                check_data_mix(self.data_mix)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        if self.resume and self.init_from and self.resume != "auto":
+            raise ConfigError(
+                "--resume and --init_from cannot be used together: --resume continues this run "
+                "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
+                "weights. Drop one of them, or use --resume=auto: --init_from's weights the first "
+                "time, this run's newest checkpoint after"
+            )
+
+    def _validate_ranges(self):
+        """Every number within the range its meaning allows."""
         for k in (
             "global_batch_size",
             "micro_batch_size",
@@ -359,7 +397,6 @@ class TrainConfig:
             raise ConfigError(
                 f"lr_decay_steps must be positive (or None for max_steps), got {self.lr_decay_steps}"
             )
-        self._validate_optimizer()
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.loss_spike_factor != 0 and not self.loss_spike_factor > 1:
@@ -371,39 +408,6 @@ class TrainConfig:
             raise ConfigError(
                 f"divergence_factor must be > 1 (or 0 to turn divergence stops off), "
                 f"got {self.divergence_factor}"
-            )
-        if any(s <= 0 for s in self.save_steps):
-            raise ConfigError(f"save_steps must be positive steps, got {self.save_steps}")
-        if not self.plan_gpu_memory_gib or any(g <= 0 for g in self.plan_gpu_memory_gib):
-            raise ConfigError(
-                f"plan_gpu_memory_gib must be GPU memory sizes in GiB, got {self.plan_gpu_memory_gib}"
-            )
-        if self.parallelism not in PARALLELISMS:
-            raise ConfigError(
-                f"parallelism must be one of {', '.join(PARALLELISMS)}, got {self.parallelism!r}"
-            )
-        if self.fp8 and self.dtype not in ("auto", "bfloat16"):
-            raise ConfigError(
-                f"--fp8 runs bf16 autocast around its float8 matmuls, not {self.dtype}: "
-                f"use --dtype=bfloat16 (or auto)"
-            )
-        if self.offload and self.parallelism == "ddp":
-            raise ConfigError(
-                "--offload keeps FSDP's shards in CPU memory: use it with --parallelism=fsdp "
-                "(or auto), not ddp"
-            )
-        self._validate_tasks_and_loggers()
-        if self.data_mix:
-            try:
-                check_data_mix(self.data_mix)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
-        if self.resume and self.init_from and self.resume != "auto":
-            raise ConfigError(
-                "--resume and --init_from cannot be used together: --resume continues this run "
-                "(weights, optimizer, step); --init_from starts a new run from a checkpoint's "
-                "weights. Drop one of them, or use --resume=auto: --init_from's weights the first "
-                "time, this run's newest checkpoint after"
             )
 
     def _validate_optimizer(self):

@@ -56,6 +56,36 @@ def way_costs(way: Way, parts: dict) -> str:
     return "; ".join(parts[part] for part in way.parts) or "none"
 
 
+def _ways(cfg: TrainConfig, world_size: int, model_cfg: GPTConfig, cards: list, costs: dict) -> list:
+    """Each of WAYS with its memory per GPU, whether it fits each card, and its costs."""
+    ways = []
+    for way in WAYS:
+        memory = estimate(cfg, world_size, model_cfg, way)
+        ways.append(
+            dict(
+                way=way,
+                memory=memory,
+                fits=[fits(memory["total"], c) for c in cards],
+                costs=way_costs(way, costs),
+            )
+        )
+    return ways
+
+
+def _wall_clock(cfg: TrainConfig, world_size: int, total_flops: float, total_tokens: int) -> dict:
+    """The run's time on each reference card at cfg.plan_mfu: arithmetic, not a measurement."""
+    wall = {}
+    for name in ("A100", "H100 SXM"):
+        seconds = total_flops / (PEAK_FLOPS[name] * cfg.plan_mfu * world_size)
+        wall[name] = {
+            "peak": PEAK_FLOPS[name],
+            "seconds": seconds,
+            "steps_per_s": cfg.max_steps / seconds,
+            "tokens_per_s": total_tokens / seconds,
+        }
+    return wall
+
+
 def make_plan(
     cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens, model_cfg: GPTConfig | None = None
 ) -> dict:
@@ -89,29 +119,10 @@ def make_plan(
 
     cards = [gib * GiB for gib in cfg.plan_gpu_memory_gib]
     costs = cost_parts(n_stored, world_size, accumulation, dtype != "float32")
-    ways = []
-    for way in WAYS:
-        memory = estimate(cfg, world_size, model_cfg, way)
-        ways.append(
-            dict(
-                way=way,
-                memory=memory,
-                fits=[fits(memory["total"], c) for c in cards],
-                costs=way_costs(way, costs),
-            )
-        )
+    ways = _ways(cfg, world_size, model_cfg, cards, costs)
     fastest = [next((w["way"] for w in ways if w["fits"][i]), None) for i in range(len(cards))]
     this_way, why = resolved.way, resolved.why
-
-    wall = {}
-    for name in ("A100", "H100 SXM"):
-        seconds = total_flops / (PEAK_FLOPS[name] * cfg.plan_mfu * world_size)
-        wall[name] = {
-            "peak": PEAK_FLOPS[name],
-            "seconds": seconds,
-            "steps_per_s": cfg.max_steps / seconds,
-            "tokens_per_s": total_tokens / seconds,
-        }
+    wall = _wall_clock(cfg, world_size, total_flops, total_tokens)
 
     return {
         "run_name": cfg.run_name,
