@@ -86,6 +86,19 @@ def _wall_clock(cfg: TrainConfig, world_size: int, total_flops: float, total_tok
     return wall
 
 
+def _fp8_parts(model_cfg: GPTConfig, flops_per_token: int) -> dict:
+    """How much of the model --fp8 would train in float8: layers, weights, share of FLOPs."""
+    with torch.device("meta"):
+        meta_model = GPT(model_cfg)
+    fp8_weights = fp8_weight_count(model_cfg)
+    return {
+        "fp8_layers": len(float8_layers(meta_model)),
+        "linear_layers": n_linear(meta_model),
+        "fp8_weights": fp8_weights,
+        "fp8_flops": 6 * fp8_weights / flops_per_token,  # 6 FLOPs per weight per token
+    }
+
+
 def make_plan(
     cfg: TrainConfig, world_size: int, vocab_size: int, train_tokens, model_cfg: GPTConfig | None = None
 ) -> dict:
@@ -112,9 +125,6 @@ def make_plan(
     datasets = drawn(total_tokens, train_tokens if isinstance(train_tokens, dict) else one_dataset)
     fpt = flops_per_token(model_cfg)
     total_flops = fpt * total_tokens
-    with torch.device("meta"):
-        meta_model = GPT(model_cfg)
-    fp8_weights = fp8_weight_count(model_cfg)
     dtype = cfg.dtype
 
     cards = [gib * GiB for gib in cfg.plan_gpu_memory_gib]
@@ -160,10 +170,7 @@ def make_plan(
         "fastest": fastest,
         "costs": costs,
         "fp8": cfg.fp8,
-        "fp8_layers": len(float8_layers(meta_model)),
-        "linear_layers": n_linear(meta_model),
-        "fp8_weights": fp8_weights,
-        "fp8_flops": 6 * fp8_weights / fpt,  # 6 FLOPs per weight per token
+        **_fp8_parts(model_cfg, fpt),
         "this_way": this_way,
         "this_way_why": why,
         "memory": next(w["memory"] for w in ways if w["way"] == this_way),
