@@ -141,6 +141,24 @@ WAYS = (
 )
 
 
+def _fsdp_state(n_stored, n_muon, world_size, way, act, root, block) -> tuple[dict, dict, dict]:
+    """FSDP's per-GPU state, gradients, and the gradients held between micro-steps."""
+    shard = -(-n_stored // world_size)
+    state, grads = {}, {}
+    if not way.offload:  # with offload these live in pinned CPU memory
+        state = {
+            "weights (fp32 shards)": 4 * shard,
+            **_optimizer_state(shard, -(-n_muon // world_size), " shards"),
+        }
+        grads = {"gradients (fp32 shards)": 4 * shard}
+    # no reduce-scatter before the last micro-step: full gradients wait
+    between_micro_steps = {"gradients (unsharded, between micro-steps)": 4 * n_stored}
+    # the root's parameters stay gathered from forward to backward; blocks are gathered
+    # one at a time, the next prefetched, each with its gradients' reduce-scatter buffer
+    state["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
+    return state, grads, between_micro_steps
+
+
 def memory_estimate(
     model_cfg,
     n_stored: int,
@@ -163,8 +181,8 @@ def memory_estimate(
     cast from fp32 to float8 when used and keep no 16-bit copy (torchao saves the fp32
     weight itself for backward); n_muon those Muon trains (--optimizer=muon), whose state
     is one fp32 momentum buffer, not AdamW's two (Muon's Newton-Schulz temporaries live only
-    in the optimizer step, after backward has freed the activations: not counted). compiled: under torch.compile (only the unchunked loss
-    differs). "moment" says which one binds."""
+    in the optimizer step, after backward has freed the activations: not counted).
+    compiled: under torch.compile (only the unchunked loss differs). "moment" says which one binds."""
     half = dtype in ("bfloat16", "float16")
     act = 2 if half else 4
     s, b = model_cfg.block_size, micro_batch
@@ -190,19 +208,7 @@ def memory_estimate(
             )
             state["16-bit weight copies (autocast)"] = 2 * copies
     else:
-        shard = -(-n_stored // world_size)
-        state, grads = {}, {}
-        if not way.offload:  # with offload these live in pinned CPU memory
-            state = {
-                "weights (fp32 shards)": 4 * shard,
-                **_optimizer_state(shard, -(-n_muon // world_size), " shards"),
-            }
-            grads = {"gradients (fp32 shards)": 4 * shard}
-        # no reduce-scatter before the last micro-step: full gradients wait
-        between_micro_steps = {"gradients (unsharded, between micro-steps)": 4 * n_stored}
-        # the root's parameters stay gathered from forward to backward; blocks are gathered
-        # one at a time, the next prefetched, each with its gradients' reduce-scatter buffer
-        state["gathered parameters (root + 2 blocks)"] = act * (root + 2 * block) + 4 * block
+        state, grads, between_micro_steps = _fsdp_state(n_stored, n_muon, world_size, way, act, root, block)
     held = between_micro_steps if accumulation > 1 else {}
     forward = {
         **state,
