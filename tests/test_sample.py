@@ -219,22 +219,9 @@ def save_run(run_dir, name="checkpoint_step_10.pt", step=10, tokenizer=True, dat
 def test_main_prints_samples(tmp_path, capsys):
     run = tmp_path / "run"
     save_run(run)
-    texts = main(
-        [
-            "--checkpoint",
-            str(run),
-            "--prompt",
-            "to be",
-            "--num_samples",
-            "2",
-            "--max_new_tokens",
-            "12",
-            "--device",
-            "cpu",
-            "--seed",
-            "3",
-        ]
-    )
+    args = ["--checkpoint", str(run), "--prompt", "to be", "--num_samples", "2"]
+    args += ["--max_new_tokens", "12", "--device", "cpu", "--seed", "3"]
+    texts = main(args)
     out = capsys.readouterr().out
     assert len(texts) == 2
     for t in texts:
@@ -242,22 +229,7 @@ def test_main_prints_samples(tmp_path, capsys):
         assert set(t.replace(EOT_TEXT, "")) <= set(CHARS)
         assert t in out
     assert "-" * 40 in out
-    again = main(
-        [
-            "--checkpoint",
-            str(run),
-            "--prompt",
-            "to be",
-            "--num_samples",
-            "2",
-            "--max_new_tokens",
-            "12",
-            "--device",
-            "cpu",
-            "--seed",
-            "3",
-        ]
-    )
+    again = main(args)
     assert again == texts
 
 
